@@ -1,0 +1,19 @@
+"""rllama: run and serve GGUF language models (llama-server compatible), with a Rust core."""
+
+from rllama._core import __version__
+from rllama.errors import (
+    ContextFullError,
+    GrammarError,
+    InvalidRequestError,
+    ModelLoadError,
+    RllamaError,
+)
+
+__all__ = [
+    "__version__",
+    "RllamaError",
+    "ModelLoadError",
+    "InvalidRequestError",
+    "GrammarError",
+    "ContextFullError",
+]

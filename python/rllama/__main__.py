@@ -1,0 +1,3 @@
+from rllama.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,11 @@
+"""rllama's exception hierarchy (defined by the native module so Rust errors map onto it)."""
+
+from rllama._core import (
+    ContextFullError,
+    GrammarError,
+    InvalidRequestError,
+    ModelLoadError,
+    RllamaError,
+)
+
+__all__ = ["RllamaError", "ModelLoadError", "InvalidRequestError", "GrammarError", "ContextFullError"]

@@ -1,0 +1,63 @@
+"""Read GGUF files: metadata as plain Python values, tensor infos, tensors as numpy arrays."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rllama import _core
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type_name: str
+    shape: tuple[int, ...]  # ggml order: shape[0] is the contiguous (row) dimension
+    offset: int  # from the start of the data section
+    nbytes: int
+    _file: _core.GgufFile
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def raw(self) -> bytes:
+        return self._file.tensor_bytes(self.name)
+
+    def dequantize(self) -> np.ndarray:
+        """The tensor as float32, shaped numpy-style (row dimension last), like gguf's reader."""
+        data = np.frombuffer(self._file.dequantize(self.name), dtype=np.float32)
+        return data.reshape(tuple(reversed(self.shape)))
+
+
+class GgufReader:
+    """A validated GGUF file. Corrupt files raise rllama.ModelLoadError naming the byte offset."""
+
+    def __init__(self, path: str | os.PathLike[str], *, no_mmap: bool = False, mlock: bool = False):
+        self.path = os.fspath(path)
+        self._file = _core.GgufFile(self.path, no_mmap=no_mmap, mlock=mlock)
+        self.version: int = self._file.version
+        self.alignment: int = self._file.alignment
+        self.data_offset: int = self._file.data_offset
+        self.file_size: int = self._file.file_size
+        self.warnings: list[str] = self._file.warnings
+        self.metadata: dict[str, Any] = self._file.metadata()
+        self.metadata_types: dict[str, str] = dict(self._file.metadata_types())
+        self.tensors: list[TensorInfo] = [
+            TensorInfo(name, ty, tuple(dims), off, nb, self._file)
+            for name, ty, dims, off, nb in self._file.tensor_infos()
+        ]
+        self._by_name = {t.name: t for t in self.tensors}
+
+    def tensor(self, name: str) -> TensorInfo:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no tensor named {name!r} in {self.path}") from None
+
+
+def read(path: str | os.PathLike[str], *, no_mmap: bool = False, mlock: bool = False) -> GgufReader:
+    return GgufReader(path, no_mmap=no_mmap, mlock=mlock)

@@ -1,0 +1,1 @@
+//! tokenizer (see DESIGN.md §2).
