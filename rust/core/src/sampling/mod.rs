@@ -313,6 +313,10 @@ impl Sampler {
         &self.params
     }
 
+    pub fn vocab(&self) -> &Arc<SamplerVocab> {
+        &self.vocab
+    }
+
     pub fn has_grammar(&self) -> bool {
         self.matcher.is_some()
     }
