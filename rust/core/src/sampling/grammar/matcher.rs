@@ -85,6 +85,8 @@ impl Grammar {
 pub struct Utf8Partial {
     value: u32,
     remain: u8,
+    /// Smallest code point the sequence's length can encode (overlong forms are invalid).
+    min: u32,
 }
 
 enum Step {
@@ -101,16 +103,20 @@ fn utf8_step(p: Utf8Partial, b: u8) -> Step {
         }
         let value = (p.value << 6) | (b & 0x3F) as u32;
         if p.remain == 1 {
-            Step::Char(value)
+            if value < p.min || value > 0x10FFFF {
+                Step::Invalid
+            } else {
+                Step::Char(value)
+            }
         } else {
-            Step::Partial(Utf8Partial { value, remain: p.remain - 1 })
+            Step::Partial(Utf8Partial { value, remain: p.remain - 1, min: p.min })
         }
     } else {
         match b {
             0x00..=0x7F => Step::Char(b as u32),
-            0xC0..=0xDF => Step::Partial(Utf8Partial { value: (b & 0x1F) as u32, remain: 1 }),
-            0xE0..=0xEF => Step::Partial(Utf8Partial { value: (b & 0x0F) as u32, remain: 2 }),
-            0xF0..=0xF7 => Step::Partial(Utf8Partial { value: (b & 0x07) as u32, remain: 3 }),
+            0xC2..=0xDF => Step::Partial(Utf8Partial { value: (b & 0x1F) as u32, remain: 1, min: 0x80 }),
+            0xE0..=0xEF => Step::Partial(Utf8Partial { value: (b & 0x0F) as u32, remain: 2, min: 0x800 }),
+            0xF0..=0xF4 => Step::Partial(Utf8Partial { value: (b & 0x07) as u32, remain: 3, min: 0x10000 }),
             _ => Step::Invalid,
         }
     }
@@ -284,8 +290,11 @@ impl Matcher {
     /// pending partial sequence.
     fn partial_ok(&self, set: &[u32], p: Utf8Partial) -> bool {
         let shift = 6 * p.remain as u32;
-        let lo = p.value << shift;
-        let hi = lo | ((1u32 << shift) - 1);
+        let lo = (p.value << shift).max(p.min);
+        let hi = ((p.value << shift) | ((1u32 << shift) - 1)).min(0x10FFFF);
+        if lo > hi {
+            return false;
+        }
         set.iter().any(|&s| {
             s != DONE && {
                 let (pos, _) = self.nodes[s as usize];

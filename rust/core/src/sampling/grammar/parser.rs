@@ -65,6 +65,7 @@ pub struct ParsedGrammar {
     pub names: Vec<String>,
     pub classes: Vec<CharClass>,
     pub root: u32,
+    pub generated_from: Vec<Option<String>>,
 }
 
 struct Parser<'a> {
@@ -80,6 +81,8 @@ struct Parser<'a> {
     class_ids: HashMap<CharClass, u32>,
     depth: usize,
     n_elems: usize,
+    /// For rules synthesized from groups and repetitions: the user's rule they came from.
+    generated_from: Vec<Option<String>>,
 }
 
 fn is_word(c: u8) -> bool {
@@ -146,7 +149,10 @@ impl<'a> Parser<'a> {
 
     fn fresh_symbol(&mut self, base: &str) -> u32 {
         let name = format!("{base}_{}", self.names.len());
-        self.symbol(&name)
+        let id = self.symbol(&name);
+        self.generated_from.resize(self.names.len(), None);
+        self.generated_from[id as usize] = Some(base.to_string());
+        id
     }
 
     fn class_id(&mut self, c: CharClass) -> u32 {
@@ -306,11 +312,12 @@ impl<'a> Parser<'a> {
         while !self.at_end() {
             let c = self.peek();
             if c == b'"' {
+                let open = self.pos;
                 self.pos += 1;
                 last_start = rule.len();
                 while self.peek() != b'"' {
                     if self.at_end() {
-                        return Err(self.err("unexpected end of input in string literal"));
+                        return Err(grammar_error(self.text, open, "unterminated string literal"));
                     }
                     let ch = self.parse_char()?;
                     let id = self.class_id(CharClass { negated: false, ranges: vec![(ch, ch)] });
@@ -320,6 +327,7 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
                 self.skip_space(nested);
             } else if c == b'[' {
+                let open = self.pos;
                 self.pos += 1;
                 let mut cls = CharClass { negated: false, ranges: Vec::new() };
                 if self.peek() == b'^' {
@@ -328,7 +336,7 @@ impl<'a> Parser<'a> {
                 }
                 while self.peek() != b']' {
                     if self.at_end() {
-                        return Err(self.err("unexpected end of input in character class"));
+                        return Err(grammar_error(self.text, open, "unterminated character class"));
                     }
                     let lo = self.parse_char()?;
                     let mut hi = lo;
@@ -478,6 +486,7 @@ pub fn parse(text: &str) -> Result<ParsedGrammar> {
         class_ids: HashMap::new(),
         depth: 0,
         n_elems: 0,
+        generated_from: Vec::new(),
     };
     p.skip_space(true);
     while !p.at_end() {
@@ -488,12 +497,15 @@ pub fn parse(text: &str) -> Result<ParsedGrammar> {
             return Err(grammar_error(text, p.first_ref[id], &format!("undefined rule identifier '{}'", p.names[id])));
         }
     }
+    let mut generated_from = std::mem::take(&mut p.generated_from);
+    generated_from.resize(p.names.len(), None);
     let root = *p.symbols.get("root").ok_or_else(|| Error::Grammar("Failed to parse grammar: grammar does not contain a 'root' rule".into()))?;
     let g = ParsedGrammar {
         rules: p.rules.into_iter().map(|r| r.unwrap_or_default()).collect(),
         names: p.names,
         classes: p.classes,
         root,
+        generated_from,
     };
     check_left_recursion(&g)?;
     Ok(g)
@@ -566,7 +578,7 @@ fn check_left_recursion(g: &ParsedGrammar) -> Result<()> {
                     }
                     1 => {
                         return Err(Error::Grammar(format!(
-                            "Failed to parse grammar: left recursion detected for rule '{}'",
+                            "Failed to parse grammar: left recursion detected for rule {}",
                             display_name(g, s)
                         )))
                     }
@@ -583,7 +595,10 @@ fn check_left_recursion(g: &ParsedGrammar) -> Result<()> {
 
 /// Generated rule names are "<parent>_<n>"; report the user's rule name.
 fn display_name(g: &ParsedGrammar, id: usize) -> String {
-    g.names[id].clone()
+    match &g.generated_from[id] {
+        Some(base) => format!("'{base}' (in one of its groups or repetitions)"),
+        None => format!("'{}'", g.names[id]),
+    }
 }
 
 #[cfg(test)]
