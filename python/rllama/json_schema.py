@@ -28,11 +28,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from rllama.errors import InvalidRequestError
 
-__all__ = ["schema_to_grammar", "SchemaConverter"]
+__all__ = ["SchemaConverter", "schema_to_grammar"]
 
 MAX_COUNT = 2000
 
@@ -53,14 +53,14 @@ PRIMITIVES: dict[str, tuple[str, list[str]]] = {
     "object": ('"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
                ["string", "value"]),
     "array": ('"[" space ( value ("," space value)* )? "]" space', ["value"]),
-    "uuid": ('"\\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
-             '[0-9a-fA-F]{12} "\\"" space', []),
+    "uuid": (('"\\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
+              '[0-9a-fA-F]{12} "\\"" space'), []),
     # Every calendar-valid date except 29 February (no leap-year arithmetic in a grammar).
-    "date": ('[0-9]{4} "-" ( ("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01]) | '
-             '("0" [469] | "11") "-" ("0" [1-9] | [12] [0-9] | "30") | '
-             '"02" "-" ("0" [1-9] | "1" [0-9] | "2" [0-8]) )', []),
-    "time": ('([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]{1,6})? '
-             '( "Z" | [+-] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] )', []),
+    "date": (('[0-9]{4} "-" ( ("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01]) | '
+              '("0" [469] | "11") "-" ("0" [1-9] | [12] [0-9] | "30") | '
+              '"02" "-" ("0" [1-9] | "1" [0-9] | "2" [0-8]) )'), []),
+    "time": (('([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]{1,6})? '
+              '( "Z" | [+-] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] )'), []),
     "date-time": ('date "T" time', ["date", "time"]),
     "date-string": ('"\\"" date "\\"" space', ["date"]),
     "time-string": ('"\\"" time "\\"" space', ["time"]),
@@ -711,7 +711,7 @@ class RegexToGrammar:
             return '"\\\\u00' + f'{ord(ch):02x}"'
         return _literal(ch)
 
-    SHORTHAND = {
+    SHORTHAND: ClassVar[dict[str, tuple[bool, list[tuple[int, int]]]]] = {
         "d": (False, [(0x30, 0x39)]),
         "D": (True, [(0x30, 0x39)]),
         "w": (False, [(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A), (0x5F, 0x5F)]),
@@ -799,7 +799,7 @@ class RegexToGrammar:
     def cls_expr(self, neg: bool, ranges: list[tuple[int, int]], any_char: bool = False) -> str:
         """A class as JSON string content: unsafe characters (quote, backslash, controls) are
         excluded from the raw class and, when the class admits them, added back escaped."""
-        unsafe = [0x22, 0x5C] + list(range(0x00, 0x20))
+        unsafe = [0x22, 0x5C] + list(range(0x20))
 
         def admits(cp: int) -> bool:
             if any_char:

@@ -27,12 +27,12 @@ from rllama.json_schema import schema_to_grammar
 __all__ = [
     "DEFAULTS",
     "SAMPLER_NAMES",
-    "from_request",
-    "resolve_grammar",
+    "Grammar",
     "Sampler",
     "SamplerVocab",
     "SamplingParams",
-    "Grammar",
+    "from_request",
+    "resolve_grammar",
     "top_logprobs",
 ]
 

@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from test_sampling_vocab import smollm2_pieces, smollm2_vocab
-
 import rllama
 from rllama.sampling import Grammar, Sampler, SamplingParams
+from test_sampling_vocab import smollm2_pieces, smollm2_vocab
 
 GRAMMARS = {
     "arith": r"""
@@ -65,7 +64,7 @@ def test_random_logits_outputs_are_in_the_language(name):
     finished = 0
     for seed in range(25):
         params = {} if seed % 3 else {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
-        ids, s = run(GRAMMARS[name], seed, **params)
+        ids, _s = run(GRAMMARS[name], seed, **params)
         text = pieces_text(ids)
         if ids and ids[-1] in eog:
             finished += 1
@@ -95,7 +94,7 @@ def test_redraw_equals_grammar_first_distribution(samplers):
     allowed = np.array([bool(p) and p.strip(b"0123456789") == b"" and i not in eog for i, p in enumerate(pieces)])
     # Make the unconstrained best tokens disallowed so the redraw path is taken.
     logits[~allowed] += 6.0
-    params = dict(top_k=5, top_p=0.8, min_p=0.1, temperature=0.7, samplers=samplers)
+    params = {"top_k": 5, "top_p": 0.8, "min_p": 0.1, "temperature": 0.7, "samplers": samplers}
     counts = {}
     for seed in range(600):
         s = Sampler(SamplingParams(grammar="root ::= [0-9]+\n", seed=seed, **params), smollm2_vocab())
@@ -132,7 +131,7 @@ def test_eos_only_where_grammar_may_end_and_grammar_done():
 
 
 def test_token_ending_mid_character():
-    pieces, eog = smollm2_pieces()
+    pieces, _eog = smollm2_pieces()
     # tokens that are a lone UTF-8 lead byte or continuation fragments exist in byte-level vocabularies
     lead = [i for i, p in enumerate(pieces) if len(p) == 1 and 0xC0 <= p[0] <= 0xF4]
     assert lead

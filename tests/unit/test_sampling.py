@@ -7,14 +7,13 @@ import math
 
 import numpy as np
 import pytest
-from test_sampling_vocab import chi2_pvalue, softmax
-
 import rllama
 from rllama.sampling import DEFAULTS, Sampler, SamplerVocab, SamplingParams, from_request, top_logprobs
+from test_sampling_vocab import chi2_pvalue, softmax
 
 N_VOCAB = 16
 VOCAB = SamplerVocab([f"t{i}".encode() for i in range(N_VOCAB - 1)] + [b"\n"], [0])
-NO_TRUNC = dict(top_k=0, top_p=1.0, min_p=0.0, tfs_z=1.0, typical_p=1.0, temperature=1.0)
+NO_TRUNC = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "tfs_z": 1.0, "typical_p": 1.0, "temperature": 1.0}
 
 
 def logits_for(seed: int, n: int = N_VOCAB, scale: float = 2.0) -> np.ndarray:

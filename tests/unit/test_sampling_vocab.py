@@ -8,7 +8,6 @@ import functools
 import math
 
 import numpy as np
-
 import rllama.gguf
 import rllama.models
 from rllama.sampling import SamplerVocab

@@ -81,7 +81,7 @@ impl Grammar {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Utf8Partial {
     value: u32,
     remain: u8,
@@ -138,7 +138,13 @@ pub struct Matcher {
     a: Vec<u32>,
     b: Vec<u32>,
     dfs_buf: Vec<u32>,
+    /// Allowed-token lists of recently walked states (stacks, pending UTF-8): generation often
+    /// returns to the same state (inside a string, between list items), and hash-consing makes
+    /// equal states compare equal.
+    walk_cache: FastMap<(Vec<u32>, Utf8Partial), Arc<Vec<u32>>>,
 }
+
+const MAX_WALK_CACHE: usize = 32;
 
 impl Matcher {
     pub fn new(g: Arc<Grammar>) -> Result<Self> {
@@ -156,6 +162,7 @@ impl Matcher {
             a: Vec::new(),
             b: Vec::new(),
             dfs_buf: Vec::new(),
+            walk_cache: FastMap::default(),
         };
         m.reset()?;
         Ok(m)
@@ -386,6 +393,20 @@ impl Matcher {
     /// Every non end-of-generation token the grammar allows now, by walking the vocabulary trie.
     pub fn allowed_tokens(&mut self, trie: &TokenTrie, pieces: &[Vec<u8>], out: &mut Vec<u32>) -> Result<()> {
         out.clear();
+        let key = (self.stacks.clone(), self.partial);
+        if let Some(hit) = self.walk_cache.get(&key) {
+            out.extend_from_slice(hit);
+            return Ok(());
+        }
+        self.walk(trie, pieces, out)?;
+        if self.walk_cache.len() >= MAX_WALK_CACHE {
+            self.walk_cache.clear();
+        }
+        self.walk_cache.insert(key, Arc::new(out.clone()));
+        Ok(())
+    }
+
+    fn walk(&mut self, trie: &TokenTrie, pieces: &[Vec<u8>], out: &mut Vec<u32>) -> Result<()> {
         let mut buf = std::mem::take(&mut self.dfs_buf);
         buf.clear();
         buf.extend_from_slice(&self.stacks);
