@@ -45,7 +45,10 @@ impl PySamplingParams {
         d.set_item("tfs_z", p.tfs_z)?;
         d.set_item("typical_p", p.typical_p)?;
         d.set_item("min_keep", p.min_keep)?;
-        d.set_item("samplers", p.samplers.iter().map(|s| s.name()).collect::<Vec<_>>())?;
+        d.set_item(
+            "samplers",
+            p.samplers.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        )?;
         d.set_item("repeat_penalty", p.repeat_penalty)?;
         d.set_item("repeat_last_n", p.repeat_last_n)?;
         d.set_item("penalize_nl", p.penalize_nl)?;
@@ -57,10 +60,29 @@ impl PySamplingParams {
         d.set_item("mirostat_eta", p.mirostat_eta)?;
         d.set_item(
             "logit_bias",
-            p.logit_bias.iter().map(|&(t, b)| (t, if b == f32::NEG_INFINITY { None } else { Some(b) })).collect::<Vec<_>>(),
+            p.logit_bias
+                .iter()
+                .map(|&(t, b)| {
+                    (
+                        t,
+                        if b == f32::NEG_INFINITY {
+                            None
+                        } else {
+                            Some(b)
+                        },
+                    )
+                })
+                .collect::<Vec<_>>(),
         )?;
         d.set_item("ignore_eos", p.ignore_eos)?;
-        d.set_item("seed", if p.seed == core_sampling::rng::RANDOM_SEED { -1i64 } else { p.seed as i64 })?;
+        d.set_item(
+            "seed",
+            if p.seed == core_sampling::rng::RANDOM_SEED {
+                -1i64
+            } else {
+                p.seed as i64
+            },
+        )?;
         d.set_item("n_probs", p.n_probs)?;
         d.set_item("grammar", &p.grammar)?;
         Ok(d)
@@ -84,7 +106,11 @@ fn set_field(p: &mut core_sampling::SamplingParams, k: &str, v: &Bound<'_, PyAny
         "min_keep" => p.min_keep = v.extract()?,
         "samplers" => {
             let names: Vec<String> = v.extract()?;
-            p.samplers = names.iter().map(|n| SamplerKind::from_name(n)).collect::<Result<_, _>>().map_err(to_py)?;
+            p.samplers = names
+                .iter()
+                .map(|n| SamplerKind::from_name(n))
+                .collect::<Result<_, _>>()
+                .map_err(to_py)?;
         }
         "repeat_penalty" => p.repeat_penalty = v.extract()?,
         "repeat_last_n" => p.repeat_last_n = v.extract()?,
@@ -98,16 +124,27 @@ fn set_field(p: &mut core_sampling::SamplingParams, k: &str, v: &Bound<'_, PyAny
         "logit_bias" => {
             // [(token, bias or None)], None meaning "never".
             let items: Vec<(u32, Option<f32>)> = v.extract()?;
-            p.logit_bias = items.into_iter().map(|(t, b)| (t, b.unwrap_or(f32::NEG_INFINITY))).collect();
+            p.logit_bias = items
+                .into_iter()
+                .map(|(t, b)| (t, b.unwrap_or(f32::NEG_INFINITY)))
+                .collect();
         }
         "ignore_eos" => p.ignore_eos = v.extract()?,
         "seed" => {
             let s: i64 = v.extract()?;
-            p.seed = if s < 0 { core_sampling::rng::RANDOM_SEED } else { (s & 0xFFFF_FFFF) as u32 };
+            p.seed = if s < 0 {
+                core_sampling::rng::RANDOM_SEED
+            } else {
+                (s & 0xFFFF_FFFF) as u32
+            };
         }
         "n_probs" => p.n_probs = v.extract()?,
         "grammar" => p.grammar = v.extract()?,
-        _ => return Err(pyo3::exceptions::PyTypeError::new_err(format!("unknown sampling option {k:?}"))),
+        _ => {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "unknown sampling option {k:?}"
+            )))
+        }
     }
     Ok(())
 }
@@ -122,7 +159,9 @@ pub struct PySamplerVocab {
 impl PySamplerVocab {
     #[new]
     fn new(pieces: Vec<Vec<u8>>, eog: Vec<u32>) -> Self {
-        Self { inner: core_sampling::SamplerVocab::new(pieces, eog) }
+        Self {
+            inner: core_sampling::SamplerVocab::new(pieces, eog),
+        }
     }
 
     fn __len__(&self) -> usize {
@@ -144,9 +183,14 @@ fn logits_from(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
         let bytes = b.as_bytes();
         if bytes.len() % 4 != 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err("logits bytes must be float32 (length multiple of 4)"));
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "logits bytes must be float32 (length multiple of 4)",
+            ));
         }
-        return Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        return Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect());
     }
     obj.extract()
 }
@@ -159,7 +203,10 @@ pub struct PySampler {
 
 impl PySampler {
     fn with<R>(&self, f: impl FnOnce(&mut core_sampling::Sampler) -> R) -> PyResult<R> {
-        let mut g = self.inner.lock().map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("sampler poisoned"))?;
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("sampler poisoned"))?;
         Ok(f(&mut g))
     }
 }
@@ -169,7 +216,9 @@ impl PySampler {
     #[new]
     fn new(params: &PySamplingParams, vocab: &PySamplerVocab) -> PyResult<Self> {
         let s = core_sampling::Sampler::new(&params.inner, vocab.inner.clone()).map_err(to_py)?;
-        Ok(Self { inner: Mutex::new(s) })
+        Ok(Self {
+            inner: Mutex::new(s),
+        })
     }
 
     fn sample(&self, py: Python<'_>, logits: &Bound<'_, PyAny>) -> PyResult<u32> {
@@ -180,7 +229,8 @@ impl PySampler {
     /// Draw `n` times from the same logits without accepting (distribution tests).
     fn sample_n(&self, py: Python<'_>, logits: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<u32>> {
         let l = logits_from(logits)?;
-        py.detach(|| self.with(|s| (0..n).map(|_| s.sample(&l)).collect::<Result<Vec<_>, _>>()))?.map_err(to_py)
+        py.detach(|| self.with(|s| (0..n).map(|_| s.sample(&l)).collect::<Result<Vec<_>, _>>()))?
+            .map_err(to_py)
     }
 
     fn accept(&self, token: u32) -> PyResult<()> {
@@ -217,10 +267,17 @@ impl PySampler {
     /// Sample and accept `n_tokens` tokens, each from the next row of `logits` (n_tokens x
     /// n_vocab float32 bytes), stopping after an end-of-generation token. Returns the tokens and
     /// the total seconds spent in `sample` (for overhead measurements).
-    fn generate(&self, py: Python<'_>, logits: &Bound<'_, PyAny>, n_vocab: usize) -> PyResult<(Vec<u32>, f64)> {
+    fn generate(
+        &self,
+        py: Python<'_>,
+        logits: &Bound<'_, PyAny>,
+        n_vocab: usize,
+    ) -> PyResult<(Vec<u32>, f64)> {
         let l = logits_from(logits)?;
         if n_vocab == 0 || l.len() % n_vocab != 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err("logits length must be a multiple of n_vocab"));
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "logits length must be a multiple of n_vocab",
+            ));
         }
         py.detach(|| {
             self.with(|s| -> rllama_core::Result<(Vec<u32>, f64)> {
@@ -272,7 +329,8 @@ impl PyGrammar {
             Err(_) => text.extract()?,
         };
         let g = self.inner.clone();
-        py.detach(move || Matcher::new(g)?.matches_completely(&bytes)).map_err(to_py)
+        py.detach(move || Matcher::new(g)?.matches_completely(&bytes))
+            .map_err(to_py)
     }
 
     /// Whether `text` can be continued into a match (a valid prefix).

@@ -17,7 +17,10 @@ pub struct Candidates {
 fn by_logit_desc(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     // NaN logits sort last; ties keep the lower id first so results do not depend on the
     // unstable sort's choices.
-    b.logit.partial_cmp(&a.logit).unwrap_or_else(|| a.logit.is_nan().cmp(&b.logit.is_nan())).then(a.id.cmp(&b.id))
+    b.logit
+        .partial_cmp(&a.logit)
+        .unwrap_or_else(|| a.logit.is_nan().cmp(&b.logit.is_nan()))
+        .then(a.id.cmp(&b.id))
 }
 
 impl Candidates {
@@ -29,7 +32,11 @@ impl Candidates {
                 .iter()
                 .enumerate()
                 .filter(|(_, &l)| l != f32::NEG_INFINITY)
-                .map(|(i, &l)| Candidate { id: i as u32, logit: if l.is_nan() { f32::NEG_INFINITY } else { l }, p: 0.0 }),
+                .map(|(i, &l)| Candidate {
+                    id: i as u32,
+                    logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
+                    p: 0.0,
+                }),
         );
         self.sorted = false;
     }
@@ -77,7 +84,9 @@ impl Candidates {
         let max_l = if self.sorted {
             self.data[0].logit
         } else {
-            self.data.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit))
+            self.data
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, c| m.max(c.logit))
         };
         let mut sum = 0.0f64;
         for c in self.data.iter_mut() {
@@ -103,7 +112,9 @@ impl Candidates {
         for (i, c) in self.data.iter().enumerate() {
             match best {
                 None => best = Some(i),
-                Some(b) if by_logit_desc(c, &self.data[b]) == std::cmp::Ordering::Less => best = Some(i),
+                Some(b) if by_logit_desc(c, &self.data[b]) == std::cmp::Ordering::Less => {
+                    best = Some(i)
+                }
                 _ => {}
             }
         }

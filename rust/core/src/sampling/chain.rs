@@ -8,11 +8,27 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChainStep {
     TopK(i32),
-    TailFree { z: f32, min_keep: usize },
-    Typical { p: f32, min_keep: usize },
-    TopP { p: f32, min_keep: usize },
-    MinP { p: f32, min_keep: usize },
-    Temperature { temp: f32, range: f32, exponent: f32 },
+    TailFree {
+        z: f32,
+        min_keep: usize,
+    },
+    Typical {
+        p: f32,
+        min_keep: usize,
+    },
+    TopP {
+        p: f32,
+        min_keep: usize,
+    },
+    MinP {
+        p: f32,
+        min_keep: usize,
+    },
+    Temperature {
+        temp: f32,
+        range: f32,
+        exponent: f32,
+    },
 }
 
 /// Sampler names as accepted in `samplers` (canonical names, llama.cpp's aliases, and the
@@ -35,14 +51,17 @@ impl SamplerKind {
         Ok(match n.as_str() {
             "top_k" | "top-k" | "topk" => SamplerKind::TopK,
             "tfs_z" | "tfs-z" | "tfsz" | "tfs" | "tail_free" => SamplerKind::TfsZ,
-            "typical_p" | "typical-p" | "typicalp" | "typ_p" | "typ-p" | "typp" | "typ" | "typical" => {
-                SamplerKind::TypicalP
-            }
+            "typical_p" | "typical-p" | "typicalp" | "typ_p" | "typ-p" | "typp" | "typ"
+            | "typical" => SamplerKind::TypicalP,
             "top_p" | "top-p" | "topp" | "nucleus" => SamplerKind::TopP,
             "min_p" | "min-p" | "minp" => SamplerKind::MinP,
             "temperature" | "temp" => SamplerKind::Temperature,
             "penalties" => SamplerKind::Penalties,
-            _ => return Err(Error::invalid(format!("Unknown sampler name in \"samplers\": {name:?}"))),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "Unknown sampler name in \"samplers\": {name:?}"
+                )))
+            }
         })
     }
 
@@ -78,7 +97,11 @@ impl ChainStep {
             ChainStep::Typical { p, min_keep } => typical(c, p, min_keep, scratch),
             ChainStep::TopP { p, min_keep } => top_p(c, p, min_keep),
             ChainStep::MinP { p, min_keep } => min_p(c, p, min_keep),
-            ChainStep::Temperature { temp, range, exponent } => temperature_ext(c, temp, range, exponent),
+            ChainStep::Temperature {
+                temp,
+                range,
+                exponent,
+            } => temperature_ext(c, temp, range, exponent),
         }
     }
 }
@@ -131,9 +154,23 @@ pub fn typical(c: &mut Candidates, p: f32, min_keep: usize, scratch: &mut Vec<Ca
         return;
     }
     c.softmax(true);
-    let entropy: f32 = c.data.iter().filter(|x| x.p > 0.0).map(|x| -x.p * x.p.ln()).sum();
-    let mut idx: Vec<(f32, usize)> = c.data.iter().enumerate().map(|(i, x)| ((-x.p.ln() - entropy).abs(), i)).collect();
-    idx.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    let entropy: f32 = c
+        .data
+        .iter()
+        .filter(|x| x.p > 0.0)
+        .map(|x| -x.p * x.p.ln())
+        .sum();
+    let mut idx: Vec<(f32, usize)> = c
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, x)| ((-x.p.ln() - entropy).abs(), i))
+        .collect();
+    idx.sort_by(|a, b| {
+        a.0.partial_cmp(&b.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+    });
     let mut cum = 0.0f32;
     let mut last = idx.len();
     for (i, &(_, j)) in idx.iter().enumerate() {
@@ -197,7 +234,12 @@ pub fn temperature_ext(c: &mut Candidates, temp: f32, range: f32, exponent: f32)
         let max_t = temp + range;
         let max_entropy = (c.len() as f32).ln();
         c.softmax(true);
-        let entropy: f32 = c.data.iter().filter(|x| x.p > 0.0).map(|x| -x.p * x.p.ln()).sum();
+        let entropy: f32 = c
+            .data
+            .iter()
+            .filter(|x| x.p > 0.0)
+            .map(|x| -x.p * x.p.ln())
+            .sum();
         let norm = entropy / max_entropy;
         let dyn_t = min_t + (max_t - min_t) * norm.powf(exponent);
         temperature(c, dyn_t);
@@ -264,7 +306,10 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(SamplerKind::from_name("Top-K").unwrap(), SamplerKind::TopK);
-        assert_eq!(SamplerKind::from_name("typ_p").unwrap(), SamplerKind::TypicalP);
+        assert_eq!(
+            SamplerKind::from_name("typ_p").unwrap(),
+            SamplerKind::TypicalP
+        );
         assert!(SamplerKind::from_name("bogus").is_err());
     }
 }

@@ -17,7 +17,14 @@ pub struct Mirostat {
 
 impl Mirostat {
     pub fn new(version: u8, tau: f32, eta: f32, n_vocab: usize) -> Self {
-        Mirostat { version, tau, eta, mu: 2.0 * tau, n_vocab, m: 100 }
+        Mirostat {
+            version,
+            tau,
+            eta,
+            mu: 2.0 * tau,
+            n_vocab,
+            m: 100,
+        }
     }
 
     pub fn mu(&self) -> f32 {
@@ -41,12 +48,22 @@ impl Mirostat {
             }
             let s_hat = sum_ti_bi / sum_ti_sq;
             let eps_hat = s_hat - 1.0;
-            let k = ((eps_hat * 2f32.powf(self.mu)) / (1.0 - (self.n_vocab as f32).powf(-eps_hat))).powf(1.0 / s_hat);
-            let k = if k.is_finite() && k >= 1.0 { k.min(i32::MAX as f32) as i32 } else { 1 };
+            let k = ((eps_hat * 2f32.powf(self.mu)) / (1.0 - (self.n_vocab as f32).powf(-eps_hat)))
+                .powf(1.0 / s_hat);
+            let k = if k.is_finite() && k >= 1.0 {
+                k.min(i32::MAX as f32) as i32
+            } else {
+                1
+            };
             top_k(c, k.max(1));
         } else {
             let mu = self.mu;
-            let keep = c.data.iter().position(|x| -x.p.log2() > mu).unwrap_or(c.len()).max(1);
+            let keep = c
+                .data
+                .iter()
+                .position(|x| -x.p.log2() > mu)
+                .unwrap_or(c.len())
+                .max(1);
             c.data.truncate(keep);
         }
         c.softmax(true);

@@ -119,8 +119,17 @@ impl SamplerVocab {
                 *x = true;
             }
         }
-        let newline = pieces.iter().position(|p| p.as_slice() == b"\n").map(|i| i as u32);
-        Arc::new(SamplerVocab { pieces, eog, newline, trie: OnceLock::new(), is_eog })
+        let newline = pieces
+            .iter()
+            .position(|p| p.as_slice() == b"\n")
+            .map(|i| i as u32);
+        Arc::new(SamplerVocab {
+            pieces,
+            eog,
+            newline,
+            trie: OnceLock::new(),
+            is_eog,
+        })
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -134,7 +143,8 @@ impl SamplerVocab {
 
     /// The trie over all non end-of-generation pieces (built on first grammar use).
     pub fn trie(&self) -> &TokenTrie {
-        self.trie.get_or_init(|| TokenTrie::build(&self.pieces, |t| self.is_eog(t)))
+        self.trie
+            .get_or_init(|| TokenTrie::build(&self.pieces, |t| self.is_eog(t)))
     }
 }
 
@@ -151,7 +161,10 @@ pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
     c.fill(logits);
     let n = n.min(c.len());
     c.partial_sort(n);
-    c.data[..n].iter().map(|x| (x.id, (x.logit as f64 - lse) as f32)).collect()
+    c.data[..n]
+        .iter()
+        .map(|x| (x.id, (x.logit as f64 - lse) as f32))
+        .collect()
 }
 
 /// Draw from candidates by their logits (softmax, f64 accumulation); returns the index and leaves
@@ -256,10 +269,22 @@ impl Sampler {
             let mk = p.min_keep;
             steps.push(match k {
                 SamplerKind::TopK => ChainStep::TopK(p.top_k),
-                SamplerKind::TfsZ => ChainStep::TailFree { z: p.tfs_z, min_keep: mk },
-                SamplerKind::TypicalP => ChainStep::Typical { p: p.typical_p, min_keep: mk },
-                SamplerKind::TopP => ChainStep::TopP { p: p.top_p, min_keep: mk },
-                SamplerKind::MinP => ChainStep::MinP { p: p.min_p, min_keep: mk },
+                SamplerKind::TfsZ => ChainStep::TailFree {
+                    z: p.tfs_z,
+                    min_keep: mk,
+                },
+                SamplerKind::TypicalP => ChainStep::Typical {
+                    p: p.typical_p,
+                    min_keep: mk,
+                },
+                SamplerKind::TopP => ChainStep::TopP {
+                    p: p.top_p,
+                    min_keep: mk,
+                },
+                SamplerKind::MinP => ChainStep::MinP {
+                    p: p.min_p,
+                    min_keep: mk,
+                },
                 SamplerKind::Temperature => ChainStep::Temperature {
                     temp: p.temperature,
                     range: p.dynatemp_range,
@@ -272,19 +297,38 @@ impl Sampler {
             Some(ChainStep::TopK(k)) if *k > 0 => Some(*k as usize),
             _ => None,
         };
-        let matcher = if p.grammar.trim().is_empty() { None } else { Some(Matcher::new(Grammar::parse(&p.grammar)?)?) };
-        let mut bias: Vec<(u32, f32)> = p.logit_bias.iter().copied().filter(|&(t, _)| (t as usize) < n_vocab).collect();
+        let matcher = if p.grammar.trim().is_empty() {
+            None
+        } else {
+            Some(Matcher::new(Grammar::parse(&p.grammar)?)?)
+        };
+        let mut bias: Vec<(u32, f32)> = p
+            .logit_bias
+            .iter()
+            .copied()
+            .filter(|&(t, _)| (t as usize) < n_vocab)
+            .collect();
         if p.ignore_eos {
             bias.extend(vocab.eog.iter().map(|&t| (t, f32::NEG_INFINITY)));
         }
-        let seed = if p.seed == rng::RANDOM_SEED { rng::random_seed() } else { p.seed };
-        let mirostat = (p.mirostat > 0).then(|| Mirostat::new(p.mirostat, p.mirostat_tau, p.mirostat_eta, n_vocab));
+        let seed = if p.seed == rng::RANDOM_SEED {
+            rng::random_seed()
+        } else {
+            p.seed
+        };
+        let mirostat = (p.mirostat > 0)
+            .then(|| Mirostat::new(p.mirostat, p.mirostat_tau, p.mirostat_eta, n_vocab));
         let mut s = Sampler {
             params: p.clone(),
             vocab,
             steps,
             leading_top_k,
-            penalties: Penalties::new(p.repeat_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty),
+            penalties: Penalties::new(
+                p.repeat_last_n,
+                p.repeat_penalty,
+                p.frequency_penalty,
+                p.presence_penalty,
+            ),
             mirostat,
             matcher,
             rng: Rng::new(seed),
@@ -324,7 +368,9 @@ impl Sampler {
     /// Load the penalty window with the prompt tokens (ignored when penalty_prompt was given,
     /// which replaces the prompt for this purpose). Does not touch the grammar.
     pub fn set_history(&mut self, tokens: &[u32]) {
-        if self.params.penalty_prompt.is_some() && !self.penalties_loaded_from_penalty_prompt(tokens) {
+        if self.params.penalty_prompt.is_some()
+            && !self.penalties_loaded_from_penalty_prompt(tokens)
+        {
             return;
         }
         self.penalties.reset();
@@ -342,7 +388,12 @@ impl Sampler {
         self.penalties.accept(token);
         if let Some(m) = self.matcher.as_mut() {
             if !self.vocab.is_eog(token) {
-                let piece = self.vocab.pieces.get(token as usize).map(|p| p.as_slice()).unwrap_or(&[]);
+                let piece = self
+                    .vocab
+                    .pieces
+                    .get(token as usize)
+                    .map(|p| p.as_slice())
+                    .unwrap_or(&[]);
                 m.accept_bytes(piece)?;
             }
         }
@@ -364,7 +415,9 @@ impl Sampler {
     }
 
     fn token_ok(&mut self, t: u32) -> Result<bool> {
-        let Some(m) = self.matcher.as_mut() else { return Ok(true) };
+        let Some(m) = self.matcher.as_mut() else {
+            return Ok(true);
+        };
         if self.vocab.is_eog(t) {
             return Ok(m.can_end());
         }
@@ -389,7 +442,11 @@ impl Sampler {
                 *l += b;
             }
         }
-        let keep = if self.params.penalize_nl { None } else { self.vocab.newline };
+        let keep = if self.params.penalize_nl {
+            None
+        } else {
+            self.vocab.newline
+        };
         self.penalties.apply(&mut work, keep);
         let r = self.sample_work(&work);
         self.work = work;
@@ -398,7 +455,11 @@ impl Sampler {
 
     fn sample_work(&mut self, work: &[f32]) -> Result<u32> {
         self.cands.fill(work);
-        let first = if self.cands.is_empty() { None } else { Some(self.run_chain_and_draw()) };
+        let first = if self.cands.is_empty() {
+            None
+        } else {
+            Some(self.run_chain_and_draw())
+        };
         if self.matcher.is_none() {
             return first.ok_or_else(|| Error::invalid("every token is banned (logit bias -inf)"));
         }
@@ -410,7 +471,11 @@ impl Sampler {
         // Redraw among grammar-allowed tokens.
         self.stats.grammar_redraws += 1;
         if self.mirostat.is_none() {
-            let need = if self.greedy() { Some(1) } else { self.leading_top_k };
+            let need = if self.greedy() {
+                Some(1)
+            } else {
+                self.leading_top_k
+            };
             if let Some(need) = need {
                 if self.fill_best_allowed(work, need)? {
                     return Ok(self.run_chain_and_draw());
@@ -421,7 +486,12 @@ impl Sampler {
         if self.cands.is_empty() {
             // Nothing is allowed (e.g. the grammar is complete but end of generation is banned by
             // ignore_eos): end the sequence rather than emit a token the grammar rejects.
-            return self.vocab.eog.first().copied().ok_or_else(|| Error::Grammar("the grammar allows no token".into()));
+            return self
+                .vocab
+                .eog
+                .first()
+                .copied()
+                .ok_or_else(|| Error::Grammar("the grammar allows no token".into()));
         }
         Ok(self.run_chain_and_draw())
     }
@@ -475,7 +545,11 @@ impl Sampler {
         for &t in &allowed {
             if let Some(&l) = work.get(t as usize) {
                 if l != f32::NEG_INFINITY && !l.is_nan() {
-                    self.cands.data.push(Candidate { id: t, logit: l, p: 0.0 });
+                    self.cands.data.push(Candidate {
+                        id: t,
+                        logit: l,
+                        p: 0.0,
+                    });
                 }
             }
         }
@@ -519,8 +593,18 @@ impl Sampler {
     /// The last draw's final candidates as (token, probability), most probable first, at most
     /// `n`, zero probabilities dropped (`post_sampling_probs: true`).
     pub fn post_sampling_probs(&self, n: usize) -> Vec<(u32, f32)> {
-        let mut v: Vec<(u32, f32)> = self.cands.data.iter().filter(|c| c.p > 0.0).map(|c| (c.id, c.p)).collect();
-        v.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+        let mut v: Vec<(u32, f32)> = self
+            .cands
+            .data
+            .iter()
+            .filter(|c| c.p > 0.0)
+            .map(|c| (c.id, c.p))
+            .collect();
+        v.sort_by(|a, b| {
+            b.1.partial_cmp(&a.1)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.0.cmp(&b.0))
+        });
         v.truncate(n);
         v
     }
@@ -538,7 +622,11 @@ mod tests {
     #[test]
     fn greedy_and_bias() {
         let v = vocab(5);
-        let p = SamplingParams { temperature: 0.0, logit_bias: vec![(3, 10.0)], ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            logit_bias: vec![(3, 10.0)],
+            ..Default::default()
+        };
         let mut s = Sampler::new(&p, v).unwrap();
         assert_eq!(s.sample(&[0.0, 1.0, 2.0, 0.5, 0.0]).unwrap(), 3);
         assert_eq!(s.post_sampling_probs(5), vec![(3, 1.0)]);
@@ -548,19 +636,37 @@ mod tests {
     fn fixed_seed_reproduces() {
         let v = vocab(50);
         let logits: Vec<f32> = (0..50).map(|i| ((i * 7919) % 13) as f32 * 0.3).collect();
-        let p = SamplingParams { seed: 7, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let p = SamplingParams {
+            seed: 7,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
         let run = |v: Arc<SamplerVocab>| {
             let mut s = Sampler::new(&p, v).unwrap();
-            (0..50).map(|_| s.sample(&logits).unwrap()).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&logits).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(v.clone()), run(v));
     }
 
     #[test]
     fn grammar_constrains() {
-        let pieces: Vec<Vec<u8>> = vec![b"</s>".to_vec(), b"a".to_vec(), b"b".to_vec(), b"ab".to_vec(), b"c".to_vec()];
+        let pieces: Vec<Vec<u8>> = vec![
+            b"</s>".to_vec(),
+            b"a".to_vec(),
+            b"b".to_vec(),
+            b"ab".to_vec(),
+            b"c".to_vec(),
+        ];
         let v = SamplerVocab::new(pieces, vec![0]);
-        let p = SamplingParams { grammar: "root ::= (\"a\" | \"b\")+ \"c\"\n".into(), seed: 3, ..Default::default() };
+        let p = SamplingParams {
+            grammar: "root ::= (\"a\" | \"b\")+ \"c\"\n".into(),
+            seed: 3,
+            ..Default::default()
+        };
         let mut s = Sampler::new(&p, v.clone()).unwrap();
         let mut text = Vec::new();
         for _ in 0..100 {

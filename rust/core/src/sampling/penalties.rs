@@ -17,7 +17,14 @@ pub struct Penalties {
 
 impl Penalties {
     pub fn new(last_n: i32, repeat: f32, freq: f32, present: f32) -> Self {
-        Penalties { last_n, repeat, freq, present, window: VecDeque::new(), counts: HashMap::new() }
+        Penalties {
+            last_n,
+            repeat,
+            freq,
+            present,
+            window: VecDeque::new(),
+            counts: HashMap::new(),
+        }
     }
 
     pub fn is_disabled(&self) -> bool {
@@ -57,7 +64,9 @@ impl Penalties {
             if Some(tok) == keep {
                 continue;
             }
-            let Some(l) = logits.get_mut(tok as usize) else { continue };
+            let Some(l) = logits.get_mut(tok as usize) else {
+                continue;
+            };
             if *l <= 0.0 {
                 *l *= self.repeat;
             } else {

@@ -26,7 +26,9 @@ pub fn random_seed() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut x = t ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0xA076_1D64_78BD_642F);
+    let mut x = t ^ COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0xA076_1D64_78BD_642F);
     loop {
         let s = splitmix64(&mut x) as u32;
         if s != RANDOM_SEED {
@@ -38,7 +40,12 @@ pub fn random_seed() -> u32 {
 impl Rng {
     pub fn new(seed: u32) -> Self {
         let mut x = seed as u64;
-        let s = [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)];
+        let s = [
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+        ];
         Rng { s }
     }
 

@@ -77,7 +77,13 @@ impl Grammar {
             alts.push(a);
         }
         // Rule ids become rule-start positions are not needed: Ref keeps the rule id.
-        Ok(Arc::new(Grammar { elems, classes: p.classes, alts, root: p.root, n_rules: p.rules.len() }))
+        Ok(Arc::new(Grammar {
+            elems,
+            classes: p.classes,
+            alts,
+            root: p.root,
+            n_rules: p.rules.len(),
+        }))
     }
 }
 
@@ -109,14 +115,30 @@ fn utf8_step(p: Utf8Partial, b: u8) -> Step {
                 Step::Char(value)
             }
         } else {
-            Step::Partial(Utf8Partial { value, remain: p.remain - 1, min: p.min })
+            Step::Partial(Utf8Partial {
+                value,
+                remain: p.remain - 1,
+                min: p.min,
+            })
         }
     } else {
         match b {
             0x00..=0x7F => Step::Char(b as u32),
-            0xC2..=0xDF => Step::Partial(Utf8Partial { value: (b & 0x1F) as u32, remain: 1, min: 0x80 }),
-            0xE0..=0xEF => Step::Partial(Utf8Partial { value: (b & 0x0F) as u32, remain: 2, min: 0x800 }),
-            0xF0..=0xF4 => Step::Partial(Utf8Partial { value: (b & 0x07) as u32, remain: 3, min: 0x10000 }),
+            0xC2..=0xDF => Step::Partial(Utf8Partial {
+                value: (b & 0x1F) as u32,
+                remain: 1,
+                min: 0x80,
+            }),
+            0xE0..=0xEF => Step::Partial(Utf8Partial {
+                value: (b & 0x0F) as u32,
+                remain: 2,
+                min: 0x800,
+            }),
+            0xF0..=0xF4 => Step::Partial(Utf8Partial {
+                value: (b & 0x07) as u32,
+                remain: 3,
+                min: 0x10000,
+            }),
             _ => Step::Invalid,
         }
     }
@@ -142,6 +164,56 @@ pub struct Matcher {
     /// returns to the same state (inside a string, between list items), and hash-consing makes
     /// equal states compare equal.
     walk_cache: FastMap<(Vec<u32>, Utf8Partial), Arc<Vec<u32>>>,
+    /// Lazily built byte-level DFA over matcher states: a state is a (stack set, pending UTF-8)
+    /// pair, its 256 transitions are computed on first use. Walking the trie or checking a token
+    /// is then one array lookup per byte.
+    dfa: Dfa,
+    /// The DFA state of the current position (UNKNOWN until interned).
+    cur: u32,
+}
+
+const UNKNOWN: u32 = u32::MAX;
+const DEAD: u32 = u32::MAX - 1;
+/// DFA states kept before the DFA is dropped and rebuilt (each costs 1 KiB of transitions).
+const MAX_DFA_STATES: usize = 4096;
+
+#[derive(Default)]
+struct Dfa {
+    states: Vec<(u32, u32, Utf8Partial)>,
+    set_buf: Vec<u32>,
+    ids: FastMap<(Vec<u32>, Utf8Partial), u32>,
+    trans: Vec<[u32; 256]>,
+    /// (state, code point) -> state for non-ASCII code points completed inside a trie walk
+    /// (so multi-byte prefixes do not each become a DFA state).
+    cp_trans: FastMap<u64, u32>,
+}
+
+impl Dfa {
+    fn clear(&mut self) {
+        self.states.clear();
+        self.set_buf.clear();
+        self.ids.clear();
+        self.trans.clear();
+        self.cp_trans.clear();
+    }
+
+    fn intern(&mut self, set: &[u32], p: Utf8Partial) -> u32 {
+        if let Some(&id) = self.ids.get(&(set.to_vec(), p)) {
+            return id;
+        }
+        let id = self.states.len() as u32;
+        self.states
+            .push((self.set_buf.len() as u32, set.len() as u32, p));
+        self.set_buf.extend_from_slice(set);
+        self.ids.insert((set.to_vec(), p), id);
+        self.trans.push([UNKNOWN; 256]);
+        id
+    }
+
+    fn set(&self, state: u32) -> (&[u32], Utf8Partial) {
+        let (start, len, p) = self.states[state as usize];
+        (&self.set_buf[start as usize..(start + len) as usize], p)
+    }
 }
 
 const MAX_WALK_CACHE: usize = 32;
@@ -163,6 +235,8 @@ impl Matcher {
             b: Vec::new(),
             dfs_buf: Vec::new(),
             walk_cache: FastMap::default(),
+            dfa: Dfa::default(),
+            cur: UNKNOWN,
         };
         m.reset()?;
         Ok(m)
@@ -173,13 +247,18 @@ impl Matcher {
         let mut out = Vec::new();
         for i in 0..self.g.alts[root].len() {
             let a = self.g.alts[root][i];
-            let s = if self.g.elems[a as usize].is_end() { DONE } else { self.node(a, DONE)? };
+            let s = if self.g.elems[a as usize].is_end() {
+                DONE
+            } else {
+                self.node(a, DONE)?
+            };
             self.expand(s, &mut out)?;
         }
         out.sort_unstable();
         out.dedup();
         self.stacks = out;
         self.partial = Utf8Partial::default();
+        self.cur = UNKNOWN;
         Ok(())
     }
 
@@ -224,10 +303,18 @@ impl Matcher {
                 Elem::Chars(_) => out.push(x),
                 Elem::Ref(r) => {
                     let next = pos + 1;
-                    let rest = if self.g.elems[next as usize].is_end() { parent } else { self.node(next, parent)? };
+                    let rest = if self.g.elems[next as usize].is_end() {
+                        parent
+                    } else {
+                        self.node(next, parent)?
+                    };
                     for i in 0..self.g.alts[r as usize].len() {
                         let a = self.g.alts[r as usize][i];
-                        let ns = if self.g.elems[a as usize].is_end() { rest } else { self.node(a, rest)? };
+                        let ns = if self.g.elems[a as usize].is_end() {
+                            rest
+                        } else {
+                            self.node(a, rest)?
+                        };
                         self.work.push(ns);
                     }
                 }
@@ -257,7 +344,11 @@ impl Matcher {
             if let Elem::Chars(cls) = self.g.elems[pos as usize] {
                 if self.g.classes[cls as usize].matches(c) {
                     let next = pos + 1;
-                    let ns = if self.g.elems[next as usize].is_end() { parent } else { self.node(next, parent)? };
+                    let ns = if self.g.elems[next as usize].is_end() {
+                        parent
+                    } else {
+                        self.node(next, parent)?
+                    };
                     let r = self.expand(ns, &mut res);
                     if let Err(e) = r {
                         self.tmp = res;
@@ -313,43 +404,89 @@ impl Matcher {
         })
     }
 
-    /// Run `bytes` from the current state; returns the resulting (stacks in self.a, partial), or
-    /// None when the bytes are rejected.
-    fn run(&mut self, bytes: &[u8]) -> Result<Option<Utf8Partial>> {
-        let mut a = std::mem::take(&mut self.a);
-        let mut b = std::mem::take(&mut self.b);
-        a.clear();
-        a.extend_from_slice(&self.stacks);
-        let mut p = self.partial;
-        let mut ok = true;
-        for &byte in bytes {
-            match utf8_step(p, byte) {
-                Step::Char(c) => {
-                    p = Utf8Partial::default();
-                    if let Err(e) = self.advance_set(&a, c, &mut b) {
-                        self.a = a;
-                        self.b = b;
-                        return Err(e);
-                    }
-                    std::mem::swap(&mut a, &mut b);
-                    if a.is_empty() {
-                        ok = false;
-                        break;
-                    }
-                }
-                Step::Partial(np) => p = np,
-                Step::Invalid => {
-                    ok = false;
-                    break;
-                }
+    /// The DFA state of the current position, dropping the DFA first when it grew too big.
+    fn current_state(&mut self) -> u32 {
+        if self.dfa.states.len() >= MAX_DFA_STATES {
+            self.dfa.clear();
+            self.cur = UNKNOWN;
+        }
+        if self.cur == UNKNOWN {
+            self.cur = self.dfa.intern(&self.stacks, self.partial);
+        }
+        self.cur
+    }
+
+    /// One byte from a DFA state (memoized); DEAD when the grammar rejects it.
+    #[inline]
+    fn step(&mut self, state: u32, byte: u8) -> Result<u32> {
+        let t = self.dfa.trans[state as usize][byte as usize];
+        if t != UNKNOWN {
+            return Ok(t);
+        }
+        self.step_slow(state, byte)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn step_slow(&mut self, state: u32, byte: u8) -> Result<u32> {
+        let mut set = std::mem::take(&mut self.a);
+        let mut out = std::mem::take(&mut self.b);
+        set.clear();
+        let (s, p) = self.dfa.set(state);
+        set.extend_from_slice(s);
+        let r = match utf8_step(p, byte) {
+            Step::Char(c) => match self.advance_set(&set, c, &mut out) {
+                Ok(()) if out.is_empty() => Ok(DEAD),
+                Ok(()) => Ok(self.dfa.intern(&out, Utf8Partial::default())),
+                Err(e) => Err(e),
+            },
+            Step::Partial(np) => Ok(if self.partial_ok(&set, np) {
+                self.dfa.intern(&set, np)
+            } else {
+                DEAD
+            }),
+            Step::Invalid => Ok(DEAD),
+        };
+        self.a = set;
+        self.b = out;
+        let t = r?;
+        self.dfa.trans[state as usize][byte as usize] = t;
+        Ok(t)
+    }
+
+    /// A whole code point from a DFA state without pending bytes (memoized).
+    fn step_cp(&mut self, state: u32, c: u32) -> Result<u32> {
+        let key = ((state as u64) << 32) | c as u64;
+        if let Some(&t) = self.dfa.cp_trans.get(&key) {
+            return Ok(t);
+        }
+        let mut set = std::mem::take(&mut self.a);
+        let mut out = std::mem::take(&mut self.b);
+        set.clear();
+        set.extend_from_slice(self.dfa.set(state).0);
+        let r = self.advance_set(&set, c, &mut out);
+        let t = match r {
+            Ok(()) if out.is_empty() => Ok(DEAD),
+            Ok(()) => Ok(self.dfa.intern(&out, Utf8Partial::default())),
+            Err(e) => Err(e),
+        };
+        self.a = set;
+        self.b = out;
+        let t = t?;
+        self.dfa.cp_trans.insert(key, t);
+        Ok(t)
+    }
+
+    /// Run `bytes` from the current position: the DFA state reached, or None if rejected.
+    fn run(&mut self, bytes: &[u8]) -> Result<Option<u32>> {
+        let mut st = self.current_state();
+        for &b in bytes {
+            st = self.step(st, b)?;
+            if st == DEAD {
+                return Ok(None);
             }
         }
-        if ok && p.remain > 0 && !self.partial_ok(&a, p) {
-            ok = false;
-        }
-        self.a = a;
-        self.b = b;
-        Ok(if ok { Some(p) } else { None })
+        Ok(Some(st))
     }
 
     /// Whether a (non end-of-generation) token with these bytes is allowed now.
@@ -363,9 +500,12 @@ impl Matcher {
     /// Consume a token's bytes; an error if the grammar does not allow them.
     pub fn accept_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         match self.run(bytes)? {
-            Some(p) => {
-                std::mem::swap(&mut self.stacks, &mut self.a);
+            Some(st) => {
+                let (set, p) = self.dfa.set(st);
+                self.stacks.clear();
+                self.stacks.extend_from_slice(set);
                 self.partial = p;
+                self.cur = st;
                 Ok(())
             }
             None => Err(Error::Grammar("token not allowed by the grammar".into())),
@@ -375,8 +515,11 @@ impl Matcher {
     /// Whether the whole of `bytes`, from the current state, is a complete match.
     pub fn matches_completely(&mut self, bytes: &[u8]) -> Result<bool> {
         match self.run(bytes)? {
-            Some(p) => Ok(p.remain == 0 && self.a.contains(&DONE)),
-            None => Ok(bytes.is_empty() && self.can_end()),
+            Some(st) => {
+                let (set, p) = self.dfa.set(st);
+                Ok(p.remain == 0 && set.contains(&DONE))
+            }
+            None => Ok(false),
         }
     }
 
@@ -387,11 +530,18 @@ impl Matcher {
 
     /// Only end of generation is allowed.
     pub fn only_end(&self) -> bool {
-        self.partial.remain == 0 && !self.stacks.is_empty() && self.stacks.iter().all(|&s| s == DONE)
+        self.partial.remain == 0
+            && !self.stacks.is_empty()
+            && self.stacks.iter().all(|&s| s == DONE)
     }
 
     /// Every non end-of-generation token the grammar allows now, by walking the vocabulary trie.
-    pub fn allowed_tokens(&mut self, trie: &TokenTrie, pieces: &[Vec<u8>], out: &mut Vec<u32>) -> Result<()> {
+    pub fn allowed_tokens(
+        &mut self,
+        trie: &TokenTrie,
+        pieces: &[Vec<u8>],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         out.clear();
         let key = (self.stacks.clone(), self.partial);
         if let Some(hit) = self.walk_cache.get(&key) {
@@ -407,6 +557,70 @@ impl Matcher {
     }
 
     fn walk(&mut self, trie: &TokenTrie, pieces: &[Vec<u8>], out: &mut Vec<u32>) -> Result<()> {
+        let st = self.current_state();
+        if self.dfa_walk(trie, st, out)? {
+            for &t in &trie.long_tokens {
+                if self.token_allowed(&pieces[t as usize])? {
+                    out.push(t);
+                }
+            }
+            return Ok(());
+        }
+        // The DFA outgrew its budget mid-walk: drop it and walk with stack sets instead.
+        out.clear();
+        self.dfa.clear();
+        self.cur = UNKNOWN;
+        self.walk_sets(trie, pieces, out)
+    }
+
+    /// Trie walk over DFA states in the trie's preorder, skipping dead subtrees; false when the
+    /// DFA outgrew its budget. Per depth it keeps the state and the bytes of a character begun
+    /// inside this walk (non-ASCII characters step the DFA once complete).
+    fn dfa_walk(&mut self, trie: &TokenTrie, st0: u32, out: &mut Vec<u32>) -> Result<bool> {
+        let n = trie.n_nodes();
+        let mut at: Vec<(u32, Utf8Partial)> =
+            vec![(st0, Utf8Partial::default()); trie.max_depth + 1];
+        let mut i = 1usize;
+        while i < n {
+            let d = trie.depth[i] as usize;
+            let (st, p) = at[d - 1];
+            let byte = trie.byte_in[i];
+            let state_pending = self.dfa.states[st as usize].2.remain > 0;
+            let (ns, np) = if state_pending || (p.remain == 0 && byte < 0x80) {
+                (self.step(st, byte)?, Utf8Partial::default())
+            } else {
+                match utf8_step(p, byte) {
+                    Step::Char(c) => (self.step_cp(st, c)?, Utf8Partial::default()),
+                    Step::Partial(np) => {
+                        if self.partial_ok(self.dfa.set(st).0, np) {
+                            (st, np)
+                        } else {
+                            (DEAD, np)
+                        }
+                    }
+                    Step::Invalid => (DEAD, p),
+                }
+            };
+            if ns == DEAD {
+                i = trie.subtree_end[i] as usize;
+                continue;
+            }
+            if self.dfa.states.len() > 2 * MAX_DFA_STATES {
+                return Ok(false);
+            }
+            at[d] = (ns, np);
+            out.extend_from_slice(trie.tokens_at(i as u32));
+            i += 1;
+        }
+        Ok(true)
+    }
+
+    fn walk_sets(
+        &mut self,
+        trie: &TokenTrie,
+        pieces: &[Vec<u8>],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         let mut buf = std::mem::take(&mut self.dfs_buf);
         buf.clear();
         buf.extend_from_slice(&self.stacks);
@@ -418,6 +632,11 @@ impl Matcher {
         for &t in &trie.long_tokens {
             if self.token_allowed(&pieces[t as usize])? {
                 out.push(t);
+            }
+            // keep the DFA small while we are in the fallback
+            if self.dfa.states.len() >= MAX_DFA_STATES {
+                self.dfa.clear();
+                self.cur = UNKNOWN;
             }
         }
         Ok(())
@@ -437,7 +656,9 @@ impl Matcher {
     ) -> Result<()> {
         if node != 0 {
             let toks = trie.tokens_at(node);
-            if !toks.is_empty() && (p.remain == 0 || self.partial_ok(&buf[start as usize..end as usize], p)) {
+            if !toks.is_empty()
+                && (p.remain == 0 || self.partial_ok(&buf[start as usize..end as usize], p))
+            {
                 out.extend_from_slice(toks);
             }
         }
@@ -451,7 +672,16 @@ impl Matcher {
                     let s = buf.len();
                     buf.extend_from_slice(tmp);
                     let e = buf.len();
-                    self.dfs(trie, child, s as u32, e as u32, Utf8Partial::default(), buf, tmp, out)?;
+                    self.dfs(
+                        trie,
+                        child,
+                        s as u32,
+                        e as u32,
+                        Utf8Partial::default(),
+                        buf,
+                        tmp,
+                        out,
+                    )?;
                     buf.truncate(s);
                 }
                 Step::Partial(np) => {
@@ -517,11 +747,13 @@ mod tests {
 
     #[test]
     fn trie_filter_agrees_with_single_checks() {
-        let pieces: Vec<Vec<u8>> = ["a", "ab", "b", "{", "{\"", "\"", "é", "\u{e9}x", "1", "12", "}", " "]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .chain([vec![0xC3u8], vec![0xA9u8, b'1']])
-            .collect();
+        let pieces: Vec<Vec<u8>> = [
+            "a", "ab", "b", "{", "{\"", "\"", "é", "\u{e9}x", "1", "12", "}", " ",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .chain([vec![0xC3u8], vec![0xA9u8, b'1']])
+        .collect();
         let trie = TokenTrie::build(&pieces, |_| false);
         let mut x = m("root ::= \"{\" [aé]* [0-9]* \"}\"\n");
         for prefix in [&b""[..], b"{", "{é".as_bytes(), b"{a1"] {
@@ -530,8 +762,9 @@ mod tests {
             let mut got = Vec::new();
             y.allowed_tokens(&trie, &pieces, &mut got).unwrap();
             got.sort();
-            let want: Vec<u32> =
-                (0..pieces.len() as u32).filter(|&t| y.token_allowed(&pieces[t as usize]).unwrap()).collect();
+            let want: Vec<u32> = (0..pieces.len() as u32)
+                .filter(|&t| y.token_allowed(&pieces[t as usize]).unwrap())
+                .collect();
             assert_eq!(got, want, "prefix {prefix:?}");
         }
         assert!(x.token_allowed(b"{").unwrap());
@@ -544,5 +777,57 @@ mod tests {
             x.accept_bytes(b"ab").unwrap();
         }
         assert!(x.nodes.len() < 100);
+    }
+}
+
+#[cfg(test)]
+mod perf_probe {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn probe_walk_cost() {
+        // Token bytes as (u32 length, bytes)*, e.g. dumped from a GGUF vocabulary.
+        let path =
+            std::env::var("RLLAMA_PIECES").unwrap_or_else(|_| "/tmp/smollm2_pieces.bin".into());
+        let Ok(raw) = std::fs::read(path) else { return };
+        let mut pieces = Vec::new();
+        let mut i = 0;
+        while i < raw.len() {
+            let n = u32::from_le_bytes(raw[i..i + 4].try_into().unwrap()) as usize;
+            pieces.push(raw[i + 4..i + 4 + n].to_vec());
+            i += 4 + n;
+        }
+        let trie = TokenTrie::build(&pieces, |_| false);
+        for g in [
+            "root ::= \"\\\"\" [^\"]{0,1900} \"\\\"\"\n",
+            "root ::= \"\\\"\" [^\"]* \"\\\"\"\n",
+        ] {
+            let mut m = Matcher::new(Grammar::parse(g).unwrap()).unwrap();
+            m.accept_bytes(b"\"").unwrap();
+            let mut out = Vec::new();
+            let t0 = std::time::Instant::now();
+            for i in 0..50 {
+                m.walk_cache.clear();
+                m.allowed_tokens(&trie, &pieces, &mut out).unwrap();
+                m.accept_bytes(b"abc").unwrap();
+                if i % 10 == 0 {
+                    eprintln!(
+                        "states {} cp {} nodes {} cache {} allowed {}",
+                        m.dfa.states.len(),
+                        m.dfa.cp_trans.len(),
+                        m.nodes.len(),
+                        m.cache.len(),
+                        out.len()
+                    );
+                }
+            }
+            eprintln!(
+                "{g:?}: {} tokens {} trie nodes: {:?} per walk",
+                pieces.len(),
+                trie.n_nodes(),
+                t0.elapsed() / 50
+            );
+        }
     }
 }

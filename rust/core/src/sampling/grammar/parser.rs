@@ -93,14 +93,23 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0);
-    let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    let col = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, col)
 }
 
 pub fn grammar_error(text: &str, offset: usize, msg: &str) -> Error {
     let (line, col) = line_col(text, offset);
-    Error::Grammar(format!("Failed to parse grammar: {msg} at line {line}, column {col}"))
+    Error::Grammar(format!(
+        "Failed to parse grammar: {msg} at line {line}, column {col}"
+    ))
 }
 
 impl<'a> Parser<'a> {
@@ -199,7 +208,9 @@ impl<'a> Parser<'a> {
             return Err(self.err("expecting an integer"));
         }
         // Saturate absurdly long numbers; the repetition limits reject them right after.
-        Ok(self.text[start..self.pos].parse::<u64>().unwrap_or(u64::MAX))
+        Ok(self.text[start..self.pos]
+            .parse::<u64>()
+            .unwrap_or(u64::MAX))
     }
 
     fn parse_hex(&mut self, n: usize) -> Result<u32> {
@@ -240,7 +251,10 @@ impl<'a> Parser<'a> {
             };
         }
         // The text is a &str, so this is a valid UTF-8 sequence.
-        let ch = self.text[self.pos..].chars().next().ok_or_else(|| self.err("unexpected end of input"))?;
+        let ch = self.text[self.pos..]
+            .chars()
+            .next()
+            .ok_or_else(|| self.err("unexpected end of input"))?;
         self.pos += ch.len_utf8();
         Ok(ch as u32)
     }
@@ -258,7 +272,14 @@ impl<'a> Parser<'a> {
         self.set_rule(rule_id, rule)
     }
 
-    fn repeat(&mut self, rule_name: &str, rule: &mut Vec<Elem>, last_start: usize, min: u64, max: Option<u64>) -> Result<()> {
+    fn repeat(
+        &mut self,
+        rule_name: &str,
+        rule: &mut Vec<Elem>,
+        last_start: usize,
+        min: u64,
+        max: Option<u64>,
+    ) -> Result<()> {
         if last_start == rule.len() {
             return Err(self.err("expecting preceding item to */+/?/{"));
         }
@@ -307,7 +328,12 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn parse_sequence(&mut self, rule_name: &str, rule: &mut Vec<Elem>, nested: bool) -> Result<()> {
+    fn parse_sequence(
+        &mut self,
+        rule_name: &str,
+        rule: &mut Vec<Elem>,
+        nested: bool,
+    ) -> Result<()> {
         let mut last_start = rule.len();
         while !self.at_end() {
             let c = self.peek();
@@ -317,10 +343,17 @@ impl<'a> Parser<'a> {
                 last_start = rule.len();
                 while self.peek() != b'"' {
                     if self.at_end() {
-                        return Err(grammar_error(self.text, open, "unterminated string literal"));
+                        return Err(grammar_error(
+                            self.text,
+                            open,
+                            "unterminated string literal",
+                        ));
                     }
                     let ch = self.parse_char()?;
-                    let id = self.class_id(CharClass { negated: false, ranges: vec![(ch, ch)] });
+                    let id = self.class_id(CharClass {
+                        negated: false,
+                        ranges: vec![(ch, ch)],
+                    });
                     rule.push(Elem::Chars(id));
                     self.count(1)?;
                 }
@@ -329,14 +362,21 @@ impl<'a> Parser<'a> {
             } else if c == b'[' {
                 let open = self.pos;
                 self.pos += 1;
-                let mut cls = CharClass { negated: false, ranges: Vec::new() };
+                let mut cls = CharClass {
+                    negated: false,
+                    ranges: Vec::new(),
+                };
                 if self.peek() == b'^' {
                     self.pos += 1;
                     cls.negated = true;
                 }
                 while self.peek() != b']' {
                     if self.at_end() {
-                        return Err(grammar_error(self.text, open, "unterminated character class"));
+                        return Err(grammar_error(
+                            self.text,
+                            open,
+                            "unterminated character class",
+                        ));
                     }
                     let lo = self.parse_char()?;
                     let mut hi = lo;
@@ -382,7 +422,10 @@ impl<'a> Parser<'a> {
                 self.skip_space(nested);
             } else if c == b'.' {
                 last_start = rule.len();
-                let id = self.class_id(CharClass { negated: true, ranges: Vec::new() });
+                let id = self.class_id(CharClass {
+                    negated: true,
+                    ranges: Vec::new(),
+                });
                 rule.push(Elem::Chars(id));
                 self.count(1)?;
                 self.pos += 1;
@@ -431,7 +474,9 @@ impl<'a> Parser<'a> {
                 let save = self.pos;
                 self.pos = at;
                 if min > MAX_REPETITION {
-                    return Err(self.err(&format!("repetition count {min} exceeds the limit of {MAX_REPETITION}")));
+                    return Err(self.err(&format!(
+                        "repetition count {min} exceeds the limit of {MAX_REPETITION}"
+                    )));
                 }
                 if let Some(m) = max {
                     if m < min {
@@ -494,12 +539,18 @@ pub fn parse(text: &str) -> Result<ParsedGrammar> {
     }
     for (id, r) in p.rules.iter().enumerate() {
         if r.is_none() {
-            return Err(grammar_error(text, p.first_ref[id], &format!("undefined rule identifier '{}'", p.names[id])));
+            return Err(grammar_error(
+                text,
+                p.first_ref[id],
+                &format!("undefined rule identifier '{}'", p.names[id]),
+            ));
         }
     }
     let mut generated_from = std::mem::take(&mut p.generated_from);
     generated_from.resize(p.names.len(), None);
-    let root = *p.symbols.get("root").ok_or_else(|| Error::Grammar("Failed to parse grammar: grammar does not contain a 'root' rule".into()))?;
+    let root = *p.symbols.get("root").ok_or_else(|| {
+        Error::Grammar("Failed to parse grammar: grammar does not contain a 'root' rule".into())
+    })?;
     let g = ParsedGrammar {
         rules: p.rules.into_iter().map(|r| r.unwrap_or_default()).collect(),
         names: p.names,
@@ -613,13 +664,17 @@ mod tests {
 
     #[test]
     fn errors_have_positions() {
-        let e = parse("root ::= \"a\"\nfoo ::= \"b\" ]\n").unwrap_err().to_string();
+        let e = parse("root ::= \"a\"\nfoo ::= \"b\" ]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2, column 13"), "{e}");
         let e = parse("root ::= (\"b\"\n").unwrap_err().to_string();
         assert!(e.contains("expecting ')'"), "{e}");
         let e = parse("root ::= bar\n").unwrap_err().to_string();
         assert!(e.contains("undefined rule identifier 'bar'"), "{e}");
-        let e = parse("root ::= root \"a\" | \"b\"\n").unwrap_err().to_string();
+        let e = parse("root ::= root \"a\" | \"b\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("left recursion"), "{e}");
         let e = parse("root ::= \"a\"{3000}\n").unwrap_err().to_string();
         assert!(e.contains("limit"), "{e}");
@@ -630,7 +685,11 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error() {
-        let s = format!("root ::= {}\"a\"{}\n", "(".repeat(100_000), ")".repeat(100_000));
+        let s = format!(
+            "root ::= {}\"a\"{}\n",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
         assert!(parse(&s).is_err());
     }
 
