@@ -96,6 +96,6 @@ mod tests {
         let mut l = vec![4.0, 4.0, -1.0];
         p.apply(&mut l, Some(1));
         assert_eq!(l[1], 4.0);
-        assert_eq!(l[2], -1.0 * 2.0 - 0.5 - 0.25);
+        assert_eq!(l[2], -2.0 - 0.5 - 0.25);
     }
 }
