@@ -270,3 +270,24 @@ def test_accepting_a_disallowed_token_is_an_error():
     s = Sampler(SamplingParams(grammar='root ::= "a"\n', seed=1), smollm2_vocab())
     with pytest.raises(rllama.GrammarError):
         s.accept(pieces.index(b"b"))
+
+
+@pytest.mark.parametrize(
+    "grammar,prefixes",
+    [
+        (GRAMMARS["json-ish"], [b"", b"{", b'{"a', b'{"a": [1', b'{"a": "\\', b'{"a": "\\u00']),
+        (GRAMMARS["unicode"], ["「".encode(), "「ぁ".encode(), "「ぁ」".encode(), "「ぁ」é".encode(), "「ぁ".encode()[:-1]]),
+        (GRAMMARS["arith"], [b"", b"1", b"(2*", b"(2*3)"]),
+        ('root ::= [^"]{0,5} "x"\n', [b"", b"ab", "éé".encode()[:-1]]),
+    ],
+)
+def test_vocabulary_walk_agrees_with_per_token_checks(grammar, prefixes):
+    """The trie/DFA walk that filters the whole vocabulary must allow exactly the tokens that,
+    appended to the text so far, still form a valid prefix."""
+    pieces, eog = smollm2_pieces()
+    g = Grammar(grammar)
+    eog_set = set(eog)
+    for prefix in prefixes:
+        walked = set(g.allowed_tokens(smollm2_vocab(), prefix))
+        checked = {i for i, p in enumerate(pieces) if p and i not in eog_set and g.allows_prefix(prefix + p)}
+        assert walked == checked, (prefix, sorted(walked ^ checked)[:10])

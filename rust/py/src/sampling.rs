@@ -333,6 +333,27 @@ impl PyGrammar {
             .map_err(to_py)
     }
 
+    /// Token ids (end-of-generation ones excluded) the grammar allows after `prefix`, by the same
+    /// vocabulary walk the sampler uses.
+    fn allowed_tokens(
+        &self,
+        py: Python<'_>,
+        vocab: &PySamplerVocab,
+        prefix: Vec<u8>,
+    ) -> PyResult<Vec<u32>> {
+        let g = self.inner.clone();
+        let v = vocab.inner.clone();
+        py.detach(move || -> rllama_core::Result<Vec<u32>> {
+            let mut m = Matcher::new(g)?;
+            m.accept_bytes(&prefix)?;
+            let mut out = Vec::new();
+            m.allowed_tokens(v.trie(), &v.pieces, &mut out)?;
+            out.sort_unstable();
+            Ok(out)
+        })
+        .map_err(to_py)
+    }
+
     /// Whether `text` can be continued into a match (a valid prefix).
     fn allows_prefix(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<bool> {
         let bytes: Vec<u8> = match text.extract::<String>() {
