@@ -291,3 +291,24 @@ def test_vocabulary_walk_agrees_with_per_token_checks(grammar, prefixes):
         walked = set(g.allowed_tokens(smollm2_vocab(), prefix))
         checked = {i for i, p in enumerate(pieces) if p and i not in eog_set and g.allows_prefix(prefix + p)}
         assert walked == checked, (prefix, sorted(walked ^ checked)[:10])
+
+
+@pytest.mark.parametrize(
+    "grammar",
+    [
+        'root ::= x{0,2000}\nx ::= "a"?\n',  # bounded repetition of something that can match nothing
+        'root ::= (x x){0,1000}\nx ::= "a"? "b"?\n',
+        'root ::= (("a"{0,2000}){0,2000}){0,2000}\n',
+    ],
+)
+def test_pathological_ambiguity_fails_fast(grammar):
+    """Grammars whose matching work explodes are refused quickly (a GrammarError at the first
+    operation that exceeds the work budget), never seconds per token."""
+    pieces, _ = smollm2_pieces()
+    t0 = time.perf_counter()
+    with pytest.raises(rllama.GrammarError, match="too ambiguous"):
+        s = Sampler(SamplingParams(grammar=grammar, seed=1), smollm2_vocab())
+        logits = np.random.default_rng(0).normal(size=(20, len(pieces))).astype(np.float32)
+        s.generate(logits.tobytes(), len(pieces))
+        Grammar(grammar).matches("a" * 500)
+    assert time.perf_counter() - t0 < 10

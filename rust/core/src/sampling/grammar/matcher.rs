@@ -43,6 +43,10 @@ pub const DONE: u32 = 0;
 const MAX_NODES: usize = 2_000_000;
 const MAX_STACKS: usize = 20_000;
 const MAX_EXPAND_STEPS: usize = 1_000_000;
+/// Rule-expansion steps allowed per public operation (checking or accepting a token, walking the
+/// vocabulary). Normal grammars use a tiny fraction; pathological ones (e.g. a bounded
+/// repetition of something that can match nothing) would otherwise take seconds per token.
+const MAX_WORK_PER_OP: usize = 4_000_000;
 const MAX_CACHE: usize = 4_000_000;
 
 /// A parsed, compiled grammar; immutable and shareable between requests.
@@ -170,6 +174,8 @@ pub struct Matcher {
     dfa: Dfa,
     /// The DFA state of the current position (UNKNOWN until interned).
     cur: u32,
+    /// Expansion steps spent in the current public operation.
+    work_used: usize,
 }
 
 const UNKNOWN: u32 = u32::MAX;
@@ -237,12 +243,14 @@ impl Matcher {
             walk_cache: FastMap::default(),
             dfa: Dfa::default(),
             cur: UNKNOWN,
+            work_used: 0,
         };
         m.reset()?;
         Ok(m)
     }
 
     pub fn reset(&mut self) -> Result<()> {
+        self.work_used = 0;
         let root = self.g.root as usize;
         let mut out = Vec::new();
         for i in 0..self.g.alts[root].len() {
@@ -288,7 +296,7 @@ impl Matcher {
         let mut steps = 0usize;
         while let Some(x) = self.work.pop() {
             steps += 1;
-            if steps > MAX_EXPAND_STEPS {
+            if steps > MAX_EXPAND_STEPS || self.work_used + steps > MAX_WORK_PER_OP {
                 return Err(Self::too_complex());
             }
             if !self.seen.insert(x) {
@@ -321,6 +329,7 @@ impl Matcher {
                 Elem::End | Elem::Alt => self.work.push(parent),
             }
         }
+        self.work_used += steps;
         if out.len() > MAX_STACKS {
             return Err(Self::too_complex());
         }
@@ -491,6 +500,7 @@ impl Matcher {
 
     /// Whether a (non end-of-generation) token with these bytes is allowed now.
     pub fn token_allowed(&mut self, bytes: &[u8]) -> Result<bool> {
+        self.work_used = 0;
         if bytes.is_empty() {
             return Ok(false);
         }
@@ -499,6 +509,7 @@ impl Matcher {
 
     /// Consume a token's bytes; an error if the grammar does not allow them.
     pub fn accept_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.work_used = 0;
         match self.run(bytes)? {
             Some(st) => {
                 let (set, p) = self.dfa.set(st);
@@ -514,6 +525,7 @@ impl Matcher {
 
     /// Whether the whole of `bytes`, from the current state, is a complete match.
     pub fn matches_completely(&mut self, bytes: &[u8]) -> Result<bool> {
+        self.work_used = 0;
         match self.run(bytes)? {
             Some(st) => {
                 let (set, p) = self.dfa.set(st);
@@ -542,6 +554,7 @@ impl Matcher {
         pieces: &[Vec<u8>],
         out: &mut Vec<u32>,
     ) -> Result<()> {
+        self.work_used = 0;
         out.clear();
         let key = (self.stacks.clone(), self.partial);
         if let Some(hit) = self.walk_cache.get(&key) {
