@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod kv;
 pub mod model;
 pub mod quant;
 pub mod sampling;

@@ -1,1 +1,319 @@
-//! model (see DESIGN.md §2).
+//! Model forward passes. One `Model` per GGUF file; architectures differ only in which optional
+//! weights exist and a few switches in `ModelConfig` (norm placement, RoPE style, activation).
+//!
+//! `forward` evaluates a batch of tokens that may belong to several sequences at different
+//! positions (each with its own KV cache), and returns logits only for the rows asked for.
+
+mod config;
+pub mod ops;
+
+use std::sync::Arc;
+
+pub use config::{Arch, ModelConfig, RopeStyle};
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::kv::KvCache;
+use crate::quant::{dequantize, GgmlType};
+use crate::tensor::{matmul, QMatrix, ThreadPool};
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: TensorInfo,
+    wk: TensorInfo,
+    wv: TensorInfo,
+    wo: TensorInfo,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    attn_post_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    ffn_gate: TensorInfo,
+    ffn_up: TensorInfo,
+    ffn_down: TensorInfo,
+    ffn_post_norm: Option<Vec<f32>>,
+}
+
+pub struct Model {
+    pub file: Arc<GgufFile>,
+    pub cfg: ModelConfig,
+    layers: Vec<Layer>,
+    tok_embd: TensorInfo,
+    output: TensorInfo,
+    output_norm: Vec<f32>,
+    freqs: Vec<f32>,
+    freqs_swa: Vec<f32>,
+    pool: ThreadPool,
+}
+
+/// One token of a batch: which sequence (index into the caches passed to `forward`), its
+/// position there, and whether its logits are wanted.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchToken {
+    pub token: u32,
+    pub pos: usize,
+    pub seq: usize,
+    pub logits: bool,
+}
+
+pub struct ForwardOutput {
+    /// n_vocab logits for each token with `logits: true`, in batch order.
+    pub logits: Vec<f32>,
+    /// Final-normed hidden states of every token (only when asked for: embeddings).
+    pub hidden: Option<Vec<f32>>,
+}
+
+fn expect_shape(t: &TensorInfo, dims: &[usize]) -> Result<()> {
+    let got: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    if got != dims {
+        return Err(Error::load(format!("tensor {} has shape {got:?}, expected {dims:?}", t.name)));
+    }
+    Ok(())
+}
+
+impl Model {
+    pub fn load(file: Arc<GgufFile>, n_threads: usize) -> Result<Self> {
+        let cfg = ModelConfig::from_gguf(&file)?;
+        let get = |name: &str| -> Result<TensorInfo> {
+            file.tensor(name).cloned().ok_or_else(|| Error::load(format!("missing tensor {name}")))
+        };
+        let vec_f32 = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let t = get(name)?;
+            expect_shape(&t, &[n])?;
+            let mut v = vec![0f32; n];
+            dequantize(t.ggml_type, file.tensor_data(&t), &mut v)?;
+            Ok(v)
+        };
+        let opt_vec = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
+            if file.tensor(name).is_some() {
+                vec_f32(name, n).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (e, hd) = (cfg.n_embd, cfg.head_dim);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            let l = Layer {
+                attn_norm: vec_f32(&n("attn_norm.weight"), e)?,
+                wq: get(&n("attn_q.weight"))?,
+                wk: get(&n("attn_k.weight"))?,
+                wv: get(&n("attn_v.weight"))?,
+                wo: get(&n("attn_output.weight"))?,
+                q_norm: opt_vec(&n("attn_q_norm.weight"), hd)?,
+                k_norm: opt_vec(&n("attn_k_norm.weight"), hd)?,
+                attn_post_norm: opt_vec(&n("post_attention_norm.weight"), e)?,
+                ffn_norm: vec_f32(&n("ffn_norm.weight"), e)?,
+                ffn_gate: get(&n("ffn_gate.weight"))?,
+                ffn_up: get(&n("ffn_up.weight"))?,
+                ffn_down: get(&n("ffn_down.weight"))?,
+                ffn_post_norm: opt_vec(&n("post_ffw_norm.weight"), e)?,
+            };
+            expect_shape(&l.wq, &[e, cfg.q_dim()])?;
+            expect_shape(&l.wk, &[e, cfg.kv_dim()])?;
+            expect_shape(&l.wv, &[e, cfg.kv_dim()])?;
+            expect_shape(&l.wo, &[cfg.q_dim(), e])?;
+            expect_shape(&l.ffn_gate, &[e, cfg.n_ff])?;
+            expect_shape(&l.ffn_up, &[e, cfg.n_ff])?;
+            expect_shape(&l.ffn_down, &[cfg.n_ff, e])?;
+            if cfg.arch == Arch::Gemma3 && (l.q_norm.is_none() || l.attn_post_norm.is_none() || l.ffn_post_norm.is_none()) {
+                return Err(Error::load(format!("gemma3 layer {il} lacks its QK or post norms")));
+            }
+            layers.push(l);
+        }
+        let tok_embd = get("token_embd.weight")?;
+        expect_shape(&tok_embd, &[e, cfg.n_vocab])?;
+        let output = match file.tensor("output.weight") {
+            Some(t) => t.clone(),
+            None => tok_embd.clone(),
+        };
+        expect_shape(&output, &[e, cfg.n_vocab])?;
+        let output_norm = vec_f32("output_norm.weight", e)?;
+        let freqs = ops::rope_freqs(cfg.n_rot, cfg.rope_base);
+        let freqs_swa = ops::rope_freqs(cfg.n_rot, cfg.rope_base_swa);
+        Ok(Model {
+            file,
+            cfg,
+            layers,
+            tok_embd,
+            output,
+            output_norm,
+            freqs,
+            freqs_swa,
+            pool: ThreadPool::new(n_threads),
+        })
+    }
+
+    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache> {
+        KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_dim())
+    }
+
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
+    fn mat(&self, t: &TensorInfo) -> QMatrix<'_> {
+        let (cols, rows) = t.rows();
+        // Shapes were checked at load; the bytes are the file's own.
+        QMatrix { ty: t.ggml_type, data: self.file.tensor_data(t), rows, cols }
+    }
+
+    fn linear(&self, t: &TensorInfo, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let w = self.mat(t);
+        let mut y = vec![0f32; n * w.rows];
+        matmul(&self.pool, &w, x, n, &mut y)?;
+        Ok(y)
+    }
+
+    /// Evaluate `batch`. `caches[seq]` is the KV cache of sequence `seq`. Every position earlier than
+    /// a token's own must already be in its cache (or earlier in this batch).
+    pub fn forward(&self, batch: &[BatchToken], caches: &mut [&mut KvCache], want_hidden: bool) -> Result<ForwardOutput> {
+        let cfg = &self.cfg;
+        let n = batch.len();
+        let (e, hd, kvd) = (cfg.n_embd, cfg.head_dim, cfg.kv_dim());
+        for t in batch {
+            if t.token as usize >= cfg.n_vocab {
+                return Err(Error::invalid(format!("token id {} out of range (vocab {})", t.token, cfg.n_vocab)));
+            }
+            let cache = caches
+                .get(t.seq)
+                .ok_or_else(|| Error::invalid(format!("batch names sequence {} with no cache", t.seq)))?;
+            if t.pos >= cache.n_ctx() {
+                return Err(Error::ContextFull(format!(
+                    "position {} exceeds the context size {}",
+                    t.pos,
+                    cache.n_ctx()
+                )));
+            }
+        }
+        // Embeddings.
+        let mut x = vec![0f32; n * e];
+        let emb = self.mat(&self.tok_embd);
+        for (i, t) in batch.iter().enumerate() {
+            dequantize(emb.ty, emb.row(t.token as usize), &mut x[i * e..(i + 1) * e])?;
+        }
+        if cfg.arch == Arch::Gemma3 {
+            let s = (e as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+
+        let mut xn = vec![0f32; n * e];
+        let mut att = vec![0f32; n * cfg.q_dim()];
+        let group = cfg.n_head / cfg.n_head_kv;
+        for (il, l) in self.layers.iter().enumerate() {
+            xn.copy_from_slice(&x);
+            xn.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps));
+            let mut q = self.linear(&l.wq, &xn, n)?;
+            let mut k = self.linear(&l.wk, &xn, n)?;
+            let v = self.linear(&l.wv, &xn, n)?;
+            if let Some(w) = &l.q_norm {
+                q.chunks_exact_mut(hd).for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
+            }
+            if let Some(w) = &l.k_norm {
+                k.chunks_exact_mut(hd).for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
+            }
+            let swa = cfg.swa_layers[il];
+            let freqs = if swa { &self.freqs_swa } else { &self.freqs };
+            let neox = cfg.rope_style == RopeStyle::Neox;
+            for (i, t) in batch.iter().enumerate() {
+                let p = t.pos as f32 * cfg.rope_scale;
+                for h in q[i * cfg.q_dim()..(i + 1) * cfg.q_dim()].chunks_exact_mut(hd) {
+                    ops::rope(&mut h[..cfg.n_rot], p, freqs, neox);
+                }
+                for h in k[i * kvd..(i + 1) * kvd].chunks_exact_mut(hd) {
+                    ops::rope(&mut h[..cfg.n_rot], p, freqs, neox);
+                }
+                caches[t.seq].store(il, t.pos, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+            }
+            // Attention: each token over its own sequence's positions [lo, pos].
+            for (i, t) in batch.iter().enumerate() {
+                let lo = if swa && cfg.n_swa > 0 { (t.pos + 1).saturating_sub(cfg.n_swa) } else { 0 };
+                let keys = caches[t.seq].keys(il);
+                let vals = caches[t.seq].values(il);
+                for h in 0..cfg.n_head {
+                    let kh = h / group;
+                    let qh = &q[i * cfg.q_dim() + h * hd..i * cfg.q_dim() + (h + 1) * hd];
+                    let out = &mut att[i * cfg.q_dim() + h * hd..i * cfg.q_dim() + (h + 1) * hd];
+                    attention_head(qh, keys, vals, kvd, kh * hd, lo, t.pos, cfg.attn_scale, out);
+                }
+            }
+            let mut o = self.linear(&l.wo, &att, n)?;
+            if let Some(w) = &l.attn_post_norm {
+                o.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
+            }
+            ops::add_into(&mut x, &o);
+
+            xn.copy_from_slice(&x);
+            xn.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps));
+            let mut g = self.linear(&l.ffn_gate, &xn, n)?;
+            let u = self.linear(&l.ffn_up, &xn, n)?;
+            match cfg.arch {
+                Arch::Gemma3 => g.iter_mut().zip(&u).for_each(|(a, b)| *a = ops::gelu_tanh(*a) * b),
+                Arch::Llama => g.iter_mut().zip(&u).for_each(|(a, b)| *a = ops::silu(*a) * b),
+            }
+            let mut d = self.linear(&l.ffn_down, &g, n)?;
+            if let Some(w) = &l.ffn_post_norm {
+                d.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
+            }
+            ops::add_into(&mut x, &d);
+        }
+
+        x.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, &self.output_norm, cfg.rms_eps));
+        let rows: Vec<usize> = (0..n).filter(|&i| batch[i].logits).collect();
+        let mut logits = Vec::new();
+        if !rows.is_empty() {
+            let mut sel = Vec::with_capacity(rows.len() * e);
+            for &i in &rows {
+                sel.extend_from_slice(&x[i * e..(i + 1) * e]);
+            }
+            logits = self.linear(&self.output, &sel, rows.len())?;
+            if cfg.final_logit_softcap > 0.0 {
+                let c = cfg.final_logit_softcap;
+                logits.iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
+            }
+        }
+        Ok(ForwardOutput { logits, hidden: want_hidden.then_some(x) })
+    }
+
+    /// Type of every weight matrix (for summaries).
+    pub fn weight_type(&self) -> GgmlType {
+        self.layers.first().map(|l| l.ffn_gate.ggml_type).unwrap_or(GgmlType::F32)
+    }
+}
+
+/// One query head against keys/values at positions [lo, hi] of a cache laid out [pos][kv_dim],
+/// this head's slice starting at `off`. Single pass with an online softmax. Like llama.cpp's CPU
+/// attention (flash path, its default), the query is rounded to f16 for the K dot and the V
+/// accumulator is kept in f16: matching its rounding keeps our tokens equal to its tokens.
+#[allow(clippy::too_many_arguments)]
+fn attention_head(q: &[f32], keys: &[f16], vals: &[f16], kvd: usize, off: usize, lo: usize, hi: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    let q16: Vec<f32> = q.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+    let mut acc = vec![0f32; hd];
+    let mut m = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    for p in lo..=hi {
+        let kr = &keys[p * kvd + off..p * kvd + off + hd];
+        let s: f32 = q16.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+        let (ms, vs) = if s > m {
+            let ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
+            m = s;
+            for a in acc.iter_mut() {
+                *a = f16::from_f32(*a * ms).to_f32();
+            }
+            (ms, 1.0)
+        } else {
+            (1.0, (s - m).exp())
+        };
+        let vr = &vals[p * kvd + off..p * kvd + off + hd];
+        for (a, v) in acc.iter_mut().zip(vr) {
+            *a = f16::from_f32(*a + v.to_f32() * vs).to_f32();
+        }
+        sum = sum * ms + vs;
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = a * inv;
+    }
+}

@@ -1,0 +1,161 @@
+//! Hyperparameters read from GGUF metadata (`<arch>.*` keys), validated once at load.
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma3,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Rotate adjacent pairs (x[2i], x[2i+1]): llama.
+    Normal,
+    /// Rotate halves (x[i], x[i + d/2]): gemma, qwen2, phi3.
+    Neox,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub arch_name: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope_style: RopeStyle,
+    pub n_rot: usize,
+    pub rope_base: f32,
+    /// RoPE base of sliding-window layers (gemma3's local layers).
+    pub rope_base_swa: f32,
+    pub rope_scale: f32,
+    /// Sliding window size (0: none) and which layers use it.
+    pub n_swa: usize,
+    pub swa_layers: Vec<bool>,
+    /// Query scale applied before attention (1/sqrt(head_dim) unless the architecture says otherwise).
+    pub attn_scale: f32,
+    pub final_logit_softcap: f32,
+}
+
+fn req(f: &GgufFile, key: &str) -> Result<i64> {
+    f.get_i64(key).ok_or_else(|| Error::load(format!("missing or non-integer metadata key {key}")))
+}
+
+impl ModelConfig {
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let arch_name = f
+            .architecture()
+            .ok_or_else(|| Error::load("missing general.architecture"))?
+            .to_string();
+        let arch = match arch_name.as_str() {
+            "llama" => Arch::Llama,
+            "gemma3" => Arch::Gemma3,
+            other => {
+                return Err(Error::load(format!(
+                    "unsupported model architecture '{other}' (supported: llama, gemma3)"
+                )))
+            }
+        };
+        let k = |s: &str| format!("{arch_name}.{s}");
+        let pos = |key: &str, v: i64| -> Result<usize> {
+            if v <= 0 || v > (1 << 24) {
+                return Err(Error::load(format!("metadata {key} = {v} is out of range")));
+            }
+            Ok(v as usize)
+        };
+        let n_layer = pos(&k("block_count"), req(f, &k("block_count"))?)?;
+        let n_embd = pos(&k("embedding_length"), req(f, &k("embedding_length"))?)?;
+        let n_ff = pos(&k("feed_forward_length"), req(f, &k("feed_forward_length"))?)?;
+        let n_head = pos(&k("attention.head_count"), req(f, &k("attention.head_count"))?)?;
+        let n_head_kv = match f.get_i64(&k("attention.head_count_kv")) {
+            Some(v) => pos(&k("attention.head_count_kv"), v)?,
+            None => n_head,
+        };
+        if n_head % n_head_kv != 0 {
+            return Err(Error::load(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
+        }
+        let head_dim = match f.get_i64(&k("attention.key_length")) {
+            Some(v) => pos(&k("attention.key_length"), v)?,
+            None => n_embd / n_head,
+        };
+        if let Some(v) = f.get_i64(&k("attention.value_length")) {
+            if v as usize != head_dim {
+                return Err(Error::load("attention key_length != value_length is not supported"));
+            }
+        }
+        let n_vocab = match f.get_i64(&k("vocab_size")) {
+            Some(v) => pos(&k("vocab_size"), v)?,
+            None => f
+                .get_array("tokenizer.ggml.tokens")
+                .map(|a| a.len())
+                .ok_or_else(|| Error::load("no vocab_size and no tokenizer.ggml.tokens"))?,
+        };
+        let n_ctx_train = f.get_i64(&k("context_length")).unwrap_or(2048).max(1) as usize;
+        let rms_eps = f.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32;
+        let n_rot = f.get_i64(&k("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
+        if n_rot > head_dim || n_rot % 2 != 0 {
+            return Err(Error::load(format!("rope dimension {n_rot} invalid for head size {head_dim}")));
+        }
+        let rope_base = f.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32;
+        let rope_base_swa = f.get_f64(&k("rope.freq_base_swa")).unwrap_or(10000.0) as f32;
+        let rope_scale = match f.get_f64(&k("rope.scaling.factor")) {
+            Some(s) if s > 0.0 => 1.0 / s as f32,
+            _ => 1.0,
+        };
+        let (rope_style, n_swa, swa_layers, attn_scale) = match arch {
+            Arch::Llama => (RopeStyle::Normal, 0, vec![false; n_layer], 1.0 / (head_dim as f32).sqrt()),
+            Arch::Gemma3 => {
+                let n_swa = f.get_i64(&k("attention.sliding_window")).unwrap_or(0).max(0) as usize;
+                let pattern = f.get_i64(&k("attention.sliding_window_pattern")).unwrap_or(6).max(0) as usize;
+                let swa = (0..n_layer)
+                    .map(|il| n_swa > 0 && (pattern == 0 || il % pattern < pattern - 1))
+                    .collect();
+                // 27B scales by n_embd/n_head; the others by the head size (which is what we use:
+                // for every released size but 27B the two agree or the head size is specified).
+                let scale = if n_layer == 62 {
+                    1.0 / ((n_embd / n_head) as f32).sqrt()
+                } else {
+                    1.0 / (head_dim as f32).sqrt()
+                };
+                (RopeStyle::Neox, n_swa, swa, scale)
+            }
+        };
+        let final_logit_softcap = f.get_f64(&k("final_logit_softcapping")).unwrap_or(0.0) as f32;
+        Ok(ModelConfig {
+            arch,
+            arch_name,
+            n_layer,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            n_ctx_train,
+            rms_eps,
+            rope_style,
+            n_rot,
+            rope_base,
+            rope_base_swa,
+            rope_scale,
+            n_swa,
+            swa_layers,
+            attn_scale,
+            final_logit_softcap,
+        })
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+}
