@@ -342,8 +342,7 @@ impl Sampler {
             stats: SamplerStats::default(),
         };
         if let Some(pp) = &p.penalty_prompt {
-            let pp = pp.clone();
-            s.set_history(&pp);
+            s.load_history(pp);
         }
         Ok(s)
     }
@@ -368,19 +367,16 @@ impl Sampler {
     /// Load the penalty window with the prompt tokens (ignored when penalty_prompt was given,
     /// which replaces the prompt for this purpose). Does not touch the grammar.
     pub fn set_history(&mut self, tokens: &[u32]) {
-        if self.params.penalty_prompt.is_some()
-            && !self.penalties_loaded_from_penalty_prompt(tokens)
-        {
-            return;
+        if self.params.penalty_prompt.is_none() {
+            self.load_history(tokens);
         }
+    }
+
+    fn load_history(&mut self, tokens: &[u32]) {
         self.penalties.reset();
         for &t in tokens {
             self.penalties.accept(t);
         }
-    }
-
-    fn penalties_loaded_from_penalty_prompt(&self, tokens: &[u32]) -> bool {
-        self.params.penalty_prompt.as_deref() == Some(tokens)
     }
 
     /// Record a generated token: penalty window, grammar state.
