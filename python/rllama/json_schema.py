@@ -131,7 +131,8 @@ def _json_text(value: Any) -> str:
 
 class SchemaConverter:
     def __init__(self, root_schema: Any):
-        self.rules: dict[str, str] = {"space": SPACE_RULE}
+        # "root" is reserved (filled in last) so no generated rule can take the name.
+        self.rules: dict[str, str] = {"root": "", "space": SPACE_RULE}
         self._bodies: dict[str, str] = {}
         self._root = root_schema
         self._refs: dict[str, str] = {}
@@ -849,7 +850,5 @@ def schema_to_grammar(schema: Any) -> str:
     if isinstance(schema, Mapping) and not schema:
         schema = True
     conv = SchemaConverter(schema)
-    top = conv.visit(schema, "root")
-    if top != "root":
-        conv.rules["root"] = top
+    conv.rules["root"] = conv.visit(schema, "root")
     return conv.grammar()

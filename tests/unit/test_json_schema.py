@@ -201,3 +201,33 @@ def test_json_object_response_format_is_an_object():
     assert not g.matches("[1]")
     g = Grammar(from_request({"json_schema": {}}).to_dict()["grammar"])
     assert g.matches("[1]") and g.matches('"x"') and g.matches("null")
+
+
+SCHEMA_LEAVES = st.sampled_from([
+    {}, {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
+    {"type": "string", "maxLength": 3}, {"type": "integer", "minimum": -2, "maximum": 40}, {"enum": ["a", 1, None]},
+    {"const": {"k": [1]}}, {"type": "string", "format": "date"}, {"type": "string", "pattern": "^[ab]+c?$"},
+    {"type": "number", "exclusiveMinimum": 0}, {"type": "string", "minLength": 1},
+])
+SCHEMAS_ST = st.recursive(
+    SCHEMA_LEAVES,
+    lambda kids: st.one_of(
+        st.builds(lambda items, lo: {"type": "array", "items": items, "minItems": lo, "maxItems": lo + 2}, kids,
+                  st.integers(0, 2)),
+        st.builds(lambda props, req: {"type": "object", "properties": props,
+                                      "required": [k for k in props if k in req]},
+                  st.dictionaries(st.sampled_from(["a", "b", "ab", "c d", "é"]), kids, max_size=3),
+                  st.sets(st.sampled_from(["a", "b", "ab", "c d", "é"]))),
+        st.builds(lambda xs: {"anyOf": xs}, st.lists(kids, min_size=1, max_size=3)),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SCHEMAS_ST, st.integers(0, 2**31))
+def test_fuzzed_schemas_generate_valid_json(schema, seed):
+    """Random schemas: the grammar parses, and a random-logit generation that finishes validates."""
+    done, text, _ = generate(schema, seed % 1000, n_tokens=60)
+    if done:
+        jsonschema.validate(json.loads(text.decode("utf-8")), schema, format_checker=FORMAT_CHECKER)
