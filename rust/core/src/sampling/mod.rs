@@ -450,7 +450,19 @@ impl Sampler {
     }
 
     fn sample_work(&mut self, work: &[f32]) -> Result<u32> {
-        self.cands.fill(work);
+        // The first draw only needs what the chain will look at: the best token when greedy, the
+        // top k when the chain starts with top_k.
+        if self.greedy() {
+            self.cands.fill_argmax(work);
+        } else if let (None, Some(k)) = (&self.mirostat, self.leading_top_k) {
+            if k < work.len() / 4 {
+                self.cands.fill_top_k(work, k);
+            } else {
+                self.cands.fill(work);
+            }
+        } else {
+            self.cands.fill(work);
+        }
         let first = if self.cands.is_empty() {
             None
         } else {
