@@ -508,9 +508,11 @@ impl Sampler {
     /// order; false when the best few hundred contain fewer than `need` allowed ones.
     fn fill_best_allowed(&mut self, work: &[f32], need: usize) -> Result<bool> {
         let mut all = std::mem::take(&mut self.cands);
-        all.fill(work);
-        let limit = all.len().min((need * 4).max(256));
-        all.partial_sort(limit);
+        let want = (need * 4).max(256);
+        all.fill_top_k(work, want);
+        // Fewer than asked for means every non-banned token is in the list.
+        let scanned_all = all.len() < want;
+        let limit = all.len();
         let mut found = std::mem::take(&mut self.scratch);
         found.clear();
         for i in 0..limit {
@@ -522,7 +524,7 @@ impl Sampler {
                 }
             }
         }
-        let ok = found.len() == need || limit == all.len();
+        let ok = found.len() == need || scanned_all;
         if ok {
             all.data.clear();
             all.data.extend_from_slice(&found);
