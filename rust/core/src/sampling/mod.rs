@@ -6,7 +6,17 @@
 //! the draw redone over the grammar-allowed tokens (llama.cpp's rejection sampling). That redo is
 //! exactly "grammar on the whole vocabulary, then the chain", computed cheaply: when the chain
 //! starts with top_k (or sampling is greedy) the best-logit tokens are checked one by one until
-//! enough are allowed; otherwise, or when too few are, the vocabulary trie is walked once.
+//! enough are allowed; otherwise, or when too few are, the vocabulary trie is walked once
+//! (through a lazily built byte-level DFA over grammar states; see grammar/matcher.rs).
+//! Penalties always apply before the chain (`penalties` in `samplers` is accepted and ignored);
+//! `temperature <= 0` is plain argmax after bias and penalties, whatever the other samplers say.
+//! When a grammar allows nothing (e.g. it is complete but ignore_eos bans end of generation),
+//! `sample` returns the first end-of-generation token rather than a token the grammar rejects.
+//!
+//! Cost (smollm2, 49,152 tokens, `--profile fast`, see tests/unit/test_grammar_perf.py): about
+//! 0.06 ms per token for the default chain or greedy, 0.28 ms for a chain without top_k; a
+//! grammar adds under 0.2 ms per token except when every draw is rejected, no top_k leads the
+//! chain and the grammar state never repeats (then ~1.5 ms: one full trie walk per token).
 //!
 //! n_probs: the probabilities the server reports by default are the log-softmax of the raw
 //! logits, before any sampler (llama.cpp's `post_sampling_probs: false`); see `top_logprobs`.
