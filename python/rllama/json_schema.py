@@ -8,8 +8,8 @@ Supported: ``type`` (one or a list), ``properties`` / ``required`` / ``additiona
 ``$defs`` / ``definitions`` (recursion allowed), string ``format`` date, time, date-time and uuid
 (other formats are annotations: plain strings), ``minLength`` / ``maxLength``, ``pattern`` (the
 regex subset below), integer ``minimum`` / ``maximum`` / ``exclusiveMinimum`` /
-``exclusiveMaximum`` (any bounds), and for numbers the bounds ``minimum: 0`` /
-``exclusiveMinimum: 0`` (non-negative / positive). ``{}`` (or ``true``) means any JSON value.
+``exclusiveMaximum`` (any bounds), the same for numbers when the bounds are integers (bounded
+numbers are written without exponent). ``{}`` (or ``true``) means any JSON value.
 Annotations (title, description, examples, default, $schema, $id, $comment, ...) are ignored.
 Any other keyword is an ``InvalidRequestError`` that names it.
 
@@ -131,7 +131,8 @@ def _json_text(value: Any) -> str:
 
 class SchemaConverter:
     def __init__(self, root_schema: Any):
-        self.rules: dict[str, str] = {"space": SPACE_RULE}
+        # "root" is reserved (filled in last) so no generated rule can take the name.
+        self.rules: dict[str, str] = {"root": "", "space": SPACE_RULE}
         self._bodies: dict[str, str] = {}
         self._root = root_schema
         self._refs: dict[str, str] = {}
@@ -536,18 +537,78 @@ class SchemaConverter:
         return self._add(name, f"({int_range(lo, hi)}) space")
 
     def _number(self, schema: Mapping[str, Any], name: str) -> str:
-        bounds = {k: schema[k] for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema}
+        keys = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+        bounds = {k: schema[k] for k in keys if k in schema and not isinstance(schema[k], bool)}
         if not bounds:
             return self._primitive("number")
-        self._primitive("number")
-        if bounds == {"minimum": 0} or bounds == {"minimum": 0.0}:
-            return self._add(name, '(integral-part ("." decimal-part)? ([eE] [-+]? integral-part)?) space')
-        if bounds in ({"exclusiveMinimum": 0}, {"exclusiveMinimum": 0.0}):
-            pos_int = '[1-9] [0-9]{0,15}'
-            frac = '"0" "." [0-9]{0,15} [1-9]'
-            return self._add(name, f'(({pos_int}) ("." [0-9]{{1,16}})? | {frac}) space')
-        key = next(iter(bounds))
-        raise _unsupported(key, 'for type "number" only minimum 0 and exclusiveMinimum 0 are supported')
+        for k, v in bounds.items():
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or float(v) != math.floor(v):
+                raise _unsupported(k, 'for type "number" only integer bounds are supported')
+        lo: tuple[int, bool] | None = None  # (bound, strict)
+        hi: tuple[int, bool] | None = None
+        for k, strict, is_lo in (("minimum", False, True), ("exclusiveMinimum", True, True),
+                                 ("maximum", False, False), ("exclusiveMaximum", True, False)):
+            if k not in bounds:
+                continue
+            v = int(bounds[k])
+            if is_lo:
+                if lo is None or v > lo[0] or (v == lo[0] and strict):
+                    lo = (v, strict)
+            elif hi is None or v < hi[0] or (v == hi[0] and strict):
+                hi = (v, strict)
+        if schema.get("exclusiveMinimum") is True and lo is not None:
+            lo = (lo[0], True)
+        if schema.get("exclusiveMaximum") is True and hi is not None:
+            hi = (hi[0], True)
+        body = number_range(lo, hi)
+        if body is None:
+            raise InvalidRequestError("number bounds are empty (minimum > maximum)")
+        return self._add(name, f"({body}) space")
+
+
+FRACTION = '"." [0-9]{1,16}'
+NONZERO_FRACTION = '"." [0-9]{0,7} [1-9] [0-9]{0,8}'
+ZERO_FRACTION = '("." "0"{1,16})?'
+
+
+def _magnitude_range(a: int, a_strict: bool, b: int | None, b_strict: bool) -> str | None:
+    """Decimals m (no sign, no exponent) with a < or <= m < or <= b; b None = unbounded."""
+    if b is not None and (b < a or (b == a and (a_strict or b_strict))):
+        return None
+    if b is not None and b == a:
+        return f'"{a}" {ZERO_FRACTION}'
+    alts = []
+    inner_hi = None if b is None else b - 1
+    if inner_hi is None or a + 1 <= inner_hi:
+        alts.append(f"({_nonneg_range(a + 1, inner_hi)}) ({FRACTION})?")
+    alts.append(f'"{a}" {NONZERO_FRACTION}' if a_strict else f'"{a}" ({FRACTION})?')
+    if b is not None and not b_strict:
+        alts.append(f'"{b}" {ZERO_FRACTION}')
+    return " | ".join(alts)
+
+
+def number_range(lo: tuple[int, bool] | None, hi: tuple[int, bool] | None) -> str | None:
+    """GBNF (without trailing space) for JSON numbers (no exponent) within integer bounds, each
+    (value, strict) or None; None when the range is empty."""
+    alts = []
+    # non-negative part: m in [max(lo, 0), hi]
+    if hi is None or hi[0] > 0 or (hi[0] == 0 and not hi[1]):
+        a, a_strict = (0, False) if lo is None or lo[0] < 0 else lo
+        b, b_strict = (None, False) if hi is None else hi
+        r = _magnitude_range(a, a_strict, b, b_strict)
+        if r:
+            alts.append(f"({r})")
+    # negative part: x = -m, m in (0 or -hi, -lo]
+    if lo is None or lo[0] < 0:
+        if hi is not None and hi[0] < 0:
+            a, a_strict = -hi[0], hi[1]
+        else:
+            a, a_strict = 0, True
+        b, b_strict = (None, False) if lo is None else (-lo[0], lo[1])
+        r = _magnitude_range(a, a_strict, b, b_strict)
+        if r:
+            alts.append(f'"-" ({r})')
+    return " | ".join(alts) if alts else None
 
 
 def _digits_same_len(a: str, b: str) -> str:
@@ -849,7 +910,5 @@ def schema_to_grammar(schema: Any) -> str:
     if isinstance(schema, Mapping) and not schema:
         schema = True
     conv = SchemaConverter(schema)
-    top = conv.visit(schema, "root")
-    if top != "root":
-        conv.rules["root"] = top
+    conv.rules["root"] = conv.visit(schema, "root")
     return conv.grammar()

@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 import rllama
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rllama.sampling import Grammar, Sampler, SamplingParams
 from test_sampling_vocab import smollm2_pieces, smollm2_vocab
 
@@ -312,3 +314,26 @@ def test_pathological_ambiguity_fails_fast(grammar):
         s.generate(logits.tobytes(), len(pieces))
         Grammar(grammar).matches("a" * 500)
     assert time.perf_counter() - t0 < 10
+
+
+GBNF_ALPHABET = st.sampled_from(
+    ['root', ' ::= ', '::=', 'a', 'x1', '-', '"', '"a"', '"\\n"', '\\', '\\x4', '\\u00e9', '[', ']', '[^', 'a-z',
+     '(', ')', '|', '*', '+', '?', '{', '}', '{2,3}', '{0,}', ',', '.', '#c', '\n', ' ', '\t', 'é', '😀', '\r\n']
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(GBNF_ALPHABET, max_size=40).map("".join), st.text(max_size=12))
+def test_fuzzed_grammars_parse_or_fail_cleanly(text, sample):
+    """Arbitrary grammar text either parses or raises GrammarError (never crashes or hangs), and
+    matching arbitrary text afterwards is an answer or a GrammarError."""
+    try:
+        g = Grammar(text)
+    except rllama.GrammarError as e:
+        assert str(e).startswith("Failed to parse grammar")
+        return
+    try:
+        g.matches(sample)
+        g.allows_prefix(sample.encode()[:5])
+    except rllama.GrammarError:
+        pass

@@ -143,6 +143,36 @@ def test_integer_ranges_exact(lo, hi, x):
         assert g.matches(str(hi))
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lo=st.one_of(st.none(), st.integers(-50, 50)),
+    hi=st.one_of(st.none(), st.integers(-50, 50)),
+    lo_x=st.booleans(),
+    hi_x=st.booleans(),
+    x=st.one_of(st.integers(-100, 100), st.decimals(-100, 100, places=3).map(lambda d: float(d))),
+)
+def test_number_ranges_exact(lo, hi, lo_x, hi_x, x):
+    schema = {"type": "number"}
+    if lo is not None:
+        schema["exclusiveMinimum" if lo_x else "minimum"] = lo
+    if hi is not None:
+        schema["exclusiveMaximum" if hi_x else "maximum"] = hi
+    try:
+        g = Grammar(schema_to_grammar(schema))
+    except rllama.InvalidRequestError:
+        assert lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_x or hi_x)))
+        return
+    text = json.dumps(x)
+    if "e" in text:
+        return
+    valid = True
+    try:
+        jsonschema.validate(x, schema)
+    except jsonschema.ValidationError:
+        valid = False
+    assert g.matches(text) == valid, (schema, text)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10**9, 10**9) | st.floats(allow_nan=False, allow_infinity=False, width=32)
     | st.text(max_size=10),
@@ -170,6 +200,7 @@ def test_any_value_schema_accepts_any_json(v):
         ({"if": {}, "then": {}}, "if"),
         ({"type": "number", "multipleOf": 2}, "multipleOf"),
         ({"type": "number", "minimum": 3.5}, "minimum"),
+        ({"type": "number", "exclusiveMaximum": 0.25}, "exclusiveMaximum"),
         ({"type": "string", "minimum": 3}, "minimum"),
         ({"type": "string", "maxLength": 5000}, "maxLength"),
         ({"$ref": "http://example.com/s.json"}, "$ref"),
@@ -201,3 +232,34 @@ def test_json_object_response_format_is_an_object():
     assert not g.matches("[1]")
     g = Grammar(from_request({"json_schema": {}}).to_dict()["grammar"])
     assert g.matches("[1]") and g.matches('"x"') and g.matches("null")
+
+
+SCHEMA_LEAVES = st.sampled_from([
+    {}, {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
+    {"type": "string", "maxLength": 3}, {"type": "integer", "minimum": -2, "maximum": 40}, {"enum": ["a", 1, None]},
+    {"const": {"k": [1]}}, {"type": "string", "format": "date"}, {"type": "string", "pattern": "^[ab]+c?$"},
+    {"type": "number", "exclusiveMinimum": 0}, {"type": "string", "minLength": 1},
+    {"type": "number", "minimum": -5, "exclusiveMaximum": 3},
+])
+SCHEMAS_ST = st.recursive(
+    SCHEMA_LEAVES,
+    lambda kids: st.one_of(
+        st.builds(lambda items, lo: {"type": "array", "items": items, "minItems": lo, "maxItems": lo + 2}, kids,
+                  st.integers(0, 2)),
+        st.builds(lambda props, req: {"type": "object", "properties": props,
+                                      "required": [k for k in props if k in req]},
+                  st.dictionaries(st.sampled_from(["a", "b", "ab", "c d", "é"]), kids, max_size=3),
+                  st.sets(st.sampled_from(["a", "b", "ab", "c d", "é"]))),
+        st.builds(lambda xs: {"anyOf": xs}, st.lists(kids, min_size=1, max_size=3)),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SCHEMAS_ST, st.integers(0, 2**31))
+def test_fuzzed_schemas_generate_valid_json(schema, seed):
+    """Random schemas: the grammar parses, and a random-logit generation that finishes validates."""
+    done, text, _ = generate(schema, seed % 1000, n_tokens=60)
+    if done:
+        jsonschema.validate(json.loads(text.decode("utf-8")), schema, format_checker=FORMAT_CHECKER)

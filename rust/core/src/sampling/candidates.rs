@@ -41,6 +41,72 @@ impl Candidates {
         self.sorted = false;
     }
 
+    /// Fill with only the `k` best tokens, sorted (what `fill` then top_k would leave), without
+    /// materializing the whole vocabulary: a running threshold rejects most tokens with one
+    /// comparison.
+    pub fn fill_top_k(&mut self, logits: &[f32], k: usize) {
+        self.data.clear();
+        self.sorted = false;
+        if k == 0 {
+            return;
+        }
+        let cap = 4 * k.max(16);
+        let mut thresh = f32::NEG_INFINITY;
+        let mut full = false;
+        for (i, &l) in logits.iter().enumerate() {
+            if l == f32::NEG_INFINITY {
+                continue;
+            }
+            let l = if l.is_nan() { f32::NEG_INFINITY } else { l };
+            if full && l < thresh {
+                continue;
+            }
+            self.data.push(Candidate {
+                id: i as u32,
+                logit: l,
+                p: 0.0,
+            });
+            if self.data.len() >= cap {
+                self.data.select_nth_unstable_by(k - 1, by_logit_desc);
+                self.data.truncate(k);
+                thresh = self.data[k - 1].logit;
+                full = true;
+            }
+        }
+        self.partial_sort(k);
+        self.data.truncate(k);
+        self.sorted = true;
+    }
+
+    /// Fill with the single best token (what `fill` then greedy would pick: the highest logit,
+    /// the lowest id among ties, NaN counted as -inf).
+    pub fn fill_argmax(&mut self, logits: &[f32]) {
+        self.data.clear();
+        self.sorted = true;
+        let mut best = usize::MAX;
+        let mut best_l = f32::NEG_INFINITY;
+        let mut first_nan = usize::MAX;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > best_l {
+                best_l = l;
+                best = i;
+            } else if first_nan == usize::MAX && l.is_nan() {
+                first_nan = i;
+            }
+        }
+        if best == usize::MAX {
+            best = first_nan;
+            best_l = f32::NEG_INFINITY;
+        }
+        if best != usize::MAX {
+            self.data.push(Candidate {
+                id: best as u32,
+                logit: best_l,
+                p: 0.0,
+            });
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.data.len()
     }
@@ -138,5 +204,42 @@ mod tests {
         let s: f32 = c.data.iter().map(|x| x.p).sum();
         assert!((s - 1.0).abs() < 1e-5);
         assert_eq!(c.argmax().map(|i| c.data[i].id), Some(1));
+    }
+
+    #[test]
+    fn fast_fills_equal_full_fill() {
+        let mut x: u64 = 12345;
+        for round in 0..200 {
+            let n = 1 + (round * 37) % 3000;
+            let logits: Vec<f32> = (0..n)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    match x >> 60 {
+                        0 => f32::NEG_INFINITY,
+                        1 => f32::NAN,
+                        2 => 1.0, // ties
+                        _ => ((x >> 33) % 1000) as f32 / 100.0,
+                    }
+                })
+                .collect();
+            for k in [1usize, 2, 5, 40, 100, 5000] {
+                let mut full = Candidates::default();
+                full.fill(&logits);
+                crate::sampling::chain::top_k(&mut full, k as i32);
+                let mut fast = Candidates::default();
+                fast.fill_top_k(&logits, k);
+                let a: Vec<u32> = full.data.iter().map(|c| c.id).collect();
+                let b: Vec<u32> = fast.data.iter().map(|c| c.id).collect();
+                assert_eq!(a, b, "n={n} k={k}");
+            }
+            let mut full = Candidates::default();
+            full.fill(&logits);
+            let want = full.argmax().map(|i| full.data[i].id);
+            let mut fast = Candidates::default();
+            fast.fill_argmax(&logits);
+            assert_eq!(fast.data.first().map(|c| c.id), want);
+        }
     }
 }
