@@ -146,6 +146,11 @@ impl SamplerVocab {
         self.pieces.len()
     }
 
+    /// The bytes of token `t` (empty for an id outside the vocabulary).
+    pub fn piece(&self, t: u32) -> &[u8] {
+        self.pieces.get(t as usize).map(|p| p.as_slice()).unwrap_or(&[])
+    }
+
     #[inline]
     pub fn is_eog(&self, t: u32) -> bool {
         self.is_eog.get(t as usize).copied().unwrap_or(false)

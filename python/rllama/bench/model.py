@@ -1,0 +1,70 @@
+"""`python -m rllama bench -m MODEL -p 64,512 -n 128 -t 1,2 -r 3 [--json]`: llama-bench-like
+prompt processing (ppN) and generation (tgN) throughput."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rllama bench", description=__doc__)
+    ap.add_argument("-m", "--model", default="smollm2")
+    ap.add_argument("-p", "--n-prompt", type=_ints, default=[512])
+    ap.add_argument("-n", "--n-gen", type=_ints, default=[128])
+    ap.add_argument("-t", "--threads", type=_ints, default=[2])
+    ap.add_argument("-b", "--batch-size", type=int, default=512)
+    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from rllama import _core
+    from rllama.gguf import GgufReader
+    from rllama.models import resolve
+
+    path = resolve(args.model)
+    info = GgufReader(path)
+    size = sum(t.nbytes for t in info.tensors)
+    n_params = sum(t.n_elements for t in info.tensors)
+    arch = info.metadata.get("general.architecture", "?")
+    name = f"{arch} {info.metadata.get('general.size_label', '')}".strip()
+    rng = np.random.default_rng(0)
+    rows = []
+    if not args.json:
+        print(f"| {'model':<16} | {'size':>10} | {'params':>8} | {'threads':>7} | {'test':>6} | {'t/s':>18} |")
+        print(f"| {'-' * 16} | {'-' * 10}: | {'-' * 8}: | {'-' * 7}: | {'-' * 6}: | {'-' * 18}: |")
+    for nt in args.threads:
+        model = _core.Model(str(path), n_threads=nt)
+        vocab = model.n_vocab
+        tests = [("pp", n) for n in args.n_prompt if n > 0] + [("tg", n) for n in args.n_gen if n > 0]
+        for kind, n in tests:
+            speeds = []
+            for _ in range(args.repetitions + 1):  # first run warms up
+                toks = rng.integers(100, vocab - 100, size=n).tolist()
+                t0 = time.perf_counter()
+                if kind == "pp":
+                    model.eval(toks, n + 1, n_batch=args.batch_size)
+                else:
+                    model.decode_bench(toks)
+                speeds.append(n / (time.perf_counter() - t0))
+            speeds = speeds[1:]
+            avg, sd = statistics.mean(speeds), (statistics.stdev(speeds) if len(speeds) > 1 else 0.0)
+            row = {"model_filename": str(path), "model_type": name, "model_size": size, "model_n_params": n_params,
+                   "n_threads": nt, "n_batch": args.batch_size, "n_prompt": n if kind == "pp" else 0,
+                   "n_gen": n if kind == "tg" else 0, "test": f"{kind}{n}", "avg_ts": avg, "stddev_ts": sd,
+                   "samples_ts": speeds}
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"| {name:<16} | {size / 2**20:>6.2f} MiB | {n_params / 1e6:>6.1f} M | {nt:>7} | "
+                      f"{kind}{n:>4} | {avg:>10.2f} ± {sd:>5.2f} |", flush=True)
+    return 0
