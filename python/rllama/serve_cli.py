@@ -1,0 +1,206 @@
+"""`python -m rllama serve`: llama-server's command line, parsed into `ServerSettings`.
+
+Every flag of llama.cpp's server is accepted with the same spelling and default. A flag whose
+feature rllama does not have yet is refused with one line and a non-zero exit, never ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field, fields
+
+from rllama.errors import RllamaError
+
+KV_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+class NotSupportedYet(RllamaError):
+    pass
+
+
+@dataclass
+class ServerSettings:
+    verbose: bool = False
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads_batch: int | None = None  # default: threads
+    threads_http: int | None = None
+    model: str | None = None
+    model_url: str | None = None
+    hf_repo: str | None = None
+    hf_file: str | None = None
+    alias: str | None = None
+    ctx_size: int = 512
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    tensor_split: str | None = None
+    batch_size: int = 2048
+    ubatch_size: int = 512
+    mlock: bool = False
+    no_mmap: bool = False
+    numa: str | None = None
+    lora: list[str] = field(default_factory=list)
+    lora_base: str | None = None
+    timeout: int = 600
+    host: str = "127.0.0.1"
+    port: int = 8080
+    path: str | None = None
+    api_key: list[str] = field(default_factory=list)
+    api_key_file: str | None = None
+    embeddings: bool = False
+    parallel: int = 1
+    cont_batching: bool = False
+    system_prompt_file: str | None = None
+    mmproj: str | None = None
+    grp_attn_n: int = 1
+    grp_attn_w: int = 512
+    n_predict: int = -1
+    slots_endpoint_disable: bool = False
+    metrics: bool = False
+    slot_save_path: str | None = None
+    chat_template: str | None = None
+    log_disable: bool = False
+    log_format: str = "json"
+    rope_scaling: str | None = None
+    rope_freq_base: float | None = None
+    rope_freq_scale: float | None = None
+    yarn_ext_factor: float = 1.0
+    yarn_attn_factor: float = 1.0
+    yarn_beta_slow: float = 1.0
+    yarn_beta_fast: float = 32.0
+    pooling: str | None = None
+    defrag_thold: float = -1.0
+    flash_attn: bool = False
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    spm_infill: bool = False
+    ssl_key_file: str | None = None
+    ssl_cert_file: str | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like argparse but without usage spam
+        print(f"rllama serve: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerSettings()
+    p = _Parser(prog="python -m rllama serve", description="Serve a GGUF model over HTTP (llama-server flags).")
+    a = p.add_argument
+    a("-v", "--verbose", action="store_true")
+    a("-t", "--threads", type=int, default=d.threads)
+    a("-tb", "--threads-batch", type=int, default=None)
+    a("--threads-http", type=int, default=None)
+    a("-m", "--model", default=None)
+    a("-mu", "--model-url", default=None)
+    a("-hfr", "--hf-repo", default=None)
+    a("-hff", "--hf-file", default=None)
+    a("-a", "--alias", default=None)
+    a("-c", "--ctx-size", type=int, default=d.ctx_size)
+    a("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=d.n_gpu_layers)
+    a("-mg", "--main-gpu", type=int, default=d.main_gpu)
+    a("-ts", "--tensor-split", default=None)
+    a("-b", "--batch-size", type=int, default=d.batch_size)
+    a("-ub", "--ubatch-size", type=int, default=d.ubatch_size)
+    a("--mlock", action="store_true")
+    a("--no-mmap", action="store_true")
+    a("--numa", nargs="?", const="distribute", default=None, choices=["distribute", "isolate", "numactl"])
+    a("--lora", action="append", default=[])
+    a("--lora-base", default=None)
+    a("-to", "--timeout", type=int, default=d.timeout)
+    a("--host", default=d.host)
+    a("--port", type=int, default=d.port)
+    a("--path", default=None)
+    a("--api-key", action="append", default=[])
+    a("--api-key-file", default=None)
+    a("--embeddings", "--embedding", action="store_true")
+    a("-np", "--parallel", type=int, default=d.parallel)
+    a("-cb", "--cont-batching", action="store_true")
+    a("-spf", "--system-prompt-file", default=None)
+    a("--mmproj", default=None)
+    a("--grp-attn-n", type=int, default=d.grp_attn_n)
+    a("--grp-attn-w", type=int, default=d.grp_attn_w)
+    a("-n", "--n-predict", type=int, default=d.n_predict)
+    a("--slots-endpoint-disable", action="store_true")
+    a("--metrics", action="store_true")
+    a("--slot-save-path", default=None)
+    a("--chat-template", default=None)
+    a("--log-disable", action="store_true")
+    a("--log-format", default=d.log_format, choices=["json", "text"])
+    a("--rope-scaling", default=None, choices=["none", "linear", "yarn"])
+    a("--rope-freq-base", type=float, default=None)
+    a("--rope-freq-scale", type=float, default=None)
+    a("--yarn-ext-factor", type=float, default=d.yarn_ext_factor)
+    a("--yarn-attn-factor", type=float, default=d.yarn_attn_factor)
+    a("--yarn-beta-slow", type=float, default=d.yarn_beta_slow)
+    a("--yarn-beta-fast", type=float, default=d.yarn_beta_fast)
+    a("--pooling", default=None, choices=["none", "mean", "cls", "last"])
+    a("-dt", "--defrag-thold", type=float, default=d.defrag_thold)
+    a("-fa", "--flash-attn", action="store_true")
+    a("-ctk", "--cache-type-k", default=d.cache_type_k, choices=KV_TYPES)
+    a("-ctv", "--cache-type-v", default=d.cache_type_v, choices=KV_TYPES)
+    a("--spm-infill", action="store_true")
+    a("--ssl-key-file", default=None)
+    a("--ssl-cert-file", default=None)
+    return p
+
+
+def parse(argv: list[str]) -> ServerSettings:
+    ns = build_parser().parse_args(argv)
+    names = {f.name for f in fields(ServerSettings)}
+    return ServerSettings(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def unsupported(s: ServerSettings) -> list[str]:
+    """The flags given whose features rllama does not have yet."""
+    d = ServerSettings()
+    out = []
+    checks = [
+        (s.n_gpu_layers > 0, "-ngl/--n-gpu-layers (GPU offload)"),
+        (s.main_gpu != d.main_gpu, "-mg/--main-gpu"),
+        (s.tensor_split is not None, "-ts/--tensor-split"),
+        (s.numa is not None, "--numa"),
+        (bool(s.lora), "--lora"),
+        (s.lora_base is not None, "--lora-base"),
+        (s.mmproj is not None, "--mmproj (multimodal)"),
+        (s.grp_attn_n != d.grp_attn_n, "--grp-attn-n (self-extend)"),
+        (s.grp_attn_w != d.grp_attn_w, "--grp-attn-w (self-extend)"),
+        (s.system_prompt_file is not None, "-spf/--system-prompt-file"),
+        (s.rope_scaling == "yarn", "--rope-scaling yarn"),
+        (s.rope_freq_base is not None, "--rope-freq-base"),
+        (s.rope_freq_scale is not None, "--rope-freq-scale"),
+        (s.cache_type_k != "f16", "-ctk/--cache-type-k other than f16"),
+        (s.cache_type_v != "f16", "-ctv/--cache-type-v other than f16"),
+        (s.spm_infill, "--spm-infill"),
+        (s.ssl_key_file is not None or s.ssl_cert_file is not None, "--ssl-key-file/--ssl-cert-file"),
+    ]
+    return [name for bad, name in checks if bad]
+
+
+def resolve_model(s: ServerSettings) -> str:
+    from rllama.models import hf_url, resolve
+
+    if s.model_url:
+        return str(resolve(s.model_url))
+    if s.hf_repo or s.hf_file:
+        if not (s.hf_repo and s.hf_file):
+            raise RllamaError("-hfr/--hf-repo and -hff/--hf-file must be given together")
+        return str(resolve(hf_url(s.hf_repo, s.hf_file)))
+    return str(resolve(s.model))
+
+
+def main(argv: list[str]) -> int:
+    s = parse(argv)
+    bad = unsupported(s)
+    if bad:
+        print(f"rllama serve: error: not supported yet: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    path = resolve_model(s)
+    from rllama.gguf import read
+
+    read(path)  # validates the file: a corrupt model is reported here, with its byte offset
+    print("rllama serve: error: not supported yet: the HTTP server (model resolved at "
+          f"{path}; run `python -m rllama run -m {s.model or 'smollm2'}` to generate in-process)", file=sys.stderr)
+    return 1
