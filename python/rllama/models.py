@@ -125,7 +125,7 @@ def _download(url: str, filename: str | None = None) -> Path:
                 mode = "ab" if have else "wb"
                 with partial.open(mode) as f, tqdm(total=total or None, initial=have, unit="B",
                                                    unit_scale=True, desc=name, file=sys.stderr) as bar:
-                    for chunk in r.iter_bytes(1 << 20):
+                    for chunk in r.iter_bytes():
                         f.write(chunk)
                         bar.update(len(chunk))
     except httpx.HTTPError as e:
