@@ -249,7 +249,7 @@ impl Model {
             let mut g = self.linear(&l.ffn_gate, &xn, n)?;
             let u = self.linear(&l.ffn_up, &xn, n)?;
             match cfg.arch {
-                Arch::Gemma3 => g.iter_mut().zip(&u).for_each(|(a, b)| *a = ops::gelu_tanh(*a) * b),
+                Arch::Gemma3 => g.iter_mut().zip(&u).for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b),
                 Arch::Llama => g.iter_mut().zip(&u).for_each(|(a, b)| *a = ops::silu(*a) * b),
             }
             let mut d = self.linear(&l.ffn_down, &g, n)?;

@@ -32,10 +32,29 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU, tanh approximation (as ggml and Gemma use).
+/// GELU, tanh approximation (as Gemma uses).
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// GELU as llama.cpp's CPU backend computes it: the input rounded to f16 and looked up in a table
+/// of f16 results (saturating outside ±10). Matching this rounding keeps our tokens equal to its.
+/// A table lookup is also faster than tanh.
+pub fn gelu_f16_table(x: f32) -> f32 {
+    use half::f16;
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let t = TABLE.get_or_init(|| {
+        (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())).to_f32()).collect()
+    });
+    t[f16::from_f32(x).to_bits() as usize]
 }
 
 /// In-place softmax.
