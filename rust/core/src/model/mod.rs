@@ -41,8 +41,8 @@ pub struct Model {
     tok_embd: TensorInfo,
     output: TensorInfo,
     output_norm: Vec<f32>,
-    freqs: Vec<f32>,
-    freqs_swa: Vec<f32>,
+    theta_scale: f32,
+    theta_scale_swa: f32,
     pool: ThreadPool,
 }
 
@@ -130,8 +130,8 @@ impl Model {
         };
         expect_shape(&output, &[e, cfg.n_vocab])?;
         let output_norm = vec_f32("output_norm.weight", e)?;
-        let freqs = ops::rope_freqs(cfg.n_rot, cfg.rope_base);
-        let freqs_swa = ops::rope_freqs(cfg.n_rot, cfg.rope_base_swa);
+        let theta_scale = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base);
+        let theta_scale_swa = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base_swa);
         Ok(Model {
             file,
             cfg,
@@ -139,8 +139,8 @@ impl Model {
             tok_embd,
             output,
             output_norm,
-            freqs,
-            freqs_swa,
+            theta_scale,
+            theta_scale_swa,
             pool: ThreadPool::new(n_threads),
         })
     }
@@ -214,19 +214,21 @@ impl Model {
                 k.chunks_exact_mut(hd).for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
             }
             let swa = cfg.swa_layers[il];
-            let freqs = if swa { &self.freqs_swa } else { &self.freqs };
+            let theta_scale = if swa { self.theta_scale_swa } else { self.theta_scale };
             let neox = cfg.rope_style == RopeStyle::Neox;
+            let mut rc = Vec::with_capacity(cfg.n_rot / 2);
             for (i, t) in batch.iter().enumerate() {
-                let p = t.pos as f32 * cfg.rope_scale;
+                ops::rope_cache(t.pos as f32, cfg.rope_scale, theta_scale, cfg.n_rot, &mut rc);
                 for h in q[i * cfg.q_dim()..(i + 1) * cfg.q_dim()].chunks_exact_mut(hd) {
-                    ops::rope(&mut h[..cfg.n_rot], p, freqs, neox);
+                    ops::rope(&mut h[..cfg.n_rot], &rc, neox);
                 }
                 for h in k[i * kvd..(i + 1) * kvd].chunks_exact_mut(hd) {
-                    ops::rope(&mut h[..cfg.n_rot], p, freqs, neox);
+                    ops::rope(&mut h[..cfg.n_rot], &rc, neox);
                 }
                 caches[t.seq].store(il, t.pos, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
             }
             // Attention: each token over its own sequence's positions [lo, pos].
+            let f16_acc = n < F32_ATTENTION_MIN_TOKENS;
             for (i, t) in batch.iter().enumerate() {
                 let lo = if swa && cfg.n_swa > 0 { (t.pos + 1).saturating_sub(cfg.n_swa) } else { 0 };
                 let keys = caches[t.seq].keys(il);
@@ -235,7 +237,7 @@ impl Model {
                     let kh = h / group;
                     let qh = &q[i * cfg.q_dim() + h * hd..i * cfg.q_dim() + (h + 1) * hd];
                     let out = &mut att[i * cfg.q_dim() + h * hd..i * cfg.q_dim() + (h + 1) * hd];
-                    attention_head(qh, keys, vals, kvd, kh * hd, lo, t.pos, cfg.attn_scale, out);
+                    attention_head(qh, keys, vals, kvd, kh * hd, lo, t.pos, cfg.attn_scale, f16_acc, out);
                 }
             }
             let mut o = self.linear(&l.wo, &att, n)?;
@@ -282,33 +284,51 @@ impl Model {
     }
 }
 
+/// Batches of at least this many tokens take llama.cpp's tiled f32 attention path; smaller ones
+/// (and single-token decode) its f16-accumulating path. We follow the same split so our rounding,
+/// and therefore our tokens, match its.
+const F32_ATTENTION_MIN_TOKENS: usize = 64;
+
 /// One query head against keys/values at positions [lo, hi] of a cache laid out [pos][kv_dim],
-/// this head's slice starting at `off`. Single pass with an online softmax. Like llama.cpp's CPU
-/// attention (flash path, its default), the query is rounded to f16 for the K dot and the V
-/// accumulator is kept in f16: matching its rounding keeps our tokens equal to its tokens.
+/// this head's slice starting at `off`: a single pass with an online softmax. With `f16_acc` the
+/// query is rounded to f16 and the value accumulator kept in f16 (fused multiply-add, then
+/// rounding), as llama.cpp's CPU flash-attention does for small batches; otherwise all in f32.
 #[allow(clippy::too_many_arguments)]
-fn attention_head(q: &[f32], keys: &[f16], vals: &[f16], kvd: usize, off: usize, lo: usize, hi: usize, scale: f32, out: &mut [f32]) {
+fn attention_head(
+    q: &[f32],
+    keys: &[f16],
+    vals: &[f16],
+    kvd: usize,
+    off: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    f16_acc: bool,
+    out: &mut [f32],
+) {
     let hd = q.len();
-    let q16: Vec<f32> = q.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+    let round = |v: f32| if f16_acc { f16::from_f32(v).to_f32() } else { v };
+    let qr: Vec<f32> = q.iter().map(|&v| round(v)).collect();
     let mut acc = vec![0f32; hd];
     let mut m = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for p in lo..=hi {
         let kr = &keys[p * kvd + off..p * kvd + off + hd];
-        let s: f32 = q16.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
-        let (ms, vs) = if s > m {
-            let ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
+        let s: f32 = qr.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+        let mut ms = 1.0;
+        let mut vs = 1.0;
+        if s > m {
+            ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
             m = s;
             for a in acc.iter_mut() {
-                *a = f16::from_f32(*a * ms).to_f32();
+                *a = round(*a * ms);
             }
-            (ms, 1.0)
         } else {
-            (1.0, (s - m).exp())
-        };
+            vs = (s - m).exp();
+        }
         let vr = &vals[p * kvd + off..p * kvd + off + hd];
         for (a, v) in acc.iter_mut().zip(vr) {
-            *a = f16::from_f32(*a + v.to_f32() * vs).to_f32();
+            *a = round(v.to_f32().mul_add(vs, *a));
         }
         sum = sum * ms + vs;
     }

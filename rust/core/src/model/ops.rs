@@ -1,25 +1,37 @@
 //! Element-wise and row operations of the forward pass.
 
-/// out = x / rms(x) * w
+/// out = x / rms(x) * w. The sum of squares is accumulated in f64 and the scale computed in f32,
+/// as ggml does: rounding differences here flip activation quantization downstream.
 pub fn rmsnorm(x: &mut [f32], w: &[f32], eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (ss + eps).sqrt();
+    let ss: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (ss / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
     for (v, &g) in x.iter_mut().zip(w) {
-        *v = *v * scale * g;
+        *v = (*v * scale) * g;
     }
 }
 
-/// Precomputed inverse frequencies for RoPE: theta_i = base^(-2i/n_rot).
-pub fn rope_freqs(n_rot: usize, base: f32) -> Vec<f32> {
-    (0..n_rot / 2).map(|i| base.powf(-2.0 * i as f32 / n_rot as f32)).collect()
+/// RoPE frequency step: theta_{i+1} = theta_i * base^(-2/n_rot).
+pub fn rope_theta_scale(n_rot: usize, base: f32) -> f32 {
+    base.powf(-2.0 / n_rot as f32)
 }
 
-/// Rotate one head vector in place at position `pos` (position already scaled by the caller).
-pub fn rope(x: &mut [f32], pos: f32, freqs: &[f32], neox: bool) {
-    let half = freqs.len();
-    for (i, &f) in freqs.iter().enumerate() {
-        let theta = pos * f;
-        let (s, c) = theta.sin_cos();
+/// The (cos, sin) table of one position: theta starts at `pos * freq_scale` and is multiplied by
+/// `theta_scale` per pair, the way ggml builds its cache (so the angles round the same way).
+pub fn rope_cache(pos: f32, freq_scale: f32, theta_scale: f32, n_rot: usize, out: &mut Vec<(f32, f32)>) {
+    out.clear();
+    let mut theta = pos;
+    for _ in 0..n_rot / 2 {
+        let t = freq_scale * theta;
+        out.push((t.cos(), t.sin()));
+        theta *= theta_scale;
+    }
+}
+
+/// Rotate one head vector in place with a table from `rope_cache`.
+pub fn rope(x: &mut [f32], cache: &[(f32, f32)], neox: bool) {
+    let half = cache.len();
+    for (i, &(c, s)) in cache.iter().enumerate() {
         let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
         let x0 = x[a];
         let x1 = x[b];
