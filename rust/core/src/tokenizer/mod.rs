@@ -107,6 +107,8 @@ pub struct Tokenizer {
     /// Tokens cut out of text before tokenizing (control, user-defined, unknown), longest first.
     special: Vec<u32>,
     special_ac: Option<AhoCorasick>,
+    /// SPM: characters that some token joins to a following U+2581 (see spm::tokenize_segmented).
+    space_joiners: rustc_hash::FxHashSet<char>,
 }
 
 enum Fragment {
@@ -472,6 +474,10 @@ impl Tokenizer {
             piece_off.push(piece_data.len() as u32);
         }
 
+        let space_joiners = match model {
+            Model::Spm => spm::space_joiners(&texts),
+            Model::Bpe => Default::default(),
+        };
         let mut is_eog = vec![false; n];
         for &e in &eog {
             is_eog[e as usize] = true;
@@ -491,6 +497,7 @@ impl Tokenizer {
             eog,
             special,
             special_ac,
+            space_joiners,
         })
     }
 
@@ -615,7 +622,7 @@ impl Tokenizer {
                                     buf.push(c);
                                 }
                             }
-                            spm::tokenize(&self.vocab, &buf, &mut scratch, &mut out);
+                            spm::tokenize_segmented(&self.vocab, &buf, &self.space_joiners, &mut scratch, &mut out);
                             prev_special = false;
                         }
                         Fragment::Token(id) => {

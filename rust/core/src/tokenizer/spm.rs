@@ -5,6 +5,8 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use super::Vocab;
 
 #[derive(Clone, Copy)]
@@ -43,11 +45,84 @@ impl Ord for Bigram {
     }
 }
 
-/// Reusable buffers for one tokenize call.
+/// Reusable buffers for one tokenize call, plus the segments already tokenized in it.
 #[derive(Default)]
 pub struct SpmScratch {
     syms: Vec<Sym>,
     heap: BinaryHeap<Bigram>,
+    cache: FxHashMap<Box<[u8]>, (u32, u32)>,
+    cache_ids: Vec<u32>,
+}
+
+const ESCAPED_SPACE: &[u8] = "\u{2581}".as_bytes();
+
+/// The characters `c` for which some token contains `c` directly followed by U+2581.
+pub fn space_joiners(texts: &[String]) -> FxHashSet<char> {
+    let mut set = FxHashSet::default();
+    for t in texts {
+        let mut prev = None;
+        for c in t.chars() {
+            if c == '\u{2581}' {
+                if let Some(p) = prev {
+                    set.insert(p);
+                }
+            }
+            prev = Some(c);
+        }
+    }
+    set
+}
+
+/// Tokenize `text` (spaces escaped) in independent segments: a cut before U+2581 is exact when
+/// no token contains the character before it followed by U+2581, since then no merge (and no
+/// candidate pair) can span the cut, and the merge order inside a segment is the global order
+/// restricted to it. Repeated segments come from a cache.
+pub fn tokenize_segmented(
+    v: &Vocab,
+    text: &[u8],
+    joiners: &FxHashSet<char>,
+    scratch: &mut SpmScratch,
+    out: &mut Vec<u32>,
+) {
+    let mut start = 0usize;
+    let mut i = 0usize;
+    let mut prev: Option<char> = None;
+    while i < text.len() {
+        let n = utf8_len(text[i]).min(text.len() - i);
+        if text[i..].starts_with(ESCAPED_SPACE) && i > start {
+            if let Some(p) = prev {
+                if !joiners.contains(&p) {
+                    segment(v, &text[start..i], scratch, out);
+                    start = i;
+                }
+            }
+        }
+        prev = if n == 1 {
+            Some(text[i] as char)
+        } else {
+            std::str::from_utf8(&text[i..i + n]).ok().and_then(|s| s.chars().next())
+        };
+        i += n;
+    }
+    if start < text.len() {
+        segment(v, &text[start..], scratch, out);
+    }
+}
+
+fn segment(v: &Vocab, seg: &[u8], s: &mut SpmScratch, out: &mut Vec<u32>) {
+    if seg.len() <= 64 {
+        if let Some(&(a, n)) = s.cache.get(seg) {
+            out.extend_from_slice(&s.cache_ids[a as usize..(a + n) as usize]);
+            return;
+        }
+    }
+    let before = out.len();
+    tokenize(v, seg, s, out);
+    if seg.len() <= 64 && s.cache.len() < 1 << 16 {
+        let a = s.cache_ids.len() as u32;
+        s.cache_ids.extend_from_slice(&out[before..]);
+        s.cache.insert(seg.into(), (a, (out.len() - before) as u32));
+    }
 }
 
 fn try_add(v: &Vocab, text: &[u8], syms: &[Sym], heap: &mut BinaryHeap<Bigram>, l: i32, r: i32) {
