@@ -866,6 +866,75 @@ fn clean_spaces(t: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::LoadOptions;
+
+    fn real(name: &str) -> Option<Tokenizer> {
+        let home = std::env::var("HOME").ok()?;
+        let p = std::path::Path::new(&home).join(".cache/rllama").join(name);
+        let f = GgufFile::open(&p, &LoadOptions::default()).ok()?;
+        Some(Tokenizer::from_gguf(&f).expect("tokenizer loads"))
+    }
+
+    const MIXED: &str = "The quick brown fox  jumps\n\n   over the lazy dog.\tfn main() { println!(\"{}\", x); }\n\
+        <start_of_turn>user\nDon't stop — 12345 ½ ٣ été 日本語 🎉🎉 > </ end  ";
+
+    #[test]
+    fn tokenizer_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Tokenizer>();
+        check::<IncrementalDecoder>();
+    }
+
+    #[test]
+    fn spm_segments_equal_the_whole_text() {
+        let Some(t) = real("gemma-3-270m-q4_k_m.gguf") else { return };
+        let mut texts: Vec<String> = vec![MIXED.to_string(), MIXED.repeat(7), "a >▁</ b> </".into()];
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let alphabet: Vec<char> = "ab e>▁< \n\tq1.,'Zé日🎉".chars().collect();
+        for _ in 0..300 {
+            let mut s = String::new();
+            for _ in 0..(seed % 40) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                s.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            texts.push(s);
+        }
+        for text in texts {
+            let esc = text.replace(' ', "\u{2581}");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            spm::tokenize(&t.vocab, esc.as_bytes(), &mut spm::SpmScratch::default(), &mut a);
+            let mut sc = spm::SpmScratch::default();
+            spm::tokenize_segmented(&t.vocab, esc.as_bytes(), &t.space_joiners, &mut sc, &mut b);
+            assert_eq!(a, b, "{text:?}");
+            // and again from the warm segment cache
+            let mut c = Vec::new();
+            spm::tokenize_segmented(&t.vocab, esc.as_bytes(), &t.space_joiners, &mut sc, &mut c);
+            assert_eq!(a, c, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn real_models_round_trip_and_reject_bad_ids() {
+        for name in ["gemma-3-270m-q4_k_m.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"] {
+            let Some(t) = real(name) else { continue };
+            let ids = t.tokenize(MIXED, false, false);
+            assert_eq!(t.detokenize(&ids, false, true).unwrap(), MIXED);
+            let n = t.n_vocab() as u32;
+            assert!(matches!(t.detokenize(&[n], false, true), Err(Error::InvalidRequest(_))));
+            assert!(t.token_to_piece(n, true).is_empty());
+            assert_eq!(t.token_bytes().len(), t.n_vocab());
+            let mut d = IncrementalDecoder::new(true);
+            let mut s = String::new();
+            for &i in &ids {
+                s.push_str(&d.push(&t, i).unwrap());
+            }
+            s.push_str(&d.flush());
+            assert_eq!(s, MIXED);
+            assert!(t.eos().is_some_and(|e| t.is_eog(e)));
+        }
+    }
 
     #[test]
     fn clean_spaces_passes() {

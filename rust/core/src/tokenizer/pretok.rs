@@ -478,6 +478,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn hand_written_splitters_equal_their_regexes(
+            s in proptest::collection::vec(proptest::sample::select(vec![
+                'a', 'B', 'z', 's', 't', 'r', 'e', 'v', 'l', 'd', 'm', 'S', 'T', 'L', 'é', 'ß', 'Ж', '中',
+                '0', '7', '٣', '½', ' ', ' ', ' ', '\t', '\n', '\r', '\u{a0}', '\u{3000}', '\'', '\'',
+                '.', ',', '!', '(', '_', '-', '🎉', '\u{301}', '\u{40000}',
+            ]), 0..24)
+        ) {
+            let text: String = s.into_iter().collect();
+            proptest::prop_assert_eq!(pieces("gpt-2", &text), by_regex(Step::Gpt2, &text));
+            proptest::prop_assert_eq!(pieces("llama-bpe", &text), by_regex(Step::Llama3 { max_digits: 3 }, &text));
+        }
+    }
+
     #[test]
     fn unknown_pre_is_a_load_error_naming_it() {
         let e = PreTokenizer::for_pre("no-such-pre").unwrap_err();
