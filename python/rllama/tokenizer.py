@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 from rllama import _core
 
-__all__ = ["Tokenizer", "IncrementalDecoder"]
+__all__ = ["IncrementalDecoder", "Tokenizer"]
 
 IncrementalDecoder = _core.IncrementalDecoder
 
@@ -34,7 +34,9 @@ class Tokenizer:
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         return self._t.tokenize(text, add_special, parse_special)
 
-    def detokenize(self, ids: Iterable[int], remove_special: bool = False, unparse_special: bool = True) -> str:
+    def detokenize(
+        self, ids: Iterable[int], remove_special: bool = False, unparse_special: bool = True
+    ) -> str:
         return self._t.detokenize(list(ids), remove_special, unparse_special)
 
     def detokenize_bytes(

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import pytest
+import rllama
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import rllama
 from rllama import InvalidRequestError, ModelLoadError, Tokenizer
 
 MODELS = ["smollm2", "gemma3"]
@@ -63,7 +62,7 @@ def test_metadata_and_special_ids(toks):
 
 def test_parse_special_controls_only_control_tokens(toks):
     s = toks["smollm2"]
-    assert s.tokenize("<|im_start|>user") [0] == 1
+    assert s.tokenize("<|im_start|>user")[0] == 1
     plain = s.tokenize("<|im_start|>user", parse_special=False)
     assert 1 not in plain and s.detokenize(plain) == "<|im_start|>user"
 
@@ -220,7 +219,11 @@ def test_synthetic_bpe_merges_and_special(tmp_path):
     extra = ["Ġt", "he", "Ġthe", "<|eot_id|>"]
     types = [1] * 259 + [3]
     p = _write_gguf(
-        tmp_path / "tiny.gguf", pre="llama-bpe", extra_tokens=extra, merges=["h e", "Ġ t", "Ġt he"], types=types
+        tmp_path / "tiny.gguf",
+        pre="llama-bpe",
+        extra_tokens=extra,
+        merges=["h e", "Ġ t", "Ġt he"],
+        types=types,
     )
     tok = Tokenizer.from_gguf(p)
     assert tok.vocab_size == 260

@@ -87,11 +87,21 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             tok.detokenize(ids)
             best_dec = min(best_dec, time.perf_counter() - t0)
-        common = {"bench": "tokenizer", "unit": "MB/s", "model": name, "tokenizer": tok.model,
-                  "bytes": n_bytes, "tokens": len(ids), "threads": 1}
+        common = {
+            "bench": "tokenizer",
+            "unit": "MB/s",
+            "model": name,
+            "tokenizer": tok.model,
+            "bytes": n_bytes,
+            "tokens": len(ids),
+            "threads": 1,
+        }
         print(json.dumps({**common, "metric": "throughput", "value": round(n_bytes / best_enc / 1e6, 2)}))
-        print(json.dumps({**common, "metric": "detokenize_throughput",
-                          "value": round(n_bytes / best_dec / 1e6, 2)}))
+        print(
+            json.dumps(
+                {**common, "metric": "detokenize_throughput", "value": round(n_bytes / best_dec / 1e6, 2)}
+            )
+        )
     return 0
 
 

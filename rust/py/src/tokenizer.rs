@@ -34,16 +34,29 @@ impl PyTokenizer {
     }
 
     #[pyo3(signature = (text, add_special = false, parse_special = true))]
-    fn tokenize(&self, py: Python<'_>, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+    fn tokenize(
+        &self,
+        py: Python<'_>,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Vec<u32> {
         let text = text.to_owned();
         let t = &self.inner;
         py.detach(move || t.tokenize(&text, add_special, parse_special))
     }
 
     #[pyo3(signature = (ids, remove_special = false, unparse_special = true))]
-    fn detokenize(&self, py: Python<'_>, ids: Vec<u32>, remove_special: bool, unparse_special: bool) -> PyResult<String> {
+    fn detokenize(
+        &self,
+        py: Python<'_>,
+        ids: Vec<u32>,
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> PyResult<String> {
         let t = &self.inner;
-        py.detach(move || t.detokenize(&ids, remove_special, unparse_special)).map_err(to_py)
+        py.detach(move || t.detokenize(&ids, remove_special, unparse_special))
+            .map_err(to_py)
     }
 
     #[pyo3(signature = (ids, remove_special = false, unparse_special = true))]
@@ -55,19 +68,29 @@ impl PyTokenizer {
         unparse_special: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let t = &self.inner;
-        let b = py.detach(move || t.detokenize_bytes(&ids, remove_special, unparse_special)).map_err(to_py)?;
+        let b = py
+            .detach(move || t.detokenize_bytes(&ids, remove_special, unparse_special))
+            .map_err(to_py)?;
         Ok(PyBytes::new(py, &b))
     }
 
     #[pyo3(signature = (id, special = true))]
-    fn token_to_piece<'py>(&self, py: Python<'py>, id: i64, special: bool) -> PyResult<Bound<'py, PyBytes>> {
+    fn token_to_piece<'py>(
+        &self,
+        py: Python<'py>,
+        id: i64,
+        special: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let n = self.inner.n_vocab() as i64;
         if !(0..n).contains(&id) {
             return Err(to_py(rllama_core::Error::invalid(format!(
                 "token id {id} out of range (n_vocab {n})"
             ))));
         }
-        Ok(PyBytes::new(py, &self.inner.token_to_piece(id as u32, special)))
+        Ok(PyBytes::new(
+            py,
+            &self.inner.token_to_piece(id as u32, special),
+        ))
     }
 
     fn token_text(&self, id: u32) -> Option<String> {

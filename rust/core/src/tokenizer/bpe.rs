@@ -17,7 +17,9 @@ pub fn byte_to_char(b: u8) -> char {
     if printable {
         b as char
     } else {
-        let n = (0..b).filter(|&x| !matches!(x, 33..=126 | 161..=172 | 174..=255)).count() as u32;
+        let n = (0..b)
+            .filter(|&x| !matches!(x, 33..=126 | 161..=172 | 174..=255))
+            .count() as u32;
         char::from_u32(256 + n).unwrap_or('\u{FFFD}')
     }
 }
@@ -95,12 +97,24 @@ fn try_add(v: &Vocab, syms: &[Sym], heap: &mut BinaryHeap<Bigram>, l: i32, r: i3
         return;
     }
     if let Some(&(rank, _)) = v.merges.get(&(a, b)) {
-        heap.push(Bigram { rank, left: l, right: r, lid: a, rid: b });
+        heap.push(Bigram {
+            rank,
+            left: l,
+            right: r,
+            lid: a,
+            rid: b,
+        });
     }
 }
 
 /// BPE over one pre-tokenized word (raw bytes), appending ids to `out`.
-pub fn tokenize_word(v: &Vocab, word: &[u8], ignore_merges: bool, s: &mut BpeScratch, out: &mut Vec<u32>) {
+pub fn tokenize_word(
+    v: &Vocab,
+    word: &[u8],
+    ignore_merges: bool,
+    s: &mut BpeScratch,
+    out: &mut Vec<u32>,
+) {
     if word.is_empty() {
         return;
     }
@@ -121,7 +135,8 @@ pub fn tokenize_word(v: &Vocab, word: &[u8], ignore_merges: bool, s: &mut BpeScr
     if word.len() <= 64 && s.cache.len() < 1 << 16 {
         let a = s.cache_ids.len() as u32;
         s.cache_ids.extend_from_slice(&out[before..]);
-        s.cache.insert(word.into(), (a, (out.len() - before) as u32));
+        s.cache
+            .insert(word.into(), (a, (out.len() - before) as u32));
     }
 }
 

@@ -16,7 +16,10 @@ pub struct IncrementalDecoder {
 impl IncrementalDecoder {
     /// `special`: render control tokens' text (as `token_to_piece(id, true)`).
     pub fn new(special: bool) -> Self {
-        IncrementalDecoder { pending: Vec::new(), special }
+        IncrementalDecoder {
+            pending: Vec::new(),
+            special,
+        }
     }
 
     /// Add one token; returns the text completed by it (possibly empty).

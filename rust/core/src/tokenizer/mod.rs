@@ -117,34 +117,86 @@ enum Fragment {
 }
 
 fn get_ids(f: &GgufFile, key: &str) -> Option<Vec<i64>> {
-    f.get_array(key).map(|a| a.iter().map(|v| v.as_i64().unwrap_or(0)).collect())
+    f.get_array(key)
+        .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(0)).collect())
 }
 
 const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
 ];
 const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
 const FIM_PRE_TEXTS: &[&str] = &[
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-    "<|code_prefix|>", "<|prefix|>",
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
 ];
 const FIM_SUF_TEXTS: &[&str] = &[
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
-    "<|code_suffix|>", "<|suffix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
 ];
 const FIM_MID_TEXTS: &[&str] = &[
-    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
-    "<|code_middle|>", "<|middle|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
 ];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-    "<｜end▁of▁sentence｜>", "[e~[",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
 ];
 
 /// Per-pre flags: (clean_spaces, ignore_merges, add_bos default, no default BOS).
@@ -155,9 +207,9 @@ fn pre_flags(pre: &str) -> (bool, bool, Option<bool>, bool) {
         "tekken" => (false, true, Some(true), false),
         "chatglm-bpe" => (true, false, None, true),
         "glm4" => (true, true, None, true),
-        "deepseek-llm" | "deepseek-coder" | "command-r" | "qwen2" | "deepseek-r1-qwen" | "poro-chat"
-        | "viking" | "smollm" | "gpt-4o" | "llama4" | "trillion" | "granite-docling" | "hunyuan"
-        | "minimax-m2" => (false, false, None, false),
+        "deepseek-llm" | "deepseek-coder" | "command-r" | "qwen2" | "deepseek-r1-qwen"
+        | "poro-chat" | "viking" | "smollm" | "gpt-4o" | "llama4" | "trillion"
+        | "granite-docling" | "hunyuan" | "minimax-m2" => (false, false, None, false),
         _ => (true, false, None, false),
     }
 }
@@ -185,8 +237,13 @@ impl Tokenizer {
                 ids.bos = Some(1);
                 ids.eos = Some(2);
                 ids.unk = Some(0);
-                (add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges) =
-                    (true, false, true, false, false);
+                (
+                    add_bos,
+                    add_eos,
+                    add_space_prefix,
+                    clean_spaces,
+                    ignore_merges,
+                ) = (true, false, true, false, false);
             }
             "gpt2" => {
                 model = Model::Bpe;
@@ -194,14 +251,21 @@ impl Tokenizer {
                 ids.eos = Some(11);
                 pre = Some(PreTokenizer::for_pre(&pre_name)?);
                 let (cs, im, ab, no_bos) = pre_flags(&pre_name);
-                (add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges) =
-                    (ab.unwrap_or(false), false, false, cs, im);
+                (
+                    add_bos,
+                    add_eos,
+                    add_space_prefix,
+                    clean_spaces,
+                    ignore_merges,
+                ) = (ab.unwrap_or(false), false, false, cs, im);
                 if no_bos {
                     ids.bos = None;
                 }
             }
             other => {
-                return Err(Error::load(format!("unknown or unsupported tokenizer model: '{other}'")));
+                return Err(Error::load(format!(
+                    "unknown or unsupported tokenizer model: '{other}'"
+                )));
             }
         }
         if let Some(b) = f.get_bool("tokenizer.ggml.add_space_prefix") {
@@ -214,7 +278,9 @@ impl Tokenizer {
         };
         let types = get_ids(f, "tokenizer.ggml.token_type");
         if scores.len() < n || types.as_ref().is_some_and(|t| t.len() < n) {
-            return Err(Error::load("tokenizer scores or token types shorter than the vocabulary"));
+            return Err(Error::load(
+                "tokenizer scores or token types shorter than the vocabulary",
+            ));
         }
         let mut texts = Vec::with_capacity(n);
         let mut attrs = Vec::with_capacity(n);
@@ -222,7 +288,11 @@ impl Tokenizer {
             let s = match t {
                 Value::String(s) if !s.is_empty() => s.clone(),
                 Value::String(_) => format!("[EMPTY_{i}]"),
-                _ => return Err(Error::load("tokenizer.ggml.tokens is not an array of strings")),
+                _ => {
+                    return Err(Error::load(
+                        "tokenizer.ggml.tokens is not an array of strings",
+                    ))
+                }
             };
             texts.push(s);
             attrs.push(match types.as_ref().map_or(1, |t| t[i]) {
@@ -266,26 +336,35 @@ impl Tokenizer {
 
         let mut merges = bpe::Merges::default();
         if model == Model::Bpe {
-            let list = f
-                .get_array("tokenizer.ggml.merges")
-                .ok_or_else(|| Error::load("cannot find tokenizer merges (tokenizer.ggml.merges)"))?;
+            let list = f.get_array("tokenizer.ggml.merges").ok_or_else(|| {
+                Error::load("cannot find tokenizer merges (tokenizer.ggml.merges)")
+            })?;
             merges.reserve(list.len());
             for (rank, m) in list.iter().enumerate() {
                 let Some(m) = m.as_str() else { continue };
-                let Some(sp) = m.as_bytes().iter().skip(1).position(|&c| c == b' ').map(|p| p + 1) else {
+                let Some(sp) = m
+                    .as_bytes()
+                    .iter()
+                    .skip(1)
+                    .position(|&c| c == b' ')
+                    .map(|p| p + 1)
+                else {
                     continue;
                 };
                 let (a, b) = (&m[..sp], &m[sp + 1..]);
-                let (Some(ra), Some(rb)) =
-                    (bpe::decode_token_text(a, &byte_table), bpe::decode_token_text(b, &byte_table))
-                else {
+                let (Some(ra), Some(rb)) = (
+                    bpe::decode_token_text(a, &byte_table),
+                    bpe::decode_token_text(b, &byte_table),
+                ) else {
                     continue;
                 };
                 let (Some(&ia), Some(&ib)) = (by_bytes.get(&ra[..]), by_bytes.get(&rb[..])) else {
                     continue;
                 };
                 let joined = [ra, rb].concat();
-                let Some(&ij) = by_bytes.get(&joined[..]) else { continue };
+                let Some(&ij) = by_bytes.get(&joined[..]) else {
+                    continue;
+                };
                 merges.entry((ia, ib)).or_insert((rank as u32, ij));
             }
         }
@@ -385,10 +464,16 @@ impl Tokenizer {
         eog.sort_unstable();
         eog.dedup();
         let has = |t: &str| eog.iter().any(|&i| texts[i as usize] == t);
-        let (h_ret, h_call, h_calls, h_flush, h_end) =
-            (has("<|return|>"), has("<|call|>"), has("<|calls|>"), has("<|flush|>"), has("<|end|>"));
+        let (h_ret, h_call, h_calls, h_flush, h_end) = (
+            has("<|return|>"),
+            has("<|call|>"),
+            has("<|calls|>"),
+            has("<|flush|>"),
+            has("<|end|>"),
+        );
         let (h_tool, h_plamo, h_s) = (has("<|tool_response>"), has("<|plamo:eos|>"), has("</s>"));
-        if (h_ret && (h_call || h_calls) || (h_call || h_calls) && h_flush) && h_end {
+        let any_call = h_call || h_calls;
+        if any_call && (h_ret || h_flush) && h_end {
             if let Some(&e) = by_text.get("<|end|>") {
                 eog.retain(|&x| x != e);
                 attrs[e as usize] = attr::USER_DEFINED;
@@ -404,7 +489,9 @@ impl Tokenizer {
 
         // special tokens cut out of text: longest first
         let mut special: Vec<u32> = (0..n32)
-            .filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+            .filter(|&i| {
+                attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
             .collect();
         special.sort_by_key(|&i| std::cmp::Reverse(texts[i as usize].len()));
 
@@ -420,8 +507,12 @@ impl Tokenizer {
                 }
             }
         };
-        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"].iter().any(|p| pre_name.contains(p))
-            || ["nomic-bert-moe", "jina-bert-v3"].iter().any(|a| arch.contains(a))
+        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
+            .iter()
+            .any(|p| pre_name.contains(p))
+            || ["nomic-bert-moe", "jina-bert-v3"]
+                .iter()
+                .any(|a| arch.contains(a))
         {
             set_attr(&mut attrs, "<mask>", attr::LSTRIP, true);
         } else if general_name.contains("phi-3") || general_name.contains("phi3") {
@@ -439,7 +530,10 @@ impl Tokenizer {
         let special_ac = if special.is_empty() {
             None
         } else {
-            let pats: Vec<&[u8]> = special.iter().map(|&i| texts[i as usize].as_bytes()).collect();
+            let pats: Vec<&[u8]> = special
+                .iter()
+                .map(|&i| texts[i as usize].as_bytes())
+                .collect();
             Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::Standard)
@@ -458,14 +552,19 @@ impl Tokenizer {
                 piece_data.extend_from_slice(t.as_bytes());
             } else if a & attr::NORMAL != 0 {
                 match model {
-                    Model::Spm => piece_data.extend_from_slice(t.replace('\u{2581}', " ").as_bytes()),
+                    Model::Spm => {
+                        piece_data.extend_from_slice(t.replace('\u{2581}', " ").as_bytes())
+                    }
                     Model::Bpe => match bpe::decode_token_text(t, &byte_table) {
                         Some(b) => piece_data.extend_from_slice(&b),
                         None => piece_data.extend_from_slice(&unk_byte_text(t, &byte_table)),
                     },
                 }
             } else if a & attr::BYTE != 0 {
-                let hex = t.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+                let hex = t
+                    .get(3..5)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .unwrap_or(0);
                 piece_data.push(hex);
             }
             if piece_data.len() >= u32::MAX as usize {
@@ -485,7 +584,16 @@ impl Tokenizer {
         Ok(Tokenizer {
             model,
             pre_name,
-            vocab: Vocab { texts, scores, attrs, by_bytes, byte_ids, merges, piece_data, piece_off },
+            vocab: Vocab {
+                texts,
+                scores,
+                attrs,
+                by_bytes,
+                byte_ids,
+                merges,
+                piece_data,
+                piece_off,
+            },
             pre,
             ids,
             add_bos,
@@ -567,7 +675,11 @@ impl Tokenizer {
     }
     /// The id of an exact token text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.vocab.texts.iter().position(|t| t == text).map(|i| i as u32)
+        self.vocab
+            .texts
+            .iter()
+            .position(|t| t == text)
+            .map(|i| i as u32)
     }
     pub fn is_control(&self, id: u32) -> bool {
         self.token_attr(id).is_some_and(|a| a & attr::CONTROL != 0)
@@ -576,15 +688,18 @@ impl Tokenizer {
     /// The bytes a token renders as (llama.cpp's `token_to_piece` with no lstrip). Control and
     /// unknown tokens render as nothing unless `special`. Out-of-range ids: empty.
     pub fn token_to_piece(&self, id: u32, special: bool) -> Vec<u8> {
-        self.piece_checked(id, special).map(|p| p.to_vec()).unwrap_or_default()
+        self.piece_checked(id, special)
+            .map(|p| p.to_vec())
+            .unwrap_or_default()
     }
 
     fn piece_checked(&self, id: u32, special: bool) -> Result<&[u8]> {
-        let a = *self
-            .vocab
-            .attrs
-            .get(id as usize)
-            .ok_or_else(|| Error::invalid(format!("token id {id} out of range (n_vocab {})", self.n_vocab())))?;
+        let a = *self.vocab.attrs.get(id as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "token id {id} out of range (n_vocab {})",
+                self.n_vocab()
+            ))
+        })?;
         if !special && a & (attr::UNKNOWN | attr::CONTROL) != 0 {
             return Ok(&[]);
         }
@@ -593,7 +708,9 @@ impl Tokenizer {
 
     /// Every token's raw bytes as rendered with special = true (for the grammar engine).
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
-        (0..self.n_vocab() as u32).map(|i| self.vocab.piece(i).to_vec()).collect()
+        (0..self.n_vocab() as u32)
+            .map(|i| self.vocab.piece(i).to_vec())
+            .collect()
     }
 
     /// Text to token ids, as llama.cpp's `llama_tokenize`.
@@ -622,7 +739,13 @@ impl Tokenizer {
                                     buf.push(c);
                                 }
                             }
-                            spm::tokenize_segmented(&self.vocab, &buf, &self.space_joiners, &mut scratch, &mut out);
+                            spm::tokenize_segmented(
+                                &self.vocab,
+                                &buf,
+                                &self.space_joiners,
+                                &mut scratch,
+                                &mut out,
+                            );
                             prev_special = false;
                         }
                         Fragment::Token(id) => {
@@ -683,7 +806,9 @@ impl Tokenizer {
         for m in ac.find_overlapping_iter(bytes) {
             let p = m.pattern().as_u32();
             let id = self.special[p as usize];
-            if !parse_special && self.vocab.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0 {
+            if !parse_special
+                && self.vocab.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0
+            {
                 continue;
             }
             found.push((p, m.start() as u32, m.end() as u32));
@@ -750,7 +875,12 @@ impl Tokenizer {
     }
 
     /// Token ids to text, as llama.cpp's `llama_detokenize` (invalid UTF-8 replaced).
-    pub fn detokenize(&self, ids: &[u32], remove_special: bool, unparse_special: bool) -> Result<String> {
+    pub fn detokenize(
+        &self,
+        ids: &[u32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<String> {
         let bytes = self.detokenize_bytes(ids, remove_special, unparse_special)?;
         Ok(match String::from_utf8(bytes) {
             Ok(s) => s,
@@ -759,18 +889,33 @@ impl Tokenizer {
     }
 
     /// [`Tokenizer::detokenize`] before UTF-8 decoding.
-    pub fn detokenize_bytes(&self, ids: &[u32], remove_special: bool, unparse_special: bool) -> Result<Vec<u8>> {
+    pub fn detokenize_bytes(
+        &self,
+        ids: &[u32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<Vec<u8>> {
         let n = self.n_vocab() as u32;
         if let Some(&bad) = ids.iter().find(|&&i| i >= n) {
-            return Err(Error::invalid(format!("token id {bad} out of range (n_vocab {n})")));
+            return Err(Error::invalid(format!(
+                "token id {bad} out of range (n_vocab {n})"
+            )));
         }
         let mut ids = ids;
         let mut remove_space = self.add_space_prefix;
-        if remove_special && self.add_bos && ids.first().copied() == self.ids.bos && self.ids.bos.is_some() {
+        if remove_special
+            && self.add_bos
+            && ids.first().copied() == self.ids.bos
+            && self.ids.bos.is_some()
+        {
             remove_space = false;
             ids = &ids[1..];
         }
-        if remove_special && self.add_eos && ids.last().copied() == self.ids.eos && self.ids.eos.is_some() {
+        if remove_special
+            && self.add_eos
+            && ids.last().copied() == self.ids.eos
+            && self.ids.eos.is_some()
+        {
             ids = &ids[..ids.len() - 1];
         }
         let mut out = Vec::with_capacity(ids.len() * 4);
@@ -851,9 +996,8 @@ fn clean_spaces(t: &mut Vec<u8>) {
         let x = t[i];
         if t[i - 1] == b' ' && x == b'\'' && i + 1 < n3 {
             let x1 = t[i + 1];
-            if x1 == b's' || x1 == b'm' {
-                total -= 1;
-            } else if i + 2 < n3 && (x1 == b'r' || x1 == b'v') && t[i + 2] == b'e' {
+            let re_ve = i + 2 < n3 && (x1 == b'r' || x1 == b'v') && t[i + 2] == b'e';
+            if x1 == b's' || x1 == b'm' || re_ve {
                 total -= 1;
             }
         }
@@ -875,7 +1019,8 @@ mod tests {
         Some(Tokenizer::from_gguf(&f).expect("tokenizer loads"))
     }
 
-    const MIXED: &str = "The quick brown fox  jumps\n\n   over the lazy dog.\tfn main() { println!(\"{}\", x); }\n\
+    const MIXED: &str =
+        "The quick brown fox  jumps\n\n   over the lazy dog.\tfn main() { println!(\"{}\", x); }\n\
         <start_of_turn>user\nDon't stop — 12345 ½ ٣ été 日本語 🎉🎉 > </ end  ";
 
     #[test]
@@ -887,8 +1032,11 @@ mod tests {
 
     #[test]
     fn spm_segments_equal_the_whole_text() {
-        let Some(t) = real("gemma-3-270m-q4_k_m.gguf") else { return };
-        let mut texts: Vec<String> = vec![MIXED.to_string(), MIXED.repeat(7), "a >▁</ b> </".into()];
+        let Some(t) = real("gemma-3-270m-q4_k_m.gguf") else {
+            return;
+        };
+        let mut texts: Vec<String> =
+            vec![MIXED.to_string(), MIXED.repeat(7), "a >▁</ b> </".into()];
         let mut seed = 0x9e3779b97f4a7c15u64;
         let alphabet: Vec<char> = "ab e>▁< \n\tq1.,'Zé日🎉".chars().collect();
         for _ in 0..300 {
@@ -904,7 +1052,12 @@ mod tests {
         for text in texts {
             let esc = text.replace(' ', "\u{2581}");
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            spm::tokenize(&t.vocab, esc.as_bytes(), &mut spm::SpmScratch::default(), &mut a);
+            spm::tokenize(
+                &t.vocab,
+                esc.as_bytes(),
+                &mut spm::SpmScratch::default(),
+                &mut a,
+            );
             let mut sc = spm::SpmScratch::default();
             spm::tokenize_segmented(&t.vocab, esc.as_bytes(), &t.space_joiners, &mut sc, &mut b);
             assert_eq!(a, b, "{text:?}");
@@ -917,12 +1070,18 @@ mod tests {
 
     #[test]
     fn real_models_round_trip_and_reject_bad_ids() {
-        for name in ["gemma-3-270m-q4_k_m.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"] {
+        for name in [
+            "gemma-3-270m-q4_k_m.gguf",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ] {
             let Some(t) = real(name) else { continue };
             let ids = t.tokenize(MIXED, false, false);
             assert_eq!(t.detokenize(&ids, false, true).unwrap(), MIXED);
             let n = t.n_vocab() as u32;
-            assert!(matches!(t.detokenize(&[n], false, true), Err(Error::InvalidRequest(_))));
+            assert!(matches!(
+                t.detokenize(&[n], false, true),
+                Err(Error::InvalidRequest(_))
+            ));
             assert!(t.token_to_piece(n, true).is_empty());
             assert_eq!(t.token_bytes().len(), t.n_vocab());
             let mut d = IncrementalDecoder::new(true);
@@ -940,6 +1099,9 @@ mod tests {
     fn clean_spaces_passes() {
         let mut v = b"Hello , world ! it 's a ' quoted ' thing they 're".to_vec();
         clean_spaces(&mut v);
-        assert_eq!(String::from_utf8(v).unwrap(), "Hello, world! it's a'quoted'thing they're");
+        assert_eq!(
+            String::from_utf8(v).unwrap(),
+            "Hello, world! it's a'quoted'thing they're"
+        );
     }
 }

@@ -90,12 +90,18 @@ impl PreTokenizer {
                 re(r"\p{N}+")?,
                 re(r"[0-9][0-9][0-9]")?,
             ],
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-            | "lfm2" | "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => vec![Llama3 { max_digits: 3 }],
-            "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" => vec![Llama3 { max_digits: 1 }],
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => {
+                vec![Llama3 { max_digits: 3 }]
+            }
+            "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" => {
+                vec![Llama3 { max_digits: 1 }]
+            }
             "deepseek-llm" => vec![
                 re(r"[\r\n]")?,
-                re(r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\x{1F7D}ᾀ-ᾴᾶ-ᾼ\x{1FBE}ῂ-ῄῆ-ῌῐ-\x{1FD3}ῖ-\x{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\x{2126}ℨ\x{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+")?,
+                re(
+                    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\x{1F7D}ᾀ-ᾴᾶ-ᾼ\x{1FBE}ῂ-ῄῆ-ῌῐ-\x{1FD3}ῖ-\x{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\x{2126}ℨ\x{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+                )?,
                 re(r"\s?[!-/:-~！-／：-～‘-‟　-。]+")?,
                 re(r"\s+$")?,
                 re(r"[一-龥ࠀ-一가-퟿]+")?,
@@ -109,18 +115,23 @@ impl PreTokenizer {
                 re(r"\p{N}")?,
             ],
             "falcon" => vec![re(r"[\p{P}\$\+<=>\^~\|`]+")?, Gpt2, re(r"[0-9][0-9][0-9]")?],
-            "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
+            "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
+            | "minerva-7b" => {
                 vec![Digit, Gpt2]
             }
-            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
-            | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
-            | "granite-docling" | "a.x-4.0" | "mellum" | "modern-bert" => vec![Gpt2],
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
+            | "jina-v2-de" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo"
+            | "jais" | "trillion" | "granite-docling" | "a.x-4.0" | "mellum" | "modern-bert" => {
+                vec![Gpt2]
+            }
             "poro-chat" | "bloom" | "gpt3-finnish" => vec![re(BLOOM_RE)?],
             "viking" => vec![re(BLOOM_RE)?, Digit],
             "tekken" => vec![re(TEKKEN_RE)?],
             "gpt-4o" | "llama4" | "minimax-m2" => vec![re(GPT4O_RE)?],
             other => {
-                return Err(Error::load(format!("unknown pre-tokenizer type: '{other}'")));
+                return Err(Error::load(format!(
+                    "unknown pre-tokenizer type: '{other}'"
+                )));
             }
         };
         Ok(PreTokenizer { steps })
@@ -143,10 +154,16 @@ impl PreTokenizer {
                     Step::Regex(r) => split_regex(r, chunk, s, &mut next),
                     _ => {
                         cps.clear();
-                        cps.extend(chunk.char_indices().map(|(i, c)| ((s + i) as u32, c as u32)));
+                        cps.extend(
+                            chunk
+                                .char_indices()
+                                .map(|(i, c)| ((s + i) as u32, c as u32)),
+                        );
                         match step {
                             Step::Gpt2 => split_gpt2(&cps, e, &mut next),
-                            Step::Llama3 { max_digits } => split_llama3(&cps, e, *max_digits, &mut next),
+                            Step::Llama3 { max_digits } => {
+                                split_llama3(&cps, e, *max_digits, &mut next)
+                            }
                             Step::Digit => split_digit(&cps, e, &mut next),
                             Step::Regex(_) => {}
                         }
@@ -253,7 +270,11 @@ fn contraction_len(cur: &Cursor, pos: usize, fold: bool) -> usize {
 const LNS: u8 = F_LETTER | F_NUMBER | F_SPACE;
 
 fn split_gpt2(cps: &[(u32, u32)], end: usize, out: &mut Vec<(usize, usize)>) {
-    let cur = Cursor { cps, end, table: flag_table() };
+    let cur = Cursor {
+        cps,
+        end,
+        table: flag_table(),
+    };
     let mut em = Emitter { out, prev: 0 };
     let n = cps.len();
     let mut pos = 0;
@@ -312,7 +333,11 @@ fn split_gpt2(cps: &[(u32, u32)], end: usize, out: &mut Vec<(usize, usize)>) {
 }
 
 fn split_llama3(cps: &[(u32, u32)], end: usize, max_digits: usize, out: &mut Vec<(usize, usize)>) {
-    let cur = Cursor { cps, end, table: flag_table() };
+    let cur = Cursor {
+        cps,
+        end,
+        table: flag_table(),
+    };
     let mut em = Emitter { out, prev: 0 };
     let n = cps.len();
     let mut pos = 0;
@@ -389,7 +414,11 @@ fn split_llama3(cps: &[(u32, u32)], end: usize, max_digits: usize, out: &mut Vec
 }
 
 fn split_digit(cps: &[(u32, u32)], end: usize, out: &mut Vec<(usize, usize)>) {
-    let cur = Cursor { cps, end, table: flag_table() };
+    let cur = Cursor {
+        cps,
+        end,
+        table: flag_table(),
+    };
     let mut em = Emitter { out, prev: 0 };
     for pos in 0..cps.len() {
         if cur.flags(pos) & F_NUMBER != 0 {
@@ -452,7 +481,11 @@ mod tests {
     #[test]
     fn llama3_splitter_matches_its_regex() {
         for s in SAMPLES {
-            assert_eq!(pieces("llama-bpe", s), by_regex(Step::Llama3 { max_digits: 3 }, s), "{s:?}");
+            assert_eq!(
+                pieces("llama-bpe", s),
+                by_regex(Step::Llama3 { max_digits: 3 }, s),
+                "{s:?}"
+            );
         }
     }
 
@@ -466,9 +499,27 @@ mod tests {
     #[test]
     fn every_named_pre_builds_and_covers_the_text() {
         for pre in [
-            "default", "gpt-2", "llama3", "llama-bpe", "smollm", "qwen2", "deepseek-llm",
-            "deepseek-coder", "falcon", "starcoder", "refact", "command-r", "gpt-4o", "tekken",
-            "olmo", "dbrx", "chatglm-bpe", "poro-chat", "viking", "jais", "bloom",
+            "default",
+            "gpt-2",
+            "llama3",
+            "llama-bpe",
+            "smollm",
+            "qwen2",
+            "deepseek-llm",
+            "deepseek-coder",
+            "falcon",
+            "starcoder",
+            "refact",
+            "command-r",
+            "gpt-4o",
+            "tekken",
+            "olmo",
+            "dbrx",
+            "chatglm-bpe",
+            "poro-chat",
+            "viking",
+            "jais",
+            "bloom",
         ] {
             for s in SAMPLES {
                 let v = pieces(pre, s);

@@ -100,7 +100,9 @@ pub fn tokenize_segmented(
         prev = if n == 1 {
             Some(text[i] as char)
         } else {
-            std::str::from_utf8(&text[i..i + n]).ok().and_then(|s| s.chars().next())
+            std::str::from_utf8(&text[i..i + n])
+                .ok()
+                .and_then(|s| s.chars().next())
         };
         i += n;
     }
@@ -132,7 +134,12 @@ fn try_add(v: &Vocab, text: &[u8], syms: &[Sym], heap: &mut BinaryHeap<Bigram>, 
     let (a, b) = (syms[l as usize], syms[r as usize]);
     let s = &text[a.start as usize..(b.start + b.len) as usize];
     if let Some(id) = v.lookup(s) {
-        heap.push(Bigram { score: v.scores[id as usize], left: l, right: r, size: s.len() as u32 });
+        heap.push(Bigram {
+            score: v.scores[id as usize],
+            left: l,
+            right: r,
+            size: s.len() as u32,
+        });
     }
 }
 
