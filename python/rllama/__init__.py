@@ -8,6 +8,7 @@ from rllama.errors import (
     ModelLoadError,
     RllamaError,
 )
+from rllama.tokenizer import Tokenizer
 
 __all__ = [
     "__version__",
@@ -16,4 +17,5 @@ __all__ = [
     "InvalidRequestError",
     "GrammarError",
     "ContextFullError",
+    "Tokenizer",
 ]
