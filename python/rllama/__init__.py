@@ -8,6 +8,8 @@ from rllama.errors import (
     ModelLoadError,
     RllamaError,
 )
+from rllama import gguf, models
+from rllama.model import Model
 from rllama.tokenizer import Tokenizer
 
 __all__ = [
@@ -17,5 +19,8 @@ __all__ = [
     "InvalidRequestError",
     "GrammarError",
     "ContextFullError",
+    "Model",
     "Tokenizer",
+    "gguf",
+    "models",
 ]

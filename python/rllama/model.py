@@ -40,7 +40,7 @@ class Model:
         self.n_ubatch = max(1, min(n_ubatch, n_batch))
         self.alias = alias or str(self.path)
         self._template = resolve_template(chat_template, self.metadata.get("tokenizer.chat_template"))
-        self._vocab = _core.SamplerVocab(self.tokenizer.token_bytes(), self.tokenizer.eog_ids())
+        self._vocab = _core.SamplerVocab.from_tokenizer(self.tokenizer._t)
 
     # Vocabulary ---------------------------------------------------------------------------
     @property

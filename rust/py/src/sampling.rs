@@ -164,6 +164,15 @@ impl PySamplerVocab {
         }
     }
 
+    /// The vocabulary of a tokenizer: every token's bytes, its end-of-generation ids, and its
+    /// control/unknown tokens hidden from generated text.
+    #[staticmethod]
+    fn from_tokenizer(tok: &crate::tokenizer::PyTokenizer) -> Self {
+        let t = &tok.inner;
+        let hidden: Vec<u32> = (0..t.n_vocab() as u32).filter(|&i| t.token_to_piece(i, false).is_empty()).collect();
+        Self { inner: core_sampling::SamplerVocab::with_hidden(t.token_bytes(), t.eog_ids().to_vec(), &hidden) }
+    }
+
     fn __len__(&self) -> usize {
         self.inner.n_vocab()
     }

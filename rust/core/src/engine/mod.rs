@@ -208,7 +208,7 @@ pub fn generate(
             stop_reason = if keep_going { StopReason::Eos } else { StopReason::Cancelled };
             break;
         }
-        let piece = vocab.piece(token);
+        let piece = vocab.text_piece(token);
         let fresh = dec.push(piece);
         let (text, hit) = stops.push(&fresh);
         let keep_going = on_token(&TokenEvent { token, text, logprob, top });

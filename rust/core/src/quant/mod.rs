@@ -1,7 +1,10 @@
-//! Quantized block types. `types.rs` names every ggml type with its block geometry; the kernels
-//! (dequantize, quantize, vec_dot) for each supported type live one file per type.
+//! Quantized block types: dequantization of every supported type (`dequant.rs`), activation
+//! quantizers (`q8.rs`) and weight-row × activation-row dot products (`dot.rs`), compiled per
+//! instruction set by `tensor::matmul`'s dispatch.
 
 mod dequant;
+pub mod dot;
+pub mod q8;
 mod types;
 
 pub use dequant::dequantize;

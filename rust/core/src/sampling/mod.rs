@@ -119,10 +119,24 @@ pub struct SamplerVocab {
     pub newline: Option<u32>,
     trie: OnceLock<TokenTrie>,
     is_eog: Vec<bool>,
+    /// Tokens that render as no text in generated content (control and unknown tokens).
+    hidden: Vec<bool>,
 }
 
 impl SamplerVocab {
     pub fn new(pieces: Vec<Vec<u8>>, eog: Vec<u32>) -> Arc<Self> {
+        Self::with_hidden(pieces, eog, &[])
+    }
+
+    /// Like `new`, with the tokens whose text is hidden from generated content (control tokens:
+    /// the grammar still sees their bytes, a reader of the output does not).
+    pub fn with_hidden(pieces: Vec<Vec<u8>>, eog: Vec<u32>, hidden_ids: &[u32]) -> Arc<Self> {
+        let mut hidden = vec![false; pieces.len()];
+        for &h in hidden_ids {
+            if let Some(x) = hidden.get_mut(h as usize) {
+                *x = true;
+            }
+        }
         let mut is_eog = vec![false; pieces.len()];
         for &e in &eog {
             if let Some(x) = is_eog.get_mut(e as usize) {
@@ -139,6 +153,7 @@ impl SamplerVocab {
             newline,
             trie: OnceLock::new(),
             is_eog,
+            hidden,
         })
     }
 
@@ -146,8 +161,12 @@ impl SamplerVocab {
         self.pieces.len()
     }
 
-    /// The bytes of token `t` (empty for an id outside the vocabulary).
-    pub fn piece(&self, t: u32) -> &[u8] {
+    /// The text bytes of token `t` in generated content: empty for hidden (control) tokens and
+    /// ids outside the vocabulary.
+    pub fn text_piece(&self, t: u32) -> &[u8] {
+        if self.hidden.get(t as usize).copied().unwrap_or(true) {
+            return &[];
+        }
         self.pieces.get(t as usize).map(|p| p.as_slice()).unwrap_or(&[])
     }
 

@@ -1,11 +1,18 @@
 //! Matrix products over quantized weights, and the persistent thread pool that runs them.
 //!
-//! `matmul` is the one entry point the model code calls: y[t] = W · x[t] for each activation row t.
-//! This first version dequantizes each weight row and runs a scalar f32 dot on one thread; the
-//! kernels issue replaces its insides (8-bit activation blocks, integer SIMD, gemv/gemm tiling,
-//! a real pool) without changing the signature.
+//! `matmul` computes y[t] = W · x[t] for a batch of activation rows. Activations are quantized once
+//! per call to the 8-bit format the weight type pairs with (Q8_0 / Q8_1 / Q8_K, as ggml does), then
+//! each thread takes a range of output rows. With several tokens a weight row is unpacked to int8
+//! once and reused for every token. The inner loops are generic Rust compiled three times (baseline,
+//! AVX2+FMA, AVX-512) and chosen once at run time; `RLLAMA_SIMD=scalar|avx2|avx512` forces a level.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::quant::dot::*;
+use crate::quant::q8::{quantize_q8, quantize_q8k, Q8KRow, Q8Row};
 use crate::quant::{dequantize, GgmlType};
 
 /// A row-major weight matrix [rows = n_out] × [cols = n_in] in GGUF layout (each row whole blocks).
@@ -36,22 +43,278 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// Threads used by matmul. Sized once per model (`--threads` / `--threads-batch`).
+/// The compute threads (`--threads` / `--threads-batch`): one persistent pool per model.
 pub struct ThreadPool {
+    pool: rayon::ThreadPool,
     n_threads: usize,
 }
 
 impl ThreadPool {
     pub fn new(n_threads: usize) -> Self {
-        Self { n_threads: n_threads.max(1) }
+        let n_threads = n_threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads)
+            .thread_name(|i| format!("rllama-compute-{i}"))
+            .build()
+            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"));
+        Self { pool, n_threads }
     }
     pub fn n_threads(&self) -> usize {
         self.n_threads
     }
+    /// Run `f(i)` for i in 0..n_tasks on the pool's threads.
+    pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if n_tasks <= 1 || self.n_threads == 1 {
+            (0..n_tasks).for_each(f);
+            return;
+        }
+        self.pool.install(|| (0..n_tasks).into_par_iter().for_each(f));
+    }
 }
 
-/// y[t*rows + r] = dot(W[r], x[t*cols ..]) for t in 0..n_tokens.
-pub fn matmul(_pool: &ThreadPool, w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) -> Result<()> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+/// The instruction set the kernels use, detected once (or forced by `RLLAMA_SIMD`).
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let detected = detect();
+        match std::env::var("RLLAMA_SIMD").ok().as_deref() {
+            Some("scalar") => SimdLevel::Scalar,
+            Some("avx2") if detected != SimdLevel::Scalar => SimdLevel::Avx2,
+            Some("avx512") if detected == SimdLevel::Avx512 => SimdLevel::Avx512,
+            _ => detected,
+        }
+    })
+}
+
+fn detect() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            return SimdLevel::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            return SimdLevel::Avx2;
+        }
+    }
+    SimdLevel::Scalar
+}
+
+/// Activations of a batch, quantized for one weight type.
+enum Acts {
+    Q8(Vec<Q8Row>),
+    Q8K(Vec<Q8KRow>),
+    F32,
+}
+
+fn quantize_acts(ty: GgmlType, x: &[f32], cols: usize) -> Acts {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL => Acts::Q8(
+            x.chunks_exact(cols)
+                .map(|r| {
+                    let mut q = Q8Row::default();
+                    quantize_q8(r, &mut q);
+                    q
+                })
+                .collect(),
+        ),
+        Q4_K | Q6_K => Acts::Q8K(
+            x.chunks_exact(cols)
+                .map(|r| {
+                    let mut q = Q8KRow::default();
+                    quantize_q8k(r, &mut q);
+                    q
+                })
+                .collect(),
+        ),
+        _ => Acts::F32,
+    }
+}
+
+/// A weight row unpacked to int8 with its per-block scales (legacy 32-block types), so a prefill
+/// batch decodes each row once. Products and their order are those of the packed dot.
+struct Unpacked {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+}
+
+#[inline(always)]
+fn unpack(ty: GgmlType, row: &[u8], u: &mut Unpacked) -> bool {
+    u.q.clear();
+    u.d.clear();
+    u.m.clear();
+    let f16 = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    match ty {
+        GgmlType::Q8_0 => {
+            for blk in row.chunks_exact(34) {
+                u.d.push(f16(blk, 0));
+                u.q.extend(blk[2..34].iter().map(|&v| v as i8));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for blk in row.chunks_exact(20) {
+                u.d.push(f16(blk, 0));
+                u.m.push(f16(blk, 2));
+                u.q.extend(blk[4..20].iter().map(|&v| (v & 15) as i8));
+                u.q.extend(blk[4..20].iter().map(|&v| (v >> 4) as i8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for blk in row.chunks_exact(18) {
+                u.d.push(f16(blk, 0));
+                u.q.extend(blk[2..18].iter().map(|&v| (v & 15) as i8 - 8));
+                u.q.extend(blk[2..18].iter().map(|&v| (v >> 4) as i8 - 8));
+            }
+        }
+        GgmlType::Q5_0 => {
+            for blk in row.chunks_exact(22) {
+                u.d.push(f16(blk, 0));
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                for j in 0..16 {
+                    u.q.push(((blk[6 + j] & 15) | ((((qh >> j) << 4) & 0x10) as u8)) as i8 - 16);
+                }
+                for j in 0..16 {
+                    u.q.push(((blk[6 + j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8)) as i8 - 16);
+                }
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
+#[inline(always)]
+fn dot_unpacked(u: &Unpacked, x: &Q8Row) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    let has_m = !u.m.is_empty();
+    for b in 0..u.d.len() {
+        if has_m {
+            summs += u.m[b] * x.s[b];
+        }
+        let w = &u.q[b * 32..b * 32 + 32];
+        let xq = &x.q[b * 32..b * 32 + 32];
+        let d = u.d[b] * x.d[b];
+        for j in 0..8 {
+            let mut s = 0i32;
+            for k in 0..4 {
+                s += w[4 * j + k] as i32 * xq[4 * j + k] as i32;
+            }
+            acc[j] = d.mul_add(s as f32, acc[j]);
+        }
+    }
+    let r = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    (r[0] + r[2]) + (r[1] + r[3]) + summs
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of output rows (its own row range) of the buffer the
+// caller exclusively borrows for the duration of the call.
+unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}
+
+/// Rows [r0, r1) of y = W·x for every token.
+#[inline(always)]
+fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+    let put = |t: usize, r: usize, v: f32| {
+        // SAFETY: t < n and r < w.rows, so the index is inside y (n*rows values); row r belongs to
+        // this task only (see OutPtr).
+        unsafe { *y.0.add(t * w.rows + r) = v };
+    };
+    match acts {
+        Acts::Q8(xs) => {
+            let mut u = Unpacked { q: Vec::new(), d: Vec::new(), m: Vec::new() };
+            for r in r0..r1 {
+                let row = w.row(r);
+                if n > 1 && unpack(w.ty, row, &mut u) {
+                    for (t, xt) in xs.iter().enumerate() {
+                        put(t, r, dot_unpacked(&u, xt));
+                    }
+                    continue;
+                }
+                for (t, xt) in xs.iter().enumerate() {
+                    let v = match w.ty {
+                        GgmlType::Q8_0 => dot_q8_0(row, xt),
+                        GgmlType::Q4_0 => dot_q4_0(row, xt),
+                        GgmlType::Q4_1 => dot_q4_1(row, xt),
+                        GgmlType::Q5_0 => dot_q5_0(row, xt),
+                        GgmlType::Q5_1 => dot_q5_1(row, xt),
+                        _ => dot_iq4_nl(row, xt),
+                    };
+                    put(t, r, v);
+                }
+            }
+        }
+        Acts::Q8K(xs) => {
+            for r in r0..r1 {
+                let row = w.row(r);
+                for (t, xt) in xs.iter().enumerate() {
+                    let v = if w.ty == GgmlType::Q4_K { dot_q4_k(row, xt) } else { dot_q6_k(row, xt) };
+                    put(t, r, v);
+                }
+            }
+        }
+        Acts::F32 => {
+            let mut buf = vec![0f32; w.cols];
+            for r in r0..r1 {
+                if dequantize(w.ty, w.row(r), &mut buf).is_err() {
+                    continue; // type checked by the caller
+                }
+                for t in 0..n {
+                    put(t, r, dot_f32(&buf, &x[t * w.cols..(t + 1) * w.cols]));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+    rows_kernel(w, acts, x, n, r0, r1, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows_avx512(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+    rows_kernel(w, acts, x, n, r0, r1, y)
+}
+
+fn rows_dispatch(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+    match simd_level() {
+        // SAFETY: the level is only chosen when the CPU reports these features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { rows_avx512(w, acts, x, n, r0, r1, y) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { rows_avx2(w, acts, x, n, r0, r1, y) },
+        _ => rows_kernel(w, acts, x, n, r0, r1, y),
+    }
+}
+
+fn supported(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS
+    )
+}
+
+/// y[t*rows + r] = W[r] · x[t*cols ..] for t in 0..n_tokens.
+pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) -> Result<()> {
     if x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows {
         return Err(Error::invalid(format!(
             "matmul shapes: W {}x{}, x {} values, y {} values, {n_tokens} tokens",
@@ -61,13 +324,70 @@ pub fn matmul(_pool: &ThreadPool, w: &QMatrix, x: &[f32], n_tokens: usize, y: &m
             y.len()
         )));
     }
-    let mut row = vec![0f32; w.cols];
-    for r in 0..w.rows {
-        dequantize(w.ty, w.row(r), &mut row)?;
-        for t in 0..n_tokens {
-            let xt = &x[t * w.cols..(t + 1) * w.cols];
-            y[t * w.rows + r] = row.iter().zip(xt).map(|(a, b)| a * b).sum();
-        }
+    if !supported(w.ty) {
+        return Err(Error::invalid(format!("matmul over {} weights is not supported", w.ty)));
     }
+    if w.ty.row_bytes(w.cols).map(|b| b * w.rows) != Some(w.data.len()) {
+        return Err(Error::invalid("weight bytes do not match the matrix shape"));
+    }
+    let acts = quantize_acts(w.ty, x, w.cols);
+    let out = OutPtr(y.as_mut_ptr());
+    let nt = pool.n_threads();
+    // Enough chunks to balance the threads, each big enough to amortize scheduling.
+    let n_chunks = if nt == 1 { 1 } else { (nt * 4).min(w.rows.div_ceil(16)).max(1) };
+    let per = w.rows.div_ceil(n_chunks);
+    pool.run(n_chunks, &|c| {
+        let r0 = c * per;
+        let r1 = ((c + 1) * per).min(w.rows);
+        if r0 < r1 {
+            rows_dispatch(w, &acts, x, n_tokens, r0, r1, &out);
+        }
+    });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
+        let mut row = vec![0f32; w.cols];
+        let mut y = vec![0f32; n * w.rows];
+        for r in 0..w.rows {
+            dequantize(w.ty, w.row(r), &mut row).unwrap();
+            for t in 0..n {
+                y[t * w.rows + r] = row.iter().zip(&x[t * w.cols..]).map(|(a, b)| a * b).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn q8_0_matches_dequantized_reference() {
+        // Q8_0 blocks with scale 1/64 and values -60..60.
+        let (rows, cols, n) = (37, 96, 3);
+        let mut data = Vec::new();
+        for r in 0..rows {
+            for b in 0..cols / 32 {
+                data.extend_from_slice(&half::f16::from_f32(1.0 / 64.0).to_le_bytes());
+                for j in 0..32 {
+                    data.push((((r * 7 + b * 3 + j * 5) % 121) as i32 - 60) as i8 as u8);
+                }
+            }
+        }
+        let w = QMatrix::new(GgmlType::Q8_0, &data, rows, cols).unwrap();
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
+        let want = reference(&w, &x, n);
+        for threads in [1, 2, 3] {
+            let mut y = vec![0f32; n * rows];
+            matmul(&ThreadPool::new(threads), &w, &x, n, &mut y).unwrap();
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() <= 2e-2 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+        let mut y = vec![0f32; 1];
+        assert!(matmul(&ThreadPool::new(1), &w, &x, n, &mut y).is_err());
+        assert!(QMatrix::new(GgmlType::Q8_0, &data[1..], rows, cols).is_err());
+        assert!(QMatrix::new(GgmlType::Q8_0, &data, rows, 33).is_err());
+    }
 }

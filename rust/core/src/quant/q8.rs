@@ -1,0 +1,80 @@
+//! Activation quantization: each activation row is quantized once per matmul to the 8-bit block
+//! format its weight type is dotted against, with ggml's scale and rounding (so products round
+//! the way llama.cpp's do).
+
+use half::f16;
+
+/// Q8_0 / Q8_1 activations of one row: per 32-block the f16-rounded scale, the f16 of
+/// d·Σq (Q8_1's `s`), and the int8 values.
+#[derive(Default, Clone)]
+pub struct Q8Row {
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub q: Vec<i8>,
+}
+
+/// Q8_K activations of one row: per 256-block an f32 scale, int8 values and sums of 16.
+#[derive(Default, Clone)]
+pub struct Q8KRow {
+    pub d: Vec<f32>,
+    pub q: Vec<i8>,
+    pub bsums: Vec<i16>,
+}
+
+pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
+    let nb = x.len() / 32;
+    out.d.clear();
+    out.s.clear();
+    out.q.clear();
+    out.q.reserve(x.len());
+    for b in x.chunks_exact(32) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for &v in b {
+            let q = (v * id).round_ties_even() as i32;
+            sum += q;
+            out.q.push(q as i8);
+        }
+        out.d.push(f16::from_f32(d).to_f32());
+        out.s.push(f16::from_f32(d * sum as f32).to_f32());
+    }
+    debug_assert_eq!(out.d.len(), nb);
+}
+
+/// ggml's nearest_int: round half to even through the float mantissa.
+#[inline]
+fn nearest_int(v: f32) -> i32 {
+    v.round_ties_even() as i32
+}
+
+pub fn quantize_q8k(x: &[f32], out: &mut Q8KRow) {
+    out.d.clear();
+    out.q.clear();
+    out.bsums.clear();
+    for b in x.chunks_exact(256) {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in b {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            out.d.push(0.0);
+            out.q.extend(std::iter::repeat_n(0i8, 256));
+            out.bsums.extend(std::iter::repeat_n(0i16, 16));
+            continue;
+        }
+        let iscale = -127.0 / max;
+        let start = out.q.len();
+        for &v in b {
+            out.q.push(nearest_int(iscale * v).min(127) as i8);
+        }
+        for g in out.q[start..].chunks_exact(16) {
+            out.bsums.push(g.iter().map(|&v| v as i16).sum());
+        }
+        out.d.push(1.0 / iscale);
+    }
+}
