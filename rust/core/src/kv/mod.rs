@@ -39,11 +39,12 @@ impl KvCache {
 
     pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let i = self.at(layer, pos);
+        use crate::quant::f16::f32_to_f16;
         for (d, &s) in self.k[i..i + self.kv_dim].iter_mut().zip(k) {
-            *d = f16::from_f32(s);
+            *d = f16::from_bits(f32_to_f16(s));
         }
         for (d, &s) in self.v[i..i + self.kv_dim].iter_mut().zip(v) {
-            *d = f16::from_f32(s);
+            *d = f16::from_bits(f32_to_f16(s));
         }
     }
 

@@ -15,6 +15,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::KvCache;
+use crate::quant::f16::{f16_to_f32, round_f16};
 use crate::quant::{dequantize, GgmlType};
 use crate::tensor::{matmul, QMatrix, ThreadPool};
 
@@ -169,6 +170,10 @@ impl Model {
     /// Evaluate `batch`. `caches[seq]` is the KV cache of sequence `seq`. Every position earlier than
     /// a token's own must already be in its cache (or earlier in this batch).
     pub fn forward(&self, batch: &[BatchToken], caches: &mut [&mut KvCache], want_hidden: bool) -> Result<ForwardOutput> {
+        self.pool.install(|| self.forward_on_pool(batch, caches, want_hidden))
+    }
+
+    fn forward_on_pool(&self, batch: &[BatchToken], caches: &mut [&mut KvCache], want_hidden: bool) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
         let n = batch.len();
         let (e, hd, kvd) = (cfg.n_embd, cfg.head_dim, cfg.kv_dim());
@@ -227,19 +232,28 @@ impl Model {
                 }
                 caches[t.seq].store(il, t.pos, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
             }
-            // Attention: each token over its own sequence's positions [lo, pos].
+            // Attention: each token over its own sequence's positions [lo, pos], every
+            // (token, head) pair an independent task on the pool.
             let f16_acc = n < F32_ATTENTION_MIN_TOKENS;
-            for (i, t) in batch.iter().enumerate() {
-                let lo = if swa && cfg.n_swa > 0 { (t.pos + 1).saturating_sub(cfg.n_swa) } else { 0 };
-                let keys = caches[t.seq].keys(il);
-                let vals = caches[t.seq].values(il);
-                for h in 0..cfg.n_head {
-                    let kh = h / group;
-                    let qh = &q[i * cfg.q_dim() + h * hd..i * cfg.q_dim() + (h + 1) * hd];
-                    let out = &mut att[i * cfg.q_dim() + h * hd..i * cfg.q_dim() + (h + 1) * hd];
-                    attention_head(qh, keys, vals, kvd, kh * hd, lo, t.pos, cfg.attn_scale, f16_acc, out);
+            let qd = cfg.q_dim();
+            let caches_ro: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
+            let out = AttOut(att.as_mut_ptr());
+            let n_tasks = n * cfg.n_head;
+            let per = n_tasks.div_ceil((self.pool.n_threads() * 4).min(n_tasks).max(1));
+            self.pool.run(n_tasks.div_ceil(per), &|c| {
+                for task in c * per..((c + 1) * per).min(n_tasks) {
+                    let (i, h) = (task / cfg.n_head, task % cfg.n_head);
+                    let t = batch[i];
+                    let lo = if swa && cfg.n_swa > 0 { (t.pos + 1).saturating_sub(cfg.n_swa) } else { 0 };
+                    let cache = caches_ro[t.seq];
+                    let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                    // SAFETY: each (token, head) slice of `att` is written by exactly one task, and
+                    // `att` outlives the pool call.
+                    let o = unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + h * hd), hd) };
+                    let (keys, vals) = (cache.keys(il), cache.values(il));
+                    attention_head(qh, keys, vals, kvd, (h / group) * hd, lo, t.pos, cfg.attn_scale, f16_acc, o);
                 }
-            }
+            });
             let mut o = self.linear(&l.wo, &att, n)?;
             if let Some(w) = &l.attn_post_norm {
                 o.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
@@ -289,6 +303,61 @@ impl Model {
 /// and therefore our tokens, match its.
 const F32_ATTENTION_MIN_TOKENS: usize = 64;
 
+struct AttOut(*mut f32);
+// SAFETY: tasks write disjoint (token, head) slices; see the call site.
+unsafe impl Sync for AttOut {}
+
+impl AttOut {
+    fn at(&self, i: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer this pointer came from.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// ggml's AVX-512 f16 dot order for a head of 64·k values: four 16-lane accumulators fed by
+/// fused multiply-adds, summed (0+2)+(1+3), then the 16 lanes halved pairwise.
+#[inline(always)]
+fn dot_f16_ggml(q: &[f32], k: &[f16]) -> f32 {
+    let mut sum = [[0f32; 16]; 4];
+    for (qc, kc) in q.chunks_exact(64).zip(k.chunks_exact(64)) {
+        for (j, acc) in sum.iter_mut().enumerate() {
+            for l in 0..16 {
+                let kv = f16_to_f32(kc[16 * j + l].to_bits());
+                acc[l] = qc[16 * j + l].mul_add(kv, acc[l]);
+            }
+        }
+    }
+    let mut a = [0f32; 16];
+    for l in 0..16 {
+        a[l] = (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]);
+    }
+    let mut w = 8;
+    while w >= 1 {
+        for l in 0..w {
+            a[l] += a[l + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
+#[inline(always)]
+fn dot_f16_f32(q: &[f32], k: &[f16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut s = 0f32;
+    let mut qc = q.chunks_exact(8);
+    let mut kc = k.chunks_exact(8);
+    for (a, b) in (&mut qc).zip(&mut kc) {
+        for l in 0..8 {
+            acc[l] = a[l].mul_add(f16_to_f32(b[l].to_bits()), acc[l]);
+        }
+    }
+    for (a, b) in qc.remainder().iter().zip(kc.remainder()) {
+        s += a * f16_to_f32(b.to_bits());
+    }
+    acc.iter().sum::<f32>() + s
+}
+
 /// One query head against keys/values at positions [lo, hi] of a cache laid out [pos][kv_dim],
 /// this head's slice starting at `off`: a single pass with an online softmax. With `f16_acc` the
 /// query is rounded to f16 and the value accumulator kept in f16 (fused multiply-add, then
@@ -307,14 +376,24 @@ fn attention_head(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let round = |v: f32| if f16_acc { f16::from_f32(v).to_f32() } else { v };
-    let qr: Vec<f32> = q.iter().map(|&v| round(v)).collect();
-    let mut acc = vec![0f32; hd];
+    let round = |v: f32| if f16_acc { round_f16(v) } else { v };
+    let mut qbuf = [0f32; 512];
+    let mut abuf = [0f32; 512];
+    let (qr, acc) = if hd <= 512 {
+        (&mut qbuf[..hd], &mut abuf[..hd])
+    } else {
+        return attention_head_large(q, keys, vals, kvd, off, lo, hi, scale, f16_acc, out);
+    };
+    for (d, &v) in qr.iter_mut().zip(q) {
+        *d = round(v);
+    }
+    let ggml_order = f16_acc && hd % 64 == 0;
     let mut m = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for p in lo..=hi {
         let kr = &keys[p * kvd + off..p * kvd + off + hd];
-        let s: f32 = qr.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+        let dot = if ggml_order { dot_f16_ggml(qr, kr) } else { dot_f16_f32(qr, kr) };
+        let s = dot * scale;
         let mut ms = 1.0;
         let mut vs = 1.0;
         if s > m {
@@ -328,7 +407,38 @@ fn attention_head(
         }
         let vr = &vals[p * kvd + off..p * kvd + off + hd];
         for (a, v) in acc.iter_mut().zip(vr) {
-            *a = round(v.to_f32().mul_add(vs, *a));
+            *a = round(f16_to_f32(v.to_bits()).mul_add(vs, *a));
+        }
+        sum = sum * ms + vs;
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        *o = a * inv;
+    }
+}
+
+/// Heads wider than 512 values: the same computation with heap buffers.
+#[allow(clippy::too_many_arguments)]
+#[cold]
+fn attention_head_large(q: &[f32], keys: &[f16], vals: &[f16], kvd: usize, off: usize, lo: usize, hi: usize, scale: f32, f16_acc: bool, out: &mut [f32]) {
+    let hd = q.len();
+    let mut acc = vec![0f32; hd];
+    let mut m = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    let round = |v: f32| if f16_acc { round_f16(v) } else { v };
+    let qr: Vec<f32> = q.iter().map(|&v| round(v)).collect();
+    for p in lo..=hi {
+        let s = dot_f16_f32(&qr, &keys[p * kvd + off..p * kvd + off + hd]) * scale;
+        let (mut ms, mut vs) = (1.0, 1.0);
+        if s > m {
+            ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
+            m = s;
+            acc.iter_mut().for_each(|a| *a = round(*a * ms));
+        } else {
+            vs = (s - m).exp();
+        }
+        for (a, v) in acc.iter_mut().zip(&vals[p * kvd + off..p * kvd + off + hd]) {
+            *a = round(f16_to_f32(v.to_bits()).mul_add(vs, *a));
         }
         sum = sum * ms + vs;
     }

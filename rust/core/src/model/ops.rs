@@ -66,7 +66,7 @@ pub fn gelu_f16_table(x: f32) -> f32 {
     let t = TABLE.get_or_init(|| {
         (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())).to_f32()).collect()
     });
-    t[f16::from_f32(x).to_bits() as usize]
+    t[crate::quant::f16::f32_to_f16(x) as usize]
 }
 
 /// In-place softmax.

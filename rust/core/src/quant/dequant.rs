@@ -3,11 +3,11 @@
 
 use super::GgmlType;
 use crate::error::{Error, Result};
-use half::{bf16, f16};
+use half::bf16;
 
-#[inline]
+#[inline(always)]
 pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    super::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
 }
 
 /// The 4-bit non-linear grid of IQ4_NL / IQ4_XS.

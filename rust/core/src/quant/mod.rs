@@ -4,8 +4,11 @@
 
 mod dequant;
 pub mod dot;
+pub mod f16;
 pub mod q8;
 mod types;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 pub use dequant::dequantize;
 pub use types::GgmlType;

@@ -2,7 +2,7 @@
 //! format its weight type is dotted against, with ggml's scale and rounding (so products round
 //! the way llama.cpp's do).
 
-use half::f16;
+use super::f16::round_f16;
 
 /// Q8_0 / Q8_1 activations of one row: per 32-block the f16-rounded scale, the f16 of
 /// d·Σq (Q8_1's `s`), and the int8 values.
@@ -37,8 +37,8 @@ pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
             sum += q;
             out.q.push(q as i8);
         }
-        out.d.push(f16::from_f32(d).to_f32());
-        out.s.push(f16::from_f32(d * sum as f32).to_f32());
+        out.d.push(round_f16(d));
+        out.s.push(round_f16(d * sum as f32));
     }
     debug_assert_eq!(out.d.len(), nb);
 }
