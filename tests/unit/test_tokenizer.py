@@ -234,3 +234,26 @@ def test_synthetic_bpe_merges_and_special(tmp_path):
     assert tok.detokenize([ord("x"), the, eot]) == "x the<|eot_id|>"
     assert tok.tokenize("\n\n") == [b for b in b"\n\n"]  # bytes without merges
     assert rllama.Tokenizer is Tokenizer
+
+
+def test_synthetic_wordpiece(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "▁hello", "▁world", "▁un", "aff", "able", "▁,"]
+    w = gguf.GGUFWriter(str(tmp_path / "bert.gguf"), "bert")
+    w.add_tokenizer_model("bert")
+    w.add_token_list(tokens)
+    w.add_token_types([3, 2, 3, 3, 3] + [1] * 6)
+    w.add_bos_token_id(2)
+    w.add_sep_token_id(3)
+    w.add_unk_token_id(1)
+    w.add_pad_token_id(0)
+    w.add_mask_token_id(4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = Tokenizer.from_gguf(tmp_path / "bert.gguf")
+    assert tok.model == "bert"
+    assert tok.tokenize("Héllo, UNAFFABLE world!", add_special=True) == [2, 5, 10, 7, 8, 9, 6, 1, 3]
+    assert tok.tokenize("hello [MASK] world") == [5, 4, 6]
+    assert tok.detokenize([5, 10, 6]) == " hello, world"

@@ -110,6 +110,7 @@ impl PyTokenizer {
         match self.inner.model() {
             Model::Spm => "llama",
             Model::Bpe => "gpt2",
+            Model::Wpm => "bert",
         }
     }
     #[getter]

@@ -8,6 +8,7 @@ pub mod bpe;
 pub mod decoder;
 pub mod pretok;
 pub mod spm;
+pub mod wpm;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use rustc_hash::FxHashMap;
@@ -69,6 +70,8 @@ pub enum Model {
     Spm,
     /// Byte-level BPE by merge rank ("gpt2").
     Bpe,
+    /// WordPiece, greedy longest match ("bert").
+    Wpm,
 }
 
 /// Special token ids (`None` when the model has none).
@@ -109,6 +112,10 @@ pub struct Tokenizer {
     special_ac: Option<AhoCorasick>,
     /// SPM: characters that some token joins to a following U+2581 (see spm::tokenize_segmented).
     space_joiners: rustc_hash::FxHashSet<char>,
+    /// WPM: normalization, longest token in bytes, and whether SEP ends a tokenized text.
+    wpm_norm: wpm::Normalizer,
+    max_token_len: usize,
+    add_sep: bool,
 }
 
 enum Fragment {
@@ -231,6 +238,7 @@ impl Tokenizer {
         let mut ids = SpecialIds::default();
         let (model, mut add_bos, mut add_eos, mut add_space_prefix, clean_spaces, ignore_merges);
         let mut pre = None;
+        let mut add_sep = false;
         match model_name {
             "llama" => {
                 model = Model::Spm;
@@ -261,6 +269,22 @@ impl Tokenizer {
                 if no_bos {
                     ids.bos = None;
                 }
+            }
+            "bert" => {
+                model = Model::Wpm;
+                ids.bos = Some(101);
+                ids.unk = Some(100);
+                ids.sep = Some(102);
+                ids.pad = Some(0);
+                ids.mask = Some(103);
+                add_sep = true;
+                (
+                    add_bos,
+                    add_eos,
+                    add_space_prefix,
+                    clean_spaces,
+                    ignore_merges,
+                ) = (true, false, false, true, false);
             }
             other => {
                 return Err(Error::load(format!(
@@ -315,7 +339,7 @@ impl Tokenizer {
         for (i, t) in texts.iter().enumerate() {
             by_text.insert(t.as_str(), i as u32);
             let key: Box<[u8]> = match model {
-                Model::Spm => t.as_bytes().into(),
+                Model::Spm | Model::Wpm => t.as_bytes().into(),
                 Model::Bpe => bpe::decode_token_text(t, &byte_table)
                     .unwrap_or_else(|| t.as_bytes().to_vec())
                     .into(),
@@ -325,6 +349,7 @@ impl Tokenizer {
         let mut byte_ids = [bpe::NONE; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             let found = match model {
+                Model::Wpm => None,
                 Model::Spm => by_text
                     .get(format!("<0x{b:02X}>").as_str())
                     .or_else(|| by_bytes.get(&[b as u8][..]))
@@ -371,7 +396,14 @@ impl Tokenizer {
 
         // special ids from metadata (out of range: keep the default)
         let n32 = n as u32;
-        for v in [&mut ids.bos, &mut ids.eos, &mut ids.unk] {
+        for v in [
+            &mut ids.bos,
+            &mut ids.eos,
+            &mut ids.unk,
+            &mut ids.sep,
+            &mut ids.pad,
+            &mut ids.mask,
+        ] {
             if v.is_some_and(|x| x >= n32) {
                 *v = None;
             }
@@ -418,6 +450,19 @@ impl Tokenizer {
         if let Some(b) = f.get_bool("tokenizer.ggml.add_eos_token") {
             add_eos = b;
         }
+        if let Some(b) = f.get_bool("tokenizer.ggml.add_sep_token") {
+            add_sep = b;
+        }
+        let lowercase = f
+            .get_bool("tokenizer.ggml.normalizer.lowercase")
+            .unwrap_or(true);
+        let wpm_norm = wpm::Normalizer {
+            lowercase,
+            strip_accents: f
+                .get_bool("tokenizer.ggml.normalizer.strip_accents")
+                .unwrap_or(lowercase),
+        };
+        let max_token_len = texts.iter().map(|t| t.len()).max().unwrap_or(0);
 
         // auto-detected special tokens by text, marked as control
         let find = |list: &[&str]| list.iter().find_map(|t| by_text.get(t).copied());
@@ -552,7 +597,7 @@ impl Tokenizer {
                 piece_data.extend_from_slice(t.as_bytes());
             } else if a & attr::NORMAL != 0 {
                 match model {
-                    Model::Spm => {
+                    Model::Spm | Model::Wpm => {
                         piece_data.extend_from_slice(t.replace('\u{2581}', " ").as_bytes())
                     }
                     Model::Bpe => match bpe::decode_token_text(t, &byte_table) {
@@ -575,7 +620,7 @@ impl Tokenizer {
 
         let space_joiners = match model {
             Model::Spm => spm::space_joiners(&texts),
-            Model::Bpe => Default::default(),
+            Model::Bpe | Model::Wpm => Default::default(),
         };
         let mut is_eog = vec![false; n];
         for &e in &eog {
@@ -606,6 +651,9 @@ impl Tokenizer {
             special,
             special_ac,
             space_joiners,
+            wpm_norm,
+            max_token_len,
+            add_sep,
         })
     }
 
@@ -785,6 +833,27 @@ impl Tokenizer {
                 }
                 if add_special && self.add_eos {
                     out.extend(self.ids.eos);
+                }
+            }
+            Model::Wpm => {
+                if add_special {
+                    out.extend(self.ids.bos);
+                }
+                for fr in &frags {
+                    match *fr {
+                        Fragment::Text(a, b) => wpm::tokenize(
+                            &self.vocab,
+                            &text[a..b],
+                            self.wpm_norm,
+                            self.max_token_len,
+                            self.ids.unk,
+                            &mut out,
+                        ),
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+                if add_special && self.add_sep {
+                    out.extend(self.ids.sep);
                 }
             }
         }

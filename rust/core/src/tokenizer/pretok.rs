@@ -12,17 +12,30 @@ use fancy_regex::Regex;
 
 use crate::{Error, Result};
 
-const F_LETTER: u8 = 1;
-const F_NUMBER: u8 = 2;
-const F_SPACE: u8 = 4;
+pub(crate) const F_LETTER: u8 = 1;
+pub(crate) const F_NUMBER: u8 = 2;
+pub(crate) const F_SPACE: u8 = 4;
+pub(crate) const F_PUNCT: u8 = 8;
+pub(crate) const F_SYMBOL: u8 = 16;
+/// \p{C} other than unassigned (llama.cpp's "control").
+pub(crate) const F_CONTROL: u8 = 32;
+pub(crate) const F_MARK: u8 = 64;
 
-/// Per-code-point flags (letter, number, white space) for the whole Unicode range, built once
-/// from regex-syntax's Unicode tables.
-fn flag_table() -> &'static [u8] {
+/// Per-code-point flags (letter, number, white space, punctuation, symbol, control, mark) for
+/// the whole Unicode range, built once from regex-syntax's Unicode tables. Bit 0x80 stays free.
+pub(crate) fn flag_table() -> &'static [u8] {
     static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = vec![0u8; 0x110000];
-        for (pat, flag) in [(r"\p{L}", F_LETTER), (r"\p{N}", F_NUMBER), (r"\s", F_SPACE)] {
+        for (pat, flag) in [
+            (r"\p{L}", F_LETTER),
+            (r"\p{N}", F_NUMBER),
+            (r"\s", F_SPACE),
+            (r"\p{P}", F_PUNCT),
+            (r"\p{S}", F_SYMBOL),
+            (r"[\p{Cc}\p{Cf}\p{Co}]", F_CONTROL),
+            (r"\p{M}", F_MARK),
+        ] {
             for (lo, hi) in class_ranges(pat) {
                 for x in &mut t[lo as usize..=hi as usize] {
                     *x |= flag;
@@ -493,9 +506,15 @@ mod tests {
 
     #[test]
     fn gpt4o_splits_camel_case_and_keeps_contractions() {
-        assert_eq!(pieces("gpt-4o", "HelloWorld don't"), vec!["Hello", "World", " don't"]);
+        assert_eq!(
+            pieces("gpt-4o", "HelloWorld don't"),
+            vec!["Hello", "World", " don't"]
+        );
         assert_eq!(pieces("gpt-4o", "x 12345"), vec!["x", " ", "123", "45"]);
-        assert_eq!(pieces("tekken", "ÉtéOK 12"), vec!["Été", "OK", " ", "1", "2"]);
+        assert_eq!(
+            pieces("tekken", "ÉtéOK 12"),
+            vec!["Été", "OK", " ", "1", "2"]
+        );
     }
 
     #[test]
