@@ -51,8 +51,9 @@ def test_metadata_and_special_ids(toks):
     s, g = toks["smollm2"], toks["gemma3"]
     assert (s.model, s.pre, s.vocab_size) == ("gpt2", "smollm", 49152)
     assert (g.model, g.vocab_size) == ("llama", 262144)
-    assert (s.bos_id, s.eos_id, s.add_bos) == (1, 2, False)
-    assert (g.bos_id, g.eos_id, g.add_bos) == (2, 1, True)
+    assert (s.bos_id, s.eos_id, s.eot_id, s.add_bos) == (1, 2, 0, False)
+    assert s.eog_ids == [0, 2, 4] and g.eog_ids == [1, 106, 212]  # as llama.cpp reports them
+    assert (g.bos_id, g.eos_id, g.eot_id, g.add_bos) == (2, 1, 106, True)
     assert s.is_eog(2) and s.is_eog(0)  # <|im_end|>, <|endoftext|>
     end_of_turn = g.tokenize("<end_of_turn>")
     assert len(end_of_turn) == 1 and g.is_eog(end_of_turn[0]) and g.is_eog(1)

@@ -465,7 +465,9 @@ impl Tokenizer {
         let max_token_len = texts.iter().map(|t| t.len()).max().unwrap_or(0);
 
         // auto-detected special tokens by text, marked as control
-        let find = |list: &[&str]| list.iter().find_map(|t| by_text.get(t).copied());
+        // llama.cpp takes the first candidate in hash-map order; the lowest id is what it picks on
+        // the models we can check (SmolLM2: <|endoftext|> over <|im_end|>).
+        let find = |list: &[&str]| list.iter().filter_map(|t| by_text.get(t).copied()).min();
         for (slot, list) in [
             (&mut ids.eot, EOT_TEXTS),
             (&mut ids.eom, EOM_TEXTS),
