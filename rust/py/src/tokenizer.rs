@@ -147,6 +147,7 @@ impl PyTokenizer {
             ("fim_pad", opt(s.fim_pad)),
             ("fim_rep", opt(s.fim_rep)),
             ("fim_sep", opt(s.fim_sep)),
+            ("nl", opt(self.inner.nl())),
         ]
     }
 

@@ -116,6 +116,8 @@ pub struct Tokenizer {
     wpm_norm: wpm::Normalizer,
     max_token_len: usize,
     add_sep: bool,
+    /// The newline token (llama.cpp's `linefeed_id`).
+    nl: Option<u32>,
 }
 
 enum Fragment {
@@ -628,7 +630,7 @@ impl Tokenizer {
         for &e in &eog {
             is_eog[e as usize] = true;
         }
-        Ok(Tokenizer {
+        let mut tok = Tokenizer {
             model,
             pre_name,
             vocab: Vocab {
@@ -656,7 +658,18 @@ impl Tokenizer {
             wpm_norm,
             max_token_len,
             add_sep,
-        })
+            nl: None,
+        };
+        tok.nl = match model {
+            Model::Spm => tok.vocab.byte_token(b'\n').or(tok.ids.pad),
+            Model::Wpm => tok.ids.pad,
+            Model::Bpe => tok
+                .tokenize("\n", false, false)
+                .first()
+                .copied()
+                .or(tok.ids.pad),
+        };
+        Ok(tok)
     }
 
     pub fn model(&self) -> Model {
@@ -692,6 +705,10 @@ impl Tokenizer {
     }
     pub fn pad(&self) -> Option<u32> {
         self.ids.pad
+    }
+    /// The newline token.
+    pub fn nl(&self) -> Option<u32> {
+        self.nl
     }
     pub fn mask(&self) -> Option<u32> {
         self.ids.mask
@@ -1163,6 +1180,9 @@ mod tests {
             s.push_str(&d.flush());
             assert_eq!(s, MIXED);
             assert!(t.eos().is_some_and(|e| t.is_eog(e)));
+            // llama.cpp's linefeed ids
+            let nl = if name.starts_with("gemma") { 248 } else { 198 };
+            assert_eq!(t.nl(), Some(nl));
         }
     }
 
