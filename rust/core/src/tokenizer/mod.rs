@@ -10,6 +10,8 @@ pub mod pretok;
 pub mod spm;
 pub mod wpm;
 
+use std::sync::Mutex;
+
 use aho_corasick::{AhoCorasick, MatchKind};
 use rustc_hash::FxHashMap;
 
@@ -118,6 +120,15 @@ pub struct Tokenizer {
     add_sep: bool,
     /// The newline token (llama.cpp's `linefeed_id`).
     nl: Option<u32>,
+    /// Word/segment caches kept between calls (like Hugging Face's BPE cache). A call takes
+    /// them if no other call holds them, else starts empty: never waits on a lock.
+    scratch: Mutex<Option<Scratch>>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    spm: spm::SpmScratch,
+    bpe: bpe::BpeScratch,
 }
 
 enum Fragment {
@@ -659,6 +670,7 @@ impl Tokenizer {
             max_token_len,
             add_sep,
             nl: None,
+            scratch: Mutex::new(None),
         };
         tok.nl = match model {
             Model::Spm => tok.vocab.byte_token(b'\n').or(tok.ids.pad),
@@ -782,6 +794,28 @@ impl Tokenizer {
 
     /// Text to token ids, as llama.cpp's `llama_tokenize`.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut scratch = self
+            .scratch
+            .try_lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .unwrap_or_default();
+        let out = self.tokenize_with(text, add_special, parse_special, &mut scratch);
+        if let Ok(mut g) = self.scratch.try_lock() {
+            if g.is_none() {
+                *g = Some(scratch);
+            }
+        }
+        out
+    }
+
+    fn tokenize_with(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        scratch: &mut Scratch,
+    ) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         let frags = self.partition(text, parse_special);
         match self.model {
@@ -789,7 +823,7 @@ impl Tokenizer {
                 if add_special && self.add_bos {
                     out.extend(self.ids.bos);
                 }
-                let mut scratch = spm::SpmScratch::default();
+                let scratch = &mut scratch.spm;
                 let mut buf = Vec::new();
                 let mut prev_special = true;
                 for fr in &frags {
@@ -810,7 +844,7 @@ impl Tokenizer {
                                 &self.vocab,
                                 &buf,
                                 &self.space_joiners,
-                                &mut scratch,
+                                scratch,
                                 &mut out,
                             );
                             prev_special = false;
@@ -829,7 +863,7 @@ impl Tokenizer {
                 if add_special && self.add_bos {
                     out.extend(self.ids.bos);
                 }
-                let mut scratch = bpe::BpeScratch::default();
+                let scratch = &mut scratch.bpe;
                 let mut words = Vec::new();
                 let Some(pre) = &self.pre else { return out };
                 for fr in &frags {
@@ -842,7 +876,7 @@ impl Tokenizer {
                                     &self.vocab,
                                     &s.as_bytes()[x..y],
                                     self.ignore_merges,
-                                    &mut scratch,
+                                    scratch,
                                     &mut out,
                                 );
                             }
