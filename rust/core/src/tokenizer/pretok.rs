@@ -71,8 +71,9 @@ pub enum Step {
     Llama3 { max_digits: usize },
     /// `\p{N}`: every number code point alone.
     Digit,
-    /// Anything else, by regex.
-    Regex(Box<Regex>),
+    /// Anything else, by regex. `wide`: the regex names no Unicode category, and llama.cpp then
+    /// runs it on the text with every non-ASCII white space character replaced by U+000B.
+    Regex(Box<Regex>, bool),
 }
 
 #[derive(Debug)]
@@ -82,7 +83,7 @@ pub struct PreTokenizer {
 
 fn re(p: &str) -> Result<Step> {
     Regex::new(p)
-        .map(|r| Step::Regex(Box::new(r)))
+        .map(|r| Step::Regex(Box::new(r), !p.contains(r"\p{")))
         .map_err(|e| Error::load(format!("pre-tokenizer regex {p:?}: {e}")))
 }
 
@@ -166,7 +167,8 @@ impl PreTokenizer {
             for &(s, e) in out.iter() {
                 let chunk = &text[s..e];
                 match step {
-                    Step::Regex(r) => split_regex(r, chunk, s, &mut next),
+                    Step::Regex(r, false) => split_regex(r, chunk, s, &mut next),
+                    Step::Regex(r, true) => split_regex_wide(r, chunk, s, &mut next),
                     _ => {
                         cps.clear();
                         cps.extend(
@@ -180,7 +182,7 @@ impl PreTokenizer {
                                 split_llama3(&cps, e, *max_digits, &mut next)
                             }
                             Step::Digit => split_digit(&cps, e, &mut next),
-                            Step::Regex(_) => {}
+                            Step::Regex(..) => {}
                         }
                     }
                 }
@@ -206,6 +208,32 @@ fn split_regex(r: &Regex, chunk: &str, base: usize, out: &mut Vec<(usize, usize)
     if last < chunk.len() {
         out.push((base + last, base + chunk.len()));
     }
+}
+
+fn is_wide_space(c: char) -> bool {
+    c as u32 > 0x7F && flag_table()[c as usize] & F_SPACE != 0
+}
+
+/// [`split_regex`] on the chunk with non-ASCII white space read as U+000B (offsets mapped back).
+fn split_regex_wide(r: &Regex, chunk: &str, base: usize, out: &mut Vec<(usize, usize)>) {
+    if !chunk.chars().any(is_wide_space) {
+        return split_regex(r, chunk, base, out);
+    }
+    let mut t = String::with_capacity(chunk.len());
+    let mut map = Vec::with_capacity(chunk.len() + 1);
+    for (i, c) in chunk.char_indices() {
+        if is_wide_space(c) {
+            t.push('\u{b}');
+            map.push(i);
+        } else {
+            t.push(c);
+            map.extend(i..i + c.len_utf8());
+        }
+    }
+    map.push(chunk.len());
+    let mut tmp = Vec::new();
+    split_regex(r, &t, 0, &mut tmp);
+    out.extend(tmp.into_iter().map(|(a, b)| (base + map[a], base + map[b])));
 }
 
 /// Code points of one chunk, with out-of-chunk reads as `None` (regexes never see past a chunk).
