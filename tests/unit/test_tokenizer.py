@@ -83,6 +83,11 @@ def test_out_of_range_ids_are_invalid_requests(toks):
             tok.token_to_piece(-1)
         with pytest.raises(InvalidRequestError):
             tok.decoder().push(tok.vocab_size + 5)
+        with pytest.raises(InvalidRequestError):
+            tok.detokenize([5, -1])
+        with pytest.raises(InvalidRequestError):
+            tok.decoder().push(-3)
+        assert not tok.is_eog(-1) and tok.token_text(-1) is None
 
 
 def test_empty_text(toks):
