@@ -263,3 +263,54 @@ def test_synthetic_wordpiece(tmp_path):
     assert tok.tokenize("Héllo, UNAFFABLE world!", add_special=True) == [2, 5, 10, 7, 8, 9, 6, 1, 3]
     assert tok.tokenize("hello [MASK] world") == [5, 4, 6]
     assert tok.detokenize([5, 10, 6]) == " hello, world"
+
+
+def test_malformed_metadata_is_a_load_error_not_a_crash(tmp_path):
+    gguf = pytest.importorskip("gguf")
+
+    def write(name, fill):
+        w = gguf.GGUFWriter(str(tmp_path / name), "llama")
+        fill(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return tmp_path / name
+
+    def short_scores(w):
+        w.add_tokenizer_model("llama")
+        w.add_token_list(["<unk>", "<s>", "</s>", "a"])
+        w.add_token_scores([0.0, 0.0])
+
+    def no_tokens(w):
+        w.add_tokenizer_model("llama")
+
+    def no_merges(w):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(["a", "b"])
+
+    for fill in (short_scores, no_tokens, no_merges):
+        with pytest.raises(ModelLoadError):
+            Tokenizer.from_gguf(write(fill.__name__ + ".gguf", fill))
+
+
+def test_out_of_range_special_ids_and_empty_tokens(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>", "▁a", "", "<0x62>"])
+    w.add_token_scores([0.0, 0.0, 0.0, -1.0, 0.0, 0.0])
+    w.add_token_types([2, 3, 3, 1, 1, 6])
+    w.add_bos_token_id(99)  # out of range: the default (1) stays
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = Tokenizer.from_gguf(tmp_path / "spm.gguf")
+    assert tok.bos_id == 1 and tok.eos_id == 2
+    assert tok.token_text(4) == "[EMPTY_4]"
+    # "▁a" is one token; "b" falls back to its byte token; "▁" has no byte tokens: dropped
+    assert tok.tokenize("a b", add_special=True) == [1, 3, 5]
+    assert tok.tokenize("b") == [5]
+    assert tok.detokenize([1, 3, 5]) == "<s> ab"
