@@ -803,6 +803,8 @@ impl Tokenizer {
         let out = self.tokenize_with(text, add_special, parse_special, &mut scratch);
         if let Ok(mut g) = self.scratch.try_lock() {
             if g.is_none() {
+                scratch.spm.trim();
+                scratch.bpe.trim();
                 *g = Some(scratch);
             }
         }

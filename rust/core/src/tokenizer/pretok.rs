@@ -548,7 +548,10 @@ mod tests {
     #[test]
     fn category_free_regexes_see_wide_spaces_as_vertical_tab() {
         // U+2003 lies in deepseek's [ࠀ-一] range, but llama.cpp reads it as U+000B there
-        assert_eq!(pieces("deepseek-llm", "P \u{2003}x"), vec!["P", " ", "\u{2003}x"]);
+        assert_eq!(
+            pieces("deepseek-llm", "P \u{2003}x"),
+            vec!["P", " ", "\u{2003}x"]
+        );
         assert_eq!(pieces("bloom", "a\u{3000}b"), vec!["a", "\u{3000}", "b"]);
     }
 
