@@ -126,6 +126,10 @@ class Tokenizer:
     def mask_id(self) -> int | None:
         return self._ids["mask"]
 
+    @property
+    def nl_id(self) -> int | None:
+        return self._ids["nl"]
+
     def __len__(self) -> int:
         return self.vocab_size
 

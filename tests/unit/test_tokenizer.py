@@ -51,8 +51,9 @@ def test_metadata_and_special_ids(toks):
     s, g = toks["smollm2"], toks["gemma3"]
     assert (s.model, s.pre, s.vocab_size) == ("gpt2", "smollm", 49152)
     assert (g.model, g.vocab_size) == ("llama", 262144)
-    assert (s.bos_id, s.eos_id, s.add_bos) == (1, 2, False)
-    assert (g.bos_id, g.eos_id, g.add_bos) == (2, 1, True)
+    assert (s.bos_id, s.eos_id, s.eot_id, s.add_bos) == (1, 2, 0, False)
+    assert s.eog_ids == [0, 2, 4] and g.eog_ids == [1, 106, 212]  # as llama.cpp reports them
+    assert (g.bos_id, g.eos_id, g.eot_id, g.add_bos) == (2, 1, 106, True)
     assert s.is_eog(2) and s.is_eog(0)  # <|im_end|>, <|endoftext|>
     end_of_turn = g.tokenize("<end_of_turn>")
     assert len(end_of_turn) == 1 and g.is_eog(end_of_turn[0]) and g.is_eog(1)
@@ -82,6 +83,11 @@ def test_out_of_range_ids_are_invalid_requests(toks):
             tok.token_to_piece(-1)
         with pytest.raises(InvalidRequestError):
             tok.decoder().push(tok.vocab_size + 5)
+        with pytest.raises(InvalidRequestError):
+            tok.detokenize([5, -1])
+        with pytest.raises(InvalidRequestError):
+            tok.decoder().push(-3)
+        assert not tok.is_eog(-1) and tok.token_text(-1) is None
 
 
 def test_empty_text(toks):
@@ -234,3 +240,77 @@ def test_synthetic_bpe_merges_and_special(tmp_path):
     assert tok.detokenize([ord("x"), the, eot]) == "x the<|eot_id|>"
     assert tok.tokenize("\n\n") == [b for b in b"\n\n"]  # bytes without merges
     assert rllama.Tokenizer is Tokenizer
+
+
+def test_synthetic_wordpiece(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "▁hello", "▁world", "▁un", "aff", "able", "▁,"]
+    w = gguf.GGUFWriter(str(tmp_path / "bert.gguf"), "bert")
+    w.add_tokenizer_model("bert")
+    w.add_token_list(tokens)
+    w.add_token_types([3, 2, 3, 3, 3] + [1] * 6)
+    w.add_bos_token_id(2)
+    w.add_sep_token_id(3)
+    w.add_unk_token_id(1)
+    w.add_pad_token_id(0)
+    w.add_mask_token_id(4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = Tokenizer.from_gguf(tmp_path / "bert.gguf")
+    assert tok.model == "bert"
+    assert tok.tokenize("Héllo, UNAFFABLE world!", add_special=True) == [2, 5, 10, 7, 8, 9, 6, 1, 3]
+    assert tok.tokenize("hello [MASK] world") == [5, 4, 6]
+    assert tok.detokenize([5, 10, 6]) == " hello, world"
+
+
+def test_malformed_metadata_is_a_load_error_not_a_crash(tmp_path):
+    gguf = pytest.importorskip("gguf")
+
+    def write(name, fill):
+        w = gguf.GGUFWriter(str(tmp_path / name), "llama")
+        fill(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return tmp_path / name
+
+    def short_scores(w):
+        w.add_tokenizer_model("llama")
+        w.add_token_list(["<unk>", "<s>", "</s>", "a"])
+        w.add_token_scores([0.0, 0.0])
+
+    def no_tokens(w):
+        w.add_tokenizer_model("llama")
+
+    def no_merges(w):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(["a", "b"])
+
+    for fill in (short_scores, no_tokens, no_merges):
+        with pytest.raises(ModelLoadError):
+            Tokenizer.from_gguf(write(fill.__name__ + ".gguf", fill))
+
+
+def test_out_of_range_special_ids_and_empty_tokens(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>", "▁a", "", "<0x62>"])
+    w.add_token_scores([0.0, 0.0, 0.0, -1.0, 0.0, 0.0])
+    w.add_token_types([2, 3, 3, 1, 1, 6])
+    w.add_bos_token_id(99)  # out of range: the default (1) stays
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = Tokenizer.from_gguf(tmp_path / "spm.gguf")
+    assert tok.bos_id == 1 and tok.eos_id == 2
+    assert tok.token_text(4) == "[EMPTY_4]"
+    # "▁a" is one token; "b" falls back to its byte token; "▁" has no byte tokens: dropped
+    assert tok.tokenize("a b", add_special=True) == [1, 3, 5]
+    assert tok.tokenize("b") == [5]
+    assert tok.detokenize([1, 3, 5]) == "<s> ab"

@@ -19,6 +19,21 @@ fn opt(v: Option<u32>) -> i64 {
     v.map_or(-1, i64::from)
 }
 
+/// Python ints to token ids: a negative or too large id is an `InvalidRequestError`.
+fn to_ids(ids: &[i64], n_vocab: usize) -> PyResult<Vec<u32>> {
+    ids.iter()
+        .map(|&i| {
+            if (0..n_vocab as i64).contains(&i) {
+                Ok(i as u32)
+            } else {
+                Err(to_py(rllama_core::Error::invalid(format!(
+                    "token id {i} out of range (n_vocab {n_vocab})"
+                ))))
+            }
+        })
+        .collect()
+}
+
 #[pymethods]
 impl PyTokenizer {
     /// Load only the tokenizer of a GGUF file.
@@ -50,11 +65,12 @@ impl PyTokenizer {
     fn detokenize(
         &self,
         py: Python<'_>,
-        ids: Vec<u32>,
+        ids: Vec<i64>,
         remove_special: bool,
         unparse_special: bool,
     ) -> PyResult<String> {
         let t = &self.inner;
+        let ids = to_ids(&ids, t.n_vocab())?;
         py.detach(move || t.detokenize(&ids, remove_special, unparse_special))
             .map_err(to_py)
     }
@@ -63,11 +79,12 @@ impl PyTokenizer {
     fn detokenize_bytes<'py>(
         &self,
         py: Python<'py>,
-        ids: Vec<u32>,
+        ids: Vec<i64>,
         remove_special: bool,
         unparse_special: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let t = &self.inner;
+        let ids = to_ids(&ids, t.n_vocab())?;
         let b = py
             .detach(move || t.detokenize_bytes(&ids, remove_special, unparse_special))
             .map_err(to_py)?;
@@ -93,12 +110,13 @@ impl PyTokenizer {
         ))
     }
 
-    fn token_text(&self, id: u32) -> Option<String> {
+    fn token_text(&self, id: i64) -> Option<String> {
+        let id = u32::try_from(id).ok()?;
         self.inner.token_text(id).map(str::to_owned)
     }
 
-    fn is_eog(&self, id: u32) -> bool {
-        self.inner.is_eog(id)
+    fn is_eog(&self, id: i64) -> bool {
+        u32::try_from(id).is_ok_and(|i| self.inner.is_eog(i))
     }
 
     #[getter]
@@ -110,6 +128,7 @@ impl PyTokenizer {
         match self.inner.model() {
             Model::Spm => "llama",
             Model::Bpe => "gpt2",
+            Model::Wpm => "bert",
         }
     }
     #[getter]
@@ -146,6 +165,7 @@ impl PyTokenizer {
             ("fim_pad", opt(s.fim_pad)),
             ("fim_rep", opt(s.fim_rep)),
             ("fim_sep", opt(s.fim_sep)),
+            ("nl", opt(self.inner.nl())),
         ]
     }
 
@@ -167,7 +187,8 @@ pub struct PyIncrementalDecoder {
 
 #[pymethods]
 impl PyIncrementalDecoder {
-    fn push(&self, id: u32) -> PyResult<String> {
+    fn push(&self, id: i64) -> PyResult<String> {
+        let id = to_ids(&[id], self.tok.n_vocab())?[0];
         let mut d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         d.push(&self.tok, id).map_err(to_py)
     }

@@ -87,6 +87,16 @@ pub struct BpeScratch {
     cache_ids: Vec<u32>,
 }
 
+impl BpeScratch {
+    /// Drop the working buffers a very long word or segment left behind (the cache stays).
+    pub fn trim(&mut self) {
+        if self.syms.capacity() > 1 << 16 {
+            self.syms = Vec::new();
+            self.heap = BinaryHeap::new();
+        }
+    }
+}
+
 #[inline]
 fn try_add(v: &Vocab, syms: &[Sym], heap: &mut BinaryHeap<Bigram>, l: i32, r: i32) {
     if l < 0 || r < 0 {

@@ -8,6 +8,9 @@ pub mod bpe;
 pub mod decoder;
 pub mod pretok;
 pub mod spm;
+pub mod wpm;
+
+use std::sync::Mutex;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use rustc_hash::FxHashMap;
@@ -69,6 +72,8 @@ pub enum Model {
     Spm,
     /// Byte-level BPE by merge rank ("gpt2").
     Bpe,
+    /// WordPiece, greedy longest match ("bert").
+    Wpm,
 }
 
 /// Special token ids (`None` when the model has none).
@@ -109,6 +114,21 @@ pub struct Tokenizer {
     special_ac: Option<AhoCorasick>,
     /// SPM: characters that some token joins to a following U+2581 (see spm::tokenize_segmented).
     space_joiners: rustc_hash::FxHashSet<char>,
+    /// WPM: normalization, longest token in bytes, and whether SEP ends a tokenized text.
+    wpm_norm: wpm::Normalizer,
+    max_token_len: usize,
+    add_sep: bool,
+    /// The newline token (llama.cpp's `linefeed_id`).
+    nl: Option<u32>,
+    /// Word/segment caches kept between calls (like Hugging Face's BPE cache). A call takes
+    /// them if no other call holds them, else starts empty: never waits on a lock.
+    scratch: Mutex<Option<Scratch>>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    spm: spm::SpmScratch,
+    bpe: bpe::BpeScratch,
 }
 
 enum Fragment {
@@ -231,6 +251,7 @@ impl Tokenizer {
         let mut ids = SpecialIds::default();
         let (model, mut add_bos, mut add_eos, mut add_space_prefix, clean_spaces, ignore_merges);
         let mut pre = None;
+        let mut add_sep = false;
         match model_name {
             "llama" => {
                 model = Model::Spm;
@@ -261,6 +282,22 @@ impl Tokenizer {
                 if no_bos {
                     ids.bos = None;
                 }
+            }
+            "bert" => {
+                model = Model::Wpm;
+                ids.bos = Some(101);
+                ids.unk = Some(100);
+                ids.sep = Some(102);
+                ids.pad = Some(0);
+                ids.mask = Some(103);
+                add_sep = true;
+                (
+                    add_bos,
+                    add_eos,
+                    add_space_prefix,
+                    clean_spaces,
+                    ignore_merges,
+                ) = (true, false, false, true, false);
             }
             other => {
                 return Err(Error::load(format!(
@@ -315,7 +352,7 @@ impl Tokenizer {
         for (i, t) in texts.iter().enumerate() {
             by_text.insert(t.as_str(), i as u32);
             let key: Box<[u8]> = match model {
-                Model::Spm => t.as_bytes().into(),
+                Model::Spm | Model::Wpm => t.as_bytes().into(),
                 Model::Bpe => bpe::decode_token_text(t, &byte_table)
                     .unwrap_or_else(|| t.as_bytes().to_vec())
                     .into(),
@@ -325,6 +362,7 @@ impl Tokenizer {
         let mut byte_ids = [bpe::NONE; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             let found = match model {
+                Model::Wpm => None,
                 Model::Spm => by_text
                     .get(format!("<0x{b:02X}>").as_str())
                     .or_else(|| by_bytes.get(&[b as u8][..]))
@@ -371,7 +409,14 @@ impl Tokenizer {
 
         // special ids from metadata (out of range: keep the default)
         let n32 = n as u32;
-        for v in [&mut ids.bos, &mut ids.eos, &mut ids.unk] {
+        for v in [
+            &mut ids.bos,
+            &mut ids.eos,
+            &mut ids.unk,
+            &mut ids.sep,
+            &mut ids.pad,
+            &mut ids.mask,
+        ] {
             if v.is_some_and(|x| x >= n32) {
                 *v = None;
             }
@@ -418,9 +463,24 @@ impl Tokenizer {
         if let Some(b) = f.get_bool("tokenizer.ggml.add_eos_token") {
             add_eos = b;
         }
+        if let Some(b) = f.get_bool("tokenizer.ggml.add_sep_token") {
+            add_sep = b;
+        }
+        let lowercase = f
+            .get_bool("tokenizer.ggml.normalizer.lowercase")
+            .unwrap_or(true);
+        let wpm_norm = wpm::Normalizer {
+            lowercase,
+            strip_accents: f
+                .get_bool("tokenizer.ggml.normalizer.strip_accents")
+                .unwrap_or(lowercase),
+        };
+        let max_token_len = texts.iter().map(|t| t.len()).max().unwrap_or(0);
 
         // auto-detected special tokens by text, marked as control
-        let find = |list: &[&str]| list.iter().find_map(|t| by_text.get(t).copied());
+        // llama.cpp takes the first candidate in hash-map order; the lowest id is what it picks on
+        // the models we can check (SmolLM2: <|endoftext|> over <|im_end|>).
+        let find = |list: &[&str]| list.iter().filter_map(|t| by_text.get(t).copied()).min();
         for (slot, list) in [
             (&mut ids.eot, EOT_TEXTS),
             (&mut ids.eom, EOM_TEXTS),
@@ -552,7 +612,7 @@ impl Tokenizer {
                 piece_data.extend_from_slice(t.as_bytes());
             } else if a & attr::NORMAL != 0 {
                 match model {
-                    Model::Spm => {
+                    Model::Spm | Model::Wpm => {
                         piece_data.extend_from_slice(t.replace('\u{2581}', " ").as_bytes())
                     }
                     Model::Bpe => match bpe::decode_token_text(t, &byte_table) {
@@ -575,13 +635,13 @@ impl Tokenizer {
 
         let space_joiners = match model {
             Model::Spm => spm::space_joiners(&texts),
-            Model::Bpe => Default::default(),
+            Model::Bpe | Model::Wpm => Default::default(),
         };
         let mut is_eog = vec![false; n];
         for &e in &eog {
             is_eog[e as usize] = true;
         }
-        Ok(Tokenizer {
+        let mut tok = Tokenizer {
             model,
             pre_name,
             vocab: Vocab {
@@ -606,7 +666,22 @@ impl Tokenizer {
             special,
             special_ac,
             space_joiners,
-        })
+            wpm_norm,
+            max_token_len,
+            add_sep,
+            nl: None,
+            scratch: Mutex::new(None),
+        };
+        tok.nl = match model {
+            Model::Spm => tok.vocab.byte_token(b'\n').or(tok.ids.pad),
+            Model::Wpm => tok.ids.pad,
+            Model::Bpe => tok
+                .tokenize("\n", false, false)
+                .first()
+                .copied()
+                .or(tok.ids.pad),
+        };
+        Ok(tok)
     }
 
     pub fn model(&self) -> Model {
@@ -642,6 +717,10 @@ impl Tokenizer {
     }
     pub fn pad(&self) -> Option<u32> {
         self.ids.pad
+    }
+    /// The newline token.
+    pub fn nl(&self) -> Option<u32> {
+        self.nl
     }
     pub fn mask(&self) -> Option<u32> {
         self.ids.mask
@@ -715,6 +794,30 @@ impl Tokenizer {
 
     /// Text to token ids, as llama.cpp's `llama_tokenize`.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut scratch = self
+            .scratch
+            .try_lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .unwrap_or_default();
+        let out = self.tokenize_with(text, add_special, parse_special, &mut scratch);
+        if let Ok(mut g) = self.scratch.try_lock() {
+            if g.is_none() {
+                scratch.spm.trim();
+                scratch.bpe.trim();
+                *g = Some(scratch);
+            }
+        }
+        out
+    }
+
+    fn tokenize_with(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        scratch: &mut Scratch,
+    ) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         let frags = self.partition(text, parse_special);
         match self.model {
@@ -722,7 +825,7 @@ impl Tokenizer {
                 if add_special && self.add_bos {
                     out.extend(self.ids.bos);
                 }
-                let mut scratch = spm::SpmScratch::default();
+                let scratch = &mut scratch.spm;
                 let mut buf = Vec::new();
                 let mut prev_special = true;
                 for fr in &frags {
@@ -743,7 +846,7 @@ impl Tokenizer {
                                 &self.vocab,
                                 &buf,
                                 &self.space_joiners,
-                                &mut scratch,
+                                scratch,
                                 &mut out,
                             );
                             prev_special = false;
@@ -762,7 +865,7 @@ impl Tokenizer {
                 if add_special && self.add_bos {
                     out.extend(self.ids.bos);
                 }
-                let mut scratch = bpe::BpeScratch::default();
+                let scratch = &mut scratch.bpe;
                 let mut words = Vec::new();
                 let Some(pre) = &self.pre else { return out };
                 for fr in &frags {
@@ -775,7 +878,7 @@ impl Tokenizer {
                                     &self.vocab,
                                     &s.as_bytes()[x..y],
                                     self.ignore_merges,
-                                    &mut scratch,
+                                    scratch,
                                     &mut out,
                                 );
                             }
@@ -785,6 +888,27 @@ impl Tokenizer {
                 }
                 if add_special && self.add_eos {
                     out.extend(self.ids.eos);
+                }
+            }
+            Model::Wpm => {
+                if add_special {
+                    out.extend(self.ids.bos);
+                }
+                for fr in &frags {
+                    match *fr {
+                        Fragment::Text(a, b) => wpm::tokenize(
+                            &self.vocab,
+                            &text[a..b],
+                            self.wpm_norm,
+                            self.max_token_len,
+                            self.ids.unk,
+                            &mut out,
+                        ),
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+                if add_special && self.add_sep {
+                    out.extend(self.ids.sep);
                 }
             }
         }
@@ -1092,6 +1216,9 @@ mod tests {
             s.push_str(&d.flush());
             assert_eq!(s, MIXED);
             assert!(t.eos().is_some_and(|e| t.is_eog(e)));
+            // llama.cpp's linefeed ids
+            let nl = if name.starts_with("gemma") { 248 } else { 198 };
+            assert_eq!(t.nl(), Some(nl));
         }
     }
 

@@ -12,17 +12,30 @@ use fancy_regex::Regex;
 
 use crate::{Error, Result};
 
-const F_LETTER: u8 = 1;
-const F_NUMBER: u8 = 2;
-const F_SPACE: u8 = 4;
+pub(crate) const F_LETTER: u8 = 1;
+pub(crate) const F_NUMBER: u8 = 2;
+pub(crate) const F_SPACE: u8 = 4;
+pub(crate) const F_PUNCT: u8 = 8;
+pub(crate) const F_SYMBOL: u8 = 16;
+/// \p{C} other than unassigned (llama.cpp's "control").
+pub(crate) const F_CONTROL: u8 = 32;
+pub(crate) const F_MARK: u8 = 64;
 
-/// Per-code-point flags (letter, number, white space) for the whole Unicode range, built once
-/// from regex-syntax's Unicode tables.
-fn flag_table() -> &'static [u8] {
+/// Per-code-point flags (letter, number, white space, punctuation, symbol, control, mark) for
+/// the whole Unicode range, built once from regex-syntax's Unicode tables. Bit 0x80 stays free.
+pub(crate) fn flag_table() -> &'static [u8] {
     static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = vec![0u8; 0x110000];
-        for (pat, flag) in [(r"\p{L}", F_LETTER), (r"\p{N}", F_NUMBER), (r"\s", F_SPACE)] {
+        for (pat, flag) in [
+            (r"\p{L}", F_LETTER),
+            (r"\p{N}", F_NUMBER),
+            (r"\s", F_SPACE),
+            (r"\p{P}", F_PUNCT),
+            (r"\p{S}", F_SYMBOL),
+            (r"[\p{Cc}\p{Cf}\p{Co}]", F_CONTROL),
+            (r"\p{M}", F_MARK),
+        ] {
             for (lo, hi) in class_ranges(pat) {
                 for x in &mut t[lo as usize..=hi as usize] {
                     *x |= flag;
@@ -58,8 +71,9 @@ pub enum Step {
     Llama3 { max_digits: usize },
     /// `\p{N}`: every number code point alone.
     Digit,
-    /// Anything else, by regex.
-    Regex(Box<Regex>),
+    /// Anything else, by regex. `wide`: the regex names no Unicode category, and llama.cpp then
+    /// runs it on the text with every non-ASCII white space character replaced by U+000B.
+    Regex(Box<Regex>, bool),
 }
 
 #[derive(Debug)]
@@ -69,14 +83,16 @@ pub struct PreTokenizer {
 
 fn re(p: &str) -> Result<Step> {
     Regex::new(p)
-        .map(|r| Step::Regex(Box::new(r)))
+        .map(|r| Step::Regex(Box::new(r), !p.contains(r"\p{")))
         .map_err(|e| Error::load(format!("pre-tokenizer regex {p:?}: {e}")))
 }
 
 const GPT2_RE: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const GPT4O_RE: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const TEKKEN_RE: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+// gpt-4o and tekken as llama.cpp runs them: "upper" means a letter other than a-z and "lower" a
+// letter other than A-Z (its adaptation of the \p{Lu}/\p{Ll} classes, marks left out).
+const GPT4O_RE: &str = r"[^\r\n\p{L}\p{N}]?(?:(?=\p{L})[^a-z])*(?:(?=\p{L})[^A-Z])+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?(?:(?=\p{L})[^a-z])+(?:(?=\p{L})[^A-Z])*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const TEKKEN_RE: &str = r"[^\r\n\p{L}\p{N}]?(?:(?=\p{L})[^a-z])*(?:(?=\p{L})[^A-Z])+|[^\r\n\p{L}\p{N}]?(?:(?=\p{L})[^a-z])+(?:(?=\p{L})[^A-Z])*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const BLOOM_RE: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
 
 impl PreTokenizer {
@@ -151,7 +167,8 @@ impl PreTokenizer {
             for &(s, e) in out.iter() {
                 let chunk = &text[s..e];
                 match step {
-                    Step::Regex(r) => split_regex(r, chunk, s, &mut next),
+                    Step::Regex(r, false) => split_regex(r, chunk, s, &mut next),
+                    Step::Regex(r, true) => split_regex_wide(r, chunk, s, &mut next),
                     _ => {
                         cps.clear();
                         cps.extend(
@@ -165,7 +182,7 @@ impl PreTokenizer {
                                 split_llama3(&cps, e, *max_digits, &mut next)
                             }
                             Step::Digit => split_digit(&cps, e, &mut next),
-                            Step::Regex(_) => {}
+                            Step::Regex(..) => {}
                         }
                     }
                 }
@@ -191,6 +208,32 @@ fn split_regex(r: &Regex, chunk: &str, base: usize, out: &mut Vec<(usize, usize)
     if last < chunk.len() {
         out.push((base + last, base + chunk.len()));
     }
+}
+
+fn is_wide_space(c: char) -> bool {
+    c as u32 > 0x7F && flag_table()[c as usize] & F_SPACE != 0
+}
+
+/// [`split_regex`] on the chunk with non-ASCII white space read as U+000B (offsets mapped back).
+fn split_regex_wide(r: &Regex, chunk: &str, base: usize, out: &mut Vec<(usize, usize)>) {
+    if !chunk.chars().any(is_wide_space) {
+        return split_regex(r, chunk, base, out);
+    }
+    let mut t = String::with_capacity(chunk.len());
+    let mut map = Vec::with_capacity(chunk.len() + 1);
+    for (i, c) in chunk.char_indices() {
+        if is_wide_space(c) {
+            t.push('\u{b}');
+            map.push(i);
+        } else {
+            t.push(c);
+            map.extend(i..i + c.len_utf8());
+        }
+    }
+    map.push(chunk.len());
+    let mut tmp = Vec::new();
+    split_regex(r, &t, 0, &mut tmp);
+    out.extend(tmp.into_iter().map(|(a, b)| (base + map[a], base + map[b])));
 }
 
 /// Code points of one chunk, with out-of-chunk reads as `None` (regexes never see past a chunk).
@@ -487,6 +530,29 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    #[test]
+    fn gpt4o_splits_camel_case_and_keeps_contractions() {
+        assert_eq!(
+            pieces("gpt-4o", "HelloWorld don't"),
+            vec!["Hello", "World", " don't"]
+        );
+        assert_eq!(pieces("gpt-4o", "x 12345"), vec!["x", " ", "123", "45"]);
+        assert_eq!(
+            pieces("tekken", "ÉtéOK 12"),
+            vec!["Été", "OK", " ", "1", "2"]
+        );
+    }
+
+    #[test]
+    fn category_free_regexes_see_wide_spaces_as_vertical_tab() {
+        // U+2003 lies in deepseek's [ࠀ-一] range, but llama.cpp reads it as U+000B there
+        assert_eq!(
+            pieces("deepseek-llm", "P \u{2003}x"),
+            vec!["P", " ", "\u{2003}x"]
+        );
+        assert_eq!(pieces("bloom", "a\u{3000}b"), vec!["a", "\u{3000}", "b"]);
     }
 
     #[test]

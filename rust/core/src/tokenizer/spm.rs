@@ -54,6 +54,16 @@ pub struct SpmScratch {
     cache_ids: Vec<u32>,
 }
 
+impl SpmScratch {
+    /// Drop the working buffers a very long word or segment left behind (the cache stays).
+    pub fn trim(&mut self) {
+        if self.syms.capacity() > 1 << 16 {
+            self.syms = Vec::new();
+            self.heap = BinaryHeap::new();
+        }
+    }
+}
+
 const ESCAPED_SPACE: &[u8] = "\u{2581}".as_bytes();
 
 /// The characters `c` for which some token contains `c` directly followed by U+2581.
