@@ -314,33 +314,6 @@ impl AttOut {
     }
 }
 
-/// ggml's AVX-512 f16 dot order for a head of 64·k values: four 16-lane accumulators fed by
-/// fused multiply-adds, summed (0+2)+(1+3), then the 16 lanes halved pairwise.
-#[inline(always)]
-fn dot_f16_ggml(q: &[f32], k: &[f16]) -> f32 {
-    let mut sum = [[0f32; 16]; 4];
-    for (qc, kc) in q.chunks_exact(64).zip(k.chunks_exact(64)) {
-        for (j, acc) in sum.iter_mut().enumerate() {
-            for l in 0..16 {
-                let kv = f16_to_f32(kc[16 * j + l].to_bits());
-                acc[l] = qc[16 * j + l].mul_add(kv, acc[l]);
-            }
-        }
-    }
-    let mut a = [0f32; 16];
-    for l in 0..16 {
-        a[l] = (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]);
-    }
-    let mut w = 8;
-    while w >= 1 {
-        for l in 0..w {
-            a[l] += a[l + w];
-        }
-        w /= 2;
-    }
-    a[0]
-}
-
 #[inline(always)]
 fn dot_f16_f32(q: &[f32], k: &[f16]) -> f32 {
     let mut acc = [0f32; 8];
@@ -387,13 +360,11 @@ fn attention_head(
     for (d, &v) in qr.iter_mut().zip(q) {
         *d = round(v);
     }
-    let ggml_order = f16_acc && hd % 64 == 0;
     let mut m = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for p in lo..=hi {
         let kr = &keys[p * kvd + off..p * kvd + off + hd];
-        let dot = if ggml_order { dot_f16_ggml(qr, kr) } else { dot_f16_f32(qr, kr) };
-        let s = dot * scale;
+        let s = dot_f16_f32(qr, kr) * scale;
         let mut ms = 1.0;
         let mut vs = 1.0;
         if s > m {
