@@ -1,5 +1,6 @@
 """rllama: run and serve GGUF language models (llama-server compatible), with a Rust core."""
 
+from rllama import gguf, models
 from rllama._core import __version__
 from rllama.errors import (
     ContextFullError,
@@ -8,19 +9,18 @@ from rllama.errors import (
     ModelLoadError,
     RllamaError,
 )
-from rllama import gguf, models
 from rllama.model import Model
 from rllama.tokenizer import Tokenizer
 
 __all__ = [
-    "__version__",
-    "RllamaError",
-    "ModelLoadError",
-    "InvalidRequestError",
-    "GrammarError",
     "ContextFullError",
+    "GrammarError",
+    "InvalidRequestError",
     "Model",
+    "ModelLoadError",
+    "RllamaError",
     "Tokenizer",
+    "__version__",
     "gguf",
     "models",
 ]

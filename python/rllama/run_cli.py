@@ -37,8 +37,8 @@ def main(argv: list[str]) -> int:
     model = Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_ubatch=args.batch_size)
     if args.chat:
         prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
-    opts = dict(n_predict=args.n_predict, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, stream=True)
+    opts = {"n_predict": args.n_predict, "temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p,
+            "min_p": args.min_p, "repeat_penalty": args.repeat_penalty, "seed": args.seed, "stream": True}
     if args.grammar:
         opts["grammar"] = args.grammar
     final = {}

@@ -156,7 +156,6 @@ def parse(argv: list[str]) -> ServerSettings:
 def unsupported(s: ServerSettings) -> list[str]:
     """The flags given whose features rllama does not have yet."""
     d = ServerSettings()
-    out = []
     checks = [
         (s.n_gpu_layers > 0, "-ngl/--n-gpu-layers (GPU offload)"),
         (s.main_gpu != d.main_gpu, "-mg/--main-gpu"),

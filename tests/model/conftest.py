@@ -1,5 +1,4 @@
 import pytest
-
 from rllama.model import Model
 
 

@@ -105,7 +105,7 @@ def test_prompt_cache_reuse_gives_same_result(smollm2):
 
 
 def test_seeded_sampling_is_reproducible(smollm2):
-    kw = dict(n_predict=12, temperature=0.9, top_k=40, seed=1234, cache_prompt=False)
+    kw = {"n_predict": 12, "temperature": 0.9, "top_k": 40, "seed": 1234, "cache_prompt": False}
     a = smollm2.complete("Tell me a story", **kw)
     b = smollm2.complete("Tell me a story", **kw)
     assert a["content"] == b["content"] and a["generation_settings"]["seed"] == 1234

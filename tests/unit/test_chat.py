@@ -1,7 +1,6 @@
 """Chat templates against llama.cpp's rendered prompts (golden chat_*.json), and the built-ins."""
 
 import pytest
-
 import rllama.gguf
 from rllama import InvalidRequestError
 from rllama.chat import BUILTIN_TEMPLATES, apply_template, resolve_template

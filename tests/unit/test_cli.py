@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from rllama.serve_cli import ServerSettings, parse, unsupported
 
 

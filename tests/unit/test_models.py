@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import typing
 from pathlib import Path
 
 import pytest
-
-from rllama import ModelLoadError
-from rllama import models
+from rllama import ModelLoadError, models
 
 
 def test_local_path_and_errors(tmp_path):
@@ -41,7 +40,7 @@ def test_cache_dir_env(tmp_path, monkeypatch):
 class _Handler(http.server.BaseHTTPRequestHandler):
     payload = b""
     fail_after: int | None = None
-    requests: list = []
+    requests: typing.ClassVar[list] = []
 
     def log_message(self, *a):
         pass

@@ -5,7 +5,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// A malformed GGUF file: what is wrong and at which byte offset.
     #[error("invalid GGUF file: {msg} (at byte offset {offset})")]
     Format { offset: u64, msg: String },
@@ -25,7 +28,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn format(offset: u64, msg: impl Into<String>) -> Self {
-        Error::Format { offset, msg: msg.into() }
+        Error::Format {
+            offset,
+            msg: msg.into(),
+        }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidRequest(msg.into())

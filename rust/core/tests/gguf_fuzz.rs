@@ -19,7 +19,8 @@ fn piece() -> impl Strategy<Value = Piece> {
         any::<u32>().prop_map(Piece::U32),
         (0u64..64).prop_map(Piece::U64),
         any::<u64>().prop_map(Piece::U64),
-        (0u64..20, proptest::collection::vec(any::<u8>(), 0..20)).prop_map(|(n, b)| Piece::Str(n, b)),
+        (0u64..20, proptest::collection::vec(any::<u8>(), 0..20))
+            .prop_map(|(n, b)| Piece::Str(n, b)),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Piece::Bytes),
     ]
 }

@@ -3,17 +3,44 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use rllama_core::Error;
 
-create_exception!(_core, RllamaError, PyException, "Base class of rllama's errors.");
-create_exception!(_core, ModelLoadError, RllamaError, "A model file that cannot be loaded.");
-create_exception!(_core, InvalidRequestError, RllamaError, "Invalid arguments or request options.");
-create_exception!(_core, GrammarError, InvalidRequestError, "A grammar that cannot be parsed or used.");
-create_exception!(_core, ContextFullError, RllamaError, "The context window is full.");
+create_exception!(
+    _core,
+    RllamaError,
+    PyException,
+    "Base class of rllama's errors."
+);
+create_exception!(
+    _core,
+    ModelLoadError,
+    RllamaError,
+    "A model file that cannot be loaded."
+);
+create_exception!(
+    _core,
+    InvalidRequestError,
+    RllamaError,
+    "Invalid arguments or request options."
+);
+create_exception!(
+    _core,
+    GrammarError,
+    InvalidRequestError,
+    "A grammar that cannot be parsed or used."
+);
+create_exception!(
+    _core,
+    ContextFullError,
+    RllamaError,
+    "The context window is full."
+);
 
 /// The one place core errors become Python exceptions.
 pub fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
-        Error::Io { .. } | Error::Format { .. } | Error::ModelLoad(_) => ModelLoadError::new_err(msg),
+        Error::Io { .. } | Error::Format { .. } | Error::ModelLoad(_) => {
+            ModelLoadError::new_err(msg)
+        }
         Error::InvalidRequest(_) => InvalidRequestError::new_err(msg),
         Error::Grammar(_) => GrammarError::new_err(msg),
         Error::ContextFull(_) => ContextFullError::new_err(msg),

@@ -78,7 +78,11 @@ impl PyGgufFile {
 
     /// Metadata value type names by key ("u32", "string", "array", ...).
     fn metadata_types(&self) -> Vec<(String, String)> {
-        self.inner.metadata.iter().map(|(k, v)| (k.clone(), v.type_name().to_string())).collect()
+        self.inner
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.type_name().to_string()))
+            .collect()
     }
 
     /// Tensor infos: (name, type name, dims in ggml order, offset, nbytes).
@@ -86,7 +90,15 @@ impl PyGgufFile {
         self.inner
             .tensors
             .iter()
-            .map(|t| (t.name.clone(), t.ggml_type.name().to_string(), t.dims.clone(), t.offset, t.nbytes))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.ggml_type.name().to_string(),
+                    t.dims.clone(),
+                    t.offset,
+                    t.nbytes,
+                )
+            })
             .collect()
     }
 
@@ -104,7 +116,8 @@ impl PyGgufFile {
         let out = py
             .detach(move || {
                 let mut out = vec![0f32; n];
-                rllama_core::quant::dequantize(t.ggml_type, inner.tensor_data(&t), &mut out).map(|_| out)
+                rllama_core::quant::dequantize(t.ggml_type, inner.tensor_data(&t), &mut out)
+                    .map(|_| out)
             })
             .map_err(to_py)?;
         let bytes: Vec<u8> = out.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -114,9 +127,9 @@ impl PyGgufFile {
 
 impl PyGgufFile {
     fn tensor(&self, name: &str) -> PyResult<&rllama_core::gguf::TensorInfo> {
-        self.inner
-            .tensor(name)
-            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("no tensor named {name:?}")))
+        self.inner.tensor(name).ok_or_else(|| {
+            pyo3::exceptions::PyKeyError::new_err(format!("no tensor named {name:?}"))
+        })
     }
     pub fn file(&self) -> Arc<GgufFile> {
         self.inner.clone()

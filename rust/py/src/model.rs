@@ -66,7 +66,9 @@ impl PyGeneration {
         match ev {
             Ok(Event::Token(t)) => {
                 let top: Vec<(u32, f32)> = t.top;
-                Ok(("token", t.token, t.text, t.logprob, top).into_pyobject(py)?.into_any())
+                Ok(("token", t.token, t.text, t.logprob, top)
+                    .into_pyobject(py)?
+                    .into_any())
             }
             Ok(Event::Done(g)) => {
                 self.finished = true;
@@ -91,7 +93,9 @@ impl PyGeneration {
             }
             Err(_) => {
                 self.finished = true;
-                Err(pyo3::exceptions::PyRuntimeError::new_err("generation thread ended unexpectedly"))
+                Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "generation thread ended unexpectedly",
+                ))
             }
         }
     }
@@ -111,17 +115,33 @@ impl Drop for PyGeneration {
 impl PyModel {
     #[new]
     #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false))]
-    fn new(py: Python<'_>, path: std::path::PathBuf, n_threads: usize, no_mmap: bool, mlock: bool) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        n_threads: usize,
+        no_mmap: bool,
+        mlock: bool,
+    ) -> PyResult<Self> {
         let opts = LoadOptions { no_mmap, mlock };
         let m = py
-            .detach(|| GgufFile::open(&path, &opts).and_then(|f| Model::load(Arc::new(f), n_threads)))
+            .detach(|| {
+                GgufFile::open(&path, &opts).and_then(|f| Model::load(Arc::new(f), n_threads))
+            })
             .map_err(to_py)?;
-        Ok(Self { inner: Arc::new(m), slot: Arc::new(Mutex::new(None)) })
+        Ok(Self {
+            inner: Arc::new(m),
+            slot: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// Final-normed hidden states (f32 bytes, n_tokens × n_embd) of `tokens` evaluated from position 0.
     #[pyo3(signature = (tokens, n_batch = 512))]
-    fn hidden<'py>(&self, py: Python<'py>, tokens: Vec<u32>, n_batch: usize) -> PyResult<Bound<'py, PyBytes>> {
+    fn hidden<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: Vec<u32>,
+        n_batch: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let m = self.inner.clone();
         let out = py
             .detach(move || -> rllama_core::Result<Vec<f32>> {
@@ -132,7 +152,12 @@ impl PyModel {
                     let batch: Vec<BatchToken> = chunk
                         .iter()
                         .enumerate()
-                        .map(|(i, &t)| BatchToken { token: t, pos: c * nb + i, seq: 0, logits: false })
+                        .map(|(i, &t)| BatchToken {
+                            token: t,
+                            pos: c * nb + i,
+                            seq: 0,
+                            logits: false,
+                        })
                         .collect();
                     let o = m.forward(&batch, &mut [&mut cache], true)?;
                     hidden.extend_from_slice(&o.hidden.unwrap_or_default());
@@ -150,7 +175,12 @@ impl PyModel {
         py.detach(move || -> rllama_core::Result<()> {
             let mut cache = m.new_cache(tokens.len().max(1))?;
             for (pos, &t) in tokens.iter().enumerate() {
-                let b = [BatchToken { token: t, pos, seq: 0, logits: true }];
+                let b = [BatchToken {
+                    token: t,
+                    pos,
+                    seq: 0,
+                    logits: true,
+                }];
                 m.forward(&b, &mut [&mut cache], false)?;
             }
             Ok(())
@@ -193,7 +223,12 @@ impl PyModel {
         };
         let (tx, rx) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let (model, slot, vocab, flag) = (self.inner.clone(), self.slot.clone(), vocab.inner.clone(), cancel.clone());
+        let (model, slot, vocab, flag) = (
+            self.inner.clone(),
+            self.slot.clone(),
+            vocab.inner.clone(),
+            cancel.clone(),
+        );
         std::thread::spawn(move || {
             let mut guard = match slot.lock() {
                 Ok(g) => g,
@@ -221,7 +256,11 @@ impl PyModel {
                 Err(e) => Event::Failed(e),
             });
         });
-        Ok(PyGeneration { rx: Mutex::new(Some(rx)), cancel, finished: false })
+        Ok(PyGeneration {
+            rx: Mutex::new(Some(rx)),
+            cancel,
+            finished: false,
+        })
     }
 
     #[getter]
@@ -239,7 +278,7 @@ impl PyModel {
 
     /// Evaluate `tokens` (one sequence from position 0) in batches of `n_batch`; returns f32 logits
     /// bytes for every position when `all_logits`, else only for the last.
-    #[pyo3(signature = (tokens, n_ctx, n_batch = 512, all_logits = false))]
+    #[pyo3(signature = (tokens, n_ctx, n_batch = 512, all_logits = false, logits_from = 0))]
     fn eval<'py>(
         &self,
         py: Python<'py>,
@@ -247,6 +286,7 @@ impl PyModel {
         n_ctx: usize,
         n_batch: usize,
         all_logits: bool,
+        logits_from: usize,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let m = self.inner.clone();
         let out = py
@@ -260,7 +300,13 @@ impl PyModel {
                         .enumerate()
                         .map(|(i, &t)| {
                             let pos = c * n_batch.max(1) + i;
-                            BatchToken { token: t, pos, seq: 0, logits: all_logits || pos + 1 == n }
+                            let want = (all_logits && pos >= logits_from) || pos + 1 == n;
+                            BatchToken {
+                                token: t,
+                                pos,
+                                seq: 0,
+                                logits: want,
+                            }
                         })
                         .collect();
                     let o = m.forward(&batch, &mut [&mut cache], false)?;

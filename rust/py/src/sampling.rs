@@ -169,8 +169,16 @@ impl PySamplerVocab {
     #[staticmethod]
     fn from_tokenizer(tok: &crate::tokenizer::PyTokenizer) -> Self {
         let t = &tok.inner;
-        let hidden: Vec<u32> = (0..t.n_vocab() as u32).filter(|&i| t.token_to_piece(i, false).is_empty()).collect();
-        Self { inner: core_sampling::SamplerVocab::with_hidden(t.token_bytes(), t.eog_ids().to_vec(), &hidden) }
+        let hidden: Vec<u32> = (0..t.n_vocab() as u32)
+            .filter(|&i| t.token_to_piece(i, false).is_empty())
+            .collect();
+        Self {
+            inner: core_sampling::SamplerVocab::with_hidden(
+                t.token_bytes(),
+                t.eog_ids().to_vec(),
+                &hidden,
+            ),
+        }
     }
 
     fn __len__(&self) -> usize {

@@ -26,7 +26,10 @@ pub struct Sequence {
 
 impl Sequence {
     pub fn new(model: &Model, n_ctx: usize) -> Result<Self> {
-        Ok(Self { cache: model.new_cache(n_ctx)?, tokens: Vec::new() })
+        Ok(Self {
+            cache: model.new_cache(n_ctx)?,
+            tokens: Vec::new(),
+        })
     }
     pub fn n_ctx(&self) -> usize {
         self.cache.n_ctx()
@@ -103,7 +106,14 @@ pub struct Generation {
 }
 
 /// Evaluate `tokens` at positions starting at `pos0`; logits of the last token if `want_last`.
-fn eval(model: &Model, seq: &mut Sequence, tokens: &[u32], pos0: usize, n_batch: usize, want_last: bool) -> Result<Vec<f32>> {
+fn eval(
+    model: &Model,
+    seq: &mut Sequence,
+    tokens: &[u32],
+    pos0: usize,
+    n_batch: usize,
+    want_last: bool,
+) -> Result<Vec<f32>> {
     let mut logits = Vec::new();
     let n = tokens.len();
     let nb = n_batch.max(1);
@@ -113,7 +123,12 @@ fn eval(model: &Model, seq: &mut Sequence, tokens: &[u32], pos0: usize, n_batch:
             .enumerate()
             .map(|(i, &t)| {
                 let k = c * nb + i;
-                BatchToken { token: t, pos: pos0 + k, seq: 0, logits: want_last && k + 1 == n }
+                BatchToken {
+                    token: t,
+                    pos: pos0 + k,
+                    seq: 0,
+                    logits: want_last && k + 1 == n,
+                }
             })
             .collect();
         let out = model.forward(&batch, &mut [&mut seq.cache], false)?;
@@ -139,13 +154,20 @@ pub fn generate(
     }
     let n_vocab = model.cfg.n_vocab;
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= n_vocab) {
-        return Err(Error::invalid(format!("prompt token id {bad} out of range (vocab {n_vocab})")));
+        return Err(Error::invalid(format!(
+            "prompt token id {bad} out of range (vocab {n_vocab})"
+        )));
     }
     // Truncate a prompt that does not fit, keeping n_keep tokens and the most recent half of the rest.
     let mut prompt = prompt.to_vec();
     let mut truncated = false;
     if prompt.len() >= n_ctx {
-        let n_keep = if params.n_keep < 0 { prompt.len() } else { params.n_keep as usize }.min(n_ctx.saturating_sub(4));
+        let n_keep = if params.n_keep < 0 {
+            prompt.len()
+        } else {
+            params.n_keep as usize
+        }
+        .min(n_ctx.saturating_sub(4));
         let n_left = n_ctx - n_keep;
         let n_block = (n_left / 2).max(1);
         let erased = (prompt.len() - n_keep - n_block).div_ceil(n_block) * n_block;
@@ -168,7 +190,12 @@ pub fn generate(
     let t0 = Instant::now();
     let mut reuse = 0;
     if params.cache_prompt {
-        reuse = seq.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
+        reuse = seq
+            .tokens
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         reuse = reuse.min(prompt.len() - 1);
     }
     seq.tokens.truncate(reuse);
@@ -194,24 +221,53 @@ pub fn generate(
         let token = sampler.sample(&logits)?;
         let (logprob, top) = if params.post_sampling_probs {
             let probs = sampler.post_sampling_probs(n_probs.max(1));
-            let lp = probs.iter().find(|(t, _)| *t == token).map(|(_, p)| p.ln()).unwrap_or(f32::NEG_INFINITY);
-            (lp, probs.into_iter().take(n_probs).map(|(t, p)| (t, p.ln())).collect())
+            let lp = probs
+                .iter()
+                .find(|(t, _)| *t == token)
+                .map(|(_, p)| p.ln())
+                .unwrap_or(f32::NEG_INFINITY);
+            (
+                lp,
+                probs
+                    .into_iter()
+                    .take(n_probs)
+                    .map(|(t, p)| (t, p.ln()))
+                    .collect(),
+            )
         } else {
-            let top = if n_probs > 0 { top_logprobs(&logits, n_probs) } else { Vec::new() };
+            let top = if n_probs > 0 {
+                top_logprobs(&logits, n_probs)
+            } else {
+                Vec::new()
+            };
             (token_logprob(&logits, token), top)
         };
         sampler.accept(token)?;
         out_tokens.push(token);
         if vocab.is_eog(token) && !params.sampling.ignore_eos {
             let text = stops.finish(&dec.finish());
-            let keep_going = on_token(&TokenEvent { token, text, logprob, top });
-            stop_reason = if keep_going { StopReason::Eos } else { StopReason::Cancelled };
+            let keep_going = on_token(&TokenEvent {
+                token,
+                text,
+                logprob,
+                top,
+            });
+            stop_reason = if keep_going {
+                StopReason::Eos
+            } else {
+                StopReason::Cancelled
+            };
             break;
         }
         let piece = vocab.text_piece(token);
         let fresh = dec.push(piece);
         let (text, hit) = stops.push(&fresh);
-        let keep_going = on_token(&TokenEvent { token, text, logprob, top });
+        let keep_going = on_token(&TokenEvent {
+            token,
+            text,
+            logprob,
+            top,
+        });
         if let Some(word) = hit {
             stop_reason = StopReason::Word(word);
             break;
@@ -223,7 +279,11 @@ pub fn generate(
         let limit_next = params.n_predict >= 0 && out_tokens.len() as i64 >= params.n_predict;
         if limit_next || seq.tokens.len() + 1 > n_ctx || sampler.grammar_done() {
             // The token is the last one: no need to evaluate it.
-            stop_reason = if sampler.grammar_done() { StopReason::Eos } else { StopReason::Limit };
+            stop_reason = if sampler.grammar_done() {
+                StopReason::Eos
+            } else {
+                StopReason::Limit
+            };
             break;
         }
         logits = eval(model, seq, &[token], seq.tokens.len(), 1, true)?;
@@ -233,7 +293,12 @@ pub fn generate(
     if !matches!(stop_reason, StopReason::Word(_) | StopReason::Eos) {
         let tail = stops.finish(&dec.finish());
         if !tail.is_empty() {
-            on_token(&TokenEvent { token: u32::MAX, text: tail, logprob: 0.0, top: Vec::new() });
+            on_token(&TokenEvent {
+                token: u32::MAX,
+                text: tail,
+                logprob: 0.0,
+                top: Vec::new(),
+            });
         }
     }
     Ok(Generation {

@@ -9,7 +9,11 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), content: String::new(), sent: 0 }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            content: String::new(),
+            sent: 0,
+        }
     }
 
     /// The whole content so far (after a stop: up to, not including, the stop string).
@@ -43,14 +47,21 @@ impl StopMatcher {
         let mut hold = 0;
         for s in &self.stops {
             for k in (1..s.len()).rev() {
-                if k <= self.content.len() && s.is_char_boundary(k) && self.content.ends_with(&s[..k]) {
+                if k <= self.content.len()
+                    && s.is_char_boundary(k)
+                    && self.content.ends_with(&s[..k])
+                {
                     hold = hold.max(k);
                     break;
                 }
             }
         }
         let upto = self.content.len() - hold;
-        let out = if upto > self.sent { self.content[self.sent..upto].to_string() } else { String::new() };
+        let out = if upto > self.sent {
+            self.content[self.sent..upto].to_string()
+        } else {
+            String::new()
+        };
         self.sent = self.sent.max(upto);
         (out, None)
     }
@@ -84,7 +95,10 @@ mod tests {
         let mut m = StopMatcher::new(&["</end>".to_string(), "STOP".to_string()]);
         assert_eq!(m.push("hello <"), ("hello ".to_string(), None));
         assert_eq!(m.push("/en"), (String::new(), None));
-        assert_eq!(m.push("d> more"), (String::new(), Some("</end>".to_string())));
+        assert_eq!(
+            m.push("d> more"),
+            (String::new(), Some("</end>".to_string()))
+        );
         assert_eq!(m.content(), "hello ");
         let mut m = StopMatcher::new(&["STOP".to_string()]);
         assert_eq!(m.push("ST").0, "");

@@ -92,7 +92,10 @@ impl std::fmt::Debug for GgufFile {
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let io_err = |source| Error::Io { path: path.display().to_string(), source };
+        let io_err = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let mut file = File::open(path).map_err(io_err)?;
         let storage = if opts.no_mmap {
             let mut buf = Vec::new();
@@ -130,8 +133,18 @@ impl GgufFile {
         Ok(GgufFile {
             version: header.version,
             alignment: header.alignment,
-            meta_index: header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect(),
-            tensor_index: header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect(),
+            meta_index: header
+                .metadata
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect(),
+            tensor_index: header
+                .tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.clone(), i))
+                .collect(),
             metadata: header.metadata,
             tensors: header.tensors,
             data_offset: header.data_offset,
@@ -232,7 +245,10 @@ impl<'a> Cursor<'a> {
         if !fits {
             return Err(Error::format(
                 at as u64,
-                format!("{what} {n} cannot fit in the {} bytes left", self.remaining()),
+                format!(
+                    "{what} {n} cannot fit in the {} bytes left",
+                    self.remaining()
+                ),
             ));
         }
         Ok(n as usize)
@@ -261,7 +277,12 @@ impl<'a> Cursor<'a> {
                 match self.array::<1>("bool")?[0] {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
-                    b => return Err(Error::format(at as u64, format!("bool value {b} is not 0 or 1"))),
+                    b => {
+                        return Err(Error::format(
+                            at as u64,
+                            format!("bool value {b} is not 0 or 1"),
+                        ))
+                    }
                 }
             }
             ValueType::String => Value::String(self.string("string value")?),
@@ -292,11 +313,17 @@ impl Header {
         let mut c = Cursor { buf, pos: 0 };
         let magic = c.take(4, "magic")?;
         if magic != MAGIC {
-            return Err(Error::format(0, format!("bad magic {magic:02x?}, expected \"GGUF\"")));
+            return Err(Error::format(
+                0,
+                format!("bad magic {magic:02x?}, expected \"GGUF\""),
+            ));
         }
         let version = c.u32("version")?;
         if version != 2 && version != 3 {
-            return Err(Error::format(4, format!("unsupported GGUF version {version} (supported: 2, 3)")));
+            return Err(Error::format(
+                4,
+                format!("unsupported GGUF version {version} (supported: 2, 3)"),
+            ));
         }
         // Minimal sizes: a tensor info is at least name length + n_dims + type + offset.
         let n_tensors = c.count("tensor count", 8 + 4 + 4 + 8)?;
@@ -310,7 +337,10 @@ impl Header {
             let ty = c.value_type("metadata value type")?;
             let value = c.value(ty, 0)?;
             if seen.insert(key.clone(), ()).is_some() {
-                return Err(Error::format(at as u64, format!("duplicate metadata key {key:?}")));
+                return Err(Error::format(
+                    at as u64,
+                    format!("duplicate metadata key {key:?}"),
+                ));
             }
             metadata.push((key, value));
         }
@@ -333,7 +363,10 @@ impl Header {
             let name = c.string("tensor name")?;
             let n_dims = c.u32("tensor dimension count")?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(Error::format(at, format!("tensor {name:?} has {n_dims} dimensions (1..=4)")));
+                return Err(Error::format(
+                    at,
+                    format!("tensor {name:?} has {n_dims} dimensions (1..=4)"),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -342,10 +375,14 @@ impl Header {
             let type_at = c.pos as u64;
             let type_id = c.u32("tensor type")?;
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
-                Error::format(type_at, format!("tensor {name:?} has unknown type id {type_id}"))
+                Error::format(
+                    type_at,
+                    format!("tensor {name:?} has unknown type id {type_id}"),
+                )
             })?;
             let offset = c.u64("tensor offset")?;
-            let nbytes = tensor_nbytes(&name, &dims, ggml_type).map_err(|m| Error::format(at, m))?;
+            let nbytes =
+                tensor_nbytes(&name, &dims, ggml_type).map_err(|m| Error::format(at, m))?;
             if offset % alignment != 0 {
                 return Err(Error::format(
                     at,
@@ -355,13 +392,22 @@ impl Header {
             if names.insert(name.clone(), ()).is_some() {
                 return Err(Error::format(at, format!("duplicate tensor name {name:?}")));
             }
-            tensors.push(TensorInfo { name, dims, ggml_type, offset, nbytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                nbytes,
+            });
         }
 
         let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
         let file_len = buf.len() as u64;
         if n_tensors > 0 && data_offset > file_len {
-            return Err(Error::format(c.pos as u64, "file truncated before the data section"));
+            return Err(Error::format(
+                c.pos as u64,
+                "file truncated before the data section",
+            ));
         }
         // Every tensor inside the file, none overlapping another.
         let mut order: Vec<usize> = (0..tensors.len()).collect();
@@ -394,7 +440,13 @@ impl Header {
                 }
             }
         }
-        Ok(Header { version, alignment, metadata, tensors, data_offset })
+        Ok(Header {
+            version,
+            alignment,
+            metadata,
+            tensors,
+            data_offset,
+        })
     }
 }
 
@@ -407,7 +459,7 @@ fn tensor_nbytes(name: &str, dims: &[u64], ty: GgmlType) -> std::result::Result<
             .ok_or_else(|| format!("tensor {name:?} dimensions {dims:?} overflow"))?;
     }
     let bs = ty.block_size() as u64;
-    if dims[0] % bs != 0 {
+    if !dims[0].is_multiple_of(bs) {
         return Err(format!(
             "tensor {name:?} row length {} is not a multiple of the {ty} block size {bs}",
             dims[0]
@@ -463,7 +515,13 @@ mod tests {
         let f = GgufFile::from_bytes(sample()).unwrap();
         assert_eq!(f.version, 3);
         assert_eq!(f.architecture(), Some("llama"));
-        assert_eq!(f.get("x.list"), Some(&Value::Array(ValueType::U32, vec![Value::U32(7), Value::U32(9)])));
+        assert_eq!(
+            f.get("x.list"),
+            Some(&Value::Array(
+                ValueType::U32,
+                vec![Value::U32(7), Value::U32(9)]
+            ))
+        );
         let t = f.tensor("t").unwrap();
         assert_eq!(t.nbytes, 16);
         assert_eq!(f.tensor_data(t)[4..8], 2.0f32.to_le_bytes());

@@ -20,7 +20,13 @@ impl KvCache {
             .and_then(|x| x.checked_mul(kv_dim))
             .filter(|&n| n <= (1usize << 36))
             .ok_or_else(|| Error::invalid(format!("KV cache of {n_ctx} positions is too large")))?;
-        Ok(Self { n_layer, n_ctx, kv_dim, k: vec![f16::ZERO; n], v: vec![f16::ZERO; n] })
+        Ok(Self {
+            n_layer,
+            n_ctx,
+            kv_dim,
+            k: vec![f16::ZERO; n],
+            v: vec![f16::ZERO; n],
+        })
     }
 
     pub fn n_ctx(&self) -> usize {

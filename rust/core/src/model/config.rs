@@ -45,7 +45,8 @@ pub struct ModelConfig {
 }
 
 fn req(f: &GgufFile, key: &str) -> Result<i64> {
-    f.get_i64(key).ok_or_else(|| Error::load(format!("missing or non-integer metadata key {key}")))
+    f.get_i64(key)
+        .ok_or_else(|| Error::load(format!("missing or non-integer metadata key {key}")))
 }
 
 impl ModelConfig {
@@ -72,14 +73,22 @@ impl ModelConfig {
         };
         let n_layer = pos(&k("block_count"), req(f, &k("block_count"))?)?;
         let n_embd = pos(&k("embedding_length"), req(f, &k("embedding_length"))?)?;
-        let n_ff = pos(&k("feed_forward_length"), req(f, &k("feed_forward_length"))?)?;
-        let n_head = pos(&k("attention.head_count"), req(f, &k("attention.head_count"))?)?;
+        let n_ff = pos(
+            &k("feed_forward_length"),
+            req(f, &k("feed_forward_length"))?,
+        )?;
+        let n_head = pos(
+            &k("attention.head_count"),
+            req(f, &k("attention.head_count"))?,
+        )?;
         let n_head_kv = match f.get_i64(&k("attention.head_count_kv")) {
             Some(v) => pos(&k("attention.head_count_kv"), v)?,
             None => n_head,
         };
-        if n_head % n_head_kv != 0 {
-            return Err(Error::load(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
+        if !n_head.is_multiple_of(n_head_kv) {
+            return Err(Error::load(format!(
+                "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
+            )));
         }
         let head_dim = match f.get_i64(&k("attention.key_length")) {
             Some(v) => pos(&k("attention.key_length"), v)?,
@@ -87,7 +96,9 @@ impl ModelConfig {
         };
         if let Some(v) = f.get_i64(&k("attention.value_length")) {
             if v as usize != head_dim {
-                return Err(Error::load("attention key_length != value_length is not supported"));
+                return Err(Error::load(
+                    "attention key_length != value_length is not supported",
+                ));
             }
         }
         let n_vocab = match f.get_i64(&k("vocab_size")) {
@@ -98,10 +109,17 @@ impl ModelConfig {
                 .ok_or_else(|| Error::load("no vocab_size and no tokenizer.ggml.tokens"))?,
         };
         let n_ctx_train = f.get_i64(&k("context_length")).unwrap_or(2048).max(1) as usize;
-        let rms_eps = f.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32;
-        let n_rot = f.get_i64(&k("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
-        if n_rot > head_dim || n_rot % 2 != 0 {
-            return Err(Error::load(format!("rope dimension {n_rot} invalid for head size {head_dim}")));
+        let rms_eps = f
+            .get_f64(&k("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5) as f32;
+        let n_rot = f
+            .get_i64(&k("rope.dimension_count"))
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        if n_rot > head_dim || !n_rot.is_multiple_of(2) {
+            return Err(Error::load(format!(
+                "rope dimension {n_rot} invalid for head size {head_dim}"
+            )));
         }
         let rope_base = f.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32;
         let rope_base_swa = f.get_f64(&k("rope.freq_base_swa")).unwrap_or(10000.0) as f32;
@@ -110,10 +128,21 @@ impl ModelConfig {
             _ => 1.0,
         };
         let (rope_style, n_swa, swa_layers, attn_scale) = match arch {
-            Arch::Llama => (RopeStyle::Normal, 0, vec![false; n_layer], 1.0 / (head_dim as f32).sqrt()),
+            Arch::Llama => (
+                RopeStyle::Normal,
+                0,
+                vec![false; n_layer],
+                1.0 / (head_dim as f32).sqrt(),
+            ),
             Arch::Gemma3 => {
-                let n_swa = f.get_i64(&k("attention.sliding_window")).unwrap_or(0).max(0) as usize;
-                let pattern = f.get_i64(&k("attention.sliding_window_pattern")).unwrap_or(6).max(0) as usize;
+                let n_swa = f
+                    .get_i64(&k("attention.sliding_window"))
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                let pattern = f
+                    .get_i64(&k("attention.sliding_window_pattern"))
+                    .unwrap_or(6)
+                    .max(0) as usize;
                 let swa = (0..n_layer)
                     .map(|il| n_swa > 0 && (pattern == 0 || il % pattern < pattern - 1))
                     .collect();

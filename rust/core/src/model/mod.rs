@@ -67,7 +67,10 @@ pub struct ForwardOutput {
 fn expect_shape(t: &TensorInfo, dims: &[usize]) -> Result<()> {
     let got: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     if got != dims {
-        return Err(Error::load(format!("tensor {} has shape {got:?}, expected {dims:?}", t.name)));
+        return Err(Error::load(format!(
+            "tensor {} has shape {got:?}, expected {dims:?}",
+            t.name
+        )));
     }
     Ok(())
 }
@@ -76,7 +79,9 @@ impl Model {
     pub fn load(file: Arc<GgufFile>, n_threads: usize) -> Result<Self> {
         let cfg = ModelConfig::from_gguf(&file)?;
         let get = |name: &str| -> Result<TensorInfo> {
-            file.tensor(name).cloned().ok_or_else(|| Error::load(format!("missing tensor {name}")))
+            file.tensor(name)
+                .cloned()
+                .ok_or_else(|| Error::load(format!("missing tensor {name}")))
         };
         let vec_f32 = |name: &str, n: usize| -> Result<Vec<f32>> {
             let t = get(name)?;
@@ -118,8 +123,12 @@ impl Model {
             expect_shape(&l.ffn_gate, &[e, cfg.n_ff])?;
             expect_shape(&l.ffn_up, &[e, cfg.n_ff])?;
             expect_shape(&l.ffn_down, &[cfg.n_ff, e])?;
-            if cfg.arch == Arch::Gemma3 && (l.q_norm.is_none() || l.attn_post_norm.is_none() || l.ffn_post_norm.is_none()) {
-                return Err(Error::load(format!("gemma3 layer {il} lacks its QK or post norms")));
+            if cfg.arch == Arch::Gemma3
+                && (l.q_norm.is_none() || l.attn_post_norm.is_none() || l.ffn_post_norm.is_none())
+            {
+                return Err(Error::load(format!(
+                    "gemma3 layer {il} lacks its QK or post norms"
+                )));
             }
             layers.push(l);
         }
@@ -157,7 +166,12 @@ impl Model {
     fn mat(&self, t: &TensorInfo) -> QMatrix<'_> {
         let (cols, rows) = t.rows();
         // Shapes were checked at load; the bytes are the file's own.
-        QMatrix { ty: t.ggml_type, data: self.file.tensor_data(t), rows, cols }
+        QMatrix {
+            ty: t.ggml_type,
+            data: self.file.tensor_data(t),
+            rows,
+            cols,
+        }
     }
 
     fn linear(&self, t: &TensorInfo, x: &[f32], n: usize) -> Result<Vec<f32>> {
@@ -169,21 +183,35 @@ impl Model {
 
     /// Evaluate `batch`. `caches[seq]` is the KV cache of sequence `seq`. Every position earlier than
     /// a token's own must already be in its cache (or earlier in this batch).
-    pub fn forward(&self, batch: &[BatchToken], caches: &mut [&mut KvCache], want_hidden: bool) -> Result<ForwardOutput> {
-        self.pool.install(|| self.forward_on_pool(batch, caches, want_hidden))
+    pub fn forward(
+        &self,
+        batch: &[BatchToken],
+        caches: &mut [&mut KvCache],
+        want_hidden: bool,
+    ) -> Result<ForwardOutput> {
+        self.pool
+            .install(|| self.forward_on_pool(batch, caches, want_hidden))
     }
 
-    fn forward_on_pool(&self, batch: &[BatchToken], caches: &mut [&mut KvCache], want_hidden: bool) -> Result<ForwardOutput> {
+    fn forward_on_pool(
+        &self,
+        batch: &[BatchToken],
+        caches: &mut [&mut KvCache],
+        want_hidden: bool,
+    ) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
         let n = batch.len();
         let (e, hd, kvd) = (cfg.n_embd, cfg.head_dim, cfg.kv_dim());
         for t in batch {
             if t.token as usize >= cfg.n_vocab {
-                return Err(Error::invalid(format!("token id {} out of range (vocab {})", t.token, cfg.n_vocab)));
+                return Err(Error::invalid(format!(
+                    "token id {} out of range (vocab {})",
+                    t.token, cfg.n_vocab
+                )));
             }
-            let cache = caches
-                .get(t.seq)
-                .ok_or_else(|| Error::invalid(format!("batch names sequence {} with no cache", t.seq)))?;
+            let cache = caches.get(t.seq).ok_or_else(|| {
+                Error::invalid(format!("batch names sequence {} with no cache", t.seq))
+            })?;
             if t.pos >= cache.n_ctx() {
                 return Err(Error::ContextFull(format!(
                     "position {} exceeds the context size {}",
@@ -196,7 +224,11 @@ impl Model {
         let mut x = vec![0f32; n * e];
         let emb = self.mat(&self.tok_embd);
         for (i, t) in batch.iter().enumerate() {
-            dequantize(emb.ty, emb.row(t.token as usize), &mut x[i * e..(i + 1) * e])?;
+            dequantize(
+                emb.ty,
+                emb.row(t.token as usize),
+                &mut x[i * e..(i + 1) * e],
+            )?;
         }
         if cfg.arch == Arch::Gemma3 {
             let s = (e as f32).sqrt();
@@ -208,29 +240,47 @@ impl Model {
         let group = cfg.n_head / cfg.n_head_kv;
         for (il, l) in self.layers.iter().enumerate() {
             xn.copy_from_slice(&x);
-            xn.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps));
+            xn.chunks_exact_mut(e)
+                .for_each(|r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps));
             let mut q = self.linear(&l.wq, &xn, n)?;
             let mut k = self.linear(&l.wk, &xn, n)?;
             let v = self.linear(&l.wv, &xn, n)?;
             if let Some(w) = &l.q_norm {
-                q.chunks_exact_mut(hd).for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
+                q.chunks_exact_mut(hd)
+                    .for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
             }
             if let Some(w) = &l.k_norm {
-                k.chunks_exact_mut(hd).for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
+                k.chunks_exact_mut(hd)
+                    .for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
             }
             let swa = cfg.swa_layers[il];
-            let theta_scale = if swa { self.theta_scale_swa } else { self.theta_scale };
+            let theta_scale = if swa {
+                self.theta_scale_swa
+            } else {
+                self.theta_scale
+            };
             let neox = cfg.rope_style == RopeStyle::Neox;
             let mut rc = Vec::with_capacity(cfg.n_rot / 2);
             for (i, t) in batch.iter().enumerate() {
-                ops::rope_cache(t.pos as f32, cfg.rope_scale, theta_scale, cfg.n_rot, &mut rc);
+                ops::rope_cache(
+                    t.pos as f32,
+                    cfg.rope_scale,
+                    theta_scale,
+                    cfg.n_rot,
+                    &mut rc,
+                );
                 for h in q[i * cfg.q_dim()..(i + 1) * cfg.q_dim()].chunks_exact_mut(hd) {
                     ops::rope(&mut h[..cfg.n_rot], &rc, neox);
                 }
                 for h in k[i * kvd..(i + 1) * kvd].chunks_exact_mut(hd) {
                     ops::rope(&mut h[..cfg.n_rot], &rc, neox);
                 }
-                caches[t.seq].store(il, t.pos, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+                caches[t.seq].store(
+                    il,
+                    t.pos,
+                    &k[i * kvd..(i + 1) * kvd],
+                    &v[i * kvd..(i + 1) * kvd],
+                );
             }
             // Attention: each token over its own sequence's positions [lo, pos], every
             // (token, head) pair an independent task on the pool.
@@ -244,38 +294,63 @@ impl Model {
                 for task in c * per..((c + 1) * per).min(n_tasks) {
                     let (i, h) = (task / cfg.n_head, task % cfg.n_head);
                     let t = batch[i];
-                    let lo = if swa && cfg.n_swa > 0 { (t.pos + 1).saturating_sub(cfg.n_swa) } else { 0 };
+                    let lo = if swa && cfg.n_swa > 0 {
+                        (t.pos + 1).saturating_sub(cfg.n_swa)
+                    } else {
+                        0
+                    };
                     let cache = caches_ro[t.seq];
                     let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
                     // SAFETY: each (token, head) slice of `att` is written by exactly one task, and
                     // `att` outlives the pool call.
                     let o = unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + h * hd), hd) };
                     let (keys, vals) = (cache.keys(il), cache.values(il));
-                    attention_head(qh, keys, vals, kvd, (h / group) * hd, lo, t.pos, cfg.attn_scale, f16_acc, o);
+                    attention_head(
+                        qh,
+                        keys,
+                        vals,
+                        kvd,
+                        (h / group) * hd,
+                        lo,
+                        t.pos,
+                        cfg.attn_scale,
+                        f16_acc,
+                        o,
+                    );
                 }
             });
             let mut o = self.linear(&l.wo, &att, n)?;
             if let Some(w) = &l.attn_post_norm {
-                o.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
+                o.chunks_exact_mut(e)
+                    .for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
             }
             ops::add_into(&mut x, &o);
 
             xn.copy_from_slice(&x);
-            xn.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps));
+            xn.chunks_exact_mut(e)
+                .for_each(|r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps));
             let mut g = self.linear(&l.ffn_gate, &xn, n)?;
             let u = self.linear(&l.ffn_up, &xn, n)?;
             match cfg.arch {
-                Arch::Gemma3 => g.iter_mut().zip(&u).for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b),
-                Arch::Llama => g.iter_mut().zip(&u).for_each(|(a, b)| *a = ops::silu(*a) * b),
+                Arch::Gemma3 => g
+                    .iter_mut()
+                    .zip(&u)
+                    .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b),
+                Arch::Llama => g
+                    .iter_mut()
+                    .zip(&u)
+                    .for_each(|(a, b)| *a = ops::silu(*a) * b),
             }
             let mut d = self.linear(&l.ffn_down, &g, n)?;
             if let Some(w) = &l.ffn_post_norm {
-                d.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
+                d.chunks_exact_mut(e)
+                    .for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
             }
             ops::add_into(&mut x, &d);
         }
 
-        x.chunks_exact_mut(e).for_each(|r| ops::rmsnorm(r, &self.output_norm, cfg.rms_eps));
+        x.chunks_exact_mut(e)
+            .for_each(|r| ops::rmsnorm(r, &self.output_norm, cfg.rms_eps));
         let rows: Vec<usize> = (0..n).filter(|&i| batch[i].logits).collect();
         let mut logits = Vec::new();
         if !rows.is_empty() {
@@ -289,12 +364,18 @@ impl Model {
                 logits.iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
             }
         }
-        Ok(ForwardOutput { logits, hidden: want_hidden.then_some(x) })
+        Ok(ForwardOutput {
+            logits,
+            hidden: want_hidden.then_some(x),
+        })
     }
 
     /// Type of every weight matrix (for summaries).
     pub fn weight_type(&self) -> GgmlType {
-        self.layers.first().map(|l| l.ffn_gate.ggml_type).unwrap_or(GgmlType::F32)
+        self.layers
+            .first()
+            .map(|l| l.ffn_gate.ggml_type)
+            .unwrap_or(GgmlType::F32)
     }
 }
 
@@ -368,7 +449,11 @@ fn attention_head(
         let mut ms = 1.0;
         let mut vs = 1.0;
         if s > m {
-            ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
+            ms = if m == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (m - s).exp()
+            };
             m = s;
             for a in acc.iter_mut() {
                 *a = round(*a * ms);
@@ -391,7 +476,18 @@ fn attention_head(
 /// Heads wider than 512 values: the same computation with heap buffers.
 #[allow(clippy::too_many_arguments)]
 #[cold]
-fn attention_head_large(q: &[f32], keys: &[f16], vals: &[f16], kvd: usize, off: usize, lo: usize, hi: usize, scale: f32, f16_acc: bool, out: &mut [f32]) {
+fn attention_head_large(
+    q: &[f32],
+    keys: &[f16],
+    vals: &[f16],
+    kvd: usize,
+    off: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    f16_acc: bool,
+    out: &mut [f32],
+) {
     let hd = q.len();
     let mut acc = vec![0f32; hd];
     let mut m = f32::NEG_INFINITY;
@@ -402,7 +498,11 @@ fn attention_head_large(q: &[f32], keys: &[f16], vals: &[f16], kvd: usize, off: 
         let s = dot_f16_f32(&qr, &keys[p * kvd + off..p * kvd + off + hd]) * scale;
         let (mut ms, mut vs) = (1.0, 1.0);
         if s > m {
-            ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
+            ms = if m == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (m - s).exp()
+            };
             m = s;
             acc.iter_mut().for_each(|a| *a = round(*a * ms));
         } else {

@@ -18,7 +18,13 @@ pub fn rope_theta_scale(n_rot: usize, base: f32) -> f32 {
 
 /// The (cos, sin) table of one position: theta starts at `pos * freq_scale` and is multiplied by
 /// `theta_scale` per pair, the way ggml builds its cache (so the angles round the same way).
-pub fn rope_cache(pos: f32, freq_scale: f32, theta_scale: f32, n_rot: usize, out: &mut Vec<(f32, f32)>) {
+pub fn rope_cache(
+    pos: f32,
+    freq_scale: f32,
+    theta_scale: f32,
+    n_rot: usize,
+    out: &mut Vec<(f32, f32)>,
+) {
     out.clear();
     let mut theta = pos;
     for _ in 0..n_rot / 2 {
@@ -32,7 +38,11 @@ pub fn rope_cache(pos: f32, freq_scale: f32, theta_scale: f32, n_rot: usize, out
 pub fn rope(x: &mut [f32], cache: &[(f32, f32)], neox: bool) {
     let half = cache.len();
     for (i, &(c, s)) in cache.iter().enumerate() {
-        let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
         let x0 = x[a];
         let x1 = x[b];
         x[a] = x0 * c - x1 * s;
@@ -64,7 +74,9 @@ pub fn gelu_f16_table(x: f32) -> f32 {
         return x;
     }
     let t = TABLE.get_or_init(|| {
-        (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())).to_f32()).collect()
+        (0..=u16::MAX)
+            .map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())).to_f32())
+            .collect()
     });
     t[crate::quant::f16::f32_to_f16(x) as usize]
 }

@@ -11,7 +11,9 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// The 4-bit non-linear grid of IQ4_NL / IQ4_XS.
-pub(crate) const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 /// Scale and min of sub-block `j` of a Q4_K / Q5_K block (6-bit packed in 12 bytes).
 #[inline]
@@ -19,17 +21,26 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
 /// Dequantize `src` (whole blocks of `ty`) into `dst`, whose length is the element count.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
-    let expected = ty
-        .row_bytes(dst.len())
-        .ok_or_else(|| Error::invalid(format!("{} elements is not a multiple of the {ty} block size", dst.len())))?;
+    let expected = ty.row_bytes(dst.len()).ok_or_else(|| {
+        Error::invalid(format!(
+            "{} elements is not a multiple of the {ty} block size",
+            dst.len()
+        ))
+    })?;
     if src.len() != expected {
-        return Err(Error::invalid(format!("{ty}: {} bytes given, {expected} expected", src.len())));
+        return Err(Error::invalid(format!(
+            "{ty}: {} bytes given, {expected} expected",
+            src.len()
+        )));
     }
     let bs = ty.block_size();
     let ts = ty.type_size();
@@ -68,7 +79,11 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         }),
         Q5_0 | Q5_1 => blocks.for_each(|(b, d)| {
             let s = f16_at(b, 0);
-            let (m, off) = if ty == Q5_1 { (f16_at(b, 2), 4) } else { (0.0, 2) };
+            let (m, off) = if ty == Q5_1 {
+                (f16_at(b, 2), 4)
+            } else {
+                (0.0, 2)
+            };
             let qh = u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]);
             let qs = &b[off + 4..off + 20];
             for j in 0..16 {
@@ -133,7 +148,11 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
             aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
             aux[0] = (aux[0] & k2) | ((tmp & k1) << 4);
             aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
-            let scales: Vec<i8> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|x| x as i8).collect();
+            let scales: Vec<i8> = aux
+                .iter()
+                .flat_map(|a| a.to_le_bytes())
+                .map(|x| x as i8)
+                .collect();
             let mut m = 1u8;
             let (mut is, mut o) = (0, 0);
             for n in 0..2 {
@@ -144,7 +163,8 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
                         is += 1;
                         for l in 0..16 {
                             let k = l + 16 * half;
-                            let v = ((q[k] >> shift) & 3) as i32 - if hm[k] & m != 0 { 0 } else { 4 };
+                            let v =
+                                ((q[k] >> shift) & 3) as i32 - if hm[k] & m != 0 { 0 } else { 4 };
                             y[o] = dl * v as f32;
                             o += 1;
                         }
@@ -157,7 +177,11 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
             let d = f16_at(b, 0);
             let min = f16_at(b, 2);
             let scales = &b[4..16];
-            let (qh, ql) = if ty == Q5_K { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+            let (qh, ql) = if ty == Q5_K {
+                (&b[16..48], &b[48..176])
+            } else {
+                (&b[0..0], &b[16..144])
+            };
             let mut o = 0;
             for (n, j) in (0..256).step_by(64).enumerate() {
                 let _ = j;
@@ -203,7 +227,8 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
             let scales_l = &b[4..8];
             let qs = &b[8..136];
             for ib in 0..8 {
-                let ls = ((scales_l[ib / 2] as i32 >> (4 * (ib % 2))) & 0xf) | (((scales_h >> (2 * ib)) & 3) << 4);
+                let ls = ((scales_l[ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
+                    | (((scales_h >> (2 * ib)) & 3) << 4);
                 let dl = d * (ls - 32) as f32;
                 let q = &qs[ib * 16..ib * 16 + 16];
                 for j in 0..16 {
@@ -212,7 +237,11 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
                 }
             }
         }),
-        _ => return Err(Error::invalid(format!("dequantizing {ty} is not supported"))),
+        _ => {
+            return Err(Error::invalid(format!(
+                "dequantizing {ty} is not supported"
+            )))
+        }
     }
     Ok(())
 }

@@ -44,7 +44,11 @@ pub fn dot_q8_0(w: &[u8], x: &Q8Row) -> f32 {
         for (d, &s) in q.iter_mut().zip(&blk[2..34]) {
             *d = s as i8;
         }
-        fma8(&mut acc, f16_at(blk, 0) * x.d[b], lanes(&q, &x.q[b * 32..b * 32 + 32]));
+        fma8(
+            &mut acc,
+            f16_at(blk, 0) * x.d[b],
+            lanes(&q, &x.q[b * 32..b * 32 + 32]),
+        );
     }
     hsum8(acc)
 }
@@ -58,7 +62,11 @@ pub fn dot_q4_0(w: &[u8], x: &Q8Row) -> f32 {
             q[j] = (blk[2 + j] & 15) as i8 - 8;
             q[j + 16] = (blk[2 + j] >> 4) as i8 - 8;
         }
-        fma8(&mut acc, f16_at(blk, 0) * x.d[b], lanes(&q, &x.q[b * 32..b * 32 + 32]));
+        fma8(
+            &mut acc,
+            f16_at(blk, 0) * x.d[b],
+            lanes(&q, &x.q[b * 32..b * 32 + 32]),
+        );
     }
     hsum8(acc)
 }
@@ -72,7 +80,11 @@ pub fn dot_iq4_nl(w: &[u8], x: &Q8Row) -> f32 {
             q[j] = KVALUES_IQ4NL[(blk[2 + j] & 15) as usize];
             q[j + 16] = KVALUES_IQ4NL[(blk[2 + j] >> 4) as usize];
         }
-        fma8(&mut acc, f16_at(blk, 0) * x.d[b], lanes(&q, &x.q[b * 32..b * 32 + 32]));
+        fma8(
+            &mut acc,
+            f16_at(blk, 0) * x.d[b],
+            lanes(&q, &x.q[b * 32..b * 32 + 32]),
+        );
     }
     hsum8(acc)
 }
@@ -89,7 +101,11 @@ pub fn dot_q5_0(w: &[u8], x: &Q8Row) -> f32 {
             q[j] = ((blk[6 + j] & 15) | h0) as i8 - 16;
             q[j + 16] = ((blk[6 + j] >> 4) | h1) as i8 - 16;
         }
-        fma8(&mut acc, f16_at(blk, 0) * x.d[b], lanes(&q, &x.q[b * 32..b * 32 + 32]));
+        fma8(
+            &mut acc,
+            f16_at(blk, 0) * x.d[b],
+            lanes(&q, &x.q[b * 32..b * 32 + 32]),
+        );
     }
     hsum8(acc)
 }
@@ -105,7 +121,11 @@ pub fn dot_q4_1(w: &[u8], x: &Q8Row) -> f32 {
             q[j] = (blk[4 + j] & 15) as i8;
             q[j + 16] = (blk[4 + j] >> 4) as i8;
         }
-        fma8(&mut acc, f16_at(blk, 0) * x.d[b], lanes(&q, &x.q[b * 32..b * 32 + 32]));
+        fma8(
+            &mut acc,
+            f16_at(blk, 0) * x.d[b],
+            lanes(&q, &x.q[b * 32..b * 32 + 32]),
+        );
     }
     hsum8(acc) + summs
 }
@@ -124,7 +144,11 @@ pub fn dot_q5_1(w: &[u8], x: &Q8Row) -> f32 {
             q[j] = ((blk[8 + j] & 15) | h0) as i8;
             q[j + 16] = ((blk[8 + j] >> 4) | h1) as i8;
         }
-        fma8(&mut acc, f16_at(blk, 0) * x.d[b], lanes(&q, &x.q[b * 32..b * 32 + 32]));
+        fma8(
+            &mut acc,
+            f16_at(blk, 0) * x.d[b],
+            lanes(&q, &x.q[b * 32..b * 32 + 32]),
+        );
     }
     hsum8(acc) + summs
 }

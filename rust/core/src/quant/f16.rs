@@ -24,7 +24,13 @@ pub fn f32_to_f16(x: f32) -> u16 {
     let exp = ((b >> 23) & 0xff) as i32;
     let man = b & 0x7f_ffff;
     if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 | (man >> 13) as u16 } else { 0 };
+        return sign
+            | 0x7c00
+            | if man != 0 {
+                0x200 | (man >> 13) as u16
+            } else {
+                0
+            };
     }
     let e = exp - 127 + 15;
     if e >= 31 {
@@ -67,17 +73,27 @@ mod tests {
         for h in 0..=u16::MAX {
             let a = f16_to_f32(h);
             let b = f16::from_bits(h).to_f32();
-            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{h:#x}");
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{h:#x}"
+            );
         }
         let mut s = 0x1234_5678u32;
         for i in 0..2_000_000u32 {
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            let x = if i % 4 == 0 { f32::from_bits(s) } else { (s as f32 / u32::MAX as f32 - 0.5) * 1e-3 * (i % 7) as f32 };
+            let x = if i % 4 == 0 {
+                f32::from_bits(s)
+            } else {
+                (s as f32 / u32::MAX as f32 - 0.5) * 1e-3 * (i % 7) as f32
+            };
             let a = f32_to_f16(x);
             let b = f16::from_f32(x).to_bits();
-            assert!(a == b || (x.is_nan() && (a & 0x7c00) == 0x7c00), "{x:e}: {a:#x} vs {b:#x}");
+            assert!(
+                a == b || (x.is_nan() && (a & 0x7c00) == 0x7c00),
+                "{x:e}: {a:#x} vs {b:#x}"
+            );
         }
     }
 }

@@ -82,7 +82,12 @@ pub unsafe fn dot_q4_0(w: &[u8], x: &Q8Row) -> f32 {
 /// Bytes 0xFF where bit i of `bits` is set, for i in 0..32.
 #[inline(always)]
 unsafe fn bytes_from_bits(bits: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
     let mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, mask), _mm256_set1_epi64x(-1))

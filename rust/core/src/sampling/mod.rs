@@ -167,7 +167,10 @@ impl SamplerVocab {
         if self.hidden.get(t as usize).copied().unwrap_or(true) {
             return &[];
         }
-        self.pieces.get(t as usize).map(|p| p.as_slice()).unwrap_or(&[])
+        self.pieces
+            .get(t as usize)
+            .map(|p| p.as_slice())
+            .unwrap_or(&[])
     }
 
     #[inline]

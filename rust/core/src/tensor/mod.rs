@@ -26,13 +26,23 @@ pub struct QMatrix<'a> {
 
 impl<'a> QMatrix<'a> {
     pub fn new(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
-        let rb = ty
-            .row_bytes(cols)
-            .ok_or_else(|| Error::invalid(format!("{cols} columns is not a multiple of the {ty} block size")))?;
+        let rb = ty.row_bytes(cols).ok_or_else(|| {
+            Error::invalid(format!(
+                "{cols} columns is not a multiple of the {ty} block size"
+            ))
+        })?;
         if rb.checked_mul(rows) != Some(data.len()) {
-            return Err(Error::invalid(format!("{ty} matrix {rows}x{cols}: {} bytes given", data.len())));
+            return Err(Error::invalid(format!(
+                "{ty} matrix {rows}x{cols}: {} bytes given",
+                data.len()
+            )));
         }
-        Ok(Self { ty, data, rows, cols })
+        Ok(Self {
+            ty,
+            data,
+            rows,
+            cols,
+        })
     }
     pub fn row_bytes(&self) -> usize {
         self.data.len() / self.rows.max(1)
@@ -56,7 +66,12 @@ impl ThreadPool {
             .num_threads(n_threads)
             .thread_name(|i| format!("rllama-compute-{i}"))
             .build()
-            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"));
+            .unwrap_or_else(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .expect("a one-thread pool")
+            });
         Self { pool, n_threads }
     }
     pub fn n_threads(&self) -> usize {
@@ -74,7 +89,8 @@ impl ThreadPool {
             (0..n_tasks).for_each(f);
             return;
         }
-        self.pool.install(|| (0..n_tasks).into_par_iter().for_each(f));
+        self.pool
+            .install(|| (0..n_tasks).into_par_iter().for_each(f));
     }
 }
 
@@ -111,7 +127,10 @@ fn detect() -> SimdLevel {
         {
             return SimdLevel::Avx512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             return SimdLevel::Avx2;
         }
     }
@@ -163,7 +182,8 @@ fn unpack(ty: GgmlType, row: &[u8], u: &mut Unpacked) -> bool {
     u.q.clear();
     u.d.clear();
     u.m.clear();
-    let f16 = |b: &[u8], i: usize| crate::quant::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
+    let f16 =
+        |b: &[u8], i: usize| crate::quant::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
     match ty {
         GgmlType::Q8_0 => {
             for blk in row.chunks_exact(34) {
@@ -228,7 +248,12 @@ fn dot_unpacked(u: &Unpacked, x: &Q8Row) -> f32 {
             acc[j] = d.mul_add(s as f32, acc[j]);
         }
     }
-    let r = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let r = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
     (r[0] + r[2]) + (r[1] + r[3]) + summs
 }
 
@@ -242,7 +267,12 @@ fn prefetch_row(w: &QMatrix, r: usize, end: usize) {
         let mut off = 0;
         while off < row.len() {
             // SAFETY: prefetching is a hint; the address is inside the row.
-            unsafe { std::arch::x86_64::_mm_prefetch(row.as_ptr().add(off) as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    row.as_ptr().add(off) as *const i8,
+                    std::arch::x86_64::_MM_HINT_T0,
+                )
+            };
             off += 64;
         }
     }
@@ -264,7 +294,11 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
     };
     match acts {
         Acts::Q8(xs) => {
-            let mut u = Unpacked { q: Vec::new(), d: Vec::new(), m: Vec::new() };
+            let mut u = Unpacked {
+                q: Vec::new(),
+                d: Vec::new(),
+                m: Vec::new(),
+            };
             for r in r0..r1 {
                 let row = w.row(r);
                 prefetch_row(w, r + 2, r1);
@@ -309,7 +343,11 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
             for r in r0..r1 {
                 let row = w.row(r);
                 for (t, xt) in xs.iter().enumerate() {
-                    let v = if w.ty == GgmlType::Q4_K { dot_q4_k(row, xt) } else { dot_q6_k(row, xt) };
+                    let v = if w.ty == GgmlType::Q4_K {
+                        dot_q4_k(row, xt)
+                    } else {
+                        dot_q6_k(row, xt)
+                    };
                     put(t, r, v);
                 }
             }
@@ -330,13 +368,29 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+unsafe fn rows_avx2(
+    w: &QMatrix,
+    acts: &Acts,
+    x: &[f32],
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &OutPtr,
+) {
     rows_kernel(w, acts, x, n, r0, r1, y)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn rows_avx512(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+unsafe fn rows_avx512(
+    w: &QMatrix,
+    acts: &Acts,
+    x: &[f32],
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &OutPtr,
+) {
     rows_kernel(w, acts, x, n, r0, r1, y)
 }
 
@@ -355,12 +409,33 @@ fn supported(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q8_1
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
+            | IQ4_NL
+            | IQ4_XS
     )
 }
 
 /// y[t*rows + r] = W[r] · x[t*cols ..] for t in 0..n_tokens.
-pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) -> Result<()> {
+pub fn matmul(
+    pool: &ThreadPool,
+    w: &QMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) -> Result<()> {
     if x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows {
         return Err(Error::invalid(format!(
             "matmul shapes: W {}x{}, x {} values, y {} values, {n_tokens} tokens",
@@ -371,7 +446,10 @@ pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n_tokens: usize, y: &mu
         )));
     }
     if !supported(w.ty) {
-        return Err(Error::invalid(format!("matmul over {} weights is not supported", w.ty)));
+        return Err(Error::invalid(format!(
+            "matmul over {} weights is not supported",
+            w.ty
+        )));
     }
     if w.ty.row_bytes(w.cols).map(|b| b * w.rows) != Some(w.data.len()) {
         return Err(Error::invalid("weight bytes do not match the matrix shape"));
@@ -380,7 +458,11 @@ pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n_tokens: usize, y: &mu
     let out = OutPtr(y.as_mut_ptr());
     let nt = pool.n_threads();
     // Enough chunks to balance the threads, each big enough to amortize scheduling.
-    let n_chunks = if nt == 1 { 1 } else { (nt * 4).min(w.rows.div_ceil(16)).max(1) };
+    let n_chunks = if nt == 1 {
+        1
+    } else {
+        (nt * 4).min(w.rows.div_ceil(16)).max(1)
+    };
     let per = w.rows.div_ceil(n_chunks);
     pool.run(n_chunks, &|c| {
         let r0 = c * per;
@@ -410,7 +492,11 @@ mod tests {
         for r in 0..w.rows {
             dequantize(w.ty, w.row(r), &mut row).unwrap();
             for t in 0..n {
-                y[t * w.rows + r] = row.iter().zip(&x[t * w.cols..]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
+                y[t * w.rows + r] = row
+                    .iter()
+                    .zip(&x[t * w.cols..])
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>() as f32;
             }
         }
         y
@@ -430,7 +516,9 @@ mod tests {
             }
         }
         let w = QMatrix::new(GgmlType::Q8_0, &data, rows, cols).unwrap();
-        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+            .collect();
         let want = reference(&w, &x, n);
         for threads in [1, 2, 3] {
             let mut y = vec![0f32; n * rows];
