@@ -7,7 +7,6 @@ import json
 
 import jsonschema
 import pytest
-
 from rllama import GrammarError, InvalidRequestError
 from rllama.sampling import Grammar
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+import rllama.gguf
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
-
-import rllama.gguf
 
 # Byte offsets of the f16 scale fields in each block (made finite so the block is valid).
 F16_FIELDS = {
