@@ -1,5 +1,111 @@
-use pyo3::prelude::*;
+//! Kernel bindings for tests and `python -m rllama bench kernels`: a matmul over caller-provided
+//! weight bytes, the SIMD level in use, and a streaming-read bandwidth probe.
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use rllama_core::quant::GgmlType;
+use rllama_core::tensor::{matmul, simd_level, QMatrix, ThreadPool};
+use rllama_core::Error;
+
+use crate::errors::to_py;
+
+/// A weight matrix held in Rust with its own pool, to time or check `matmul`.
+#[pyclass(name = "KernelMatrix", module = "rllama._core", frozen)]
+pub struct PyKernelMatrix {
+    ty: GgmlType,
+    data: Vec<u8>,
+    rows: usize,
+    cols: usize,
+    pool: ThreadPool,
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[pymethods]
+impl PyKernelMatrix {
+    #[new]
+    #[pyo3(signature = (type_name, data, rows, cols, n_threads = 1))]
+    fn new(type_name: &str, data: Vec<u8>, rows: usize, cols: usize, n_threads: usize) -> PyResult<Self> {
+        let ty = GgmlType::from_name(type_name)
+            .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
+        QMatrix::new(ty, &data, rows, cols).map_err(to_py)?;
+        Ok(Self { ty, data, rows, cols, pool: ThreadPool::new(n_threads) })
+    }
+
+    /// y = W·x for `n_tokens` rows of x (f32 bytes); returns f32 bytes [n_tokens][rows].
+    fn matmul<'py>(&self, py: Python<'py>, x: &[u8], n_tokens: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let x = f32s(x);
+        let y = py
+            .detach(|| {
+                let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?;
+                let mut y = vec![0f32; n_tokens * self.rows];
+                matmul(&self.pool, &w, &x, n_tokens, &mut y).map(|_| y)
+            })
+            .map_err(to_py)?;
+        let bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// Seconds per matmul of `n_tokens` random activations, best of `iters`.
+    fn time(&self, py: Python<'_>, n_tokens: usize, iters: usize) -> PyResult<f64> {
+        py.detach(|| {
+            let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?;
+            let x: Vec<f32> = (0..n_tokens * self.cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+            let mut y = vec![0f32; n_tokens * self.rows];
+            let mut best = f64::INFINITY;
+            for _ in 0..iters.max(1) {
+                let t = Instant::now();
+                self.pool.install(|| matmul(&self.pool, &w, &x, n_tokens, &mut y))?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        })
+        .map_err(to_py)
+    }
+}
+
+/// The SIMD level the kernels use ("scalar", "avx2", "avx512").
+#[pyfunction]
+fn simd() -> &'static str {
+    match simd_level() {
+        rllama_core::tensor::SimdLevel::Scalar => "scalar",
+        rllama_core::tensor::SimdLevel::Avx2 => "avx2",
+        rllama_core::tensor::SimdLevel::Avx512 => "avx512",
+    }
+}
+
+/// Streaming-read bandwidth in GB/s: `n_threads` threads summing disjoint parts of `n_bytes`.
+#[pyfunction]
+#[pyo3(signature = (n_bytes, n_threads = 1, iters = 3))]
+fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, iters: usize) -> f64 {
+    py.detach(|| {
+        let n = (n_bytes / 8).max(1024);
+        let data: Vec<u64> = (0..n as u64).collect();
+        let pool = ThreadPool::new(n_threads);
+        let per = n.div_ceil(n_threads.max(1));
+        let mut best = f64::INFINITY;
+        for _ in 0..iters.max(1) {
+            let t = Instant::now();
+            let sums: Vec<std::sync::atomic::AtomicU64> = (0..n_threads.max(1)).map(|_| Default::default()).collect();
+            pool.run(n_threads.max(1), &|i| {
+                let part = &data[(i * per).min(n)..((i + 1) * per).min(n)];
+                let s = part.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+                sums[i].store(s, std::sync::atomic::Ordering::Relaxed);
+            });
+            best = best.min(t.elapsed().as_secs_f64());
+            std::hint::black_box(&sums);
+        }
+        (n * 8) as f64 / best / 1e9
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyKernelMatrix>()?;
+    m.add_function(wrap_pyfunction!(simd, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())
 }
