@@ -22,22 +22,41 @@ pub struct PyKernelMatrix {
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 #[pymethods]
 impl PyKernelMatrix {
     #[new]
     #[pyo3(signature = (type_name, data, rows, cols, n_threads = 1))]
-    fn new(type_name: &str, data: Vec<u8>, rows: usize, cols: usize, n_threads: usize) -> PyResult<Self> {
+    fn new(
+        type_name: &str,
+        data: Vec<u8>,
+        rows: usize,
+        cols: usize,
+        n_threads: usize,
+    ) -> PyResult<Self> {
         let ty = GgmlType::from_name(type_name)
             .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
         QMatrix::new(ty, &data, rows, cols).map_err(to_py)?;
-        Ok(Self { ty, data, rows, cols, pool: ThreadPool::new(n_threads) })
+        Ok(Self {
+            ty,
+            data,
+            rows,
+            cols,
+            pool: ThreadPool::new(n_threads),
+        })
     }
 
     /// y = W·x for `n_tokens` rows of x (f32 bytes); returns f32 bytes [n_tokens][rows].
-    fn matmul<'py>(&self, py: Python<'py>, x: &[u8], n_tokens: usize) -> PyResult<Bound<'py, PyBytes>> {
+    fn matmul<'py>(
+        &self,
+        py: Python<'py>,
+        x: &[u8],
+        n_tokens: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let x = f32s(x);
         let y = py
             .detach(|| {
@@ -54,12 +73,15 @@ impl PyKernelMatrix {
     fn time(&self, py: Python<'_>, n_tokens: usize, iters: usize) -> PyResult<f64> {
         py.detach(|| {
             let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?;
-            let x: Vec<f32> = (0..n_tokens * self.cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+            let x: Vec<f32> = (0..n_tokens * self.cols)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
+                .collect();
             let mut y = vec![0f32; n_tokens * self.rows];
             let mut best = f64::INFINITY;
             for _ in 0..iters.max(1) {
                 let t = Instant::now();
-                self.pool.install(|| matmul(&self.pool, &w, &x, n_tokens, &mut y))?;
+                self.pool
+                    .install(|| matmul(&self.pool, &w, &x, n_tokens, &mut y))?;
                 best = best.min(t.elapsed().as_secs_f64());
             }
             Ok(best)
@@ -90,7 +112,8 @@ fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, iters: usize
         let mut best = f64::INFINITY;
         for _ in 0..iters.max(1) {
             let t = Instant::now();
-            let sums: Vec<std::sync::atomic::AtomicU64> = (0..n_threads.max(1)).map(|_| Default::default()).collect();
+            let sums: Vec<std::sync::atomic::AtomicU64> =
+                (0..n_threads.max(1)).map(|_| Default::default()).collect();
             pool.run(n_threads.max(1), &|i| {
                 let part = &data[(i * per).min(n)..((i + 1) * per).min(n)];
                 let s = part.iter().fold(0u64, |a, &b| a.wrapping_add(b));

@@ -291,6 +291,7 @@ impl Model {
             let n_tasks = n * cfg.n_head;
             let per = n_tasks.div_ceil((self.pool.n_threads() * 4).min(n_tasks).max(1));
             self.pool.run(n_tasks.div_ceil(per), &|c| {
+                let mut scratch = Vec::new();
                 for task in c * per..((c + 1) * per).min(n_tasks) {
                     let (i, h) = (task / cfg.n_head, task % cfg.n_head);
                     let t = batch[i];
@@ -315,6 +316,7 @@ impl Model {
                         t.pos,
                         cfg.attn_scale,
                         f16_acc,
+                        &mut scratch,
                         o,
                     );
                 }
@@ -427,17 +429,14 @@ fn attention_head(
     hi: usize,
     scale: f32,
     f16_acc: bool,
+    scratch: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let hd = q.len();
     let round = |v: f32| if f16_acc { round_f16(v) } else { v };
-    let mut qbuf = [0f32; 512];
-    let mut abuf = [0f32; 512];
-    let (qr, acc) = if hd <= 512 {
-        (&mut qbuf[..hd], &mut abuf[..hd])
-    } else {
-        return attention_head_large(q, keys, vals, kvd, off, lo, hi, scale, f16_acc, out);
-    };
+    scratch.clear();
+    scratch.resize(2 * hd, 0.0);
+    let (qr, acc) = scratch.split_at_mut(hd);
     for (d, &v) in qr.iter_mut().zip(q) {
         *d = round(v);
     }
@@ -469,52 +468,6 @@ fn attention_head(
     }
     let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a * inv;
-    }
-}
-
-/// Heads wider than 512 values: the same computation with heap buffers.
-#[allow(clippy::too_many_arguments)]
-#[cold]
-fn attention_head_large(
-    q: &[f32],
-    keys: &[f16],
-    vals: &[f16],
-    kvd: usize,
-    off: usize,
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    f16_acc: bool,
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let mut acc = vec![0f32; hd];
-    let mut m = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    let round = |v: f32| if f16_acc { round_f16(v) } else { v };
-    let qr: Vec<f32> = q.iter().map(|&v| round(v)).collect();
-    for p in lo..=hi {
-        let s = dot_f16_f32(&qr, &keys[p * kvd + off..p * kvd + off + hd]) * scale;
-        let (mut ms, mut vs) = (1.0, 1.0);
-        if s > m {
-            ms = if m == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (m - s).exp()
-            };
-            m = s;
-            acc.iter_mut().for_each(|a| *a = round(*a * ms));
-        } else {
-            vs = (s - m).exp();
-        }
-        for (a, v) in acc.iter_mut().zip(&vals[p * kvd + off..p * kvd + off + hd]) {
-            *a = round(f16_to_f32(v.to_bits()).mul_add(vs, *a));
-        }
-        sum = sum * ms + vs;
-    }
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    for (o, a) in out.iter_mut().zip(&acc) {
         *o = a * inv;
     }
 }
