@@ -3,11 +3,12 @@
 //! The legacy 32-blocks accumulate like ggml's AVX2 kernels: each block's integer products summed
 //! in eight lanes of four, scaled and fused-multiply-added into eight f32 lane accumulators, summed
 //! pairwise at the end. Keeping that order makes our results round like llama.cpp's. The loops are
-//! plain Rust that LLVM vectorizes; `super::simd` compiles them once per instruction set and picks
+//! plain Rust that LLVM vectorizes; `tensor` compiles them once per instruction set and picks
 //! one at run time.
 
 use super::dequant::{f16_at, scale_min_k4, KVALUES_IQ4NL};
 use super::q8::{Q8KRow, Q8Row};
+use super::GgmlType;
 
 #[inline(always)]
 fn hsum8(a: [f32; 8]) -> f32 {
@@ -36,121 +37,93 @@ fn fma8(acc: &mut [f32; 8], d: f32, p: [f32; 8]) {
     }
 }
 
-#[inline(always)]
-pub fn dot_q8_0(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = [0f32; 8];
-    for (b, blk) in w.chunks_exact(34).enumerate() {
-        let mut q = [0i8; 32];
-        for (d, &s) in q.iter_mut().zip(&blk[2..34]) {
-            *d = s as i8;
-        }
-        fma8(
-            &mut acc,
-            f16_at(blk, 0) * x.d[b],
-            lanes(&q, &x.q[b * 32..b * 32 + 32]),
-        );
-    }
-    hsum8(acc)
+/// One 32-value block of a legacy type, unpacked: int8 values, scale, and min (Q4_1/Q5_1).
+#[derive(Clone, Copy)]
+pub struct Block {
+    pub q: [i8; 32],
+    pub d: f32,
+    pub m: Option<f32>,
+}
+
+/// Whether `ty` is a 32-block type handled by `unpack_block`.
+pub fn is_legacy(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL)
 }
 
 #[inline(always)]
-pub fn dot_q4_0(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = [0f32; 8];
-    for (b, blk) in w.chunks_exact(18).enumerate() {
-        let mut q = [0i8; 32];
-        for j in 0..16 {
-            q[j] = (blk[2 + j] & 15) as i8 - 8;
-            q[j + 16] = (blk[2 + j] >> 4) as i8 - 8;
-        }
-        fma8(
-            &mut acc,
-            f16_at(blk, 0) * x.d[b],
-            lanes(&q, &x.q[b * 32..b * 32 + 32]),
-        );
-    }
-    hsum8(acc)
+fn q5_high_bits(blk: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]])
 }
 
+/// Unpack one block (`blk` is exactly one block of `ty`, a legacy type).
 #[inline(always)]
-pub fn dot_iq4_nl(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = [0f32; 8];
-    for (b, blk) in w.chunks_exact(18).enumerate() {
-        let mut q = [0i8; 32];
-        for j in 0..16 {
-            q[j] = KVALUES_IQ4NL[(blk[2 + j] & 15) as usize];
-            q[j + 16] = KVALUES_IQ4NL[(blk[2 + j] >> 4) as usize];
+pub fn unpack_block(ty: GgmlType, blk: &[u8]) -> Block {
+    use GgmlType::*;
+    let mut q = [0i8; 32];
+    let (d, m) = match ty {
+        Q8_0 => {
+            for (o, &v) in q.iter_mut().zip(&blk[2..34]) {
+                *o = v as i8;
+            }
+            (f16_at(blk, 0), None)
         }
-        fma8(
-            &mut acc,
-            f16_at(blk, 0) * x.d[b],
-            lanes(&q, &x.q[b * 32..b * 32 + 32]),
-        );
-    }
-    hsum8(acc)
+        Q4_0 | Q4_1 | IQ4_NL => {
+            let qs = if ty == Q4_1 { &blk[4..20] } else { &blk[2..18] };
+            for j in 0..16 {
+                let (lo, hi) = (qs[j] & 15, qs[j] >> 4);
+                (q[j], q[j + 16]) = match ty {
+                    Q4_0 => (lo as i8 - 8, hi as i8 - 8),
+                    Q4_1 => (lo as i8, hi as i8),
+                    _ => (KVALUES_IQ4NL[lo as usize], KVALUES_IQ4NL[hi as usize]),
+                };
+            }
+            (f16_at(blk, 0), (ty == Q4_1).then(|| f16_at(blk, 2)))
+        }
+        _ => {
+            // Q5_0 / Q5_1: a fifth bit per value from qh.
+            let off = if ty == Q5_1 { 4 } else { 2 };
+            let qh = q5_high_bits(blk, off);
+            let qs = &blk[off + 4..off + 20];
+            let bias = if ty == Q5_0 { 16 } else { 0 };
+            for j in 0..16 {
+                let h0 = (((qh >> j) << 4) & 0x10) as u8;
+                let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+                q[j] = ((qs[j] & 15) | h0) as i8 - bias;
+                q[j + 16] = ((qs[j] >> 4) | h1) as i8 - bias;
+            }
+            (f16_at(blk, 0), (ty == Q5_1).then(|| f16_at(blk, 2)))
+        }
+    };
+    Block { q, d, m }
 }
 
+/// Σ over blocks in ggml's order: lane sums fused into eight accumulators, the mins' term
+/// (weight min × activation block sum) added separately, pairwise sum at the end.
 #[inline(always)]
-pub fn dot_q5_0(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = [0f32; 8];
-    for (b, blk) in w.chunks_exact(22).enumerate() {
-        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-        let mut q = [0i8; 32];
-        for j in 0..16 {
-            let h0 = (((qh >> j) << 4) & 0x10) as u8;
-            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-            q[j] = ((blk[6 + j] & 15) | h0) as i8 - 16;
-            q[j + 16] = ((blk[6 + j] >> 4) | h1) as i8 - 16;
-        }
-        fma8(
-            &mut acc,
-            f16_at(blk, 0) * x.d[b],
-            lanes(&q, &x.q[b * 32..b * 32 + 32]),
-        );
-    }
-    hsum8(acc)
-}
-
-#[inline(always)]
-pub fn dot_q4_1(w: &[u8], x: &Q8Row) -> f32 {
+pub fn dot_blocks(blocks: impl Iterator<Item = Block>, x: &Q8Row) -> f32 {
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
-    for (b, blk) in w.chunks_exact(20).enumerate() {
-        summs += f16_at(blk, 2) * x.s[b];
-        let mut q = [0i8; 32];
-        for j in 0..16 {
-            q[j] = (blk[4 + j] & 15) as i8;
-            q[j + 16] = (blk[4 + j] >> 4) as i8;
+    for (b, blk) in blocks.enumerate() {
+        if let Some(m) = blk.m {
+            summs += m * x.s[b];
         }
         fma8(
             &mut acc,
-            f16_at(blk, 0) * x.d[b],
-            lanes(&q, &x.q[b * 32..b * 32 + 32]),
+            blk.d * x.d[b],
+            lanes(&blk.q, &x.q[b * 32..b * 32 + 32]),
         );
     }
     hsum8(acc) + summs
 }
 
+/// A legacy-type weight row against Q8_0/Q8_1 activations.
 #[inline(always)]
-pub fn dot_q5_1(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut summs = 0f32;
-    for (b, blk) in w.chunks_exact(24).enumerate() {
-        summs += f16_at(blk, 2) * x.s[b];
-        let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
-        let mut q = [0i8; 32];
-        for j in 0..16 {
-            let h0 = (((qh >> j) << 4) & 0x10) as u8;
-            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-            q[j] = ((blk[8 + j] & 15) | h0) as i8;
-            q[j + 16] = ((blk[8 + j] >> 4) | h1) as i8;
-        }
-        fma8(
-            &mut acc,
-            f16_at(blk, 0) * x.d[b],
-            lanes(&q, &x.q[b * 32..b * 32 + 32]),
-        );
-    }
-    hsum8(acc) + summs
+pub fn dot_legacy(ty: GgmlType, w: &[u8], x: &Q8Row) -> f32 {
+    dot_blocks(
+        w.chunks_exact(ty.type_size()).map(|b| unpack_block(ty, b)),
+        x,
+    )
 }
 
 #[inline(always)]

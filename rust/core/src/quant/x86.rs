@@ -6,6 +6,7 @@
 
 use std::arch::x86_64::*;
 
+use super::dot::Block;
 use super::q8::Q8Row;
 
 #[inline(always)]
@@ -107,18 +108,17 @@ pub unsafe fn dot_q5_0(w: &[u8], x: &Q8Row) -> f32 {
     hsum_f32_8(acc)
 }
 
-/// A weight row already unpacked to int8 (`q`), its block scales `d` and, for Q4_1/Q5_1, mins `m`.
+/// A weight row already unpacked to int8 blocks (prefill reuses it for every token).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_unpacked(q: &[i8], d: &[f32], m: &[f32], x: &Q8Row) -> f32 {
+pub unsafe fn dot_unpacked(blocks: &[Block], x: &Q8Row) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
-    let has_m = !m.is_empty();
-    for b in 0..d.len() {
-        if has_m {
-            summs += m[b] * x.s[b];
+    for (b, blk) in blocks.iter().enumerate() {
+        if let Some(m) = blk.m {
+            summs += m * x.s[b];
         }
-        let dv = _mm256_set1_ps(d[b] * x.d[b]);
-        let qx = _mm256_loadu_si256(q.as_ptr().add(b * 32) as *const __m256i);
+        let dv = _mm256_set1_ps(blk.d * x.d[b]);
+        let qx = _mm256_loadu_si256(blk.q.as_ptr() as *const __m256i);
         let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
         acc = _mm256_fmadd_ps(dv, mul_sum_i8(qx, qy), acc);
     }

@@ -147,7 +147,7 @@ enum Acts {
 fn quantize_acts(ty: GgmlType, x: &[f32], cols: usize) -> Acts {
     use GgmlType::*;
     match ty {
-        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL => Acts::Q8(
+        _ if is_legacy(ty) => Acts::Q8(
             x.chunks_exact(cols)
                 .map(|r| {
                     let mut q = Q8Row::default();
@@ -169,92 +169,14 @@ fn quantize_acts(ty: GgmlType, x: &[f32], cols: usize) -> Acts {
     }
 }
 
-/// A weight row unpacked to int8 with its per-block scales (legacy 32-block types), so a prefill
-/// batch decodes each row once. Products and their order are those of the packed dot.
-struct Unpacked {
-    q: Vec<i8>,
-    d: Vec<f32>,
-    m: Vec<f32>,
-}
-
 #[inline(always)]
-fn unpack(ty: GgmlType, row: &[u8], u: &mut Unpacked) -> bool {
-    u.q.clear();
-    u.d.clear();
-    u.m.clear();
-    let f16 =
-        |b: &[u8], i: usize| crate::quant::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
-    match ty {
-        GgmlType::Q8_0 => {
-            for blk in row.chunks_exact(34) {
-                u.d.push(f16(blk, 0));
-                u.q.extend(blk[2..34].iter().map(|&v| v as i8));
-            }
-        }
-        GgmlType::Q4_1 => {
-            for blk in row.chunks_exact(20) {
-                u.d.push(f16(blk, 0));
-                u.m.push(f16(blk, 2));
-                u.q.extend(blk[4..20].iter().map(|&v| (v & 15) as i8));
-                u.q.extend(blk[4..20].iter().map(|&v| (v >> 4) as i8));
-            }
-        }
-        GgmlType::Q4_0 => {
-            for blk in row.chunks_exact(18) {
-                u.d.push(f16(blk, 0));
-                u.q.extend(blk[2..18].iter().map(|&v| (v & 15) as i8 - 8));
-                u.q.extend(blk[2..18].iter().map(|&v| (v >> 4) as i8 - 8));
-            }
-        }
-        GgmlType::Q5_0 => {
-            for blk in row.chunks_exact(22) {
-                u.d.push(f16(blk, 0));
-                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-                for j in 0..16 {
-                    u.q.push(((blk[6 + j] & 15) | ((((qh >> j) << 4) & 0x10) as u8)) as i8 - 16);
-                }
-                for j in 0..16 {
-                    u.q.push(((blk[6 + j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8)) as i8 - 16);
-                }
-            }
-        }
-        _ => return false,
-    }
-    true
-}
-
-#[inline(always)]
-fn dot_unpacked(u: &Unpacked, x: &Q8Row) -> f32 {
+fn dot_unpacked(u: &[Block], x: &Q8Row) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd_level() != SimdLevel::Scalar {
-        // SAFETY: AVX2 and FMA are present whenever the level is not Scalar.
-        return unsafe { crate::quant::x86::dot_unpacked(&u.q, &u.d, &u.m, x) };
+        // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
+        return unsafe { crate::quant::x86::dot_unpacked(u, x) };
     }
-    let mut acc = [0f32; 8];
-    let mut summs = 0f32;
-    let has_m = !u.m.is_empty();
-    for b in 0..u.d.len() {
-        if has_m {
-            summs += u.m[b] * x.s[b];
-        }
-        let w = &u.q[b * 32..b * 32 + 32];
-        let xq = &x.q[b * 32..b * 32 + 32];
-        let d = u.d[b] * x.d[b];
-        for j in 0..8 {
-            let mut s = 0i32;
-            for k in 0..4 {
-                s += w[4 * j + k] as i32 * xq[4 * j + k] as i32;
-            }
-            acc[j] = d.mul_add(s as f32, acc[j]);
-        }
-    }
-    let r = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (r[0] + r[2]) + (r[1] + r[3]) + summs
+    dot_blocks(u.iter().copied(), x)
 }
 
 /// Ask for a later weight row ahead of time: the dot loops are short enough that waiting for
@@ -294,15 +216,15 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
     };
     match acts {
         Acts::Q8(xs) => {
-            let mut u = Unpacked {
-                q: Vec::new(),
-                d: Vec::new(),
-                m: Vec::new(),
-            };
+            let mut u: Vec<Block> = Vec::new();
+            let ts = w.ty.type_size();
             for r in r0..r1 {
                 let row = w.row(r);
                 prefetch_row(w, r + 2, r1);
-                if n > 1 && unpack(w.ty, row, &mut u) {
+                if n > 1 {
+                    // Prefill: decode the row once, reuse it for every token.
+                    u.clear();
+                    u.extend(row.chunks_exact(ts).map(|b| unpack_block(w.ty, b)));
                     for (t, xt) in xs.iter().enumerate() {
                         put(t, r, dot_unpacked(&u, xt));
                     }
@@ -312,7 +234,7 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
                     #[cfg(target_arch = "x86_64")]
                     if simd_level() != SimdLevel::Scalar {
                         use crate::quant::x86;
-                        // SAFETY: AVX2 and FMA are present whenever the level is not Scalar.
+                        // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
                         let v = unsafe {
                             match w.ty {
                                 GgmlType::Q8_0 => Some(x86::dot_q8_0(row, xt)),
@@ -327,15 +249,7 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
                             continue;
                         }
                     }
-                    let v = match w.ty {
-                        GgmlType::Q8_0 => dot_q8_0(row, xt),
-                        GgmlType::Q4_0 => dot_q4_0(row, xt),
-                        GgmlType::Q4_1 => dot_q4_1(row, xt),
-                        GgmlType::Q5_0 => dot_q5_0(row, xt),
-                        GgmlType::Q5_1 => dot_q5_1(row, xt),
-                        _ => dot_iq4_nl(row, xt),
-                    };
-                    put(t, r, v);
+                    put(t, r, dot_legacy(w.ty, row, xt));
                 }
             }
         }
