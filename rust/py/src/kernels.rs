@@ -80,8 +80,7 @@ impl PyKernelMatrix {
             let mut best = f64::INFINITY;
             for _ in 0..iters.max(1) {
                 let t = Instant::now();
-                self.pool
-                    .install(|| matmul(&self.pool, &w, &x, n_tokens, &mut y))?;
+                matmul(&self.pool, &w, &x, n_tokens, &mut y)?;
                 best = best.min(t.elapsed().as_secs_f64());
             }
             Ok(best)
@@ -108,13 +107,14 @@ fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, iters: usize
         let n = (n_bytes / 8).max(1024);
         let data: Vec<u64> = (0..n as u64).collect();
         let pool = ThreadPool::new(n_threads);
-        let per = n.div_ceil(n_threads.max(1));
+        let n_threads = pool.n_threads();
+        let per = n.div_ceil(n_threads);
         let mut best = f64::INFINITY;
         for _ in 0..iters.max(1) {
             let t = Instant::now();
             let sums: Vec<std::sync::atomic::AtomicU64> =
-                (0..n_threads.max(1)).map(|_| Default::default()).collect();
-            pool.run(n_threads.max(1), &|i| {
+                (0..n_threads).map(|_| Default::default()).collect();
+            pool.broadcast(&|i| {
                 let part = &data[(i * per).min(n)..((i + 1) * per).min(n)];
                 let s = part.iter().fold(0u64, |a, &b| a.wrapping_add(b));
                 sums[i].store(s, std::sync::atomic::Ordering::Relaxed);

@@ -4,20 +4,20 @@
 //! `forward` evaluates a batch of tokens that may belong to several sequences at different
 //! positions (each with its own KV cache), and returns logits only for the rows asked for.
 
+mod attention;
 mod config;
 pub mod ops;
 
 use std::sync::Arc;
 
+use attention::{attention, AttnParams};
 pub use config::{Arch, ModelConfig, RopeStyle};
-use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::KvCache;
-use crate::quant::f16::{f16_to_f32, round_f16};
 use crate::quant::{dequantize, GgmlType};
-use crate::tensor::{matmul, QMatrix, ThreadPool};
+use crate::tensor::{matmul, simd_dispatch, QMatrix, ThreadPool};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -189,16 +189,6 @@ impl Model {
         caches: &mut [&mut KvCache],
         want_hidden: bool,
     ) -> Result<ForwardOutput> {
-        self.pool
-            .install(|| self.forward_on_pool(batch, caches, want_hidden))
-    }
-
-    fn forward_on_pool(
-        &self,
-        batch: &[BatchToken],
-        caches: &mut [&mut KvCache],
-        want_hidden: bool,
-    ) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
         let n = batch.len();
         let (e, hd, kvd) = (cfg.n_embd, cfg.head_dim, cfg.kv_dim());
@@ -237,7 +227,6 @@ impl Model {
 
         let mut xn = vec![0f32; n * e];
         let mut att = vec![0f32; n * cfg.q_dim()];
-        let group = cfg.n_head / cfg.n_head_kv;
         for (il, l) in self.layers.iter().enumerate() {
             xn.copy_from_slice(&x);
             xn.chunks_exact_mut(e)
@@ -282,45 +271,15 @@ impl Model {
                     &v[i * kvd..(i + 1) * kvd],
                 );
             }
-            // Attention: each token over its own sequence's positions [lo, pos], every
-            // (token, head) pair an independent task on the pool.
-            let f16_acc = n < F32_ATTENTION_MIN_TOKENS;
-            let qd = cfg.q_dim();
             let caches_ro: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
-            let out = AttOut(att.as_mut_ptr());
-            let n_tasks = n * cfg.n_head;
-            let per = n_tasks.div_ceil((self.pool.n_threads() * 4).min(n_tasks).max(1));
-            self.pool.run(n_tasks.div_ceil(per), &|c| {
-                let mut scratch = Vec::new();
-                for task in c * per..((c + 1) * per).min(n_tasks) {
-                    let (i, h) = (task / cfg.n_head, task % cfg.n_head);
-                    let t = batch[i];
-                    let lo = if swa && cfg.n_swa > 0 {
-                        (t.pos + 1).saturating_sub(cfg.n_swa)
-                    } else {
-                        0
-                    };
-                    let cache = caches_ro[t.seq];
-                    let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                    // SAFETY: each (token, head) slice of `att` is written by exactly one task, and
-                    // `att` outlives the pool call.
-                    let o = unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + h * hd), hd) };
-                    let (keys, vals) = (cache.keys(il), cache.values(il));
-                    attention_head(
-                        qh,
-                        keys,
-                        vals,
-                        kvd,
-                        (h / group) * hd,
-                        lo,
-                        t.pos,
-                        cfg.attn_scale,
-                        f16_acc,
-                        &mut scratch,
-                        o,
-                    );
-                }
-            });
+            let params = AttnParams {
+                n_head: cfg.n_head,
+                n_head_kv: cfg.n_head_kv,
+                head_dim: hd,
+                scale: cfg.attn_scale,
+                window: if swa { cfg.n_swa } else { 0 },
+            };
+            attention(&self.pool, &params, batch, &q, &caches_ro, il, &mut att);
             let mut o = self.linear(&l.wo, &att, n)?;
             if let Some(w) = &l.attn_post_norm {
                 o.chunks_exact_mut(e)
@@ -338,10 +297,14 @@ impl Model {
                     .iter_mut()
                     .zip(&u)
                     .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b),
-                Arch::Llama => g
-                    .iter_mut()
-                    .zip(&u)
-                    .for_each(|(a, b)| *a = ops::silu(*a) * b),
+                Arch::Llama => simd_dispatch(
+                    #[inline(always)]
+                    || {
+                        g.chunks_mut(cfg.n_ff)
+                            .zip(u.chunks(cfg.n_ff))
+                            .for_each(|(g, u)| ops::swiglu(g, u))
+                    },
+                ),
             }
             let mut d = self.linear(&l.ffn_down, &g, n)?;
             if let Some(w) = &l.ffn_post_norm {
@@ -381,93 +344,3 @@ impl Model {
     }
 }
 
-/// Batches of at least this many tokens take llama.cpp's tiled f32 attention path; smaller ones
-/// (and single-token decode) its f16-accumulating path. We follow the same split so our rounding,
-/// and therefore our tokens, match its.
-const F32_ATTENTION_MIN_TOKENS: usize = 64;
-
-struct AttOut(*mut f32);
-// SAFETY: tasks write disjoint (token, head) slices; see the call site.
-unsafe impl Sync for AttOut {}
-
-impl AttOut {
-    fn at(&self, i: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the buffer this pointer came from.
-        unsafe { self.0.add(i) }
-    }
-}
-
-#[inline(always)]
-fn dot_f16_f32(q: &[f32], k: &[f16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut s = 0f32;
-    let mut qc = q.chunks_exact(8);
-    let mut kc = k.chunks_exact(8);
-    for (a, b) in (&mut qc).zip(&mut kc) {
-        for l in 0..8 {
-            acc[l] = a[l].mul_add(f16_to_f32(b[l].to_bits()), acc[l]);
-        }
-    }
-    for (a, b) in qc.remainder().iter().zip(kc.remainder()) {
-        s += a * f16_to_f32(b.to_bits());
-    }
-    acc.iter().sum::<f32>() + s
-}
-
-/// One query head against keys/values at positions [lo, hi] of a cache laid out [pos][kv_dim],
-/// this head's slice starting at `off`: a single pass with an online softmax. With `f16_acc` the
-/// query is rounded to f16 and the value accumulator kept in f16 (fused multiply-add, then
-/// rounding), as llama.cpp's CPU flash-attention does for small batches; otherwise all in f32.
-#[allow(clippy::too_many_arguments)]
-fn attention_head(
-    q: &[f32],
-    keys: &[f16],
-    vals: &[f16],
-    kvd: usize,
-    off: usize,
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    f16_acc: bool,
-    scratch: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let round = |v: f32| if f16_acc { round_f16(v) } else { v };
-    scratch.clear();
-    scratch.resize(2 * hd, 0.0);
-    let (qr, acc) = scratch.split_at_mut(hd);
-    for (d, &v) in qr.iter_mut().zip(q) {
-        *d = round(v);
-    }
-    let mut m = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    for p in lo..=hi {
-        let kr = &keys[p * kvd + off..p * kvd + off + hd];
-        let s = dot_f16_f32(qr, kr) * scale;
-        let mut ms = 1.0;
-        let mut vs = 1.0;
-        if s > m {
-            ms = if m == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (m - s).exp()
-            };
-            m = s;
-            for a in acc.iter_mut() {
-                *a = round(*a * ms);
-            }
-        } else {
-            vs = (s - m).exp();
-        }
-        let vr = &vals[p * kvd + off..p * kvd + off + hd];
-        for (a, v) in acc.iter_mut().zip(vr) {
-            *a = round(f16_to_f32(v.to_bits()).mul_add(vs, *a));
-        }
-        sum = sum * ms + vs;
-    }
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a * inv;
-    }
-}

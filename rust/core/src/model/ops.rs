@@ -50,8 +50,44 @@ pub fn rope(x: &mut [f32], cache: &[(f32, f32)], neox: bool) {
     }
 }
 
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+/// e^x the way ggml's vectorized `ggml_v_expf` computes it (a range reduction and a degree-5
+/// polynomial, with the same fused operations), so SiLU rounds like llama.cpp's. Within 1.5 ulp of
+/// the true value; saturates to 0 / inf outside about ±88.
+#[inline(always)]
+pub fn expf_ggml(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23: rounds to an integer
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e), // ln2, low part
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // ln2, high part
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(u, f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)))
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    if (-125.0..=126.0).contains(&n) {
+        // j * 2^n, exact: j is near 1 and the result stays normal.
+        return j * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    }
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    ((j as f64) * 2f64.powi(n as i32)) as f32
+}
+
+/// g[i] = silu(g[i]) * u[i] with llama.cpp's rounding: its vector loop covers whole groups of 16
+/// (on AVX-512) with `expf_ggml`, the rest with libm's expf.
+#[inline(always)]
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    let body = g.len() & !15;
+    for (a, &b) in g[..body].iter_mut().zip(u) {
+        *a = (*a / (1.0 + expf_ggml(-*a))) * b;
+    }
+    for (a, &b) in g[body..].iter_mut().zip(&u[body..]) {
+        *a = (*a / (1.0 + (-*a).exp())) * b;
+    }
 }
 
 /// GELU, tanh approximation (as Gemma uses).
@@ -98,5 +134,25 @@ pub fn softmax(x: &mut [f32]) {
 pub fn add_into(dst: &mut [f32], src: &[f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d += s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ggml_expf_is_close_to_exp_and_saturates() {
+        let mut x = -100.0f32;
+        while x < 100.0 {
+            let (got, want) = (expf_ggml(x), (x as f64).exp());
+            if want < f32::MAX as f64 && want > 1e-37 {
+                assert!(((got as f64) - want).abs() <= 3e-7 * want, "{x}: {got} vs {want}");
+            }
+            x += 0.0137;
+        }
+        assert_eq!(expf_ggml(-200.0), 0.0);
+        assert_eq!(expf_ggml(200.0), f32::INFINITY);
+        assert_eq!(expf_ggml(0.0), 1.0);
     }
 }

@@ -6,9 +6,11 @@
 //! once and reused for every token. The inner loops are generic Rust compiled three times (baseline,
 //! AVX2+FMA, AVX-512) and chosen once at run time; `RLLAMA_SIMD=scalar|avx2|avx512` forces a level.
 
+mod pool;
+
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
+pub use pool::ThreadPool;
 
 use crate::error::{Error, Result};
 use crate::quant::dot::*;
@@ -53,47 +55,6 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// The compute threads (`--threads` / `--threads-batch`): one persistent pool per model.
-pub struct ThreadPool {
-    pool: rayon::ThreadPool,
-    n_threads: usize,
-}
-
-impl ThreadPool {
-    pub fn new(n_threads: usize) -> Self {
-        let n_threads = n_threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n_threads)
-            .thread_name(|i| format!("rllama-compute-{i}"))
-            .build()
-            .unwrap_or_else(|_| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .build()
-                    .expect("a one-thread pool")
-            });
-        Self { pool, n_threads }
-    }
-    pub fn n_threads(&self) -> usize {
-        self.n_threads
-    }
-    /// Run `f` on one of the pool's threads, so the parallel loops inside it start without a
-    /// cross-thread hand-off (what makes hundreds of small matmuls per token cheap).
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
-
-    /// Run `f(i)` for i in 0..n_tasks on the pool's threads.
-    pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if n_tasks <= 1 || self.n_threads == 1 {
-            (0..n_tasks).for_each(f);
-            return;
-        }
-        self.pool
-            .install(|| (0..n_tasks).into_par_iter().for_each(f));
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimdLevel {
     Scalar,
@@ -113,6 +74,30 @@ pub fn simd_level() -> SimdLevel {
             _ => detected,
         }
     })
+}
+
+/// Run `f` compiled for the detected SIMD level: LLVM vectorizes the `#[inline(always)]` code it
+/// reaches with that level's instructions (mark the closure `#[inline(always)]` too).
+#[inline(always)]
+pub fn simd_dispatch<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn avx512<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn avx2<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
+        }
+        match simd_level() {
+            // SAFETY: the level is only chosen when the CPU reports these features.
+            SimdLevel::Avx512 => return unsafe { avx512(f) },
+            SimdLevel::Avx2 => return unsafe { avx2(f) },
+            SimdLevel::Scalar => {}
+        }
+    }
+    f()
 }
 
 fn detect() -> SimdLevel {
@@ -218,9 +203,43 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
         Acts::Q8(xs) => {
             let mut u: Vec<Block> = Vec::new();
             let ts = w.ty.type_size();
+            #[cfg(target_arch = "x86_64")]
+            let fast512 = simd_level() == SimdLevel::Avx512;
+            #[cfg(target_arch = "x86_64")]
+            let mut unpacked = crate::quant::x86::UnpackedRow::default();
+            #[cfg(target_arch = "x86_64")]
+            let mut col = vec![0f32; n];
             for r in r0..r1 {
                 let row = w.row(r);
                 prefetch_row(w, r + 2, r1);
+                #[cfg(target_arch = "x86_64")]
+                if fast512 {
+                    use crate::quant::x86;
+                    if n == 1 && x86::has_avx512_dot(w.ty) {
+                        // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
+                        put(0, r, unsafe { x86::dot_row_512(w.ty, row, &xs[0]) });
+                        continue;
+                    }
+                    if n > 1 {
+                        unpacked.q.clear();
+                        unpacked.d.clear();
+                        unpacked.m.clear();
+                        for b in row.chunks_exact(ts) {
+                            let blk = unpack_block(w.ty, b);
+                            unpacked.q.extend_from_slice(&blk.q);
+                            unpacked.d.push(blk.d);
+                            if let Some(m) = blk.m {
+                                unpacked.m.push(m);
+                            }
+                        }
+                        // SAFETY: as above.
+                        unsafe { x86::dot_unpacked_512(&unpacked, xs, &mut col) };
+                        for (t, &v) in col.iter().enumerate() {
+                            put(t, r, v);
+                        }
+                        continue;
+                    }
+                }
                 if n > 1 {
                     // Prefill: decode the row once, reuse it for every token.
                     u.clear();

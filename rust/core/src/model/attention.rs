@@ -1,0 +1,393 @@
+//! Causal grouped-query attention of one layer over the f16 KV caches.
+//!
+//! The keys and values a batch needs are widened to f32 once per layer and sequence (with F16C
+//! where the CPU has it), then every (token, head) pair is an independent task on the pool. The
+//! loops are generic Rust compiled per SIMD level (see `tensor::simd_level`).
+//!
+//! Numerics follow llama.cpp's CPU flash attention, so tokens match its: batches of fewer than
+//! `F32_ATTENTION_MIN_TOKENS` (token generation included) round the query to f16 and keep the
+//! value accumulator in f16, rescaled at each new maximum (an online softmax in one pass);
+//! larger batches work in f32.
+
+use half::f16;
+
+use crate::kv::KvCache;
+use crate::quant::f16::{f16_to_f32, round_f16};
+use crate::tensor::{simd_level, SimdLevel, ThreadPool};
+
+use super::BatchToken;
+
+/// Batches of at least this many tokens take llama.cpp's tiled f32 attention path; smaller ones
+/// (and single-token decode) its f16-accumulating path.
+pub const F32_ATTENTION_MIN_TOKENS: usize = 64;
+
+/// What one layer's attention needs to know.
+pub struct AttnParams {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    /// Sliding window (0: none) for this layer.
+    pub window: usize,
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (token, head) slices; see `attention`.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Pointer to offset `at` (in bounds: the caller's duty).
+    fn at(&self, at: usize) -> *mut f32 {
+        self.0.wrapping_add(at)
+    }
+}
+
+/// att[i, h] = softmax(q[i, h] · K[seq_i, lo..=pos_i]) · V[...] for every token i of `batch` and
+/// query head h, with keys/values of `layer` taken from `caches[seq]`.
+pub fn attention(
+    pool: &ThreadPool,
+    p: &AttnParams,
+    batch: &[BatchToken],
+    q: &[f32],
+    caches: &[&KvCache],
+    layer: usize,
+    att: &mut [f32],
+) {
+    let (hd, kvd, qd) = (p.head_dim, p.n_head_kv * p.head_dim, p.n_head * p.head_dim);
+    let n = batch.len();
+    debug_assert!(q.len() == n * qd && att.len() == n * qd);
+    // Widen each sequence's keys and values [0, max pos] to f32 once.
+    let mut wide: Vec<Option<(Vec<f32>, Vec<f32>)>> = (0..caches.len()).map(|_| None).collect();
+    for (s, slot) in wide.iter_mut().enumerate() {
+        let Some(top) = batch.iter().filter(|t| t.seq == s).map(|t| t.pos).max() else {
+            continue;
+        };
+        let len = (top + 1) * kvd;
+        let (keys, vals) = (&caches[s].keys(layer)[..len], &caches[s].values(layer)[..len]);
+        let mut kf = vec![0f32; len];
+        let mut vf = vec![0f32; len];
+        widen(keys, &mut kf);
+        widen(vals, &mut vf);
+        *slot = Some((kf, vf));
+    }
+    let f16_acc = n < F32_ATTENTION_MIN_TOKENS;
+    let group = p.n_head / p.n_head_kv;
+    let out = OutPtr(att.as_mut_ptr());
+    let n_tasks = n * p.n_head;
+    let per = n_tasks
+        .div_ceil((pool.n_threads() * 16).min(n_tasks).max(1))
+        .max(1);
+    pool.run(n_tasks.div_ceil(per), &|c| {
+        let mut scratch = Vec::new();
+        for task in c * per..((c + 1) * per).min(n_tasks) {
+            let (i, h) = (task / p.n_head, task % p.n_head);
+            let t = batch[i];
+            let lo = if p.window > 0 {
+                (t.pos + 1).saturating_sub(p.window)
+            } else {
+                0
+            };
+            let Some((kf, vf)) = &wide[t.seq] else {
+                unreachable!("every token's sequence was widened")
+            };
+            let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+            // SAFETY: each (token, head) slice of `att` is written by exactly one task, and `att`
+            // outlives the pool call.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + h * hd), hd) };
+            let head = Head {
+                keys: kf,
+                vals: vf,
+                stride: kvd,
+                off: (h / group) * hd,
+                lo,
+                hi: t.pos,
+                scale: p.scale,
+            };
+            head_dispatch(&head, qh, f16_acc, &mut scratch, o);
+        }
+    });
+}
+
+/// One query head's view of the widened cache: rows [lo, hi], `stride` values per position, this
+/// head's slice at `off`.
+struct Head<'a> {
+    keys: &'a [f32],
+    vals: &'a [f32],
+    stride: usize,
+    off: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    #[inline(always)]
+    fn key(&self, p: usize, hd: usize) -> &[f32] {
+        &self.keys[p * self.stride + self.off..p * self.stride + self.off + hd]
+    }
+    #[inline(always)]
+    fn val(&self, p: usize, hd: usize) -> &[f32] {
+        &self.vals[p * self.stride + self.off..p * self.stride + self.off + hd]
+    }
+}
+
+/// Eight lane accumulators, summed pairwise: the same order on every SIMD level.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut s = 0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s = x.mul_add(*y, s);
+    }
+    let r = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    (r[0] + r[2]) + (r[1] + r[3]) + s
+}
+
+/// q·k for f16-valued inputs in the order of ggml's AVX-512 `ggml_vec_dot_f16`: four 16-lane
+/// accumulators over steps of 64, folded (0+2)+(1+3), then the 16 lanes halved three times; the
+/// tail (head sizes not a multiple of 64) added in f64.
+#[inline(always)]
+fn dot_f16_order(q: &[f32], k: &[f32]) -> f32 {
+    let np = q.len() & !63;
+    let mut s = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, sj) in s.iter_mut().enumerate() {
+            let (qj, kj) = (&q[i + 16 * j..i + 16 * j + 16], &k[i + 16 * j..i + 16 * j + 16]);
+            for l in 0..16 {
+                sj[l] = qj[l].mul_add(kj[l], sj[l]);
+            }
+        }
+    }
+    let mut x = [0f32; 16];
+    for l in 0..16 {
+        x[l] = (s[0][l] + s[2][l]) + (s[1][l] + s[3][l]);
+    }
+    let mut t = [0f32; 8];
+    for i in 0..8 {
+        t[i] = x[i + 8] + x[i];
+    }
+    let u = [t[4] + t[0], t[5] + t[1], t[6] + t[2], t[7] + t[3]];
+    let mut sum = ((u[0] + u[2]) + (u[1] + u[3])) as f64;
+    for (a, b) in q[np..].iter().zip(&k[np..]) {
+        sum += (a * b) as f64;
+    }
+    sum as f32
+}
+
+#[inline(always)]
+fn head_kernel(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    let hd = q.len();
+    if f16_acc {
+        // One pass, online softmax, query and accumulator rounded to f16 like llama.cpp.
+        scratch.clear();
+        scratch.resize(2 * hd, 0.0);
+        let (qr, acc) = scratch.split_at_mut(hd);
+        qr.copy_from_slice(q);
+        round_f16_slice(qr);
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        for p in h.lo..=h.hi {
+            let s = dot_f16_order(qr, h.key(p, hd)) * h.scale;
+            let mut ms = 1.0;
+            let mut vs = 1.0;
+            if s > m {
+                ms = if m == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (m - s).exp()
+                };
+                m = s;
+                acc.iter_mut().for_each(|a| *a *= ms);
+                round_f16_slice(acc);
+            } else {
+                vs = (s - m).exp();
+            }
+            for (a, &v) in acc.iter_mut().zip(h.val(p, hd)) {
+                *a = v.mul_add(vs, *a);
+            }
+            round_f16_slice(acc);
+            sum = sum * ms + vs;
+        }
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        for (o, a) in out.iter_mut().zip(acc.iter()) {
+            *o = a * inv;
+        }
+        return;
+    }
+    // f32: scores, then one softmax, then the weighted sum of values.
+    let n = h.hi + 1 - h.lo;
+    scratch.clear();
+    scratch.resize(n, 0.0);
+    let mut m = f32::NEG_INFINITY;
+    for (j, s) in scratch.iter_mut().enumerate() {
+        *s = dot(q, h.key(h.lo + j, hd)) * h.scale;
+        m = m.max(*s);
+    }
+    let mut sum = 0f32;
+    for s in scratch.iter_mut() {
+        *s = (*s - m).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (j, &w) in scratch.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(h.val(h.lo + j, hd)) {
+            *o = v.mul_add(w, *o);
+        }
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn head_avx2(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    head_kernel(h, q, f16_acc, scratch, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn head_avx512(
+    h: &Head,
+    q: &[f32],
+    f16_acc: bool,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    head_kernel(h, q, f16_acc, scratch, out)
+}
+
+fn head_dispatch(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    match simd_level() {
+        // SAFETY: the level is only chosen when the CPU reports these features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { head_avx512(h, q, f16_acc, scratch, out) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { head_avx2(h, q, f16_acc, scratch, out) },
+        _ => head_kernel(h, q, f16_acc, scratch, out),
+    }
+}
+
+/// Round every value to the nearest f16 (ties to even), in place.
+#[inline(always)]
+fn round_f16_slice(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() != SimdLevel::Scalar {
+        // SAFETY: F16C and AVX are present whenever the level is not Scalar.
+        unsafe { x86::round_f16_slice(x) };
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = round_f16(*v));
+}
+
+/// f16 → f32 for a whole slice.
+fn widen(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() != SimdLevel::Scalar {
+        // SAFETY: as above.
+        unsafe { x86::widen(src, dst) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f16_to_f32(s.to_bits());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    use crate::quant::f16::{f16_to_f32, round_f16};
+
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn round_f16_slice(x: &mut [f32]) {
+        let mut c = x.chunks_exact_mut(8);
+        for v in &mut c {
+            let p = v.as_mut_ptr();
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p));
+            _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+        }
+        c.into_remainder()
+            .iter_mut()
+            .for_each(|v| *v = round_f16(*v));
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = f16_to_f32(src[j].to_bits());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain softmax attention in f64 over the f16-rounded cache.
+    #[test]
+    fn f32_path_matches_softmax_and_levels_agree() {
+        let (hd, n_pos) = (64, 37);
+        let keys: Vec<f16> = (0..n_pos * hd)
+            .map(|i| f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 40.0))
+            .collect();
+        let vals: Vec<f16> = (0..n_pos * hd)
+            .map(|i| f16::from_f32(((i * 53 % 97) as f32 - 48.0) / 30.0))
+            .collect();
+        let q: Vec<f32> = (0..hd).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let (mut kf, mut vf) = (vec![0f32; keys.len()], vec![0f32; vals.len()]);
+        widen(&keys, &mut kf);
+        widen(&vals, &mut vf);
+        for (a, b) in kf.iter().zip(&keys) {
+            assert_eq!(*a, b.to_f32());
+        }
+        let h = Head {
+            keys: &kf,
+            vals: &vf,
+            stride: hd,
+            off: 0,
+            lo: 3,
+            hi: n_pos - 1,
+            scale: 0.125,
+        };
+        let s: Vec<f64> = (3..n_pos)
+            .map(|p| (0..hd).map(|d| q[d] as f64 * kf[p * hd + d] as f64).sum::<f64>() * 0.125)
+            .collect();
+        let m = s.iter().cloned().fold(f64::MIN, f64::max);
+        let w: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+        let z: f64 = w.iter().sum();
+        for f16_acc in [false, true] {
+            let mut out = vec![0f32; hd];
+            head_dispatch(&h, &q, f16_acc, &mut Vec::new(), &mut out);
+            let mut portable = vec![0f32; hd];
+            head_kernel(&h, &q, f16_acc, &mut Vec::new(), &mut portable);
+            assert_eq!(out, portable, "SIMD and portable differ (f16_acc {f16_acc})");
+            let tol = if f16_acc { 2e-2 } else { 1e-5 };
+            for d in 0..hd {
+                let want: f64 = (0..w.len())
+                    .map(|j| w[j] * vf[(3 + j) * hd + d] as f64)
+                    .sum::<f64>()
+                    / z;
+                assert!(
+                    (out[d] as f64 - want).abs() <= tol * want.abs().max(0.1),
+                    "f16_acc {f16_acc} d {d}: {} vs {want}",
+                    out[d]
+                );
+            }
+        }
+    }
+}
