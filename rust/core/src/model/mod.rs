@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::KvCache;
 use crate::quant::{dequantize, GgmlType};
-use crate::tensor::{matmul, simd_dispatch, QMatrix, ThreadPool};
+use crate::tensor::{matmul_acts, simd_dispatch, Activations, QMatrix, ThreadPool};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -175,10 +175,36 @@ impl Model {
     }
 
     fn linear(&self, t: &TensorInfo, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let w = self.mat(t);
-        let mut y = vec![0f32; n * w.rows];
-        matmul(&self.pool, &w, x, n, &mut y)?;
-        Ok(y)
+        Ok(self.linears(&[t], x, n)?.pop().unwrap_or_default())
+    }
+
+    /// W·x for several matrices that read the same input, quantizing it once per format.
+    fn linears(&self, ts: &[&TensorInfo], x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+        let mut acts: Option<Activations> = None;
+        let mut out = Vec::with_capacity(ts.len());
+        for t in ts {
+            let w = self.mat(t);
+            let a = match acts.take() {
+                Some(a) if a.pairs_with(w.ty) => a,
+                _ => Activations::new(&self.pool, w.ty, x, n)?,
+            };
+            let mut y = vec![0f32; n * w.rows];
+            matmul_acts(&self.pool, &w, &a, &mut y)?;
+            out.push(y);
+            acts = Some(a);
+        }
+        Ok(out)
+    }
+
+    /// `f` on every `len`-long row of `data`, on the pool for big batches, compiled for the
+    /// detected SIMD level.
+    fn rows(&self, data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        self.pool.for_rows(data, len, 16, &|i, r| {
+            simd_dispatch(
+                #[inline(always)]
+                || f(i, r),
+            )
+        });
     }
 
     /// Evaluate `batch`. `caches[seq]` is the KV cache of sequence `seq`. Every position earlier than
@@ -225,45 +251,49 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= s);
         }
 
+        // RoPE tables, one per position and base (they do not change from layer to layer).
+        let rope_tables = |theta_scale: f32| -> Vec<(f32, f32)> {
+            let half = cfg.n_rot / 2;
+            let mut all = Vec::with_capacity(n * half);
+            let mut rc = Vec::with_capacity(half);
+            for t in batch {
+                ops::rope_cache(t.pos as f32, cfg.rope_scale, theta_scale, cfg.n_rot, &mut rc);
+                all.extend_from_slice(&rc);
+            }
+            all
+        };
+        let rope_global = rope_tables(self.theta_scale);
+        let rope_swa = if cfg.swa_layers.iter().any(|&s| s) {
+            rope_tables(self.theta_scale_swa)
+        } else {
+            Vec::new()
+        };
+        let neox = cfg.rope_style == RopeStyle::Neox;
+        let half = cfg.n_rot / 2;
+
         let mut xn = vec![0f32; n * e];
         let mut att = vec![0f32; n * cfg.q_dim()];
         for (il, l) in self.layers.iter().enumerate() {
             xn.copy_from_slice(&x);
-            xn.chunks_exact_mut(e)
-                .for_each(|r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps));
-            let mut q = self.linear(&l.wq, &xn, n)?;
-            let mut k = self.linear(&l.wk, &xn, n)?;
-            let v = self.linear(&l.wv, &xn, n)?;
-            if let Some(w) = &l.q_norm {
-                q.chunks_exact_mut(hd)
-                    .for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
-            }
-            if let Some(w) = &l.k_norm {
-                k.chunks_exact_mut(hd)
-                    .for_each(|h| ops::rmsnorm(h, w, cfg.rms_eps));
-            }
+            self.rows(&mut xn, e, |_, r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps));
+            let [mut q, mut k, v]: [Vec<f32>; 3] = self
+                .linears(&[&l.wq, &l.wk, &l.wv], &xn, n)?
+                .try_into()
+                .map_err(|_| Error::invalid("projection count"))?;
             let swa = cfg.swa_layers[il];
-            let theta_scale = if swa {
-                self.theta_scale_swa
-            } else {
-                self.theta_scale
+            let table = if swa { &rope_swa } else { &rope_global };
+            // QK-norm (gemma3) then RoPE, per token row.
+            let head_op = |norm: &Option<Vec<f32>>, i: usize, row: &mut [f32]| {
+                for h in row.chunks_exact_mut(hd) {
+                    if let Some(w) = norm {
+                        ops::rmsnorm(h, w, cfg.rms_eps);
+                    }
+                    ops::rope(&mut h[..cfg.n_rot], &table[i * half..(i + 1) * half], neox);
+                }
             };
-            let neox = cfg.rope_style == RopeStyle::Neox;
-            let mut rc = Vec::with_capacity(cfg.n_rot / 2);
+            self.rows(&mut q, cfg.q_dim(), |i, r| head_op(&l.q_norm, i, r));
+            self.rows(&mut k, kvd, |i, r| head_op(&l.k_norm, i, r));
             for (i, t) in batch.iter().enumerate() {
-                ops::rope_cache(
-                    t.pos as f32,
-                    cfg.rope_scale,
-                    theta_scale,
-                    cfg.n_rot,
-                    &mut rc,
-                );
-                for h in q[i * cfg.q_dim()..(i + 1) * cfg.q_dim()].chunks_exact_mut(hd) {
-                    ops::rope(&mut h[..cfg.n_rot], &rc, neox);
-                }
-                for h in k[i * kvd..(i + 1) * kvd].chunks_exact_mut(hd) {
-                    ops::rope(&mut h[..cfg.n_rot], &rc, neox);
-                }
                 caches[t.seq].store(
                     il,
                     t.pos,
@@ -282,36 +312,32 @@ impl Model {
             attention(&self.pool, &params, batch, &q, &caches_ro, il, &mut att);
             let mut o = self.linear(&l.wo, &att, n)?;
             if let Some(w) = &l.attn_post_norm {
-                o.chunks_exact_mut(e)
-                    .for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
+                self.rows(&mut o, e, |_, r| ops::rmsnorm(r, w, cfg.rms_eps));
             }
-            ops::add_into(&mut x, &o);
+            self.rows(&mut x, e, |i, r| ops::add_into(r, &o[i * e..(i + 1) * e]));
 
             xn.copy_from_slice(&x);
-            xn.chunks_exact_mut(e)
-                .for_each(|r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps));
-            let mut g = self.linear(&l.ffn_gate, &xn, n)?;
-            let u = self.linear(&l.ffn_up, &xn, n)?;
+            self.rows(&mut xn, e, |_, r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps));
+            let [mut g, u]: [Vec<f32>; 2] = self
+                .linears(&[&l.ffn_gate, &l.ffn_up], &xn, n)?
+                .try_into()
+                .map_err(|_| Error::invalid("projection count"))?;
+            let nff = cfg.n_ff;
             match cfg.arch {
-                Arch::Gemma3 => g
-                    .iter_mut()
-                    .zip(&u)
-                    .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b),
-                Arch::Llama => simd_dispatch(
-                    #[inline(always)]
-                    || {
-                        g.chunks_mut(cfg.n_ff)
-                            .zip(u.chunks(cfg.n_ff))
-                            .for_each(|(g, u)| ops::swiglu(g, u))
-                    },
-                ),
+                Arch::Gemma3 => self.rows(&mut g, nff, |i, r| {
+                    r.iter_mut()
+                        .zip(&u[i * nff..(i + 1) * nff])
+                        .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b)
+                }),
+                Arch::Llama => {
+                    self.rows(&mut g, nff, |i, r| ops::swiglu(r, &u[i * nff..(i + 1) * nff]))
+                }
             }
             let mut d = self.linear(&l.ffn_down, &g, n)?;
             if let Some(w) = &l.ffn_post_norm {
-                d.chunks_exact_mut(e)
-                    .for_each(|r| ops::rmsnorm(r, w, cfg.rms_eps));
+                self.rows(&mut d, e, |_, r| ops::rmsnorm(r, w, cfg.rms_eps));
             }
-            ops::add_into(&mut x, &d);
+            self.rows(&mut x, e, |i, r| ops::add_into(r, &d[i * e..(i + 1) * e]));
         }
 
         x.chunks_exact_mut(e)

@@ -2,6 +2,7 @@
 
 /// out = x / rms(x) * w. The sum of squares is accumulated in f64 and the scale computed in f32,
 /// as ggml does: rounding differences here flip activation quantization downstream.
+#[inline(always)]
 pub fn rmsnorm(x: &mut [f32], w: &[f32], eps: f32) {
     let ss: f64 = x.iter().map(|&v| (v * v) as f64).sum();
     let mean = (ss / x.len() as f64) as f32;
@@ -35,6 +36,7 @@ pub fn rope_cache(
 }
 
 /// Rotate one head vector in place with a table from `rope_cache`.
+#[inline(always)]
 pub fn rope(x: &mut [f32], cache: &[(f32, f32)], neox: bool) {
     let half = cache.len();
     for (i, &(c, s)) in cache.iter().enumerate() {
@@ -131,6 +133,7 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 pub fn add_into(dst: &mut [f32], src: &[f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d += s;

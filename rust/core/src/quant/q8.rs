@@ -21,6 +21,7 @@ pub struct Q8KRow {
     pub bsums: Vec<i16>,
 }
 
+#[inline(always)]
 pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
     let nb = x.len() / 32;
     out.d.clear();
@@ -49,6 +50,7 @@ fn nearest_int(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
+#[inline(always)]
 pub fn quantize_q8k(x: &[f32], out: &mut Q8KRow) {
     out.d.clear();
     out.q.clear();

@@ -129,28 +129,83 @@ enum Acts {
     F32,
 }
 
-fn quantize_acts(ty: GgmlType, x: &[f32], cols: usize) -> Acts {
+/// The activation format a weight type is dotted against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ActFormat {
+    Q8,
+    Q8K,
+    F32,
+}
+
+fn act_format(ty: GgmlType) -> ActFormat {
     use GgmlType::*;
     match ty {
-        _ if is_legacy(ty) => Acts::Q8(
-            x.chunks_exact(cols)
-                .map(|r| {
-                    let mut q = Q8Row::default();
-                    quantize_q8(r, &mut q);
-                    q
-                })
-                .collect(),
-        ),
-        Q4_K | Q6_K => Acts::Q8K(
-            x.chunks_exact(cols)
-                .map(|r| {
-                    let mut q = Q8KRow::default();
-                    quantize_q8k(r, &mut q);
-                    q
-                })
-                .collect(),
-        ),
-        _ => Acts::F32,
+        _ if is_legacy(ty) => ActFormat::Q8,
+        Q4_K | Q6_K => ActFormat::Q8K,
+        _ => ActFormat::F32,
+    }
+}
+
+/// Quantize every row of `x` (`cols` values each), rows split over the pool when there are
+/// enough of them, compiled for the detected SIMD level.
+fn quantize_rows<T: Default + Send>(
+    pool: &ThreadPool,
+    x: &[f32],
+    cols: usize,
+    quantize: impl Fn(&[f32], &mut T) + Sync,
+) -> Vec<T> {
+    let mut out: Vec<T> = (0..x.len() / cols).map(|_| T::default()).collect();
+    pool.for_rows(&mut out, 1, 8, &|i, q| {
+        simd_dispatch(
+            #[inline(always)]
+            || quantize(&x[i * cols..(i + 1) * cols], &mut q[0]),
+        )
+    });
+    out
+}
+
+/// A batch of activation rows quantized once for one family of weight types: several matrices
+/// that read the same input (Q, K and V; gate and up) share it.
+pub struct Activations<'x> {
+    x: &'x [f32],
+    n: usize,
+    format: ActFormat,
+    acts: Acts,
+}
+
+impl<'x> Activations<'x> {
+    /// Quantize `n` rows of `x` for weights of type `ty`.
+    pub fn new(pool: &ThreadPool, ty: GgmlType, x: &'x [f32], n: usize) -> Result<Self> {
+        if n == 0 || x.len() % n != 0 {
+            return Err(Error::invalid(format!(
+                "{} activation values do not split into {n} rows",
+                x.len()
+            )));
+        }
+        let cols = x.len() / n;
+        let format = act_format(ty);
+        let acts = match format {
+            ActFormat::Q8 if cols % 32 == 0 => Acts::Q8(quantize_rows(pool, x, cols, quantize_q8)),
+            ActFormat::Q8K if cols % 256 == 0 => {
+                Acts::Q8K(quantize_rows(pool, x, cols, quantize_q8k))
+            }
+            ActFormat::F32 => Acts::F32,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{cols} columns is not a multiple of the {ty} block size"
+                )))
+            }
+        };
+        Ok(Self { x, n, format, acts })
+    }
+
+    /// Whether these activations can be multiplied by weights of type `ty`.
+    pub fn pairs_with(&self, ty: GgmlType) -> bool {
+        act_format(ty) == self.format
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.n
     }
 }
 
@@ -369,15 +424,20 @@ pub fn matmul(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    if x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows {
+    if x.len() != n_tokens * w.cols {
         return Err(Error::invalid(format!(
-            "matmul shapes: W {}x{}, x {} values, y {} values, {n_tokens} tokens",
+            "matmul shapes: W {}x{}, x {} values, {n_tokens} tokens",
             w.rows,
             w.cols,
             x.len(),
-            y.len()
         )));
     }
+    check_weights(w)?;
+    let acts = Activations::new(pool, w.ty, x, n_tokens)?;
+    matmul_acts(pool, w, &acts, y)
+}
+
+fn check_weights(w: &QMatrix) -> Result<()> {
     if !supported(w.ty) {
         return Err(Error::invalid(format!(
             "matmul over {} weights is not supported",
@@ -387,7 +447,25 @@ pub fn matmul(
     if w.ty.row_bytes(w.cols).map(|b| b * w.rows) != Some(w.data.len()) {
         return Err(Error::invalid("weight bytes do not match the matrix shape"));
     }
-    let acts = quantize_acts(w.ty, x, w.cols);
+    Ok(())
+}
+
+/// `matmul` with activations quantized beforehand (see `Activations`).
+pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations, y: &mut [f32]) -> Result<()> {
+    let n_tokens = a.n;
+    if a.x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows || !a.pairs_with(w.ty) {
+        return Err(Error::invalid(format!(
+            "matmul shapes: W {} {}x{}, x {} values, y {} values, {n_tokens} tokens, {:?} activations",
+            w.ty,
+            w.rows,
+            w.cols,
+            a.x.len(),
+            y.len(),
+            a.format,
+        )));
+    }
+    check_weights(w)?;
+    let (acts, x) = (&a.acts, a.x);
     let out = OutPtr(y.as_mut_ptr());
     let nt = pool.n_threads();
     // Enough chunks to balance the threads, each big enough to amortize scheduling.
@@ -401,7 +479,7 @@ pub fn matmul(
         let r0 = c * per;
         let r1 = ((c + 1) * per).min(w.rows);
         if r0 < r1 {
-            rows_dispatch(w, &acts, x, n_tokens, r0, r1, &out);
+            rows_dispatch(w, acts, x, n_tokens, r0, r1, &out);
         }
     });
     Ok(())

@@ -193,6 +193,39 @@ impl ThreadPool {
         self.job(n_tasks, f, n_tasks);
     }
 
+    /// Call `f(i, row)` for every `row_len`-long row `i` of `data`, whole rows split over the
+    /// threads when there are at least `min_rows` of them (fewer run on the caller alone).
+    pub fn for_rows<T: Send>(
+        &self,
+        data: &mut [T],
+        row_len: usize,
+        min_rows: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        let row_len = row_len.max(1);
+        let n_rows = data.len() / row_len;
+        if n_rows < min_rows.max(2) || self.n_threads == 1 {
+            data.chunks_exact_mut(row_len)
+                .enumerate()
+                .for_each(|(i, r)| f(i, r));
+            return;
+        }
+        let n_tasks = self.n_threads.min(n_rows);
+        let per = n_rows.div_ceil(n_tasks);
+        let base = SendPtr(data.as_mut_ptr());
+        self.run(n_tasks, &|c| {
+            let r1 = ((c + 1) * per).min(n_rows);
+            for i in c * per..r1 {
+                // SAFETY: rows [c*per, r1) belong to task c only, and lie inside `data`, which the
+                // caller borrows mutably for the whole call.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(base.get().add(i * row_len), row_len)
+                };
+                f(i, row);
+            }
+        });
+    }
+
     /// Run `f(i)` once on each thread i in 0..n_threads (for measurements that need every thread).
     pub fn broadcast(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.n_threads == 1 || IN_POOL.with(|c| c.get()) {
@@ -244,6 +277,17 @@ impl Drop for ThreadPool {
         for h in self.workers.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+/// A raw pointer handed to pool tasks that each touch a disjoint part of what it points to.
+struct SendPtr<T>(*mut T);
+// SAFETY: see the users: every task derives a disjoint range from the pointer.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+unsafe impl<T: Send> Send for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
     }
 }
 
