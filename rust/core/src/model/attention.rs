@@ -63,7 +63,10 @@ pub fn attention(
             continue;
         };
         let len = (top + 1) * kvd;
-        let (keys, vals) = (&caches[s].keys(layer)[..len], &caches[s].values(layer)[..len]);
+        let (keys, vals) = (
+            &caches[s].keys(layer)[..len],
+            &caches[s].values(layer)[..len],
+        );
         let mut kf = vec![0f32; len];
         let mut vf = vec![0f32; len];
         widen(keys, &mut kf);
@@ -146,7 +149,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         s = x.mul_add(*y, s);
     }
-    let r = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let r = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
     (r[0] + r[2]) + (r[1] + r[3]) + s
 }
 
@@ -159,7 +167,10 @@ fn dot_f16_order(q: &[f32], k: &[f32]) -> f32 {
     let mut s = [[0f32; 16]; 4];
     for i in (0..np).step_by(64) {
         for (j, sj) in s.iter_mut().enumerate() {
-            let (qj, kj) = (&q[i + 16 * j..i + 16 * j + 16], &k[i + 16 * j..i + 16 * j + 16]);
+            let (qj, kj) = (
+                &q[i + 16 * j..i + 16 * j + 16],
+                &k[i + 16 * j..i + 16 * j + 16],
+            );
             for l in 0..16 {
                 sj[l] = qj[l].mul_add(kj[l], sj[l]);
             }
@@ -253,13 +264,7 @@ unsafe fn head_avx2(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn head_avx512(
-    h: &Head,
-    q: &[f32],
-    f16_acc: bool,
-    scratch: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+unsafe fn head_avx512(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, out: &mut [f32]) {
     head_kernel(h, q, f16_acc, scratch, out)
 }
 
@@ -365,7 +370,12 @@ mod tests {
             scale: 0.125,
         };
         let s: Vec<f64> = (3..n_pos)
-            .map(|p| (0..hd).map(|d| q[d] as f64 * kf[p * hd + d] as f64).sum::<f64>() * 0.125)
+            .map(|p| {
+                (0..hd)
+                    .map(|d| q[d] as f64 * kf[p * hd + d] as f64)
+                    .sum::<f64>()
+                    * 0.125
+            })
             .collect();
         let m = s.iter().cloned().fold(f64::MIN, f64::max);
         let w: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
@@ -375,7 +385,10 @@ mod tests {
             head_dispatch(&h, &q, f16_acc, &mut Vec::new(), &mut out);
             let mut portable = vec![0f32; hd];
             head_kernel(&h, &q, f16_acc, &mut Vec::new(), &mut portable);
-            assert_eq!(out, portable, "SIMD and portable differ (f16_acc {f16_acc})");
+            assert_eq!(
+                out, portable,
+                "SIMD and portable differ (f16_acc {f16_acc})"
+            );
             let tol = if f16_acc { 2e-2 } else { 1e-5 };
             for d in 0..hd {
                 let want: f64 = (0..w.len())

@@ -257,7 +257,13 @@ impl Model {
             let mut all = Vec::with_capacity(n * half);
             let mut rc = Vec::with_capacity(half);
             for t in batch {
-                ops::rope_cache(t.pos as f32, cfg.rope_scale, theta_scale, cfg.n_rot, &mut rc);
+                ops::rope_cache(
+                    t.pos as f32,
+                    cfg.rope_scale,
+                    theta_scale,
+                    cfg.n_rot,
+                    &mut rc,
+                );
                 all.extend_from_slice(&rc);
             }
             all
@@ -275,7 +281,9 @@ impl Model {
         let mut att = vec![0f32; n * cfg.q_dim()];
         for (il, l) in self.layers.iter().enumerate() {
             xn.copy_from_slice(&x);
-            self.rows(&mut xn, e, |_, r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps));
+            self.rows(&mut xn, e, |_, r| {
+                ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps)
+            });
             let [mut q, mut k, v]: [Vec<f32>; 3] = self
                 .linears(&[&l.wq, &l.wk, &l.wv], &xn, n)?
                 .try_into()
@@ -329,9 +337,9 @@ impl Model {
                         .zip(&u[i * nff..(i + 1) * nff])
                         .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b)
                 }),
-                Arch::Llama => {
-                    self.rows(&mut g, nff, |i, r| ops::swiglu(r, &u[i * nff..(i + 1) * nff]))
-                }
+                Arch::Llama => self.rows(&mut g, nff, |i, r| {
+                    ops::swiglu(r, &u[i * nff..(i + 1) * nff])
+                }),
             }
             let mut d = self.linear(&l.ffn_down, &g, n)?;
             if let Some(w) = &l.ffn_post_norm {
@@ -369,4 +377,3 @@ impl Model {
             .unwrap_or(GgmlType::F32)
     }
 }
-

@@ -61,13 +61,16 @@ pub fn expf_ggml(x: f32) -> f32 {
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
     let n = z - r;
     let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e), // ln2, low part
+        f32::from_bits(0x35bf_be8e),                  // ln2, low part
         (-n).mul_add(f32::from_bits(0x3f31_7200), x), // ln2, high part
     );
     let u = b * b;
     let j = f32::from_bits(0x3c07_2010)
         .mul_add(b, f32::from_bits(0x3d2b_9f17))
-        .mul_add(u, f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
     if (-125.0..=126.0).contains(&n) {
         // j * 2^n, exact: j is near 1 and the result stays normal.
@@ -150,7 +153,10 @@ mod tests {
         while x < 100.0 {
             let (got, want) = (expf_ggml(x), (x as f64).exp());
             if want < f32::MAX as f64 && want > 1e-37 {
-                assert!(((got as f64) - want).abs() <= 3e-7 * want, "{x}: {got} vs {want}");
+                assert!(
+                    ((got as f64) - want).abs() <= 3e-7 * want,
+                    "{x}: {got} vs {want}"
+                );
             }
             x += 0.0137;
         }

@@ -232,7 +232,11 @@ unsafe fn row_512<const TS: usize, const MIN: bool>(
         let (pa, pb) = (wp.add(b * TS), wp.add((b + 1) * TS));
         let y = _mm512_loadu_si512(yp.add(b * 32) as *const __m512i);
         let (q, signed) = load(pa, pb);
-        let f = if signed { dot_i8x64(q, y) } else { dot_u8x64(q, y) };
+        let f = if signed {
+            dot_i8x64(q, y)
+        } else {
+            dot_u8x64(q, y)
+        };
         let xdd = _mm_castsi128_ps(_mm_loadl_epi64(xd.add(b) as *const __m128i));
         let dd = _mm_mul_ps(f16_pair(pa, pb), xdd);
         if MIN {
@@ -242,11 +246,7 @@ unsafe fn row_512<const TS: usize, const MIN: bool>(
             summs += _mm_cvtss_f32(_mm_movehdup_ps(ms));
         }
         acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), lo8(f), acc);
-        acc = _mm256_fmadd_ps(
-            _mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
-            hi8(f),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), hi8(f), acc);
         b += 2;
     }
     let ty = match (TS, MIN) {

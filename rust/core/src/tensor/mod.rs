@@ -176,7 +176,7 @@ pub struct Activations<'x> {
 impl<'x> Activations<'x> {
     /// Quantize `n` rows of `x` for weights of type `ty`.
     pub fn new(pool: &ThreadPool, ty: GgmlType, x: &'x [f32], n: usize) -> Result<Self> {
-        if n == 0 || x.len() % n != 0 {
+        if n == 0 || !x.len().is_multiple_of(n) {
             return Err(Error::invalid(format!(
                 "{} activation values do not split into {n} rows",
                 x.len()
@@ -185,8 +185,10 @@ impl<'x> Activations<'x> {
         let cols = x.len() / n;
         let format = act_format(ty);
         let acts = match format {
-            ActFormat::Q8 if cols % 32 == 0 => Acts::Q8(quantize_rows(pool, x, cols, quantize_q8)),
-            ActFormat::Q8K if cols % 256 == 0 => {
+            ActFormat::Q8 if cols.is_multiple_of(32) => {
+                Acts::Q8(quantize_rows(pool, x, cols, quantize_q8))
+            }
+            ActFormat::Q8K if cols.is_multiple_of(256) => {
                 Acts::Q8K(quantize_rows(pool, x, cols, quantize_q8k))
             }
             ActFormat::F32 => Acts::F32,

@@ -73,7 +73,10 @@ impl Shared {
                 if cur >> 32 != epoch & 0xffff_ffff {
                     return 0;
                 }
-                match self.claim.compare_exchange_weak(cur, cur + 1, AcqRel, Acquire) {
+                match self
+                    .claim
+                    .compare_exchange_weak(cur, cur + 1, AcqRel, Acquire)
+                {
                     Ok(_) => break,
                     Err(c) => cur = c,
                 }
@@ -87,7 +90,10 @@ impl Shared {
             if cur >> 32 != epoch & 0xffff_ffff || (cur & 0xffff_ffff) as usize >= n {
                 return ran;
             }
-            match self.claim.compare_exchange_weak(cur, cur + 1, AcqRel, Acquire) {
+            match self
+                .claim
+                .compare_exchange_weak(cur, cur + 1, AcqRel, Acquire)
+            {
                 Ok(_) => {
                     self.call((cur & 0xffff_ffff) as usize);
                     self.done.fetch_add(1, Release);
@@ -218,9 +224,8 @@ impl ThreadPool {
             for i in c * per..r1 {
                 // SAFETY: rows [c*per, r1) belong to task c only, and lie inside `data`, which the
                 // caller borrows mutably for the whole call.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(base.get().add(i * row_len), row_len)
-                };
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(base.get().add(i * row_len), row_len) };
                 f(i, row);
             }
         });
@@ -304,7 +309,10 @@ mod tests {
                 pool.run(n, &|i| {
                     hits[i].fetch_add(1, Relaxed);
                 });
-                assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "{nt} threads, {n} tasks");
+                assert!(
+                    hits.iter().all(|h| h.load(Relaxed) == 1),
+                    "{nt} threads, {n} tasks"
+                );
             }
         }
     }
