@@ -61,3 +61,10 @@ class GgufReader:
 
 def read(path: str | os.PathLike[str], *, no_mmap: bool = False, mlock: bool = False) -> GgufReader:
     return GgufReader(path, no_mmap=no_mmap, mlock=mlock)
+
+
+def quantize(values: np.ndarray, type_name: str) -> bytes:
+    """Quantize f32 values (whole blocks) to GGUF blocks of `type_name` (F32, F16, BF16, Q8_0,
+    Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), rounding like ggml's reference quantizers."""
+    x = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    return _core.quantize(type_name.upper(), x.tobytes())

@@ -28,12 +28,14 @@ class Model:
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
                  n_threads: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
                  no_mmap: bool = False, mlock: bool = False, chat_template: str | None = None,
-                 alias: str | None = None):
+                 alias: str | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16"):
         self.path = Path(resolve(path_or_name))
         self._gguf = GgufReader(self.path, no_mmap=no_mmap, mlock=mlock)
         self.metadata: dict[str, Any] = self._gguf.metadata
         self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
-        self._core = _core.Model(str(self.path), n_threads=self.n_threads, no_mmap=no_mmap, mlock=mlock)
+        self._core = _core.Model(str(self.path), n_threads=self.n_threads, no_mmap=no_mmap, mlock=mlock,
+                                 cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+        self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
         self.tokenizer = Tokenizer.from_gguf(self.path)
         self.n_ctx = n_ctx if n_ctx > 0 else self._core.n_ctx_train
         self.n_batch = n_batch

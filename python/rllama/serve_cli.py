@@ -170,8 +170,6 @@ def unsupported(s: ServerSettings) -> list[str]:
         (s.rope_scaling == "yarn", "--rope-scaling yarn"),
         (s.rope_freq_base is not None, "--rope-freq-base"),
         (s.rope_freq_scale is not None, "--rope-freq-scale"),
-        (s.cache_type_k != "f16", "-ctk/--cache-type-k other than f16"),
-        (s.cache_type_v != "f16", "-ctv/--cache-type-v other than f16"),
         (s.spm_infill, "--spm-infill"),
         (s.ssl_key_file is not None or s.ssl_cert_file is not None, "--ssl-key-file/--ssl-cert-file"),
     ]

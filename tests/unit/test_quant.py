@@ -81,3 +81,52 @@ def test_unsupported_type_is_a_clean_error(tmp_path):
     write_tensor(p, Q.IQ2_XXS, raw.reshape(-1), 2 * bs)
     with pytest.raises(rllama.InvalidRequestError, match="not supported"):
         rllama.gguf.read(p).tensor("t").dequantize()
+
+
+def _rows_to_quantize(rng, n_blocks, bs):
+    x = rng.standard_normal((n_blocks, bs)).astype(np.float32) * rng.uniform(0.01, 10, (n_blocks, 1)).astype(np.float32)
+    x[0] = 0.0  # an all-zero block: scale 0
+    x[1] = 0.75  # a constant block: max == min
+    x[2, 5] = -x[2].__abs__().max() * 3  # a negative extreme
+    return x.reshape(-1)
+
+
+@pytest.mark.parametrize("qt", [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.BF16, Q.F16, Q.F32])
+def test_quantize_matches_gguf(qt):
+    """Our f32 -> block quantizers (KV cache types) give gguf's reference bytes exactly."""
+    rng = np.random.default_rng(int(qt))
+    bs = gguf.GGML_QUANT_SIZES[qt][0]
+    x = _rows_to_quantize(rng, 64, 32 if bs == 1 else bs)
+    want = gguf.quants.quantize(x.reshape(1, -1), qt).tobytes()
+    got = rllama.gguf.quantize(x, qt.name)
+    assert got == want
+
+
+def test_quantize_iq4_nl_snaps_to_the_grid_with_a_refined_scale():
+    """No numpy reference quantizes IQ4_NL: every value must sit on the grid point nearest x/d, and
+    the refined scale must fit at least as well (x²-weighted) as the plain max/127 one."""
+    rng = np.random.default_rng(7)
+    x = _rows_to_quantize(rng, 64, 32)
+    raw = np.frombuffer(rllama.gguf.quantize(x, "IQ4_NL"), dtype=np.uint8).reshape(-1, 18)
+    y = dequantize(raw, Q.IQ4_NL).reshape(-1, 32)
+    grid = np.array(gguf.quants.IQ4_NL.kvalues, dtype=np.float32)
+    d = raw[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1)
+    xb = x.reshape(-1, 32)
+    for b in range(len(xb)):
+        if d[b] == 0:
+            assert not np.any(xb[b]) or np.all(y[b] == 0)
+            continue
+        near = grid[np.abs(xb[b][:, None] / d[b] - grid[None, :]).argmin(axis=1)]
+        np.testing.assert_allclose(y[b], d[b] * near, rtol=1e-6)
+        m = xb[b][np.abs(xb[b]).argmax()]
+        d0 = np.float32(m / 127)
+        plain = d0 * grid[np.abs(xb[b][:, None] / d0 - grid[None, :]).argmin(axis=1)]
+        w = xb[b] ** 2
+        assert (w * (y[b] - xb[b]) ** 2).sum() <= (w * (plain - xb[b]) ** 2).sum() * 1.01 + 1e-12
+
+
+def test_quantize_rejects_bad_input():
+    with pytest.raises(rllama.RllamaError, match="multiple"):
+        rllama.gguf.quantize(np.zeros(31, np.float32), "Q4_0")
+    with pytest.raises(rllama.RllamaError, match="not supported"):
+        rllama.gguf.quantize(np.zeros(256, np.float32), "Q4_K")

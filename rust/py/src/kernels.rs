@@ -90,6 +90,23 @@ impl PyKernelMatrix {
 }
 
 /// The SIMD level the kernels use ("scalar", "avx2", "avx512").
+/// f32 values (little-endian bytes) quantized to `type_name` blocks.
+#[pyfunction]
+fn quantize<'py>(py: Python<'py>, type_name: &str, values: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let ty = GgmlType::from_name(type_name)
+        .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
+    let x = f32s(values);
+    let n = ty.row_bytes(x.len()).ok_or_else(|| {
+        to_py(Error::invalid(format!(
+            "{} values is not a multiple of the {ty} block size",
+            x.len()
+        )))
+    })?;
+    let mut out = vec![0u8; n];
+    rllama_core::quant::quantize::quantize_row(ty, &x, &mut out).map_err(to_py)?;
+    Ok(PyBytes::new(py, &out))
+}
+
 #[pyfunction]
 fn simd() -> &'static str {
     match simd_level() {
@@ -129,6 +146,7 @@ fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, iters: usize
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyKernelMatrix>()?;
     m.add_function(wrap_pyfunction!(simd, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use rllama_core::engine::{generate, GenerateParams, Generation, Sequence, StopReason, TokenEvent};
 use rllama_core::gguf::{GgufFile, LoadOptions};
+use rllama_core::kv::CacheTypes;
 use rllama_core::model::{BatchToken, Model};
 
 use crate::errors::to_py;
@@ -114,18 +115,24 @@ impl Drop for PyGeneration {
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false))]
+    #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16"))]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
         n_threads: usize,
         no_mmap: bool,
         mlock: bool,
+        cache_type_k: &str,
+        cache_type_v: &str,
     ) -> PyResult<Self> {
         let opts = LoadOptions { no_mmap, mlock };
+        let types = CacheTypes::parse(cache_type_k, cache_type_v).map_err(to_py)?;
         let m = py
             .detach(|| {
-                GgufFile::open(&path, &opts).and_then(|f| Model::load(Arc::new(f), n_threads))
+                let mut m = GgufFile::open(&path, &opts)
+                    .and_then(|f| Model::load(Arc::new(f), n_threads))?;
+                m.set_cache_types(types)?;
+                Ok::<_, rllama_core::Error>(m)
             })
             .map_err(to_py)?;
         Ok(Self {

@@ -1,31 +1,122 @@
-//! KV cache of one sequence: per layer, keys and values by position, stored as f16 (llama.cpp's
-//! default cache type). The Engine issue turns this into a paged cache shared by slots.
-
-use half::f16;
+//! KV cache of one sequence: per layer, keys and values by position, each position one row of
+//! `kv_dim` values stored as a GGUF block type (llama.cpp's `-ctk/-ctv`: f16 by default; f32,
+//! q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1). The Engine issue turns this into a paged cache shared
+//! by slots.
 
 use crate::error::{Error, Result};
+use crate::quant::quantize::quantize_row;
+use crate::quant::{dequantize, GgmlType};
+
+/// The types a cache can hold.
+pub const CACHE_TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::IQ4_NL,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+];
+
+/// The key and value types of a cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheTypes {
+    pub k: GgmlType,
+    pub v: GgmlType,
+}
+
+impl Default for CacheTypes {
+    fn default() -> Self {
+        Self {
+            k: GgmlType::F16,
+            v: GgmlType::F16,
+        }
+    }
+}
+
+impl CacheTypes {
+    /// Parse llama.cpp's names (`f16`, `q8_0`, …, any case).
+    pub fn parse(k: &str, v: &str) -> Result<Self> {
+        let one = |name: &str, which: &str| {
+            GgmlType::from_name(&name.to_ascii_uppercase())
+                .filter(|t| CACHE_TYPES.contains(t))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "unsupported cache type for {which}: {name} (use one of f32, f16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1)"
+                    ))
+                })
+        };
+        Ok(Self {
+            k: one(k, "K")?,
+            v: one(v, "V")?,
+        })
+    }
+}
+
+/// One of the two halves (keys or values) of a cache.
+struct Store {
+    ty: GgmlType,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl Store {
+    fn new(ty: GgmlType, n_rows: usize, kv_dim: usize) -> Result<Self> {
+        let row_bytes = ty.row_bytes(kv_dim).ok_or_else(|| {
+            Error::invalid(format!(
+                "cache type {} needs the KV width ({kv_dim}) to be a multiple of {}",
+                ty.name().to_ascii_lowercase(),
+                ty.block_size()
+            ))
+        })?;
+        let n = n_rows
+            .checked_mul(row_bytes)
+            .filter(|&n| n <= (1usize << 38))
+            .ok_or_else(|| Error::invalid("KV cache too large"))?;
+        Ok(Self {
+            ty,
+            row_bytes,
+            data: vec![0u8; n],
+        })
+    }
+
+    fn put(&mut self, row: usize, x: &[f32]) {
+        let at = row * self.row_bytes;
+        // The width and type were checked when the cache was made.
+        quantize_row(self.ty, x, &mut self.data[at..at + self.row_bytes])
+            .expect("cache rows are whole blocks of a quantizable type");
+    }
+
+    fn widen(&self, row0: usize, n_rows: usize, dst: &mut [f32]) {
+        let src = &self.data[row0 * self.row_bytes..(row0 + n_rows) * self.row_bytes];
+        if self.ty == GgmlType::F16 {
+            crate::quant::f16::widen_f16(src, dst);
+        } else {
+            dequantize(self.ty, src, dst).expect("cache rows are whole blocks of a known type");
+        }
+    }
+}
 
 pub struct KvCache {
     n_layer: usize,
     n_ctx: usize,
     kv_dim: usize,
-    k: Vec<f16>,
-    v: Vec<f16>,
+    k: Store,
+    v: Store,
 }
 
 impl KvCache {
-    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Result<Self> {
-        let n = n_layer
+    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize, types: CacheTypes) -> Result<Self> {
+        let rows = n_layer
             .checked_mul(n_ctx)
-            .and_then(|x| x.checked_mul(kv_dim))
-            .filter(|&n| n <= (1usize << 36))
             .ok_or_else(|| Error::invalid(format!("KV cache of {n_ctx} positions is too large")))?;
         Ok(Self {
             n_layer,
             n_ctx,
             kv_dim,
-            k: vec![f16::ZERO; n],
-            v: vec![f16::ZERO; n],
+            k: Store::new(types.k, rows, kv_dim)?,
+            v: Store::new(types.v, rows, kv_dim)?,
         })
     }
 
@@ -33,35 +124,69 @@ impl KvCache {
         self.n_ctx
     }
 
+    pub fn types(&self) -> CacheTypes {
+        CacheTypes {
+            k: self.k.ty,
+            v: self.v.ty,
+        }
+    }
+
     /// Bytes held by the cache.
     pub fn nbytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 2
+        self.k.data.len() + self.v.data.len()
     }
 
-    fn at(&self, layer: usize, pos: usize) -> usize {
+    fn row(&self, layer: usize, pos: usize) -> usize {
         debug_assert!(layer < self.n_layer && pos < self.n_ctx);
-        (layer * self.n_ctx + pos) * self.kv_dim
+        layer * self.n_ctx + pos
     }
 
+    /// Store the key and value rows (`kv_dim` values each) of `layer` at `pos`.
     pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let i = self.at(layer, pos);
-        use crate::quant::f16::f32_to_f16;
-        for (d, &s) in self.k[i..i + self.kv_dim].iter_mut().zip(k) {
-            *d = f16::from_bits(f32_to_f16(s));
-        }
-        for (d, &s) in self.v[i..i + self.kv_dim].iter_mut().zip(v) {
-            *d = f16::from_bits(f32_to_f16(s));
-        }
+        debug_assert!(k.len() == self.kv_dim && v.len() == self.kv_dim);
+        let r = self.row(layer, pos);
+        self.k.put(r, k);
+        self.v.put(r, v);
     }
 
-    /// Keys of `layer` for positions [0, n_ctx), row-major [pos][kv_dim].
-    pub fn keys(&self, layer: usize) -> &[f16] {
-        let i = self.at(layer, 0);
-        &self.k[i..i + self.n_ctx * self.kv_dim]
+    /// Keys of `layer` at positions [0, n_pos) as f32, row-major [pos][kv_dim], into `dst`.
+    pub fn widen_keys(&self, layer: usize, n_pos: usize, dst: &mut [f32]) {
+        self.k.widen(self.row(layer, 0), n_pos, dst);
     }
 
-    pub fn values(&self, layer: usize) -> &[f16] {
-        let i = self.at(layer, 0);
-        &self.v[i..i + self.n_ctx * self.kv_dim]
+    /// Values, as `widen_keys`.
+    pub fn widen_values(&self, layer: usize, n_pos: usize, dst: &mut [f32]) {
+        self.v.widen(self.row(layer, 0), n_pos, dst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cache_type_stores_and_widens() {
+        let kv_dim = 64;
+        let k: Vec<f32> = (0..kv_dim).map(|i| (i as f32 - 30.0) / 16.0).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x * 0.5).collect();
+        for ty in CACHE_TYPES {
+            let mut c = KvCache::new(2, 4, kv_dim, CacheTypes { k: ty, v: ty }).unwrap();
+            c.store(1, 2, &k, &v);
+            let mut out = vec![0f32; 3 * kv_dim];
+            c.widen_keys(1, 3, &mut out);
+            let err = out[2 * kv_dim..]
+                .iter()
+                .zip(&k)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 0.25, "{ty}: {err}");
+            assert!(out[..2 * kv_dim].iter().all(|&x| x == 0.0));
+            c.widen_values(1, 3, &mut out);
+            assert!((out[2 * kv_dim + 3] - v[3]).abs() < 0.25);
+        }
+        assert!(CacheTypes::parse("q8_0", "Q4_1").is_ok());
+        assert!(CacheTypes::parse("q4_k", "f16").is_err());
+        let bad = CacheTypes::parse("q8_0", "f16").unwrap();
+        assert!(KvCache::new(1, 4, 48, bad).is_err());
     }
 }

@@ -9,10 +9,8 @@
 //! value accumulator in f16, rescaled at each new maximum (an online softmax in one pass);
 //! larger batches work in f32.
 
-use half::f16;
-
-use crate::kv::KvCache;
-use crate::quant::f16::{f16_to_f32, round_f16};
+use crate::kv::{CacheTypes, KvCache};
+use crate::quant::f16::round_f16;
 use crate::tensor::{simd_level, SimdLevel, ThreadPool};
 
 use super::BatchToken;
@@ -62,18 +60,15 @@ pub fn attention(
         let Some(top) = batch.iter().filter(|t| t.seq == s).map(|t| t.pos).max() else {
             continue;
         };
-        let len = (top + 1) * kvd;
-        let (keys, vals) = (
-            &caches[s].keys(layer)[..len],
-            &caches[s].values(layer)[..len],
-        );
-        let mut kf = vec![0f32; len];
-        let mut vf = vec![0f32; len];
-        widen(keys, &mut kf);
-        widen(vals, &mut vf);
+        let mut kf = vec![0f32; (top + 1) * kvd];
+        let mut vf = vec![0f32; (top + 1) * kvd];
+        caches[s].widen_keys(layer, top + 1, &mut kf);
+        caches[s].widen_values(layer, top + 1, &mut vf);
         *slot = Some((kf, vf));
     }
-    let f16_acc = n < F32_ATTENTION_MIN_TOKENS;
+    // llama.cpp's f16-accumulating path exists for f16 caches; other cache types work in f32.
+    let f16_cache = |s: usize| caches[s].types() == CacheTypes::default();
+    let small = n < F32_ATTENTION_MIN_TOKENS;
     let group = p.n_head / p.n_head_kv;
     let out = OutPtr(att.as_mut_ptr());
     let n_tasks = n * p.n_head;
@@ -106,7 +101,7 @@ pub fn attention(
                 hi: t.pos,
                 scale: p.scale,
             };
-            head_dispatch(&head, qh, f16_acc, &mut scratch, o);
+            head_dispatch(&head, qh, small && f16_cache(t.seq), &mut scratch, o);
         }
     });
 }
@@ -292,24 +287,12 @@ fn round_f16_slice(x: &mut [f32]) {
 }
 
 /// f16 → f32 for a whole slice.
-fn widen(src: &[f16], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd_level() != SimdLevel::Scalar {
-        // SAFETY: as above.
-        unsafe { x86::widen(src, dst) };
-        return;
-    }
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = f16_to_f32(s.to_bits());
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use half::f16;
+
     use std::arch::x86_64::*;
 
-    use crate::quant::f16::{f16_to_f32, round_f16};
+    use crate::quant::f16::round_f16;
 
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn round_f16_slice(x: &mut [f32]) {
@@ -323,25 +306,13 @@ mod x86 {
             .iter_mut()
             .for_each(|v| *v = round_f16(*v));
     }
-
-    #[target_feature(enable = "avx,f16c")]
-    pub unsafe fn widen(src: &[f16], dst: &mut [f32]) {
-        let n = src.len().min(dst.len());
-        let mut i = 0;
-        while i + 8 <= n {
-            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-            i += 8;
-        }
-        for j in i..n {
-            dst[j] = f16_to_f32(src[j].to_bits());
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::f16::widen_f16;
+    use half::f16;
 
     /// Plain softmax attention in f64 over the f16-rounded cache.
     #[test]
@@ -355,8 +326,9 @@ mod tests {
             .collect();
         let q: Vec<f32> = (0..hd).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
         let (mut kf, mut vf) = (vec![0f32; keys.len()], vec![0f32; vals.len()]);
-        widen(&keys, &mut kf);
-        widen(&vals, &mut vf);
+        let bytes = |v: &[f16]| -> Vec<u8> { v.iter().flat_map(|h| h.to_le_bytes()).collect() };
+        widen_f16(&bytes(&keys), &mut kf);
+        widen_f16(&bytes(&vals), &mut vf);
         for (a, b) in kf.iter().zip(&keys) {
             assert_eq!(*a, b.to_f32());
         }

@@ -15,7 +15,7 @@ pub use config::{Arch, ModelConfig, RopeStyle};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::kv::KvCache;
+use crate::kv::{CacheTypes, KvCache};
 use crate::quant::{dequantize, GgmlType};
 use crate::tensor::{matmul_acts, simd_dispatch, Activations, QMatrix, ThreadPool};
 
@@ -45,6 +45,7 @@ pub struct Model {
     theta_scale: f32,
     theta_scale_swa: f32,
     pool: ThreadPool,
+    cache_types: CacheTypes,
 }
 
 /// One token of a batch: which sequence (index into the caches passed to `forward`), its
@@ -152,11 +153,24 @@ impl Model {
             theta_scale,
             theta_scale_swa,
             pool: ThreadPool::new(n_threads),
+            cache_types: CacheTypes::default(),
         })
     }
 
+    /// Store keys and values of caches made from now on as `types` (llama.cpp's `-ctk/-ctv`).
+    pub fn set_cache_types(&mut self, types: CacheTypes) -> Result<()> {
+        // Fails now, not at the first request, when the KV width does not fit the block size.
+        KvCache::new(1, 1, self.cfg.kv_dim(), types)?;
+        self.cache_types = types;
+        Ok(())
+    }
+
+    pub fn cache_types(&self) -> CacheTypes {
+        self.cache_types
+    }
+
     pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache> {
-        KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_dim())
+        KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_dim(), self.cache_types)
     }
 
     pub fn pool(&self) -> &ThreadPool {

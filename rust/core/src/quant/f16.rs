@@ -63,6 +63,35 @@ pub fn round_f16(x: f32) -> f32 {
     f16_to_f32(f32_to_f16(x))
 }
 
+/// Little-endian f16 values (`src`, two bytes each) widened to f32, with F16C where the CPU has it.
+pub fn widen_f16(src: &[u8], dst: &mut [f32]) {
+    let n = (src.len() / 2).min(dst.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::tensor::simd_level() != crate::tensor::SimdLevel::Scalar {
+        // SAFETY: F16C and AVX are present whenever the level is not Scalar.
+        i = unsafe { widen_f16c(&src[..2 * n], &mut dst[..n]) };
+    }
+    for j in i..n {
+        dst[j] = f16_to_f32(u16::from_le_bytes([src[2 * j], src[2 * j + 1]]));
+    }
+}
+
+/// Whole groups of eight; returns how many values were done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16c(src: &[u8], dst: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(src.as_ptr().add(2 * i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    i
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ mod dequant;
 pub mod dot;
 pub mod f16;
 pub mod q8;
+pub mod quantize;
 mod types;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
