@@ -295,9 +295,12 @@ impl Model {
         let mut att = vec![0f32; n * cfg.q_dim()];
         for (il, l) in self.layers.iter().enumerate() {
             xn.copy_from_slice(&x);
-            self.rows(&mut xn, e, |_, r| {
-                ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps)
-            });
+            self.rows(
+                &mut xn,
+                e,
+                #[inline(always)]
+                |_, r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps),
+            );
             let [mut q, mut k, v]: [Vec<f32>; 3] = self
                 .linears(&[&l.wq, &l.wk, &l.wv], &xn, n)?
                 .try_into()
@@ -305,16 +308,21 @@ impl Model {
             let swa = cfg.swa_layers[il];
             let table = if swa { &rope_swa } else { &rope_global };
             // QK-norm (gemma3) then RoPE, per token row.
-            let head_op = |norm: &Option<Vec<f32>>, i: usize, row: &mut [f32]| {
-                for h in row.chunks_exact_mut(hd) {
-                    if let Some(w) = norm {
-                        ops::rmsnorm(h, w, cfg.rms_eps);
-                    }
-                    ops::rope(&mut h[..cfg.n_rot], &table[i * half..(i + 1) * half], neox);
-                }
-            };
-            self.rows(&mut q, cfg.q_dim(), |i, r| head_op(&l.q_norm, i, r));
-            self.rows(&mut k, kvd, |i, r| head_op(&l.k_norm, i, r));
+            for (m, width, norm) in [(&mut q, cfg.q_dim(), &l.q_norm), (&mut k, kvd, &l.k_norm)] {
+                self.rows(
+                    m,
+                    width,
+                    #[inline(always)]
+                    |i, row| {
+                        for h in row.chunks_exact_mut(hd) {
+                            if let Some(w) = norm {
+                                ops::rmsnorm(h, w, cfg.rms_eps);
+                            }
+                            ops::rope(&mut h[..cfg.n_rot], &table[i * half..(i + 1) * half], neox);
+                        }
+                    },
+                );
+            }
             for (i, t) in batch.iter().enumerate() {
                 caches[t.seq].store(
                     il,
@@ -334,32 +342,65 @@ impl Model {
             attention(&self.pool, &params, batch, &q, &caches_ro, il, &mut att);
             let mut o = self.linear(&l.wo, &att, n)?;
             if let Some(w) = &l.attn_post_norm {
-                self.rows(&mut o, e, |_, r| ops::rmsnorm(r, w, cfg.rms_eps));
+                self.rows(
+                    &mut o,
+                    e,
+                    #[inline(always)]
+                    |_, r| ops::rmsnorm(r, w, cfg.rms_eps),
+                );
             }
-            self.rows(&mut x, e, |i, r| ops::add_into(r, &o[i * e..(i + 1) * e]));
+            self.rows(
+                &mut x,
+                e,
+                #[inline(always)]
+                |i, r| ops::add_into(r, &o[i * e..(i + 1) * e]),
+            );
 
             xn.copy_from_slice(&x);
-            self.rows(&mut xn, e, |_, r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps));
+            self.rows(
+                &mut xn,
+                e,
+                #[inline(always)]
+                |_, r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps),
+            );
             let [mut g, u]: [Vec<f32>; 2] = self
                 .linears(&[&l.ffn_gate, &l.ffn_up], &xn, n)?
                 .try_into()
                 .map_err(|_| Error::invalid("projection count"))?;
             let nff = cfg.n_ff;
             match cfg.arch {
-                Arch::Gemma3 => self.rows(&mut g, nff, |i, r| {
-                    r.iter_mut()
-                        .zip(&u[i * nff..(i + 1) * nff])
-                        .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b)
-                }),
-                Arch::Llama => self.rows(&mut g, nff, |i, r| {
-                    ops::swiglu(r, &u[i * nff..(i + 1) * nff])
-                }),
+                Arch::Gemma3 => self.rows(
+                    &mut g,
+                    nff,
+                    #[inline(always)]
+                    |i, r| {
+                        r.iter_mut()
+                            .zip(&u[i * nff..(i + 1) * nff])
+                            .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b)
+                    },
+                ),
+                Arch::Llama => self.rows(
+                    &mut g,
+                    nff,
+                    #[inline(always)]
+                    |i, r| ops::swiglu(r, &u[i * nff..(i + 1) * nff]),
+                ),
             }
             let mut d = self.linear(&l.ffn_down, &g, n)?;
             if let Some(w) = &l.ffn_post_norm {
-                self.rows(&mut d, e, |_, r| ops::rmsnorm(r, w, cfg.rms_eps));
+                self.rows(
+                    &mut d,
+                    e,
+                    #[inline(always)]
+                    |_, r| ops::rmsnorm(r, w, cfg.rms_eps),
+                );
             }
-            self.rows(&mut x, e, |i, r| ops::add_into(r, &d[i * e..(i + 1) * e]));
+            self.rows(
+                &mut x,
+                e,
+                #[inline(always)]
+                |i, r| ops::add_into(r, &d[i * e..(i + 1) * e]),
+            );
         }
 
         x.chunks_exact_mut(e)

@@ -185,12 +185,20 @@ impl<'x> Activations<'x> {
         let cols = x.len() / n;
         let format = act_format(ty);
         let acts = match format {
-            ActFormat::Q8 if cols.is_multiple_of(32) => {
-                Acts::Q8(quantize_rows(pool, x, cols, quantize_q8))
-            }
-            ActFormat::Q8K if cols.is_multiple_of(256) => {
-                Acts::Q8K(quantize_rows(pool, x, cols, quantize_q8k))
-            }
+            ActFormat::Q8 if cols.is_multiple_of(32) => Acts::Q8(quantize_rows(
+                pool,
+                x,
+                cols,
+                #[inline(always)]
+                |r, q| quantize_q8(r, q),
+            )),
+            ActFormat::Q8K if cols.is_multiple_of(256) => Acts::Q8K(quantize_rows(
+                pool,
+                x,
+                cols,
+                #[inline(always)]
+                |r, q| quantize_q8k(r, q),
+            )),
             ActFormat::F32 => Acts::F32,
             _ => {
                 return Err(Error::invalid(format!(
