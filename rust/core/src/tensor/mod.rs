@@ -184,6 +184,9 @@ impl<'x> Activations<'x> {
         }
         let cols = x.len() / n;
         let format = act_format(ty);
+        // The closures (not the bare functions) carry `inline(always)` into the SIMD-compiled
+        // dispatch; a function item is called through a shim compiled for the baseline.
+        #[allow(clippy::redundant_closure)]
         let acts = match format {
             ActFormat::Q8 if cols.is_multiple_of(32) => Acts::Q8(quantize_rows(
                 pool,
