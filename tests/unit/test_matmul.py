@@ -1,6 +1,7 @@
 """matmul against numpy (dequantized W times quantized-then-dequantized x), for every weight type
-the kernels dot, at every SIMD level this CPU has (forced through RLLAMA_SIMD in a subprocess):
-all levels must give identical results."""
+the kernels dot, at every SIMD level this CPU has (forced through RLLAMA_SIMD in a subprocess).
+Single-token products (token generation) are identical at every level; batches (prefill) may sum
+in another order on AVX-512 and agree to float tolerance."""
 
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ rng = np.random.default_rng(7)
 for ty in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]:
     qt = gguf.GGMLQuantizationType[ty]
     bs, ts = gguf.GGML_QUANT_SIZES[qt]
-    rows, cols, n = 40, 512, 3
+    rows, cols, n = 40, 512, 5
     raw, _ = random_blocks(qt, rows * cols // bs, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     for threads in (1, 2):
         m = _core.KernelMatrix(ty, raw.tobytes(), rows, cols, threads)
         y = np.frombuffer(m.matmul(x.tobytes(), n), dtype=np.float32).reshape(n, rows)
         out["results"][f"{{ty}}/{{threads}}"] = y.tolist()
+        y1 = np.frombuffer(m.matmul(x[:1].tobytes(), 1), dtype=np.float32)
+        out["results"][f"{{ty}}/gemv{{threads}}"] = y1.tolist()
     out["results"][ty + "/w"] = dequantize(raw.reshape(rows, -1), qt).astype(np.float64).tolist()
     out["results"][ty + "/x"] = x.tolist()
 print(json.dumps(out))
@@ -84,9 +87,14 @@ def test_matches_numpy(levels):
         np.testing.assert_array_equal(np.array(out[ty + "/2"]), got)  # thread count changes nothing
 
 
-def test_every_level_identical(levels):
+def test_every_level_agrees(levels):
     assert "scalar" in levels
     base = levels["scalar"]["results"]
     for level, out in levels.items():
         for key, val in out["results"].items():
-            assert val == base[key], (level, key)
+            if "/gemv" in key or key.endswith(("/w", "/x")):
+                assert val == base[key], (level, key)
+            else:
+                # Cancellation in random sums: tolerance relative to the largest output as well.
+                atol = 1e-5 * np.abs(np.array(base[key])).max()
+                np.testing.assert_allclose(val, base[key], rtol=1e-4, atol=atol, err_msg=f"{level} {key}")

@@ -135,6 +135,11 @@ impl GgmlType {
     }
 
     /// Elements per block.
+    /// Whether blocks carry a minimum (an offset added to every value) besides the scale.
+    pub fn has_min(self) -> bool {
+        matches!(self, GgmlType::Q4_1 | GgmlType::Q5_1)
+    }
+
     pub fn block_size(self) -> usize {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,

@@ -285,60 +285,191 @@ unsafe fn hsum_f32_8_tail(
     hsum_f32_8(acc) + summs
 }
 
-/// A weight row unpacked once for many tokens: int8 values, per-block scales and mins.
-#[derive(Default)]
-pub struct UnpackedRow {
-    pub q: Vec<i8>,
-    pub d: Vec<f32>,
-    pub m: Vec<f32>,
+// ---- AVX-512 (VNNI) gemm for prefill: weights as unsigned bytes (value + a per-type offset), so
+// VNNI multiplies them by the signed activations directly; the offset's share (offset × the sum
+// of each lane's four activations) is precomputed per token and starts the integer sum. Sixteen
+// lanes accumulate two blocks at once (block pairs), so sums round differently from the
+// single-token order (as llama.cpp's own prefill kernels do from its decode kernels).
+
+/// The offset that makes a legacy type's values unsigned bytes.
+pub fn gemm_offset(ty: super::GgmlType) -> u8 {
+    use super::GgmlType::*;
+    match ty {
+        Q4_0 => 8,
+        Q5_0 => 16,
+        Q4_1 | Q5_1 => 0,
+        _ => 128, // Q8_0, IQ4_NL
+    }
 }
 
-/// out[k] = row · xs[k] for up to four tokens at a time, each in the single-token order.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_unpacked_512(u: &UnpackedRow, xs: &[Q8Row], out: &mut [f32]) {
-    let nb = u.d.len();
-    let has_m = !u.m.is_empty();
-    for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
-        let k_n = xs.len();
-        for x in xs {
-            assert!(x.d.len() >= nb && x.s.len() >= nb && x.q.len() >= nb * 32);
-        }
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut b = 0;
-        while b + 2 <= nb {
-            let w = _mm512_loadu_si512(u.q.as_ptr().add(b * 32) as *const __m512i);
-            let neg = _mm512_movepi8_mask(w);
-            let aw = _mm512_abs_epi8(w);
-            for k in 0..k_n {
-                let x = &xs[k];
-                let y = _mm512_loadu_si512(x.q.as_ptr().add(b * 32) as *const __m512i);
-                let ys = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-                let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, ys));
-                let da = _mm256_set1_ps(u.d[b] * x.d[b]);
-                let db = _mm256_set1_ps(u.d[b + 1] * x.d[b + 1]);
-                acc[k] = _mm256_fmadd_ps(da, lo8(f), acc[k]);
-                acc[k] = _mm256_fmadd_ps(db, hi8(f), acc[k]);
-            }
-            b += 2;
-        }
-        // The mins' terms, each token's sum in block order (independent chains side by side).
-        let mut summs = [0f32; 4];
-        if has_m {
-            for bb in 0..nb {
-                for k in 0..k_n {
-                    summs[k] += u.m[bb] * xs[k].s[bb];
+/// A batch of Q8 activation rows laid out for `gemm_row_512`: per token and block pair, the 64
+/// int8 values, the 16 lanes of −offset·(sum of the lane's four values), and the 16 lane scales
+/// [d_a ×8, d_b ×8]; per token the block sums `s` padded to a multiple of 16.
+#[derive(Default)]
+pub struct GemmActs {
+    n_pairs: usize,
+    n_s: usize,
+    q: Vec<i8>,
+    corr: Vec<i32>,
+    d16: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// One weight row laid out for `gemm_row_512`.
+#[derive(Default)]
+pub struct GemmRow {
+    q: Vec<u8>,
+    d16: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl GemmActs {
+    /// Lay out `xs` (rows of `nb` blocks) for weights of offset `offset`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn new(xs: &[Q8Row], nb: usize, offset: u8) -> Self {
+        let n_pairs = nb.div_ceil(2);
+        let n_s = nb.div_ceil(16) * 16;
+        let n = xs.len();
+        let mut a = GemmActs {
+            n_pairs,
+            n_s,
+            q: vec![0; n * n_pairs * 64],
+            corr: vec![0; n * n_pairs * 16],
+            d16: vec![0.0; n * n_pairs * 16],
+            s: vec![0.0; n * n_s],
+        };
+        let off = _mm512_set1_epi8(offset as i8);
+        for (t, x) in xs.iter().enumerate() {
+            assert!(x.q.len() >= nb * 32 && x.d.len() >= nb && x.s.len() >= nb);
+            let q = &mut a.q[t * n_pairs * 64..(t + 1) * n_pairs * 64];
+            q[..nb * 32].copy_from_slice(std::slice::from_raw_parts(x.q.as_ptr(), nb * 32));
+            for p in 0..n_pairs {
+                let v = _mm512_loadu_si512(q.as_ptr().add(p * 64) as *const __m512i);
+                let c = _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, v),
+                );
+                _mm512_storeu_si512(
+                    a.corr.as_mut_ptr().add((t * n_pairs + p) * 16) as *mut __m512i,
+                    c,
+                );
+                let d = &mut a.d16[(t * n_pairs + p) * 16..(t * n_pairs + p + 1) * 16];
+                d[..8].fill(x.d[2 * p]);
+                if 2 * p + 1 < nb {
+                    d[8..].fill(x.d[2 * p + 1]);
                 }
             }
+            a.s[t * n_s..t * n_s + nb].copy_from_slice(&x.s[..nb]);
         }
-        for k in 0..k_n {
-            let x = &xs[k];
-            if b < nb {
-                let dv = _mm256_set1_ps(u.d[b] * x.d[b]);
-                let qx = _mm256_loadu_si256(u.q.as_ptr().add(b * 32) as *const __m256i);
-                let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
-                acc[k] = _mm256_fmadd_ps(dv, mul_sum_i8(qx, qy), acc[k]);
+        a
+    }
+}
+
+impl GemmRow {
+    /// Fill from unpacked blocks (values, scales, mins) of one row; `offset` from `gemm_offset`.
+    pub fn fill(&mut self, blocks: impl Iterator<Item = super::dot::Block>, nb: usize, offset: u8) {
+        let n_pairs = nb.div_ceil(2);
+        self.q.clear();
+        self.q.resize(n_pairs * 64, 0);
+        self.d16.clear();
+        self.d16.resize(n_pairs * 16, 0.0);
+        self.m.clear();
+        self.m.resize(nb.div_ceil(16) * 16, 0.0);
+        for (b, blk) in blocks.enumerate() {
+            for (o, &v) in self.q[b * 32..b * 32 + 32].iter_mut().zip(&blk.q) {
+                *o = (v as u8).wrapping_add(offset);
             }
-            out[k] = hsum_f32_8(acc[k]) + summs[k];
+            self.d16[b * 8..b * 8 + 8].fill(blk.d);
+            self.m[b] = blk.m.unwrap_or(0.0);
+        }
+    }
+}
+
+/// outs[r][t] = rows[r] · token t for every token of `a`, up to four rows at a time (each row's
+/// output slice as long as the token count).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_rows_512(
+    rows: &[&GemmRow],
+    a: &GemmActs,
+    has_min: bool,
+    outs: &mut [&mut [f32]],
+) {
+    let n = outs.first().map_or(0, |o| o.len());
+    assert!(rows.len() == outs.len() && rows.len() <= 4);
+    assert!(a.q.len() >= n * a.n_pairs * 64 && a.s.len() >= n * a.n_s);
+    for (w, o) in rows.iter().zip(outs.iter()) {
+        assert!(w.q.len() == a.n_pairs * 64 && w.d16.len() == a.n_pairs * 16);
+        assert!(w.m.len() == a.n_s && o.len() == n);
+    }
+    match rows.len() {
+        4 => tokens_512::<4>(rows, a, has_min, outs, n),
+        3 => tokens_512::<3>(rows, a, has_min, outs, n),
+        2 => tokens_512::<2>(rows, a, has_min, outs, n),
+        1 => tokens_512::<1>(rows, a, has_min, outs, n),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+unsafe fn tokens_512<const R: usize>(
+    rows: &[&GemmRow],
+    a: &GemmActs,
+    has_min: bool,
+    outs: &mut [&mut [f32]],
+    n: usize,
+) {
+    let mut t = 0;
+    while t + 4 <= n {
+        tile_512::<R, 4>(rows, a, t, has_min, outs);
+        t += 4;
+    }
+    while t < n {
+        tile_512::<R, 1>(rows, a, t, has_min, outs);
+        t += 1;
+    }
+}
+
+/// R rows × K tokens from token `t0`: the activations of a block pair are loaded once for all
+/// R rows, the weights once for all K tokens.
+#[inline(always)]
+unsafe fn tile_512<const R: usize, const K: usize>(
+    rows: &[&GemmRow],
+    a: &GemmActs,
+    t0: usize,
+    has_min: bool,
+    outs: &mut [&mut [f32]],
+) {
+    let np = a.n_pairs;
+    let mut acc = [[_mm512_setzero_ps(); K]; R];
+    for p in 0..np {
+        let mut x = [_mm512_setzero_si512(); K];
+        for (k, x) in x.iter_mut().enumerate() {
+            *x = _mm512_loadu_si512(a.q.as_ptr().add(((t0 + k) * np + p) * 64) as *const __m512i);
+        }
+        for r in 0..R {
+            let w = rows[r];
+            let wq = _mm512_loadu_si512(w.q.as_ptr().add(p * 64) as *const __m512i);
+            let wd = _mm512_loadu_ps(w.d16.as_ptr().add(p * 16));
+            for k in 0..K {
+                let at = (t0 + k) * np + p;
+                let c = _mm512_loadu_si512(a.corr.as_ptr().add(at * 16) as *const __m512i);
+                let sum = _mm512_dpbusd_epi32(c, wq, x[k]);
+                let dd = _mm512_mul_ps(wd, _mm512_loadu_ps(a.d16.as_ptr().add(at * 16)));
+                acc[r][k] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sum), acc[r][k]);
+            }
+        }
+    }
+    for r in 0..R {
+        for k in 0..K {
+            let mut v = acc[r][k];
+            if has_min {
+                let s = a.s.as_ptr().add((t0 + k) * a.n_s);
+                let m = rows[r].m.as_ptr();
+                for j in (0..a.n_s).step_by(16) {
+                    v = _mm512_fmadd_ps(_mm512_loadu_ps(m.add(j)), _mm512_loadu_ps(s.add(j)), v);
+                }
+            }
+            outs[r][t0 + k] = _mm512_reduce_add_ps(v);
         }
     }
 }

@@ -171,6 +171,9 @@ pub struct Activations<'x> {
     n: usize,
     format: ActFormat,
     acts: Acts,
+    /// The AVX-512 prefill layout, made on first use (with the weight offset it was made for).
+    #[cfg(target_arch = "x86_64")]
+    gemm: OnceLock<(u8, crate::quant::x86::GemmActs)>,
 }
 
 impl<'x> Activations<'x> {
@@ -209,7 +212,14 @@ impl<'x> Activations<'x> {
                 )))
             }
         };
-        Ok(Self { x, n, format, acts })
+        Ok(Self {
+            x,
+            n,
+            format,
+            acts,
+            #[cfg(target_arch = "x86_64")]
+            gemm: OnceLock::new(),
+        })
     }
 
     /// Whether these activations can be multiplied by weights of type `ty`.
@@ -261,7 +271,16 @@ unsafe impl Send for OutPtr {}
 
 /// Rows [r0, r1) of y = W·x for every token.
 #[inline(always)]
-fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+fn rows_kernel(
+    w: &QMatrix,
+    acts: &Acts,
+    gemm: Option<&Gemm>,
+    x: &[f32],
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &OutPtr,
+) {
     let put = |t: usize, r: usize, v: f32| {
         // SAFETY: t < n and r < w.rows, so the index is inside y (n*rows values); row r belongs to
         // this task only (see OutPtr).
@@ -274,39 +293,43 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
             #[cfg(target_arch = "x86_64")]
             let fast512 = simd_level() == SimdLevel::Avx512;
             #[cfg(target_arch = "x86_64")]
-            let mut unpacked = crate::quant::x86::UnpackedRow::default();
-            #[cfg(target_arch = "x86_64")]
-            let mut col = vec![0f32; n];
+            if let (Some(g), true) = (gemm, fast512) {
+                // Prefill on AVX-512: four rows at a time against every token.
+                use crate::quant::x86;
+                let (nb, off) = (w.cols / 32, x86::gemm_offset(w.ty));
+                let mut grows: [x86::GemmRow; 4] = Default::default();
+                let mut cols = vec![vec![0f32; n]; 4];
+                let mut r = r0;
+                while r < r1 {
+                    let m = (r1 - r).min(4);
+                    for (i, gr) in grows[..m].iter_mut().enumerate() {
+                        let row = w.row(r + i);
+                        gr.fill(row.chunks_exact(ts).map(|b| unpack_block(w.ty, b)), nb, off);
+                    }
+                    let refs: Vec<&x86::GemmRow> = grows[..m].iter().collect();
+                    let mut outs: Vec<&mut [f32]> =
+                        cols[..m].iter_mut().map(|c| c.as_mut_slice()).collect();
+                    // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
+                    unsafe { x86::gemm_rows_512(&refs, g, w.ty.has_min(), &mut outs) };
+                    for (i, c) in cols[..m].iter().enumerate() {
+                        for (t, &v) in c.iter().enumerate() {
+                            put(t, r + i, v);
+                        }
+                    }
+                    r += m;
+                }
+                return;
+            }
             for r in r0..r1 {
                 let row = w.row(r);
                 prefetch_row(w, r + 2, r1);
                 #[cfg(target_arch = "x86_64")]
-                if fast512 {
-                    use crate::quant::x86;
-                    if n == 1 && x86::has_avx512_dot(w.ty) {
-                        // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
-                        put(0, r, unsafe { x86::dot_row_512(w.ty, row, &xs[0]) });
-                        continue;
-                    }
-                    if n > 1 {
-                        unpacked.q.clear();
-                        unpacked.d.clear();
-                        unpacked.m.clear();
-                        for b in row.chunks_exact(ts) {
-                            let blk = unpack_block(w.ty, b);
-                            unpacked.q.extend_from_slice(&blk.q);
-                            unpacked.d.push(blk.d);
-                            if let Some(m) = blk.m {
-                                unpacked.m.push(m);
-                            }
-                        }
-                        // SAFETY: as above.
-                        unsafe { x86::dot_unpacked_512(&unpacked, xs, &mut col) };
-                        for (t, &v) in col.iter().enumerate() {
-                            put(t, r, v);
-                        }
-                        continue;
-                    }
+                if fast512 && n == 1 && crate::quant::x86::has_avx512_dot(w.ty) {
+                    // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
+                    put(0, r, unsafe {
+                        crate::quant::x86::dot_row_512(w.ty, row, &xs[0])
+                    });
+                    continue;
                 }
                 if n > 1 {
                     // Prefill: decode the row once, reuse it for every token.
@@ -372,13 +395,14 @@ fn rows_kernel(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usi
 unsafe fn rows_avx2(
     w: &QMatrix,
     acts: &Acts,
+    gemm: Option<&Gemm>,
     x: &[f32],
     n: usize,
     r0: usize,
     r1: usize,
     y: &OutPtr,
 ) {
-    rows_kernel(w, acts, x, n, r0, r1, y)
+    rows_kernel(w, acts, gemm, x, n, r0, r1, y)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -386,23 +410,66 @@ unsafe fn rows_avx2(
 unsafe fn rows_avx512(
     w: &QMatrix,
     acts: &Acts,
+    gemm: Option<&Gemm>,
     x: &[f32],
     n: usize,
     r0: usize,
     r1: usize,
     y: &OutPtr,
 ) {
-    rows_kernel(w, acts, x, n, r0, r1, y)
+    rows_kernel(w, acts, gemm, x, n, r0, r1, y)
 }
 
-fn rows_dispatch(w: &QMatrix, acts: &Acts, x: &[f32], n: usize, r0: usize, r1: usize, y: &OutPtr) {
+#[allow(clippy::too_many_arguments)]
+fn rows_dispatch(
+    w: &QMatrix,
+    acts: &Acts,
+    gemm: Option<&Gemm>,
+    x: &[f32],
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &OutPtr,
+) {
     match simd_level() {
         // SAFETY: the level is only chosen when the CPU reports these features.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { rows_avx512(w, acts, x, n, r0, r1, y) },
+        SimdLevel::Avx512 => unsafe { rows_avx512(w, acts, gemm, x, n, r0, r1, y) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { rows_avx2(w, acts, x, n, r0, r1, y) },
-        _ => rows_kernel(w, acts, x, n, r0, r1, y),
+        SimdLevel::Avx2 => unsafe { rows_avx2(w, acts, gemm, x, n, r0, r1, y) },
+        _ => rows_kernel(w, acts, gemm, x, n, r0, r1, y),
+    }
+}
+
+/// The prefill layout of the activations (AVX-512 only; elsewhere a type with no values).
+#[cfg(target_arch = "x86_64")]
+type Gemm = crate::quant::x86::GemmActs;
+#[cfg(not(target_arch = "x86_64"))]
+enum Gemm {}
+
+/// The AVX-512 prefill layout of `a` for `w`'s type when that path applies: cached in `a` for
+/// the first weight offset asked for, else built into `own`.
+fn gemm_layout<'a>(w: &QMatrix, a: &'a Activations, own: &'a mut Option<Gemm>) -> Option<&'a Gemm> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::quant::x86;
+        let Acts::Q8(xs) = &a.acts else { return None };
+        if a.n < 2 || simd_level() != SimdLevel::Avx512 {
+            return None;
+        }
+        let off = x86::gemm_offset(w.ty);
+        // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
+        let make = || unsafe { x86::GemmActs::new(xs, w.cols / 32, off) };
+        let (o, g) = a.gemm.get_or_init(|| (off, make()));
+        if *o == off {
+            return Some(g);
+        }
+        return Some(own.insert(make()));
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (w, a, own);
+        None
     }
 }
 
@@ -479,6 +546,8 @@ pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations, y: &mut [f32
     }
     check_weights(w)?;
     let (acts, x) = (&a.acts, a.x);
+    let mut own_gemm = None;
+    let gemm = gemm_layout(w, a, &mut own_gemm);
     let out = OutPtr(y.as_mut_ptr());
     let nt = pool.n_threads();
     // Enough chunks to balance the threads, each big enough to amortize scheduling.
@@ -492,7 +561,7 @@ pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations, y: &mut [f32
         let r0 = c * per;
         let r1 = ((c + 1) * per).min(w.rows);
         if r0 < r1 {
-            rows_dispatch(w, acts, x, n_tokens, r0, r1, &out);
+            rows_dispatch(w, acts, gemm, x, n_tokens, r0, r1, &out);
         }
     });
     Ok(())
