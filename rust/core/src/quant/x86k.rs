@@ -148,13 +148,18 @@ pub unsafe fn dot_q6k_avx2(w: &[u8], x: &Q8KRow) -> f32 {
     sumf
 }
 
-/// Up to four tokens against a row unpacked in `u` (`xp` holds four rows; repeats are fine).
+/// One or four tokens against a row unpacked in `u` (a short batch repeats its last token).
 #[inline(always)]
-unsafe fn gemm4_avx2<const SIGNED: bool>(u: &KRow, xp: [&Q8KRow; 4], nb: usize) -> [f32; 4] {
+unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
+    u: &KRow,
+    xp: [&Q8KRow; NT],
+    nb: usize,
+) -> [f32; 4] {
     let mut sumf = _mm_setzero_ps();
+    let mut sum1 = 0f32;
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
-        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut acc = [_mm256_setzero_si256(); NT];
         let sc = u.sc.as_ptr().add(16 * b);
         for v in 0..8 {
             let mut w = _mm256_loadu_si256(u.q.as_ptr().add(256 * b + 32 * v) as *const __m256i);
@@ -166,7 +171,7 @@ unsafe fn gemm4_avx2<const SIGNED: bool>(u: &KRow, xp: [&Q8KRow; 4], nb: usize) 
                 _mm_set1_epi16(*sc.add(2 * v + 1)),
                 _mm_set1_epi16(*sc.add(2 * v)),
             );
-            for k in 0..4 {
+            for k in 0..NT {
                 let mut y = _mm256_loadu_si256(xq[k].add(256 * b + 32 * v) as *const __m256i);
                 if SIGNED {
                     y = _mm256_sign_epi8(y, sw);
@@ -177,10 +182,41 @@ unsafe fn gemm4_avx2<const SIGNED: bool>(u: &KRow, xp: [&Q8KRow; 4], nb: usize) 
                 );
             }
         }
-        sumf = combine4(u, &xp, b, acc, sumf);
+        combine(u, &xp, b, acc, &mut sumf, &mut sum1);
     }
+    finish(sumf, sum1, NT)
+}
+
+/// Add super-block `b`'s contribution for one or four tokens whose integer sums are in `acc`.
+#[inline(always)]
+unsafe fn combine<const NT: usize>(
+    u: &KRow,
+    xp: &[&Q8KRow; NT],
+    b: usize,
+    acc: [__m256i; NT],
+    sumf: &mut __m128,
+    sum1: &mut f32,
+) {
+    if NT == 4 {
+        let xp4 = [xp[0], xp[1 % NT], xp[2 % NT], xp[3 % NT]];
+        let acc4 = [acc[0], acc[1 % NT], acc[2 % NT], acc[3 % NT]];
+        *sumf = combine4(u, &xp4, b, acc4, *sumf);
+    } else {
+        let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
+        let bs = _mm256_loadu_si256(xp[0].bsums.as_ptr().add(16 * b) as *const __m256i);
+        let (sumi, summ) = hsum2(acc[0], _mm256_madd_epi16(bs, mn));
+        *sum1 += kblock_combine(u.fold, u.d[b], u.dmin[b], xp[0].d[b], sumi, summ);
+    }
+}
+
+#[inline(always)]
+unsafe fn finish(sumf: __m128, sum1: f32, nt: usize) -> [f32; 4] {
     let mut out = [0f32; 4];
-    _mm_storeu_ps(out.as_mut_ptr(), sumf);
+    if nt == 4 {
+        _mm_storeu_ps(out.as_mut_ptr(), sumf);
+    } else {
+        out[0] = sum1;
+    }
     out
 }
 
@@ -236,15 +272,16 @@ fn quad(xs: &[Q8KRow]) -> [&Q8KRow; 4] {
     [&xs[0], &xs[1.min(last)], &xs[2.min(last)], &xs[3.min(last)]]
 }
 
-/// out[t] = row · xs[t], four tokens per pass over the unpacked row.
+/// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm_k_avx2(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
     let nb = check_row(u, xs, out);
     for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
-        let r = if u.signed {
-            gemm4_avx2::<true>(u, quad(xs), nb)
-        } else {
-            gemm4_avx2::<false>(u, quad(xs), nb)
+        let r = match (u.signed, xs.len()) {
+            (true, 1) => gemm4_avx2::<true, 1>(u, [&xs[0]], nb),
+            (false, 1) => gemm4_avx2::<false, 1>(u, [&xs[0]], nb),
+            (true, _) => gemm4_avx2::<true, 4>(u, quad(xs), nb),
+            (false, _) => gemm4_avx2::<false, 4>(u, quad(xs), nb),
         };
         out.copy_from_slice(&r[..out.len()]);
     }
@@ -371,15 +408,20 @@ pub unsafe fn dot_q6k_512(w: &[u8], x: &Q8KRow) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn gemm4_512<const SIGNED: bool>(u: &KRow, xp: [&Q8KRow; 4], nb: usize) -> [f32; 4] {
+unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
+    u: &KRow,
+    xp: [&Q8KRow; NT],
+    nb: usize,
+) -> [f32; 4] {
     let ix = [idx(&IDX16, 0), idx(&IDX16, 1), idx(&IDX16, 2), idx(&IDX16, 3)];
     let mut sumf = _mm_setzero_ps();
+    let mut sum1 = 0f32;
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let sc512 = _mm512_castsi256_si512(_mm256_loadu_si256(
             u.sc.as_ptr().add(16 * b) as *const __m256i
         ));
-        let mut acc = [_mm512_setzero_si512(); 4];
+        let mut acc = [_mm512_setzero_si512(); NT];
         for (v, ixv) in ix.iter().enumerate() {
             let mut w = _mm512_loadu_si512(u.q.as_ptr().add(256 * b + 64 * v) as *const __m512i);
             let scv = _mm512_permutexvar_epi16(*ixv, sc512);
@@ -390,7 +432,7 @@ unsafe fn gemm4_512<const SIGNED: bool>(u: &KRow, xp: [&Q8KRow; 4], nb: usize) -
             } else {
                 0
             };
-            for k in 0..4 {
+            for k in 0..NT {
                 let mut y = _mm512_loadu_si512(xq[k].add(256 * b + 64 * v) as *const __m512i);
                 if SIGNED {
                     y = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
@@ -398,22 +440,21 @@ unsafe fn gemm4_512<const SIGNED: bool>(u: &KRow, xp: [&Q8KRow; 4], nb: usize) -
                 acc[k] = _mm512_dpwssd_epi32(acc[k], _mm512_maddubs_epi16(w, y), scv);
             }
         }
-        sumf = combine4(u, &xp, b, acc.map(|a| fold512(a)), sumf);
+        combine(u, &xp, b, acc.map(|a| fold512(a)), &mut sumf, &mut sum1);
     }
-    let mut out = [0f32; 4];
-    _mm_storeu_ps(out.as_mut_ptr(), sumf);
-    out
+    finish(sumf, sum1, NT)
 }
 
-/// out[t] = row · xs[t], four tokens per pass over the unpacked row.
+/// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm_k_512(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
     let nb = check_row(u, xs, out);
     for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
-        let r = if u.signed {
-            gemm4_512::<true>(u, quad(xs), nb)
-        } else {
-            gemm4_512::<false>(u, quad(xs), nb)
+        let r = match (u.signed, xs.len()) {
+            (true, 1) => gemm4_512::<true, 1>(u, [&xs[0]], nb),
+            (false, 1) => gemm4_512::<false, 1>(u, [&xs[0]], nb),
+            (true, _) => gemm4_512::<true, 4>(u, quad(xs), nb),
+            (false, _) => gemm4_512::<false, 4>(u, quad(xs), nb),
         };
         out.copy_from_slice(&r[..out.len()]);
     }

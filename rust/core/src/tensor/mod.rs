@@ -627,7 +627,7 @@ mod tests {
                     .map(|j| (((j * 7919 + i * 13) % 1013) as f32 - 506.0) / 300.0)
                     .collect();
                 let want = reference_k(&w, &x, n);
-                assert!(want.iter().any(|v| v.abs() > 10.0), "{ty}: degenerate test data");
+                assert!(want.iter().any(|v| v.abs() > 1.0), "{ty}: degenerate test data");
                 let mut first: Option<Vec<f32>> = None;
                 for level in levels() {
                     for threads in [1, 2, 3] {
