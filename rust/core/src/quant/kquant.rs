@@ -85,30 +85,30 @@ pub fn q3k_scales(s: &[u8]) -> [i8; 16] {
 pub fn unpack_kblock(
     ty: GgmlType,
     blk: &[u8],
-    q: &mut [u8],
-    sc: &mut [i16],
-    mn: &mut [i16],
+    q: &mut [u8; 256],
+    sc: &mut [i16; 16],
+    mn: &mut [i16; 16],
 ) -> (f32, f32) {
     use GgmlType::*;
-    let (q, sc, mn) = (&mut q[..256], &mut sc[..16], &mut mn[..16]);
     match ty {
         Q4_K | Q5_K => {
             let sm = k4_scales_mins(&blk[4..16]);
-            let (qh, ql) = if ty == Q5_K {
-                (&blk[16..48], &blk[48..176])
-            } else {
-                (&blk[0..0], &blk[16..144])
-            };
+            let ql: &[u8; 128] = blk[16 + 32 * (ty == Q5_K) as usize..][..128]
+                .try_into()
+                .unwrap();
             for n in 0..4 {
-                let src = &ql[32 * n..32 * n + 32];
                 for l in 0..32 {
-                    let (mut lo, mut hi) = (src[l] & 15, src[l] >> 4);
-                    if ty == Q5_K {
-                        lo |= ((qh[l] >> (2 * n)) & 1) << 4;
-                        hi |= ((qh[l] >> (2 * n + 1)) & 1) << 4;
+                    q[64 * n + l] = ql[32 * n + l] & 15;
+                    q[64 * n + 32 + l] = ql[32 * n + l] >> 4;
+                }
+            }
+            if ty == Q5_K {
+                let qh: &[u8; 32] = blk[16..48].try_into().unwrap();
+                for n in 0..4 {
+                    for l in 0..32 {
+                        q[64 * n + l] |= ((qh[l] >> (2 * n)) & 1) << 4;
+                        q[64 * n + 32 + l] |= ((qh[l] >> (2 * n + 1)) & 1) << 4;
                     }
-                    q[64 * n + l] = lo;
-                    q[64 * n + 32 + l] = hi;
                 }
             }
             for g in 0..16 {
@@ -119,8 +119,9 @@ pub fn unpack_kblock(
         }
         Q6_K => {
             for h in 0..2 {
-                let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..160 + 32 * h]);
-                let q = &mut q[128 * h..128 * h + 128];
+                let ql: &[u8; 64] = blk[64 * h..64 * h + 64].try_into().unwrap();
+                let qh: &[u8; 32] = blk[128 + 32 * h..160 + 32 * h].try_into().unwrap();
+                let q: &mut [u8; 128] = (&mut q[128 * h..128 * h + 128]).try_into().unwrap();
                 for l in 0..32 {
                     q[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
                     q[32 + l] = (ql[32 + l] & 15) | (((qh[l] >> 2) & 3) << 4);
@@ -135,10 +136,10 @@ pub fn unpack_kblock(
             (f16_at(blk, 208), 0.0)
         }
         Q3_K => {
-            let (hm, qs) = (&blk[0..32], &blk[32..96]);
+            let hm: &[u8; 32] = blk[0..32].try_into().unwrap();
             let s = q3k_scales(&blk[96..108]);
             for n in 0..2 {
-                let qs = &qs[32 * n..32 * n + 32];
+                let qs: &[u8; 32] = blk[32 + 32 * n..64 + 32 * n].try_into().unwrap();
                 for j in 0..4 {
                     let bit = 4 * n + j;
                     for l in 0..32 {
@@ -154,9 +155,9 @@ pub fn unpack_kblock(
             (f16_at(blk, 108), 0.0)
         }
         Q2_K => {
-            let (scales, qs) = (&blk[0..16], &blk[16..80]);
+            let scales = &blk[0..16];
             for n in 0..2 {
-                let qs = &qs[32 * n..32 * n + 32];
+                let qs: &[u8; 32] = blk[16 + 32 * n..48 + 32 * n].try_into().unwrap();
                 for j in 0..4 {
                     for l in 0..32 {
                         q[128 * n + 32 * j + l] = (qs[l] >> (2 * j)) & 3;
@@ -178,7 +179,7 @@ pub fn unpack_kblock(
                 sc[2 * ib + 1] = (ls - 32) as i16;
                 mn[2 * ib] = 0;
                 mn[2 * ib + 1] = 0;
-                let src = &qs[16 * ib..16 * ib + 16];
+                let src: &[u8; 16] = qs[16 * ib..16 * ib + 16].try_into().unwrap();
                 for j in 0..16 {
                     q[32 * ib + j] = KVALUES_IQ4NL[(src[j] & 15) as usize] as u8;
                     q[32 * ib + 16 + j] = KVALUES_IQ4NL[(src[j] >> 4) as usize] as u8;
@@ -269,13 +270,17 @@ impl KRow {
         self.dmin.clear();
         self.fold = folds_min(ty);
         self.signed = signed_weights(ty);
-        for (b, blk) in w.chunks_exact(ty.type_size()).enumerate() {
+        let parts = w
+            .chunks_exact(ty.type_size())
+            .zip(self.q.chunks_exact_mut(256))
+            .zip(self.sc.chunks_exact_mut(16).zip(self.mn.chunks_exact_mut(16)));
+        for ((blk, q), (sc, mn)) in parts {
             let (d, dmin) = unpack_kblock(
                 ty,
                 blk,
-                &mut self.q[256 * b..],
-                &mut self.sc[16 * b..],
-                &mut self.mn[16 * b..],
+                q.try_into().unwrap(),
+                sc.try_into().unwrap(),
+                mn.try_into().unwrap(),
             );
             self.d.push(d);
             self.dmin.push(dmin);

@@ -622,7 +622,7 @@ mod tests {
         for (i, ty) in [Q4_K, Q6_K, Q5_K, IQ4_XS, Q3_K, Q2_K].into_iter().enumerate() {
             let data = random_k(ty, rows, cols, i as u64 + 1);
             let w = QMatrix::new(ty, &data, rows, cols).unwrap();
-            for n in [1, 5] {
+            for n in [1, 5, 7] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|j| (((j * 7919 + i * 13) % 1013) as f32 - 506.0) / 300.0)
                     .collect();
@@ -650,7 +650,7 @@ mod tests {
                     }
                 }
                 // One token and a batch give the same bits per token.
-                if n == 5 {
+                if n > 1 {
                     let mut y1 = vec![0f32; rows];
                     for level in levels() {
                         for t in 0..n {
