@@ -299,6 +299,7 @@ fn rows_kernel(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rows_avx2(
     level: SimdLevel,
     w: &QMatrix,
@@ -314,6 +315,7 @@ unsafe fn rows_avx2(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rows_avx512(
     level: SimdLevel,
     w: &QMatrix,
