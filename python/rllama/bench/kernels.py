@@ -12,7 +12,8 @@ import numpy as np
 
 SHAPES = [(4096, 4096), (1536, 576), (49152, 576)]  # (rows = n_out, cols = n_in)
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"]
-F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
+F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208],
+              "Q5_K": [0, 2], "Q2_K": [80, 82], "Q3_K": [108], "IQ4_XS": [0]}
 
 
 def random_weights(ty: str, rows: int, cols: int, rng) -> bytes:
@@ -45,6 +46,8 @@ def main(argv: list[str]) -> int:
                           "threads": nt, "bytes": 1 << 30, "simd": _core.simd()}), flush=True)
     for ty in args.types.split(","):
         for rows, cols in SHAPES:
+            if cols % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ty]][0]:
+                continue  # not whole blocks per row (e.g. 576 columns of a 256-block K-quant)
             data = random_weights(ty, rows, cols, rng)
             for nt in threads:
                 m = _core.KernelMatrix(ty, data, rows, cols, nt)

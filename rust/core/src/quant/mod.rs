@@ -5,11 +5,14 @@
 mod dequant;
 pub mod dot;
 pub mod f16;
+pub mod kquant;
 pub mod q8;
 pub mod quantize;
 mod types;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86k;
 
 pub use dequant::dequantize;
 pub use types::GgmlType;

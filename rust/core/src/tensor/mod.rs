@@ -14,6 +14,7 @@ pub use pool::ThreadPool;
 
 use crate::error::{Error, Result};
 use crate::quant::dot::*;
+use crate::quant::kquant::{dot_k, is_kquant, KRow};
 use crate::quant::q8::{quantize_q8, quantize_q8k, Q8KRow, Q8Row};
 use crate::quant::{dequantize, GgmlType};
 
@@ -138,10 +139,9 @@ enum ActFormat {
 }
 
 fn act_format(ty: GgmlType) -> ActFormat {
-    use GgmlType::*;
     match ty {
         _ if is_legacy(ty) => ActFormat::Q8,
-        Q4_K | Q6_K => ActFormat::Q8K,
+        _ if is_kquant(ty) => ActFormat::Q8K,
         _ => ActFormat::F32,
     }
 }
@@ -233,9 +233,9 @@ impl<'x> Activations<'x> {
 }
 
 #[inline(always)]
-fn dot_unpacked(u: &[Block], x: &Q8Row) -> f32 {
+fn dot_unpacked(level: SimdLevel, u: &[Block], x: &Q8Row) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd_level() != SimdLevel::Scalar {
+    if level != SimdLevel::Scalar {
         // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
         return unsafe { crate::quant::x86::dot_unpacked(u, x) };
     }
@@ -271,16 +271,16 @@ unsafe impl Send for OutPtr {}
 
 /// Rows [r0, r1) of y = W·x for every token.
 #[inline(always)]
-fn rows_kernel(
-    w: &QMatrix,
-    acts: &Acts,
-    gemm: Option<&Gemm>,
-    x: &[f32],
-    n: usize,
-    r0: usize,
-    r1: usize,
-    y: &OutPtr,
-) {
+fn rows_kernel(job: &Job, r0: usize, r1: usize) {
+    let Job {
+        level,
+        w,
+        acts,
+        gemm,
+        x,
+        n,
+        y,
+    } = *job;
     let put = |t: usize, r: usize, v: f32| {
         // SAFETY: t < n and r < w.rows, so the index is inside y (n*rows values); row r belongs to
         // this task only (see OutPtr).
@@ -291,7 +291,7 @@ fn rows_kernel(
             let mut u: Vec<Block> = Vec::new();
             let ts = w.ty.type_size();
             #[cfg(target_arch = "x86_64")]
-            let fast512 = simd_level() == SimdLevel::Avx512;
+            let fast512 = level == SimdLevel::Avx512;
             #[cfg(target_arch = "x86_64")]
             if let (Some(g), true) = (gemm, fast512) {
                 // Prefill on AVX-512: four rows at a time against every token.
@@ -336,13 +336,13 @@ fn rows_kernel(
                     u.clear();
                     u.extend(row.chunks_exact(ts).map(|b| unpack_block(w.ty, b)));
                     for (t, xt) in xs.iter().enumerate() {
-                        put(t, r, dot_unpacked(&u, xt));
+                        put(t, r, dot_unpacked(level, &u, xt));
                     }
                     continue;
                 }
                 for (t, xt) in xs.iter().enumerate() {
                     #[cfg(target_arch = "x86_64")]
-                    if simd_level() != SimdLevel::Scalar {
+                    if level != SimdLevel::Scalar {
                         use crate::quant::x86;
                         // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
                         let v = unsafe {
@@ -363,19 +363,7 @@ fn rows_kernel(
                 }
             }
         }
-        Acts::Q8K(xs) => {
-            for r in r0..r1 {
-                let row = w.row(r);
-                for (t, xt) in xs.iter().enumerate() {
-                    let v = if w.ty == GgmlType::Q4_K {
-                        dot_q4_k(row, xt)
-                    } else {
-                        dot_q6_k(row, xt)
-                    };
-                    put(t, r, v);
-                }
-            }
-        }
+        Acts::Q8K(xs) => rows_k(level, w, xs, r0, r1, put),
         Acts::F32 => {
             let mut buf = vec![0f32; w.cols];
             for r in r0..r1 {
@@ -390,54 +378,96 @@ fn rows_kernel(
     }
 }
 
+/// One matmul as the row kernels see it.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    level: SimdLevel,
+    w: &'a QMatrix<'a>,
+    acts: &'a Acts,
+    gemm: Option<&'a Gemm>,
+    x: &'a [f32],
+    n: usize,
+    y: &'a OutPtr,
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(
-    w: &QMatrix,
-    acts: &Acts,
-    gemm: Option<&Gemm>,
-    x: &[f32],
-    n: usize,
-    r0: usize,
-    r1: usize,
-    y: &OutPtr,
-) {
-    rows_kernel(w, acts, gemm, x, n, r0, r1, y)
+unsafe fn rows_avx2(job: &Job, r0: usize, r1: usize) {
+    rows_kernel(job, r0, r1)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn rows_avx512(
-    w: &QMatrix,
-    acts: &Acts,
-    gemm: Option<&Gemm>,
-    x: &[f32],
-    n: usize,
-    r0: usize,
-    r1: usize,
-    y: &OutPtr,
-) {
-    rows_kernel(w, acts, gemm, x, n, r0, r1, y)
+unsafe fn rows_avx512(job: &Job, r0: usize, r1: usize) {
+    rows_kernel(job, r0, r1)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn rows_dispatch(
+fn rows_dispatch(job: &Job, r0: usize, r1: usize) {
+    match job.level {
+        // SAFETY: only levels the CPU supports reach here (`simd_level`, `matmul_at`).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { rows_avx512(job, r0, r1) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { rows_avx2(job, r0, r1) },
+        _ => rows_kernel(job, r0, r1),
+    }
+}
+
+/// Rows [r0, r1) of a K-quant matrix against Q8_K activations, with `level`'s kernels: one token
+/// dots the packed row (Q4_K / Q6_K directly, the others through an unpacked row); several tokens
+/// unpack each row once and run four tokens per pass over it.
+#[inline(always)]
+fn rows_k(
+    level: SimdLevel,
     w: &QMatrix,
-    acts: &Acts,
-    gemm: Option<&Gemm>,
-    x: &[f32],
-    n: usize,
+    xs: &[Q8KRow],
     r0: usize,
     r1: usize,
-    y: &OutPtr,
+    put: impl Fn(usize, usize, f32),
 ) {
-    match simd_level() {
-        // SAFETY: the level is only chosen when the CPU reports these features.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { rows_avx512(w, acts, gemm, x, n, r0, r1, y) },
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { rows_avx2(w, acts, gemm, x, n, r0, r1, y) },
-        _ => rows_kernel(w, acts, gemm, x, n, r0, r1, y),
+    let n = xs.len();
+    let mut u = KRow::default();
+    let mut col = vec![0f32; n];
+    for r in r0..r1 {
+        let row = w.row(r);
+        prefetch_row(w, r + 2, r1);
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 | SimdLevel::Avx2 => {
+                use crate::quant::x86k;
+                let avx512 = level == SimdLevel::Avx512;
+                // SAFETY: `level` is one the CPU supports (see `matmul_at`).
+                unsafe {
+                    match (n, w.ty, avx512) {
+                        (1, GgmlType::Q4_K, true) => col[0] = x86k::dot_q4k_512(row, &xs[0]),
+                        (1, GgmlType::Q6_K, true) => col[0] = x86k::dot_q6k_512(row, &xs[0]),
+                        (1, GgmlType::Q4_K, false) => col[0] = x86k::dot_q4k_avx2(row, &xs[0]),
+                        (1, GgmlType::Q6_K, false) => col[0] = x86k::dot_q6k_avx2(row, &xs[0]),
+                        _ => {
+                            u.unpack(w.ty, row);
+                            if avx512 {
+                                x86k::gemm_k_512(&u, xs, &mut col);
+                            } else {
+                                x86k::gemm_k_avx2(&u, xs, &mut col);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                if n == 1 {
+                    col[0] = dot_k(w.ty, row, &xs[0]);
+                } else {
+                    u.unpack(w.ty, row);
+                    for (c, xt) in col.iter_mut().zip(xs) {
+                        *c = u.dot(xt);
+                    }
+                }
+            }
+        }
+        for (t, &v) in col.iter().enumerate() {
+            put(t, r, v);
+        }
     }
 }
 
@@ -449,12 +479,17 @@ enum Gemm {}
 
 /// The AVX-512 prefill layout of `a` for `w`'s type when that path applies: cached in `a` for
 /// the first weight offset asked for, else built into `own`.
-fn gemm_layout<'a>(w: &QMatrix, a: &'a Activations, own: &'a mut Option<Gemm>) -> Option<&'a Gemm> {
+fn gemm_layout<'a>(
+    level: SimdLevel,
+    w: &QMatrix,
+    a: &'a Activations,
+    own: &'a mut Option<Gemm>,
+) -> Option<&'a Gemm> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::quant::x86;
         let Acts::Q8(xs) = &a.acts else { return None };
-        if a.n < 2 || simd_level() != SimdLevel::Avx512 {
+        if a.n < 2 || level != SimdLevel::Avx512 {
             return None;
         }
         let off = x86::gemm_offset(w.ty);
@@ -468,7 +503,7 @@ fn gemm_layout<'a>(w: &QMatrix, a: &'a Activations, own: &'a mut Option<Gemm>) -
     }
     #[allow(unreachable_code)]
     {
-        let _ = (w, a, own);
+        let _ = (level, w, a, own);
         None
     }
 }
@@ -512,9 +547,33 @@ pub fn matmul(
             x.len(),
         )));
     }
+    matmul_at(simd_level(), pool, w, x, n_tokens, y)
+}
+
+fn level_rank(l: SimdLevel) -> u8 {
+    match l {
+        SimdLevel::Scalar => 0,
+        SimdLevel::Avx2 => 1,
+        SimdLevel::Avx512 => 2,
+    }
+}
+
+/// `matmul` with the kernels of a given SIMD level (tests compare the levels); an error when the
+/// CPU lacks it.
+pub fn matmul_at(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    w: &QMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    if level_rank(level) > level_rank(detect()) {
+        return Err(Error::invalid(format!("this CPU lacks {level:?}")));
+    }
     check_weights(w)?;
     let acts = Activations::new(pool, w.ty, x, n_tokens)?;
-    matmul_acts(pool, w, &acts, y)
+    matmul_acts_at(level, pool, w, &acts, y)
 }
 
 fn check_weights(w: &QMatrix) -> Result<()> {
@@ -532,6 +591,16 @@ fn check_weights(w: &QMatrix) -> Result<()> {
 
 /// `matmul` with activations quantized beforehand (see `Activations`).
 pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations, y: &mut [f32]) -> Result<()> {
+    matmul_acts_at(simd_level(), pool, w, a, y)
+}
+
+fn matmul_acts_at(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    w: &QMatrix,
+    a: &Activations,
+    y: &mut [f32],
+) -> Result<()> {
     let n_tokens = a.n;
     if a.x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows || !a.pairs_with(w.ty) {
         return Err(Error::invalid(format!(
@@ -545,10 +614,17 @@ pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations, y: &mut [f32
         )));
     }
     check_weights(w)?;
-    let (acts, x) = (&a.acts, a.x);
     let mut own_gemm = None;
-    let gemm = gemm_layout(w, a, &mut own_gemm);
     let out = OutPtr(y.as_mut_ptr());
+    let job = Job {
+        level,
+        w,
+        acts: &a.acts,
+        gemm: gemm_layout(level, w, a, &mut own_gemm),
+        x: a.x,
+        n: n_tokens,
+        y: &out,
+    };
     let nt = pool.n_threads();
     // Enough chunks to balance the threads, each big enough to amortize scheduling.
     let n_chunks = if nt == 1 {
@@ -561,7 +637,7 @@ pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations, y: &mut [f32
         let r0 = c * per;
         let r1 = ((c + 1) * per).min(w.rows);
         if r0 < r1 {
-            rows_dispatch(w, acts, gemm, x, n_tokens, r0, r1, &out);
+            rows_dispatch(&job, r0, r1);
         }
     });
     Ok(())
@@ -624,5 +700,151 @@ mod tests {
         assert!(matmul(&ThreadPool::new(1), &w, &x, n, &mut y).is_err());
         assert!(QMatrix::new(GgmlType::Q8_0, &data[1..], rows, cols).is_err());
         assert!(QMatrix::new(GgmlType::Q8_0, &data, rows, 33).is_err());
+    }
+
+    /// Random K-quant rows: random bytes with each f16 scale field a small finite value.
+    fn random_k(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let f16_fields: &[usize] = match ty {
+            GgmlType::Q2_K => &[80, 82],
+            GgmlType::Q3_K => &[108],
+            GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+            GgmlType::Q6_K => &[208],
+            GgmlType::IQ4_XS => &[0],
+            _ => unreachable!(),
+        };
+        let mut st = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut next = || {
+            st = st
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (st >> 33) as u32
+        };
+        let ts = ty.type_size();
+        let mut data: Vec<u8> = (0..ty.row_bytes(cols).unwrap() * rows)
+            .map(|_| next() as u8)
+            .collect();
+        for blk in data.chunks_exact_mut(ts) {
+            for &off in f16_fields {
+                let v = 0.002 + (next() % 1000) as f32 * 2e-5;
+                blk[off..off + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+        }
+        data
+    }
+
+    /// Dequantized W times the Q8_K-quantized-then-dequantized activations, in f64.
+    fn reference_k(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
+        let mut xq = Vec::with_capacity(x.len());
+        for r in x.chunks_exact(w.cols) {
+            let mut q = Q8KRow::default();
+            quantize_q8k(r, &mut q);
+            xq.extend(
+                q.q.iter()
+                    .enumerate()
+                    .map(|(i, &v)| v as f32 * q.d[i / 256]),
+            );
+        }
+        let mut row = vec![0f32; w.cols];
+        let mut y = vec![0f32; n * w.rows];
+        for r in 0..w.rows {
+            dequantize(w.ty, w.row(r), &mut row).unwrap();
+            for t in 0..n {
+                y[t * w.rows + r] = row
+                    .iter()
+                    .zip(&xq[t * w.cols..])
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    fn levels() -> Vec<SimdLevel> {
+        [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
+            .into_iter()
+            .filter(|&l| level_rank(l) <= level_rank(detect()))
+            .collect()
+    }
+
+    #[test]
+    fn kquants_match_reference_at_every_level() {
+        use GgmlType::*;
+        let (rows, cols) = (37, 768);
+        for (i, ty) in [Q4_K, Q6_K, Q5_K, IQ4_XS, Q3_K, Q2_K]
+            .into_iter()
+            .enumerate()
+        {
+            let data = random_k(ty, rows, cols, i as u64 + 1);
+            let w = QMatrix::new(ty, &data, rows, cols).unwrap();
+            for n in [1, 5, 7] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|j| (((j * 7919 + i * 13) % 1013) as f32 - 506.0) / 300.0)
+                    .collect();
+                let want = reference_k(&w, &x, n);
+                assert!(
+                    want.iter().any(|v| v.abs() > 1.0),
+                    "{ty}: degenerate test data"
+                );
+                let mut first: Option<Vec<f32>> = None;
+                for level in levels() {
+                    for threads in [1, 2, 3] {
+                        let mut y = vec![0f32; n * rows];
+                        matmul_at(level, &ThreadPool::new(threads), &w, &x, n, &mut y).unwrap();
+                        for (a, b) in y.iter().zip(&want) {
+                            assert!(
+                                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                                "{ty} {level:?} n={n} t={threads}: {a} vs {b}"
+                            );
+                        }
+                        // Every level and thread count gives the same bits.
+                        match &first {
+                            None => first = Some(y),
+                            Some(f) => assert!(
+                                f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{ty} {level:?} n={n} t={threads} differs from scalar"
+                            ),
+                        }
+                    }
+                }
+                // One token and a batch give the same bits per token.
+                if n > 1 {
+                    let mut y1 = vec![0f32; rows];
+                    for level in levels() {
+                        for t in 0..n {
+                            let xt = &x[t * cols..(t + 1) * cols];
+                            matmul_at(level, &ThreadPool::new(1), &w, xt, 1, &mut y1).unwrap();
+                            let f = first.as_ref().unwrap();
+                            assert!(y1
+                                .iter()
+                                .zip(&f[t * rows..])
+                                .all(|(a, b)| a.to_bits() == b.to_bits()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4k_q6k_keep_the_original_portable_bits() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+            let cols = 512;
+            let data = random_k(ty, 3, cols, 99);
+            let x: Vec<f32> = (0..cols)
+                .map(|j| ((j * 31 % 97) as f32 - 48.0) / 20.0)
+                .collect();
+            let mut q = Q8KRow::default();
+            quantize_q8k(&x, &mut q);
+            for row in data.chunks_exact(ty.row_bytes(cols).unwrap()) {
+                let old = if ty == GgmlType::Q4_K {
+                    dot_q4_k(row, &q)
+                } else {
+                    dot_q6_k(row, &q)
+                };
+                assert_eq!(old.to_bits(), dot_k(ty, row, &q).to_bits());
+            }
+        }
     }
 }

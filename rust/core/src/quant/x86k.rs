@@ -1,0 +1,469 @@
+//! AVX2 and AVX-512 (VNNI) K-quant dots against Q8_K activations.
+//!
+//! The integer sums of a super-block are formed with `maddubs` (unsigned weight × signed
+//! activation, pairs to i16: no saturation, the weights are below 64, or |w| ≤ 127 with the
+//! activation carrying w's sign for IQ4_XS) and a multiply-add of those pairs with the 16-value
+//! scales into i32 lanes. The sums are exact, so reducing them in any order gives the integers the
+//! portable code forms, and the f32 steps after them are `kquant::kblock_combine`'s, in block
+//! order: every level returns bit-identical results.
+//!
+//! Single token: `dot_q4k_*` / `dot_q6k_*` read the packed blocks directly (gemv streams weights).
+//! Several tokens: `gemm_k_*` take a row unpacked once (`KRow`) and run four tokens per weight
+//! load.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use super::kquant::{k4_scales_mins, kblock_combine, KRow};
+use super::q8::Q8KRow;
+
+#[inline(always)]
+unsafe fn f16le(b: &[u8], i: usize) -> f32 {
+    let h = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline(always)]
+fn check_x(x: &Q8KRow, nb: usize) {
+    assert!(x.d.len() >= nb && x.q.len() >= 256 * nb && x.bsums.len() >= 16 * nb);
+}
+
+/// The integer totals of two 8-lane vectors.
+#[inline(always)]
+unsafe fn hsum2(s: __m256i, m: __m256i) -> (i32, i32) {
+    let h = _mm256_hadd_epi32(s, m);
+    let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let h = _mm_hadd_epi32(h, h);
+    (_mm_cvtsi128_si32(h), _mm_extract_epi32::<1>(h))
+}
+
+/// The integer totals of four 8-lane vectors, in lanes 0..4.
+#[inline(always)]
+unsafe fn hsum4(s: [__m256i; 4]) -> __m128i {
+    let a = _mm256_hadd_epi32(s[0], s[1]);
+    let b = _mm256_hadd_epi32(s[2], s[3]);
+    let c = _mm256_hadd_epi32(a, b);
+    _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
+}
+
+/// Activation sums of 16 times the Q4_K/Q5_K mins (one per 32 values, so each used twice).
+#[inline(always)]
+unsafe fn k4_mins_term(sm: __m128i, bsums: *const i16) -> __m256i {
+    let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
+    _mm256_madd_epi16(_mm256_loadu_si256(bsums as *const __m256i), mins)
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4k_avx2(w: &[u8], x: &Q8KRow) -> f32 {
+    let nb = w.len() / 144;
+    check_x(x, nb);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut sumf = 0f32;
+    for (b, blk) in w.chunks_exact(144).enumerate() {
+        let sm = k4_scales_mins(&blk[4..16]);
+        let qs = blk.as_ptr().add(16);
+        let xq = x.q.as_ptr().add(256 * b);
+        let mut acc = _mm256_setzero_si256();
+        for n in 0..4 {
+            let t = _mm256_loadu_si256(qs.add(32 * n) as *const __m256i);
+            let lo = _mm256_and_si256(t, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(t), m4);
+            let y0 = _mm256_loadu_si256(xq.add(64 * n) as *const __m256i);
+            let y1 = _mm256_loadu_si256(xq.add(64 * n + 32) as *const __m256i);
+            let p0 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(lo, y0),
+                _mm256_set1_epi16(sm[2 * n] as i16),
+            );
+            let p1 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, y1),
+                _mm256_set1_epi16(sm[2 * n + 1] as i16),
+            );
+            acc = _mm256_add_epi32(acc, _mm256_add_epi32(p0, p1));
+        }
+        let smv = _mm_loadu_si128(sm.as_ptr() as *const __m128i);
+        let mv = k4_mins_term(smv, x.bsums.as_ptr().add(16 * b));
+        let (sumi, summ) = hsum2(acc, mv);
+        sumf += kblock_combine(false, f16le(blk, 0), f16le(blk, 2), x.d[b], sumi, summ);
+    }
+    sumf
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6k_avx2(w: &[u8], x: &Q8KRow) -> f32 {
+    let nb = w.len() / 210;
+    check_x(x, nb);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut sumf = 0f32;
+    for (b, blk) in w.chunks_exact(210).enumerate() {
+        let p = blk.as_ptr();
+        let sc = &blk[192..208];
+        let xq = x.q.as_ptr().add(256 * b);
+        let mut acc = _mm256_setzero_si256();
+        for h in 0..2 {
+            let l0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
+            let l1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
+            let hb = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(l0, m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(hb), m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(l1, m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<2>(hb), m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4),
+                    _mm256_and_si256(hb, m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30),
+                ),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let g = 8 * h + 2 * k;
+                let scv = _mm256_set_m128i(
+                    _mm_set1_epi16(sc[g + 1] as i8 as i16),
+                    _mm_set1_epi16(sc[g] as i8 as i16),
+                );
+                let y = _mm256_loadu_si256(xq.add(128 * h + 32 * k) as *const __m256i);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, y), scv));
+            }
+        }
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
+        let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * b) as *const __m256i);
+        let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
+        let (sumi, _) = hsum2(_mm256_sub_epi32(acc, off), off);
+        sumf += kblock_combine(true, f16le(blk, 208), 0.0, x.d[b], sumi, 0);
+    }
+    sumf
+}
+
+/// One or four tokens against a row unpacked in `u` (a short batch repeats its last token).
+#[inline(always)]
+unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
+    u: &KRow,
+    xp: [&Q8KRow; NT],
+    nb: usize,
+) -> [f32; 4] {
+    let mut sumf = _mm_setzero_ps();
+    let mut sum1 = 0f32;
+    let xq = xp.map(|x| x.q.as_ptr());
+    for b in 0..nb {
+        let mut acc = [_mm256_setzero_si256(); NT];
+        let sc = u.sc.as_ptr().add(16 * b);
+        for v in 0..8 {
+            let mut w = _mm256_loadu_si256(u.q.as_ptr().add(256 * b + 32 * v) as *const __m256i);
+            let sw = w;
+            if SIGNED {
+                w = _mm256_sign_epi8(w, w);
+            }
+            let scv = _mm256_set_m128i(
+                _mm_set1_epi16(*sc.add(2 * v + 1)),
+                _mm_set1_epi16(*sc.add(2 * v)),
+            );
+            for k in 0..NT {
+                let mut y = _mm256_loadu_si256(xq[k].add(256 * b + 32 * v) as *const __m256i);
+                if SIGNED {
+                    y = _mm256_sign_epi8(y, sw);
+                }
+                acc[k] =
+                    _mm256_add_epi32(acc[k], _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), scv));
+            }
+        }
+        combine(u, &xp, b, acc, &mut sumf, &mut sum1);
+    }
+    finish(sumf, sum1, NT)
+}
+
+/// Add super-block `b`'s contribution for one or four tokens whose integer sums are in `acc`.
+#[inline(always)]
+unsafe fn combine<const NT: usize>(
+    u: &KRow,
+    xp: &[&Q8KRow; NT],
+    b: usize,
+    acc: [__m256i; NT],
+    sumf: &mut __m128,
+    sum1: &mut f32,
+) {
+    if NT == 4 {
+        let xp4 = [xp[0], xp[1 % NT], xp[2 % NT], xp[3 % NT]];
+        let acc4 = [acc[0], acc[1 % NT], acc[2 % NT], acc[3 % NT]];
+        *sumf = combine4(u, &xp4, b, acc4, *sumf);
+    } else {
+        let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
+        let bs = _mm256_loadu_si256(xp[0].bsums.as_ptr().add(16 * b) as *const __m256i);
+        let (sumi, summ) = hsum2(acc[0], _mm256_madd_epi16(bs, mn));
+        *sum1 += kblock_combine(u.fold, u.d[b], u.dmin[b], xp[0].d[b], sumi, summ);
+    }
+}
+
+#[inline(always)]
+unsafe fn finish(sumf: __m128, sum1: f32, nt: usize) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    if nt == 4 {
+        _mm_storeu_ps(out.as_mut_ptr(), sumf);
+    } else {
+        out[0] = sum1;
+    }
+    out
+}
+
+/// Add super-block `b`'s contribution for four tokens whose integer sums are in `acc`.
+#[inline(always)]
+unsafe fn combine4(
+    u: &KRow,
+    xp: &[&Q8KRow; 4],
+    b: usize,
+    mut acc: [__m256i; 4],
+    sumf: __m128,
+) -> __m128 {
+    let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
+    let mut m = [_mm256_setzero_si256(); 4];
+    for k in 0..4 {
+        let bs = _mm256_loadu_si256(xp[k].bsums.as_ptr().add(16 * b) as *const __m256i);
+        m[k] = _mm256_madd_epi16(bs, mn);
+        if u.fold {
+            acc[k] = _mm256_sub_epi32(acc[k], m[k]);
+        }
+    }
+    let si = _mm_cvtepi32_ps(hsum4(acc));
+    let xd = _mm_setr_ps(xp[0].d[b], xp[1].d[b], xp[2].d[b], xp[3].d[b]);
+    let dd = _mm_mul_ps(_mm_set1_ps(u.d[b]), xd);
+    if u.fold {
+        _mm_add_ps(sumf, _mm_mul_ps(dd, si))
+    } else {
+        let sm = _mm_cvtepi32_ps(hsum4(m));
+        let dm = _mm_mul_ps(_mm_set1_ps(u.dmin[b]), xd);
+        _mm_add_ps(sumf, _mm_sub_ps(_mm_mul_ps(dd, si), _mm_mul_ps(dm, sm)))
+    }
+}
+
+#[inline(always)]
+fn check_row(u: &KRow, xs: &[Q8KRow], out: &[f32]) -> usize {
+    let nb = u.d.len();
+    assert!(
+        u.dmin.len() == nb
+            && u.q.len() >= 256 * nb
+            && u.sc.len() >= 16 * nb
+            && u.mn.len() >= 16 * nb
+            && out.len() >= xs.len()
+    );
+    for x in xs {
+        check_x(x, nb);
+    }
+    nb
+}
+
+#[inline(always)]
+fn quad(xs: &[Q8KRow]) -> [&Q8KRow; 4] {
+    let last = xs.len() - 1;
+    [&xs[0], &xs[1.min(last)], &xs[2.min(last)], &xs[3.min(last)]]
+}
+
+/// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_k_avx2(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
+    let nb = check_row(u, xs, out);
+    for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
+        let r = match (u.signed, xs.len()) {
+            (true, 1) => gemm4_avx2::<true, 1>(u, [&xs[0]], nb),
+            (false, 1) => gemm4_avx2::<false, 1>(u, [&xs[0]], nb),
+            (true, _) => gemm4_avx2::<true, 4>(u, quad(xs), nb),
+            (false, _) => gemm4_avx2::<false, 4>(u, quad(xs), nb),
+        };
+        out.copy_from_slice(&r[..out.len()]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 VNNI
+
+/// i16 lane i of vector v (values 64v..64v+64) takes the scale of values 64v+2i: group 4v + i/8.
+static IDX16: [[i16; 32]; 4] = {
+    let mut t = [[0i16; 32]; 4];
+    let mut v = 0;
+    while v < 4 {
+        let mut i = 0;
+        while i < 32 {
+            t[v][i] = (4 * v + i / 8) as i16;
+            i += 1;
+        }
+        v += 1;
+    }
+    t
+};
+
+/// Q4_K: i16 lane i of vector n takes the scale of sub-block 2n + i/16 (32 values each).
+static IDX32: [[i16; 32]; 4] = {
+    let mut t = [[0i16; 32]; 4];
+    let mut v = 0;
+    while v < 4 {
+        let mut i = 0;
+        while i < 32 {
+            t[v][i] = (2 * v + i / 16) as i16;
+            i += 1;
+        }
+        v += 1;
+    }
+    t
+};
+
+#[inline(always)]
+unsafe fn idx(t: &[[i16; 32]; 4], v: usize) -> __m512i {
+    _mm512_loadu_si512(t[v].as_ptr() as *const __m512i)
+}
+
+#[inline(always)]
+unsafe fn fold512(a: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q4k_512(w: &[u8], x: &Q8KRow) -> f32 {
+    let nb = w.len() / 144;
+    check_x(x, nb);
+    let m4 = _mm512_set1_epi8(0x0f);
+    let ix = [
+        idx(&IDX32, 0),
+        idx(&IDX32, 1),
+        idx(&IDX32, 2),
+        idx(&IDX32, 3),
+    ];
+    let mut sumf = 0f32;
+    for (b, blk) in w.chunks_exact(144).enumerate() {
+        let sm = k4_scales_mins(&blk[4..16]);
+        let smv = _mm_loadu_si128(sm.as_ptr() as *const __m128i);
+        let sc512 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(smv));
+        let qs = blk.as_ptr().add(16);
+        let xq = x.q.as_ptr().add(256 * b);
+        let mut acc = _mm512_setzero_si512();
+        for (n, ixn) in ix.iter().enumerate() {
+            let t = _mm256_loadu_si256(qs.add(32 * n) as *const __m256i);
+            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(t), _mm256_srli_epi16::<4>(t));
+            let z = _mm512_and_si512(z, m4);
+            let y = _mm512_loadu_si512(xq.add(64 * n) as *const __m512i);
+            let scv = _mm512_permutexvar_epi16(*ixn, sc512);
+            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(z, y), scv);
+        }
+        let mv = k4_mins_term(smv, x.bsums.as_ptr().add(16 * b));
+        let (sumi, summ) = hsum2(fold512(acc), mv);
+        sumf += kblock_combine(false, f16le(blk, 0), f16le(blk, 2), x.d[b], sumi, summ);
+    }
+    sumf
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q6k_512(w: &[u8], x: &Q8KRow) -> f32 {
+    let nb = w.len() / 210;
+    check_x(x, nb);
+    let m4 = _mm512_set1_epi8(0x0f);
+    let m3 = _mm512_set1_epi8(0x03);
+    let m30 = _mm512_set1_epi8(0x30);
+    let ix = [
+        idx(&IDX16, 0),
+        idx(&IDX16, 1),
+        idx(&IDX16, 2),
+        idx(&IDX16, 3),
+    ];
+    let mut sumf = 0f32;
+    for (b, blk) in w.chunks_exact(210).enumerate() {
+        let p = blk.as_ptr();
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+        let sc512 = _mm512_castsi256_si512(sc16);
+        let xq = x.q.as_ptr().add(256 * b);
+        let mut acc = _mm512_setzero_si512();
+        for h in 0..2 {
+            let l = _mm512_loadu_si512(p.add(64 * h) as *const __m512i);
+            let hb = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+            let h2 =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hb), _mm256_srli_epi16::<2>(hb));
+            // (a & c) | b, with b's bits only in 0x30.
+            let lo = _mm512_ternarylogic_epi32::<0xEC>(
+                l,
+                _mm512_slli_epi16::<4>(_mm512_and_si512(h2, m3)),
+                m4,
+            );
+            let hi = _mm512_ternarylogic_epi32::<0xEC>(
+                _mm512_srli_epi16::<4>(l),
+                _mm512_and_si512(h2, m30),
+                m4,
+            );
+            for (k, q) in [lo, hi].into_iter().enumerate() {
+                let v = 2 * h + k;
+                let y = _mm512_loadu_si512(xq.add(64 * v) as *const __m512i);
+                let scv = _mm512_permutexvar_epi16(ix[v], sc512);
+                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q, y), scv);
+            }
+        }
+        let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * b) as *const __m256i);
+        let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
+        let (sumi, _) = hsum2(_mm256_sub_epi32(fold512(acc), off), off);
+        sumf += kblock_combine(true, f16le(blk, 208), 0.0, x.d[b], sumi, 0);
+    }
+    sumf
+}
+
+#[inline(always)]
+unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
+    u: &KRow,
+    xp: [&Q8KRow; NT],
+    nb: usize,
+) -> [f32; 4] {
+    let ix = [
+        idx(&IDX16, 0),
+        idx(&IDX16, 1),
+        idx(&IDX16, 2),
+        idx(&IDX16, 3),
+    ];
+    let mut sumf = _mm_setzero_ps();
+    let mut sum1 = 0f32;
+    let xq = xp.map(|x| x.q.as_ptr());
+    for b in 0..nb {
+        let sc512 = _mm512_castsi256_si512(_mm256_loadu_si256(
+            u.sc.as_ptr().add(16 * b) as *const __m256i
+        ));
+        let mut acc = [_mm512_setzero_si512(); NT];
+        for (v, ixv) in ix.iter().enumerate() {
+            let mut w = _mm512_loadu_si512(u.q.as_ptr().add(256 * b + 64 * v) as *const __m512i);
+            let scv = _mm512_permutexvar_epi16(*ixv, sc512);
+            let neg = if SIGNED {
+                let neg = _mm512_movepi8_mask(w);
+                w = _mm512_abs_epi8(w);
+                neg
+            } else {
+                0
+            };
+            for k in 0..NT {
+                let mut y = _mm512_loadu_si512(xq[k].add(256 * b + 64 * v) as *const __m512i);
+                if SIGNED {
+                    y = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+                }
+                acc[k] = _mm512_dpwssd_epi32(acc[k], _mm512_maddubs_epi16(w, y), scv);
+            }
+        }
+        combine(u, &xp, b, acc.map(|a| fold512(a)), &mut sumf, &mut sum1);
+    }
+    finish(sumf, sum1, NT)
+}
+
+/// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_k_512(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
+    let nb = check_row(u, xs, out);
+    for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
+        let r = match (u.signed, xs.len()) {
+            (true, 1) => gemm4_512::<true, 1>(u, [&xs[0]], nb),
+            (false, 1) => gemm4_512::<false, 1>(u, [&xs[0]], nb),
+            (true, _) => gemm4_512::<true, 4>(u, quad(xs), nb),
+            (false, _) => gemm4_512::<false, 4>(u, quad(xs), nb),
+        };
+        out.copy_from_slice(&r[..out.len()]);
+    }
+}
