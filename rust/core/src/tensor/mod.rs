@@ -294,29 +294,35 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
             let fast512 = level == SimdLevel::Avx512;
             #[cfg(target_arch = "x86_64")]
             if let (Some(g), true) = (gemm, fast512) {
-                // Prefill on AVX-512: four rows at a time against every token.
+                // Prefill on AVX-512: tiles of four rows against every token, sixteen rows'
+                // results written per token together (one cache line of y, not sixteen).
                 use crate::quant::x86;
                 let (nb, off) = (w.cols / 32, x86::gemm_offset(w.ty));
                 let mut grows: [x86::GemmRow; 4] = Default::default();
-                let mut cols = vec![vec![0f32; n]; 4];
+                let mut cols = vec![vec![0f32; n]; 16];
                 let mut r = r0;
                 while r < r1 {
-                    let m = (r1 - r).min(4);
-                    for (i, gr) in grows[..m].iter_mut().enumerate() {
-                        let row = w.row(r + i);
-                        gr.fill(row.chunks_exact(ts).map(|b| unpack_block(w.ty, b)), nb, off);
+                    let m16 = (r1 - r).min(16);
+                    for sub in (0..m16).step_by(4) {
+                        let m = (m16 - sub).min(4);
+                        for (i, gr) in grows[..m].iter_mut().enumerate() {
+                            let row = w.row(r + sub + i);
+                            gr.fill(row.chunks_exact(ts).map(|b| unpack_block(w.ty, b)), nb, off);
+                        }
+                        let refs: Vec<&x86::GemmRow> = grows[..m].iter().collect();
+                        let mut outs: Vec<&mut [f32]> = cols[sub..sub + m]
+                            .iter_mut()
+                            .map(|c| c.as_mut_slice())
+                            .collect();
+                        // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
+                        unsafe { x86::gemm_rows_512(&refs, g, w.ty.has_min(), &mut outs) };
                     }
-                    let refs: Vec<&x86::GemmRow> = grows[..m].iter().collect();
-                    let mut outs: Vec<&mut [f32]> =
-                        cols[..m].iter_mut().map(|c| c.as_mut_slice()).collect();
-                    // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
-                    unsafe { x86::gemm_rows_512(&refs, g, w.ty.has_min(), &mut outs) };
-                    for (i, c) in cols[..m].iter().enumerate() {
-                        for (t, &v) in c.iter().enumerate() {
-                            put(t, r + i, v);
+                    for t in 0..n {
+                        for (i, c) in cols[..m16].iter().enumerate() {
+                            put(t, r + i, c[t]);
                         }
                     }
-                    r += m;
+                    r += m16;
                 }
                 return;
             }
@@ -632,7 +638,12 @@ fn matmul_acts_at(
     } else {
         (nt * 4).min(w.rows.div_ceil(16)).max(1)
     };
-    let per = w.rows.div_ceil(n_chunks);
+    let mut per = w.rows.div_ceil(n_chunks);
+    if n_tokens > 1 {
+        // Batches write sixteen consecutive outputs per token: keep chunks on those boundaries.
+        per = per.div_ceil(16) * 16;
+    }
+    let n_chunks = w.rows.div_ceil(per);
     pool.run(n_chunks, &|c| {
         let r0 = c * per;
         let r1 = ((c + 1) * per).min(w.rows);
