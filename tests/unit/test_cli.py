@@ -94,7 +94,7 @@ def test_serve_every_flag_spelling():
     (["--numa", "isolate"], "--numa"), (["--lora", "a.gguf"], "--lora"), (["--lora-base", "b"], "--lora-base"),
     (["--mmproj", "p"], "--mmproj"), (["--grp-attn-n", "4"], "--grp-attn-n"), (["--grp-attn-w", "8"], "--grp-attn-w"),
     (["-spf", "s.json"], "-spf"), (["--rope-scaling", "yarn"], "yarn"), (["--rope-freq-base", "1e4"], "--rope-freq-base"),
-    (["--rope-freq-scale", "0.5"], "--rope-freq-scale"), (["-ctk", "q8_0"], "-ctk"), (["-ctv", "q4_0"], "-ctv"),
+    (["--rope-freq-scale", "0.5"], "--rope-freq-scale"),
     (["--spm-infill"], "--spm-infill"), (["--ssl-key-file", "k"], "--ssl"), (["--ssl-cert-file", "c"], "--ssl"),
 ])
 def test_serve_refuses_unbuilt_features(flags, name):
