@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -44,13 +45,26 @@ class GgufReader:
         self.data_offset: int = self._file.data_offset
         self.file_size: int = self._file.file_size
         self.warnings: list[str] = self._file.warnings
-        self.metadata: dict[str, Any] = self._file.metadata()
-        self.metadata_types: dict[str, str] = dict(self._file.metadata_types())
         self.tensors: list[TensorInfo] = [
             TensorInfo(name, ty, tuple(dims), off, nb, self._file)
             for name, ty, dims, off, nb in self._file.tensor_infos()
         ]
         self._by_name = {t.name: t for t in self.tensors}
+
+    @functools.cached_property
+    def metadata(self) -> dict[str, Any]:
+        """Every key as plain Python values (built on first use: a large vocabulary costs tens of
+        MB as Python objects)."""
+        return self._file.metadata()
+
+    @functools.cached_property
+    def metadata_types(self) -> dict[str, str]:
+        return dict(self._file.metadata_types())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """One metadata value, without building the whole dict."""
+        v = self._file.get(key)
+        return default if v is None else v
 
     def tensor(self, name: str) -> TensorInfo:
         try:

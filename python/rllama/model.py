@@ -31,17 +31,17 @@ class Model:
                  alias: str | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16"):
         self.path = Path(resolve(path_or_name))
         self._gguf = GgufReader(self.path, no_mmap=no_mmap, mlock=mlock)
-        self.metadata: dict[str, Any] = self._gguf.metadata
         self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
-        self._core = _core.Model(str(self.path), n_threads=self.n_threads, no_mmap=no_mmap, mlock=mlock,
-                                 cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+        # One parsed file shared by the reader, the weights and the tokenizer.
+        self._core = _core.Model(str(self.path), n_threads=self.n_threads, cache_type_k=cache_type_k,
+                                 cache_type_v=cache_type_v, file=self._gguf._file)
         self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
-        self.tokenizer = Tokenizer.from_gguf(self.path)
+        self.tokenizer = Tokenizer(_core.Tokenizer.from_file(self._gguf._file))
         self.n_ctx = n_ctx if n_ctx > 0 else self._core.n_ctx_train
         self.n_batch = n_batch
         self.n_ubatch = max(1, min(n_ubatch, n_batch))
         self.alias = alias or str(self.path)
-        self._template = resolve_template(chat_template, self.metadata.get("tokenizer.chat_template"))
+        self._template = resolve_template(chat_template, self._gguf.get("tokenizer.chat_template"))
         self._vocab = _core.SamplerVocab.from_tokenizer(self.tokenizer._t)
 
     # Vocabulary ---------------------------------------------------------------------------
@@ -54,9 +54,14 @@ class Model:
         return self._core.n_embd
 
     @property
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF's metadata as plain Python values (built on first use)."""
+        return self._gguf.metadata
+
+    @property
     def chat_template(self) -> str | None:
         """The GGUF's own chat template (None when it has none)."""
-        return self.metadata.get("tokenizer.chat_template")
+        return self._gguf.get("tokenizer.chat_template")
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         return self.tokenizer.tokenize(text, add_special=add_special, parse_special=parse_special)

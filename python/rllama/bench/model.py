@@ -1,11 +1,14 @@
 """`python -m rllama bench -m MODEL -p 64,512 -n 128 -t 1,2 -r 3 [--json]`: llama-bench-like
-prompt processing (ppN) and generation (tgN) throughput."""
+prompt processing (ppN) and generation (tgN) throughput, then the peak resident memory of a fresh
+process that loads the model with a `--rss-ctx` context and generates (0 skips it)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -24,6 +27,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("-b", "--batch-size", type=int, default=512)
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rss-ctx", type=int, default=2048, help="context of the peak-RSS run (0: skip it)")
     args = ap.parse_args(argv)
 
     from rllama import _core
@@ -34,8 +38,8 @@ def main(argv: list[str]) -> int:
     info = GgufReader(path)
     size = sum(t.nbytes for t in info.tensors)
     n_params = sum(t.n_elements for t in info.tensors)
-    arch = info.metadata.get("general.architecture", "?")
-    name = f"{arch} {info.metadata.get('general.size_label', '')}".strip()
+    arch = info.get("general.architecture", "?")
+    name = f"{arch} {info.get('general.size_label', '')}".strip()
     rng = np.random.default_rng(0)
     rows = []
     if not args.json:
@@ -67,4 +71,29 @@ def main(argv: list[str]) -> int:
             else:
                 print(f"| {name:<16} | {size / 2**20:>6.2f} MiB | {n_params / 1e6:>6.1f} M | {nt:>7} | "
                       f"{kind}{n:>4} | {avg:>10.2f} ± {sd:>5.2f} |", flush=True)
+    if args.rss_ctx > 0:
+        n_gen = max(args.n_gen + [16])
+        rss = peak_rss(str(path), args.rss_ctx, max(args.threads), n_gen)
+        row = {"model_filename": str(path), "test": "peak_rss", "n_ctx": args.rss_ctx, "n_gen": n_gen,
+               "peak_rss_bytes": rss}
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"peak RSS loading at -c {args.rss_ctx} and generating {n_gen} tokens: {rss / 1e6:.0f} MB")
     return 0
+
+
+_RSS_CODE = """
+import resource, sys
+import rllama
+m = rllama.Model(sys.argv[1], n_ctx=int(sys.argv[2]), n_threads=int(sys.argv[3]))
+m.complete("Once upon a time", n_predict=int(sys.argv[4]), temperature=0, ignore_eos=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def peak_rss(path: str, n_ctx: int, threads: int, n_gen: int) -> int:
+    """Peak resident bytes of a fresh Python process that loads the model and generates."""
+    r = subprocess.run([sys.executable, "-c", _RSS_CODE, path, str(n_ctx), str(threads), str(n_gen)],
+                       capture_output=True, text=True, check=True)
+    return int(r.stdout.split()[-1])

@@ -76,6 +76,11 @@ impl PyGgufFile {
         Ok(d)
     }
 
+    /// One metadata value (None when the key is absent).
+    fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.inner.get(key).map(|v| value_to_py(py, v)).transpose()
+    }
+
     /// Metadata value type names by key ("u32", "string", "array", ...).
     fn metadata_types(&self) -> Vec<(String, String)> {
         self.inner

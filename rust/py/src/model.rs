@@ -115,7 +115,10 @@ impl Drop for PyGeneration {
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16"))]
+    /// Load the model at `path`, or from `file` (an open `GgufFile`, whose parsed metadata and
+    /// mapping are then shared instead of opened again).
+    #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
@@ -124,13 +127,18 @@ impl PyModel {
         mlock: bool,
         cache_type_k: &str,
         cache_type_v: &str,
+        file: Option<PyRef<'_, crate::gguf::PyGgufFile>>,
     ) -> PyResult<Self> {
         let opts = LoadOptions { no_mmap, mlock };
         let types = CacheTypes::parse(cache_type_k, cache_type_v).map_err(to_py)?;
+        let shared = file.map(|f| f.file());
         let m = py
             .detach(|| {
-                let mut m = GgufFile::open(&path, &opts)
-                    .and_then(|f| Model::load(Arc::new(f), n_threads))?;
+                let f = match shared {
+                    Some(f) => f,
+                    None => Arc::new(GgufFile::open(&path, &opts)?),
+                };
+                let mut m = Model::load(f, n_threads)?;
                 m.set_cache_types(types)?;
                 Ok::<_, rllama_core::Error>(m)
             })

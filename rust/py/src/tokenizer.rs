@@ -48,6 +48,14 @@ impl PyTokenizer {
         Ok(Self { inner: Arc::new(t) })
     }
 
+    /// The tokenizer of an already open GGUF file (its parsed metadata is shared, not re-read).
+    #[staticmethod]
+    fn from_file(py: Python<'_>, file: PyRef<'_, crate::gguf::PyGgufFile>) -> PyResult<Self> {
+        let f = file.file();
+        let t = py.detach(|| Tokenizer::from_gguf(&f)).map_err(to_py)?;
+        Ok(Self { inner: Arc::new(t) })
+    }
+
     #[pyo3(signature = (text, add_special = false, parse_special = true))]
     fn tokenize(
         &self,
