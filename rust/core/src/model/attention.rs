@@ -71,14 +71,21 @@ pub fn attention(
     let small = n < F32_ATTENTION_MIN_TOKENS;
     let group = p.n_head / p.n_head_kv;
     let out = OutPtr(att.as_mut_ptr());
-    let n_tasks = n * p.n_head;
+    // Small batches (llama.cpp's f16 path) take one task per (token, head); larger ones one per
+    // (token, KV head), its query heads sharing each key and value row as it is read.
+    let heads_per_task = if small { 1 } else { group };
+    let n_tasks = n * p.n_head / heads_per_task;
     let per = n_tasks
         .div_ceil((pool.n_threads() * 16).min(n_tasks).max(1))
         .max(1);
     pool.run(n_tasks.div_ceil(per), &|c| {
         let mut scratch = Vec::new();
         for task in c * per..((c + 1) * per).min(n_tasks) {
-            let (i, h) = (task / p.n_head, task % p.n_head);
+            let tasks_per_token = p.n_head / heads_per_task;
+            let (i, h0) = (
+                task / tasks_per_token,
+                (task % tasks_per_token) * heads_per_task,
+            );
             let t = batch[i];
             let lo = if p.window > 0 {
                 (t.pos + 1).saturating_sub(p.window)
@@ -88,20 +95,22 @@ pub fn attention(
             let Some((kf, vf)) = &wide[t.seq] else {
                 unreachable!("every token's sequence was widened")
             };
-            let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
-            // SAFETY: each (token, head) slice of `att` is written by exactly one task, and `att`
-            // outlives the pool call.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + h * hd), hd) };
             let head = Head {
+                dim: hd,
                 keys: kf,
                 vals: vf,
                 stride: kvd,
-                off: (h / group) * hd,
+                off: (h0 / group) * hd,
                 lo,
                 hi: t.pos,
                 scale: p.scale,
             };
-            head_dispatch(&head, qh, small && f16_cache(t.seq), &mut scratch, o);
+            let at = i * qd + h0 * hd;
+            let qs = &q[at..at + heads_per_task * hd];
+            // SAFETY: each (token, head) slice of `att` is written by exactly one task, and `att`
+            // outlives the pool call.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.at(at), heads_per_task * hd) };
+            head_dispatch(&head, qs, small && f16_cache(t.seq), &mut scratch, o);
         }
     });
 }
@@ -109,6 +118,8 @@ pub fn attention(
 /// One query head's view of the widened cache: rows [lo, hi], `stride` values per position, this
 /// head's slice at `off`.
 struct Head<'a> {
+    /// Values per head.
+    dim: usize,
     keys: &'a [f32],
     vals: &'a [f32],
     stride: usize,
@@ -189,7 +200,7 @@ fn dot_f16_order(q: &[f32], k: &[f32]) -> f32 {
 
 #[inline(always)]
 fn head_kernel(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, out: &mut [f32]) {
-    let hd = q.len();
+    let hd = h.dim;
     if f16_acc {
         // One pass, online softmax, query and accumulator rounded to f16 like llama.cpp.
         scratch.clear();
@@ -227,28 +238,48 @@ fn head_kernel(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, out: 
         }
         return;
     }
-    // f32: scores, then one softmax, then the weighted sum of values.
+    // f32, for every query head in `q` (heads sharing this KV head): scores, then one softmax,
+    // then the weighted sum of values; each key and value row is read once for all of them.
     let n = h.hi + 1 - h.lo;
+    let g = q.len() / hd;
     scratch.clear();
-    scratch.resize(n, 0.0);
-    let mut m = f32::NEG_INFINITY;
-    for (j, s) in scratch.iter_mut().enumerate() {
-        *s = dot(q, h.key(h.lo + j, hd)) * h.scale;
-        m = m.max(*s);
-    }
-    let mut sum = 0f32;
-    for s in scratch.iter_mut() {
-        *s = (*s - m).exp();
-        sum += *s;
-    }
-    out.fill(0.0);
-    for (j, &w) in scratch.iter().enumerate() {
-        for (o, &v) in out.iter_mut().zip(h.val(h.lo + j, hd)) {
-            *o = v.mul_add(w, *o);
+    scratch.resize(g * n, 0.0);
+    for j in 0..n {
+        let key = h.key(h.lo + j, hd);
+        for (k, qk) in q.chunks_exact(hd).enumerate() {
+            scratch[k * n + j] = dot(qk, key) * h.scale;
         }
     }
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    out.iter_mut().for_each(|o| *o *= inv);
+    let mut inv = [0f32; 16];
+    let mut inv_big = Vec::new();
+    let inv: &mut [f32] = if g <= 16 {
+        &mut inv[..g]
+    } else {
+        inv_big.resize(g, 0.0);
+        &mut inv_big
+    };
+    for (s, inv) in scratch.chunks_exact_mut(n).zip(inv.iter_mut()) {
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in s.iter_mut() {
+            *v = (*v - m).exp();
+            sum += *v;
+        }
+        *inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    }
+    out.fill(0.0);
+    for j in 0..n {
+        let val = h.val(h.lo + j, hd);
+        for (k, o) in out.chunks_exact_mut(hd).enumerate() {
+            let w = scratch[k * n + j];
+            for (o, &v) in o.iter_mut().zip(val) {
+                *o = v.mul_add(w, *o);
+            }
+        }
+    }
+    for (o, &inv) in out.chunks_exact_mut(hd).zip(inv.iter()) {
+        o.iter_mut().for_each(|o| *o *= inv);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -333,6 +364,7 @@ mod tests {
             assert_eq!(*a, b.to_f32());
         }
         let h = Head {
+            dim: hd,
             keys: &kf,
             vals: &vf,
             stride: hd,
@@ -373,6 +405,16 @@ mod tests {
                     out[d]
                 );
             }
+        }
+        // Query heads sharing the KV head, evaluated together, give each one's own result.
+        let q2: Vec<f32> = q.iter().rev().map(|v| v * 0.5).collect();
+        let both: Vec<f32> = q.iter().chain(&q2).copied().collect();
+        let mut out2 = vec![0f32; 2 * hd];
+        head_dispatch(&h, &both, false, &mut Vec::new(), &mut out2);
+        for (qi, o) in [&q, &q2].into_iter().zip(out2.chunks_exact(hd)) {
+            let mut alone = vec![0f32; hd];
+            head_dispatch(&h, qi, false, &mut Vec::new(), &mut alone);
+            assert_eq!(o, &alone[..]);
         }
     }
 }
