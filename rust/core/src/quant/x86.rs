@@ -178,21 +178,32 @@ pub fn has_avx512_dot(ty: super::GgmlType) -> bool {
 /// One weight row of a type accepted by `has_avx512_dot` against Q8 activations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_row_512(ty: super::GgmlType, w: &[u8], x: &Q8Row) -> f32 {
+    dot_rows_512(ty, [w], x)[0]
+}
+
+/// `R` weight rows (of equal length) against the same activations: each row summed in exactly
+/// `dot_row_512`'s order, the activations loaded once for all of them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_rows_512<const R: usize>(
+    ty: super::GgmlType,
+    ws: [&[u8]; R],
+    x: &Q8Row,
+) -> [f32; R] {
     use super::GgmlType::*;
     match ty {
-        Q8_0 => row_512::<34, false>(w, x, |pa, pb| {
+        Q8_0 => rows_512::<34, false, R>(ws, x, |pa, pb| {
             let w = _mm512_inserti64x4::<1>(
                 _mm512_castsi256_si512(_mm256_loadu_si256(pa.add(2) as *const __m256i)),
                 _mm256_loadu_si256(pb.add(2) as *const __m256i),
             );
             (w, true)
         }),
-        Q4_1 => row_512::<20, true>(w, x, |pa, pb| (nibbles_x2(pa.add(4), pb.add(4)), false)),
-        Q4_0 => row_512::<18, false>(w, x, |pa, pb| {
+        Q4_1 => rows_512::<20, true, R>(ws, x, |pa, pb| (nibbles_x2(pa.add(4), pb.add(4)), false)),
+        Q4_0 => rows_512::<18, false, R>(ws, x, |pa, pb| {
             let w = _mm512_sub_epi8(nibbles_x2(pa.add(2), pb.add(2)), _mm512_set1_epi8(8));
             (w, true)
         }),
-        Q5_0 => row_512::<22, false>(w, x, |pa, pb| {
+        Q5_0 => rows_512::<22, false, R>(ws, x, |pa, pb| {
             // The fifth bit set gives nibble + 16 - 16; clear gives nibble - 16.
             let qa = (pa.add(2) as *const u32).read_unaligned();
             let qb = (pb.add(2) as *const u32).read_unaligned();
@@ -215,38 +226,43 @@ unsafe fn f16_pair(a: *const u8, b: *const u8) -> __m128 {
 }
 
 /// The row loop shared by the legacy types: `TS` bytes per block, a min at byte 2 when `MIN`;
-/// `load(a, b)` gives the 64 weights of blocks a, b and whether they are signed.
+/// `load(a, b)` gives the 64 weights of blocks a, b and whether they are signed. `R` rows of the
+/// same length side by side, each with its own accumulator.
 #[inline(always)]
-unsafe fn row_512<const TS: usize, const MIN: bool>(
-    w: &[u8],
+unsafe fn rows_512<const TS: usize, const MIN: bool, const R: usize>(
+    ws: [&[u8]; R],
     x: &Q8Row,
     load: impl Fn(*const u8, *const u8) -> (__m512i, bool),
-) -> f32 {
-    let nb = w.len() / TS;
+) -> [f32; R] {
+    let nb = ws[0].len() / TS;
+    assert!(ws.iter().all(|w| w.len() == nb * TS));
     assert!(x.d.len() >= nb && x.s.len() >= nb && x.q.len() >= nb * 32);
-    let (wp, yp, xd, xs) = (w.as_ptr(), x.q.as_ptr(), x.d.as_ptr(), x.s.as_ptr());
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
+    let (yp, xd, xs) = (x.q.as_ptr(), x.d.as_ptr(), x.s.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut summs = [0f32; R];
     let mut b = 0;
     while b + 2 <= nb {
-        let (pa, pb) = (wp.add(b * TS), wp.add((b + 1) * TS));
         let y = _mm512_loadu_si512(yp.add(b * 32) as *const __m512i);
-        let (q, signed) = load(pa, pb);
-        let f = if signed {
-            dot_i8x64(q, y)
-        } else {
-            dot_u8x64(q, y)
-        };
         let xdd = _mm_castsi128_ps(_mm_loadl_epi64(xd.add(b) as *const __m128i));
-        let dd = _mm_mul_ps(f16_pair(pa, pb), xdd);
-        if MIN {
-            let xss = _mm_castsi128_ps(_mm_loadl_epi64(xs.add(b) as *const __m128i));
-            let ms = _mm_mul_ps(f16_pair(pa.add(2), pb.add(2)), xss);
-            summs += _mm_cvtss_f32(ms);
-            summs += _mm_cvtss_f32(_mm_movehdup_ps(ms));
+        let xss = _mm_castsi128_ps(_mm_loadl_epi64(xs.add(b) as *const __m128i));
+        for r in 0..R {
+            let wp = ws[r].as_ptr();
+            let (pa, pb) = (wp.add(b * TS), wp.add((b + 1) * TS));
+            let (q, signed) = load(pa, pb);
+            let f = if signed {
+                dot_i8x64(q, y)
+            } else {
+                dot_u8x64(q, y)
+            };
+            let dd = _mm_mul_ps(f16_pair(pa, pb), xdd);
+            if MIN {
+                let ms = _mm_mul_ps(f16_pair(pa.add(2), pb.add(2)), xss);
+                summs[r] += _mm_cvtss_f32(ms);
+                summs[r] += _mm_cvtss_f32(_mm_movehdup_ps(ms));
+            }
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), lo8(f), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), hi8(f), acc[r]);
         }
-        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), lo8(f), acc);
-        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), hi8(f), acc);
         b += 2;
     }
     let ty = match (TS, MIN) {
@@ -255,7 +271,11 @@ unsafe fn row_512<const TS: usize, const MIN: bool>(
         (18, _) => super::GgmlType::Q4_0,
         _ => super::GgmlType::Q5_0,
     };
-    hsum_f32_8_tail(ty, &w[b * TS..], x, b, acc, summs)
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum_f32_8_tail(ty, &ws[r][b * TS..], x, b, acc[r], summs[r]);
+    }
+    out
 }
 
 /// Finish a row from block `b0` on with the AVX2 code (at most one block is left), adding the

@@ -326,17 +326,30 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 }
                 return;
             }
+            #[cfg(target_arch = "x86_64")]
+            if fast512 && n == 1 && crate::quant::x86::has_avx512_dot(w.ty) {
+                // Token generation on AVX-512: four rows per pass over the activations.
+                let mut r = r0;
+                while r + 4 <= r1 {
+                    let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                    // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
+                    let v = unsafe { crate::quant::x86::dot_rows_512(w.ty, rows, &xs[0]) };
+                    for (i, v) in v.into_iter().enumerate() {
+                        put(0, r + i, v);
+                    }
+                    r += 4;
+                }
+                for r in r..r1 {
+                    // SAFETY: as above.
+                    put(0, r, unsafe {
+                        crate::quant::x86::dot_row_512(w.ty, w.row(r), &xs[0])
+                    });
+                }
+                return;
+            }
             for r in r0..r1 {
                 let row = w.row(r);
                 prefetch_row(w, r + 2, r1);
-                #[cfg(target_arch = "x86_64")]
-                if fast512 && n == 1 && crate::quant::x86::has_avx512_dot(w.ty) {
-                    // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
-                    put(0, r, unsafe {
-                        crate::quant::x86::dot_row_512(w.ty, row, &xs[0])
-                    });
-                    continue;
-                }
                 if n > 1 {
                     // Prefill: decode the row once, reuse it for every token.
                     u.clear();
