@@ -6,6 +6,8 @@ use crate::gguf::GgufFile;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     Llama,
+    /// Llama's blocks with biases on Q, K and V and NeoX RoPE.
+    Qwen2,
     Gemma3,
 }
 
@@ -57,10 +59,11 @@ impl ModelConfig {
             .to_string();
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
             "gemma3" => Arch::Gemma3,
             other => {
                 return Err(Error::load(format!(
-                    "unsupported model architecture '{other}' (supported: llama, gemma3)"
+                    "unsupported model architecture '{other}' (supported: llama, qwen2, gemma3)"
                 )))
             }
         };
@@ -128,8 +131,12 @@ impl ModelConfig {
             _ => 1.0,
         };
         let (rope_style, n_swa, swa_layers, attn_scale) = match arch {
-            Arch::Llama => (
-                RopeStyle::Normal,
+            Arch::Llama | Arch::Qwen2 => (
+                if arch == Arch::Llama {
+                    RopeStyle::Normal
+                } else {
+                    RopeStyle::Neox
+                },
                 0,
                 vec![false; n_layer],
                 1.0 / (head_dim as f32).sqrt(),

@@ -25,6 +25,8 @@ struct Layer {
     wk: TensorInfo,
     wv: TensorInfo,
     wo: TensorInfo,
+    /// Biases of the Q, K, V projections (qwen2).
+    qkv_bias: Option<[Vec<f32>; 3]>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     attn_post_norm: Option<Vec<f32>>,
@@ -108,6 +110,19 @@ impl Model {
                 wk: get(&n("attn_k.weight"))?,
                 wv: get(&n("attn_v.weight"))?,
                 wo: get(&n("attn_output.weight"))?,
+                qkv_bias: match (
+                    opt_vec(&n("attn_q.bias"), cfg.q_dim())?,
+                    opt_vec(&n("attn_k.bias"), cfg.kv_dim())?,
+                    opt_vec(&n("attn_v.bias"), cfg.kv_dim())?,
+                ) {
+                    (Some(q), Some(k), Some(v)) => Some([q, k, v]),
+                    (None, None, None) => None,
+                    _ => {
+                        return Err(Error::load(format!(
+                            "layer {il} has some but not all of the Q/K/V biases"
+                        )))
+                    }
+                },
                 q_norm: opt_vec(&n("attn_q_norm.weight"), hd)?,
                 k_norm: opt_vec(&n("attn_k_norm.weight"), hd)?,
                 attn_post_norm: opt_vec(&n("post_attention_norm.weight"), e)?,
@@ -124,6 +139,11 @@ impl Model {
             expect_shape(&l.ffn_gate, &[e, cfg.n_ff])?;
             expect_shape(&l.ffn_up, &[e, cfg.n_ff])?;
             expect_shape(&l.ffn_down, &[cfg.n_ff, e])?;
+            if cfg.arch == Arch::Qwen2 && l.qkv_bias.is_none() {
+                return Err(Error::load(format!(
+                    "qwen2 layer {il} lacks its Q/K/V biases"
+                )));
+            }
             if cfg.arch == Arch::Gemma3
                 && (l.q_norm.is_none() || l.attn_post_norm.is_none() || l.ffn_post_norm.is_none())
             {
@@ -301,10 +321,20 @@ impl Model {
                 #[inline(always)]
                 |_, r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps),
             );
-            let [mut q, mut k, v]: [Vec<f32>; 3] = self
+            let [mut q, mut k, mut v]: [Vec<f32>; 3] = self
                 .linears(&[&l.wq, &l.wk, &l.wv], &xn, n)?
                 .try_into()
                 .map_err(|_| Error::invalid("projection count"))?;
+            if let Some([bq, bk, bv]) = &l.qkv_bias {
+                for (m, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
+                    self.rows(
+                        m,
+                        b.len(),
+                        #[inline(always)]
+                        |_, r| ops::add_into(r, b),
+                    );
+                }
+            }
             let swa = cfg.swa_layers[il];
             let table = if swa { &rope_swa } else { &rope_global };
             // QK-norm (gemma3) then RoPE, per token row.
@@ -379,7 +409,7 @@ impl Model {
                             .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b)
                     },
                 ),
-                Arch::Llama => self.rows(
+                Arch::Llama | Arch::Qwen2 => self.rows(
                     &mut g,
                     nff,
                     #[inline(always)]

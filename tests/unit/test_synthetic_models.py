@@ -1,0 +1,132 @@
+"""Forward passes of small synthetic models (random f32 weights written with the `gguf` package)
+against a numpy reference forward pass written here from the architectures' definitions: llama
+(adjacent-pair RoPE) and qwen2 (Q/K/V biases, NeoX RoPE), with grouped-query attention, in one
+batch and token by token through the KV cache."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from rllama import _core
+
+N_VOCAB, N_EMBD, N_FF, N_HEAD, N_KV, N_LAYER, EPS, BASE = 64, 64, 96, 4, 2, 2, 1e-5, 10000.0
+HD = N_EMBD // N_HEAD
+
+
+def make_weights(arch: str, rng) -> dict[str, np.ndarray]:
+    def mat(rows, cols):
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def vec(n, around=1.0):
+        return (around + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w = {"token_embd.weight": mat(N_VOCAB, N_EMBD), "output_norm.weight": vec(N_EMBD),
+         "output.weight": mat(N_VOCAB, N_EMBD)}
+    for i in range(N_LAYER):
+        b = f"blk.{i}."
+        w |= {b + "attn_norm.weight": vec(N_EMBD), b + "attn_q.weight": mat(N_HEAD * HD, N_EMBD),
+              b + "attn_k.weight": mat(N_KV * HD, N_EMBD), b + "attn_v.weight": mat(N_KV * HD, N_EMBD),
+              b + "attn_output.weight": mat(N_EMBD, N_HEAD * HD), b + "ffn_norm.weight": vec(N_EMBD),
+              b + "ffn_gate.weight": mat(N_FF, N_EMBD), b + "ffn_up.weight": mat(N_FF, N_EMBD),
+              b + "ffn_down.weight": mat(N_EMBD, N_FF)}
+        if arch == "qwen2":
+            w |= {b + "attn_q.bias": vec(N_HEAD * HD, 0.0), b + "attn_k.bias": vec(N_KV * HD, 0.0),
+                  b + "attn_v.bias": vec(N_KV * HD, 0.0)}
+    return w
+
+
+def write_model(path, arch: str, weights: dict[str, np.ndarray]) -> None:
+    wr = gguf.GGUFWriter(str(path), arch)
+    wr.add_block_count(N_LAYER)
+    wr.add_context_length(256)
+    wr.add_embedding_length(N_EMBD)
+    wr.add_feed_forward_length(N_FF)
+    wr.add_head_count(N_HEAD)
+    wr.add_head_count_kv(N_KV)
+    wr.add_layer_norm_rms_eps(EPS)
+    wr.add_rope_freq_base(BASE)
+    wr.add_vocab_size(N_VOCAB)
+    for name, t in weights.items():
+        wr.add_tensor(name, t)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+
+
+def rmsnorm(x, w):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * w
+
+
+def rope(x, pos, neox: bool):
+    """x: (n_tokens, n_heads, HD); rotate pairs by pos * BASE^(-2i/HD)."""
+    half = HD // 2
+    theta = pos[:, None] * BASE ** (-2.0 * np.arange(half) / HD)  # (n, half)
+    c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    if neox:
+        a, b = x[..., :half], x[..., half:]
+        return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = a * c - b * s, a * s + b * c
+    return out
+
+
+def reference_forward(arch: str, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    W = {k: v.astype(np.float64) for k, v in w.items()}
+    n = len(tokens)
+    pos = np.arange(n, dtype=np.float64)
+    x = W["token_embd.weight"][tokens]
+    for i in range(N_LAYER):
+        b = f"blk.{i}."
+        h = rmsnorm(x, W[b + "attn_norm.weight"])
+        q, k, v = (h @ W[b + f"attn_{p}.weight"].T for p in "qkv")
+        if arch == "qwen2":
+            q, k, v = q + W[b + "attn_q.bias"], k + W[b + "attn_k.bias"], v + W[b + "attn_v.bias"]
+        q = rope(q.reshape(n, N_HEAD, HD), pos, arch == "qwen2")
+        k = rope(k.reshape(n, N_KV, HD), pos, arch == "qwen2")
+        v = v.reshape(n, N_KV, HD)
+        att = np.zeros((n, N_HEAD, HD))
+        for hh in range(N_HEAD):
+            kv = hh // (N_HEAD // N_KV)
+            s = q[:, hh] @ k[:, kv].T / np.sqrt(HD)
+            s[np.triu_indices(n, 1)] = -np.inf
+            p = np.exp(s - s.max(-1, keepdims=True))
+            att[:, hh] = (p / p.sum(-1, keepdims=True)) @ v[:, kv]
+        x = x + att.reshape(n, -1) @ W[b + "attn_output.weight"].T
+        h = rmsnorm(x, W[b + "ffn_norm.weight"])
+        g, u = h @ W[b + "ffn_gate.weight"].T, h @ W[b + "ffn_up.weight"].T
+        x = x + (g / (1 + np.exp(-g)) * u) @ W[b + "ffn_down.weight"].T
+    return rmsnorm(x, W["output_norm.weight"]) @ W["output.weight"].T
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_synthetic_forward_matches_numpy(tmp_path, arch):
+    rng = np.random.default_rng(3)
+    w = make_weights(arch, rng)
+    path = tmp_path / f"{arch}.gguf"
+    write_model(path, arch, w)
+    tokens = rng.integers(0, N_VOCAB, 12).tolist()
+    want = reference_forward(arch, w, tokens)
+    m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
+    for n_batch in (len(tokens), 1, 5):  # one batch; token by token; batches through the cache
+        got = np.frombuffer(m.eval(tokens, 32, n_batch=n_batch, all_logits=True), dtype=np.float32)
+        np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3,
+                                   err_msg=f"{arch} n_batch={n_batch}")
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "m.gguf"
+    write_model(path, "mamba", make_weights("llama", rng))
+    with pytest.raises(Exception, match="unsupported model architecture 'mamba'"):
+        _core.Model(str(path))
+
+
+def test_qwen2_without_biases_is_a_load_error(tmp_path):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "m.gguf"
+    write_model(path, "qwen2", make_weights("llama", rng))
+    with pytest.raises(Exception, match="bias"):
+        _core.Model(str(path))
