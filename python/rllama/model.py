@@ -28,13 +28,21 @@ class Model:
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
                  n_threads: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
                  no_mmap: bool = False, mlock: bool = False, chat_template: str | None = None,
-                 alias: str | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16"):
+                 alias: str | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16",
+                 rope_scaling: str | None = None, rope_freq_base: float | None = None,
+                 rope_freq_scale: float | None = None, yarn_orig_ctx: int | None = None,
+                 yarn_ext_factor: float | None = None, yarn_attn_factor: float | None = None,
+                 yarn_beta_fast: float | None = None, yarn_beta_slow: float | None = None):
         self.path = Path(resolve(path_or_name))
         self._gguf = GgufReader(self.path, no_mmap=no_mmap, mlock=mlock)
         self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
         # One parsed file shared by the reader, the weights and the tokenizer.
         self._core = _core.Model(str(self.path), n_threads=self.n_threads, cache_type_k=cache_type_k,
-                                 cache_type_v=cache_type_v, file=self._gguf._file)
+                                 cache_type_v=cache_type_v, file=self._gguf._file,
+                                 rope_scaling=rope_scaling, rope_freq_base=rope_freq_base,
+                                 rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx,
+                                 yarn_ext_factor=yarn_ext_factor, yarn_attn_factor=yarn_attn_factor,
+                                 yarn_beta_fast=yarn_beta_fast, yarn_beta_slow=yarn_beta_slow)
         self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
         self.tokenizer = Tokenizer(_core.Tokenizer.from_file(self._gguf._file))
         self.n_ctx = n_ctx if n_ctx > 0 else self._core.n_ctx_train

@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rllama.model_args import add_model_args, model_kwargs
+
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m rllama run", description=__doc__)
-    ap.add_argument("-m", "--model", default=None, help="GGUF path, URL or built-in name (default smollm2)")
+    add_model_args(ap, n_ctx=4096)
     ap.add_argument("-p", "--prompt", default=None, help="prompt text (default: read stdin)")
     ap.add_argument("-f", "--file", default=None, help="read the prompt from a file")
     ap.add_argument("-n", "--n-predict", type=int, default=128)
-    ap.add_argument("-c", "--ctx-size", type=int, default=4096)
-    ap.add_argument("-t", "--threads", type=int, default=None)
-    ap.add_argument("-ctk", "--cache-type-k", default="f16", help="KV cache type for K (f32, f16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1)")
-    ap.add_argument("-ctv", "--cache-type-v", default="f16", help="KV cache type for V")
-    ap.add_argument("-b", "--batch-size", type=int, default=512)
     ap.add_argument("--temp", type=float, default=0.8)
     ap.add_argument("--top-k", type=int, default=40)
     ap.add_argument("--top-p", type=float, default=0.95)
@@ -36,8 +33,7 @@ def main(argv: list[str]) -> int:
         prompt = args.prompt
     else:
         prompt = sys.stdin.read()
-    model = Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_ubatch=args.batch_size,
-                  cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v)
+    model = Model(args.model, **model_kwargs(args))
     if args.chat:
         prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
     opts = {"n_predict": args.n_predict, "temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p,

@@ -12,8 +12,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from rllama.errors import RllamaError
-
-KV_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+from rllama.model_args import KV_TYPES
 
 
 class NotSupportedYet(RllamaError):
@@ -167,9 +166,6 @@ def unsupported(s: ServerSettings) -> list[str]:
         (s.grp_attn_n != d.grp_attn_n, "--grp-attn-n (self-extend)"),
         (s.grp_attn_w != d.grp_attn_w, "--grp-attn-w (self-extend)"),
         (s.system_prompt_file is not None, "-spf/--system-prompt-file"),
-        (s.rope_scaling == "yarn", "--rope-scaling yarn"),
-        (s.rope_freq_base is not None, "--rope-freq-base"),
-        (s.rope_freq_scale is not None, "--rope-freq-scale"),
         (s.spm_infill, "--spm-infill"),
         (s.ssl_key_file is not None or s.ssl_cert_file is not None, "--ssl-key-file/--ssl-cert-file"),
     ]

@@ -93,8 +93,7 @@ def test_serve_every_flag_spelling():
     (["-ngl", "10"], "-ngl"), (["-ts", "3,2"], "-ts"), (["-mg", "1"], "-mg"), (["--numa"], "--numa"),
     (["--numa", "isolate"], "--numa"), (["--lora", "a.gguf"], "--lora"), (["--lora-base", "b"], "--lora-base"),
     (["--mmproj", "p"], "--mmproj"), (["--grp-attn-n", "4"], "--grp-attn-n"), (["--grp-attn-w", "8"], "--grp-attn-w"),
-    (["-spf", "s.json"], "-spf"), (["--rope-scaling", "yarn"], "yarn"), (["--rope-freq-base", "1e4"], "--rope-freq-base"),
-    (["--rope-freq-scale", "0.5"], "--rope-freq-scale"),
+    (["-spf", "s.json"], "-spf"),
     (["--spm-infill"], "--spm-infill"), (["--ssl-key-file", "k"], "--ssl"), (["--ssl-cert-file", "c"], "--ssl"),
 ])
 def test_serve_refuses_unbuilt_features(flags, name):

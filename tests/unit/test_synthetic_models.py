@@ -36,8 +36,12 @@ def make_weights(arch: str, rng) -> dict[str, np.ndarray]:
     return w
 
 
-def write_model(path, arch: str, weights: dict[str, np.ndarray]) -> None:
+def write_model(path, arch: str, weights: dict[str, np.ndarray], yarn: dict | None = None) -> None:
     wr = gguf.GGUFWriter(str(path), arch)
+    if yarn:
+        wr.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        wr.add_rope_scaling_factor(yarn["factor"])
+        wr.add_rope_scaling_orig_ctx_len(yarn["orig_ctx"])
     wr.add_block_count(N_LAYER)
     wr.add_context_length(256)
     wr.add_embedding_length(N_EMBD)
@@ -59,11 +63,25 @@ def rmsnorm(x, w):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * w
 
 
-def rope(x, pos, neox: bool):
-    """x: (n_tokens, n_heads, HD); rotate pairs by pos * BASE^(-2i/HD)."""
+def rope(x, pos, neox: bool, base: float = BASE, yarn: dict | None = None):
+    """x: (n_tokens, n_heads, HD); rotate pairs by pos * base^(-2i/HD). YaRN (from its paper, as
+    ggml implements it): between the correction dimensions the angle mixes the interpolated
+    (pos / factor) and the original one, and both sin and cos grow by 1 + 0.1 ln(factor)."""
     half = HD // 2
-    theta = pos[:, None] * BASE ** (-2.0 * np.arange(half) / HD)  # (n, half)
-    c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    i = np.arange(half)
+    theta = pos[:, None] * base ** (-2.0 * i / HD)  # (n, half)
+    scale = 1.0
+    if yarn:
+        interp = theta / yarn["factor"]
+
+        def corr(beta):
+            return HD * np.log(yarn["orig_ctx"] / (beta * 2 * np.pi)) / (2 * np.log(base))
+
+        lo, hi = max(0.0, np.floor(corr(32.0))), min(HD - 1.0, np.ceil(corr(1.0)))
+        mix = 1 - np.clip((i - lo) / max(0.001, hi - lo), 0, 1)
+        theta = interp * (1 - mix) + theta * mix
+        scale = 1 + 0.1 * np.log(yarn["factor"])
+    c, s = scale * np.cos(theta)[:, None, :], scale * np.sin(theta)[:, None, :]
     if neox:
         a, b = x[..., :half], x[..., half:]
         return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
@@ -73,7 +91,8 @@ def rope(x, pos, neox: bool):
     return out
 
 
-def reference_forward(arch: str, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+def reference_forward(arch: str, w: dict[str, np.ndarray], tokens: list[int], base: float = BASE,
+                      yarn: dict | None = None) -> np.ndarray:
     W = {k: v.astype(np.float64) for k, v in w.items()}
     n = len(tokens)
     pos = np.arange(n, dtype=np.float64)
@@ -84,8 +103,8 @@ def reference_forward(arch: str, w: dict[str, np.ndarray], tokens: list[int]) ->
         q, k, v = (h @ W[b + f"attn_{p}.weight"].T for p in "qkv")
         if arch == "qwen2":
             q, k, v = q + W[b + "attn_q.bias"], k + W[b + "attn_k.bias"], v + W[b + "attn_v.bias"]
-        q = rope(q.reshape(n, N_HEAD, HD), pos, arch == "qwen2")
-        k = rope(k.reshape(n, N_KV, HD), pos, arch == "qwen2")
+        q = rope(q.reshape(n, N_HEAD, HD), pos, arch == "qwen2", base, yarn)
+        k = rope(k.reshape(n, N_KV, HD), pos, arch == "qwen2", base, yarn)
         v = v.reshape(n, N_KV, HD)
         att = np.zeros((n, N_HEAD, HD))
         for hh in range(N_HEAD):
@@ -114,6 +133,27 @@ def test_synthetic_forward_matches_numpy(tmp_path, arch):
         got = np.frombuffer(m.eval(tokens, 32, n_batch=n_batch, all_logits=True), dtype=np.float32)
         np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3,
                                    err_msg=f"{arch} n_batch={n_batch}")
+
+
+def test_yarn_from_metadata_and_rope_overrides(tmp_path):
+    """YaRN read from the file's rope.scaling.* keys; --rope-freq-base and --rope-scaling given to
+    the model override the file."""
+    rng = np.random.default_rng(6)
+    w = make_weights("llama", rng)
+    yarn = {"factor": 4.0, "orig_ctx": 64}
+    path = tmp_path / "yarn.gguf"
+    write_model(path, "llama", w, yarn=yarn)
+    tokens = rng.integers(0, N_VOCAB, 40).tolist()
+    cases = [({}, {"yarn": yarn}), ({"rope_freq_base": 500.0}, {"base": 500.0, "yarn": yarn}),
+             ({"rope_scaling": "none"}, {})]
+    for kwargs, ref in cases:
+        want = reference_forward("llama", w, tokens, **ref)
+        m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32", **kwargs)
+        got = np.frombuffer(m.eval(tokens, 64, n_batch=16, all_logits=True), dtype=np.float32)
+        np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3, err_msg=str(kwargs))
+    assert np.abs(reference_forward("llama", w, tokens, yarn=yarn) - reference_forward("llama", w, tokens)).max() > 0.05
+    with pytest.raises(Exception, match="rope scaling"):
+        _core.Model(str(path), rope_scaling="ntk")
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

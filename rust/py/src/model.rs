@@ -8,7 +8,7 @@ use pyo3::types::{PyBytes, PyDict};
 use rllama_core::engine::{generate, GenerateParams, Generation, Sequence, StopReason, TokenEvent};
 use rllama_core::gguf::{GgufFile, LoadOptions};
 use rllama_core::kv::CacheTypes;
-use rllama_core::model::{BatchToken, Model};
+use rllama_core::model::{BatchToken, Model, RopeOverrides};
 
 use crate::errors::to_py;
 use crate::sampling::{PySamplerVocab, PySamplingParams};
@@ -117,7 +117,7 @@ impl PyModel {
     #[new]
     /// Load the model at `path`, or from `file` (an open `GgufFile`, whose parsed metadata and
     /// mapping are then shared instead of opened again).
-    #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None))]
+    #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None, rope_scaling = None, rope_freq_base = None, rope_freq_scale = None, yarn_orig_ctx = None, yarn_ext_factor = None, yarn_attn_factor = None, yarn_beta_fast = None, yarn_beta_slow = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -128,7 +128,25 @@ impl PyModel {
         cache_type_k: &str,
         cache_type_v: &str,
         file: Option<PyRef<'_, crate::gguf::PyGgufFile>>,
+        rope_scaling: Option<String>,
+        rope_freq_base: Option<f32>,
+        rope_freq_scale: Option<f32>,
+        yarn_orig_ctx: Option<usize>,
+        yarn_ext_factor: Option<f32>,
+        yarn_attn_factor: Option<f32>,
+        yarn_beta_fast: Option<f32>,
+        yarn_beta_slow: Option<f32>,
     ) -> PyResult<Self> {
+        let rope = RopeOverrides {
+            scaling: rope_scaling,
+            freq_base: rope_freq_base,
+            freq_scale: rope_freq_scale,
+            yarn_orig_ctx,
+            yarn_ext_factor,
+            yarn_attn_factor,
+            yarn_beta_fast,
+            yarn_beta_slow,
+        };
         let opts = LoadOptions { no_mmap, mlock };
         let types = CacheTypes::parse(cache_type_k, cache_type_v).map_err(to_py)?;
         let shared = file.map(|f| f.file());
@@ -140,6 +158,7 @@ impl PyModel {
                 };
                 let mut m = Model::load(f, n_threads)?;
                 m.set_cache_types(types)?;
+                m.set_rope(&rope)?;
                 Ok::<_, rllama_core::Error>(m)
             })
             .map_err(to_py)?;

@@ -19,6 +19,30 @@ pub enum RopeStyle {
     Neox,
 }
 
+/// YaRN's settings (llama.cpp's `--yarn-*` flags; defaults from metadata).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    pub n_ctx_orig: usize,
+}
+
+/// RoPE settings given on the command line or to `rllama.Model`, over the file's (llama.cpp's
+/// `--rope-scaling`, `--rope-freq-base`, `--rope-freq-scale`, `--yarn-*`).
+#[derive(Clone, Debug, Default)]
+pub struct RopeOverrides {
+    pub scaling: Option<String>,
+    pub freq_base: Option<f32>,
+    pub freq_scale: Option<f32>,
+    pub yarn_orig_ctx: Option<usize>,
+    pub yarn_ext_factor: Option<f32>,
+    pub yarn_attn_factor: Option<f32>,
+    pub yarn_beta_fast: Option<f32>,
+    pub yarn_beta_slow: Option<f32>,
+}
+
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
     pub arch: Arch,
@@ -38,6 +62,8 @@ pub struct ModelConfig {
     /// RoPE base of sliding-window layers (gemma3's local layers).
     pub rope_base_swa: f32,
     pub rope_scale: f32,
+    /// YaRN scaling (`rope.scaling.type` = yarn, or `--rope-scaling yarn`).
+    pub yarn: Option<Yarn>,
     /// Sliding window size (0: none) and which layers use it.
     pub n_swa: usize,
     pub swa_layers: Vec<bool>,
@@ -126,9 +152,30 @@ impl ModelConfig {
         }
         let rope_base = f.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32;
         let rope_base_swa = f.get_f64(&k("rope.freq_base_swa")).unwrap_or(10000.0) as f32;
-        let rope_scale = match f.get_f64(&k("rope.scaling.factor")) {
+        let factor = match f.get_f64(&k("rope.scaling.factor")) {
             Some(s) if s > 0.0 => 1.0 / s as f32,
             _ => 1.0,
+        };
+        let (rope_scale, yarn) = match f.get_str(&k("rope.scaling.type")).unwrap_or("linear") {
+            "none" => (1.0, None),
+            "yarn" => (
+                factor,
+                Some(Yarn {
+                    ext_factor: f.get_f64(&k("rope.scaling.yarn_ext_factor")).unwrap_or(1.0) as f32,
+                    attn_factor: f
+                        .get_f64(&k("rope.scaling.yarn_attn_factor"))
+                        .or_else(|| f.get_f64(&k("rope.scaling.attn_factor")))
+                        .unwrap_or(1.0) as f32,
+                    beta_fast: f.get_f64(&k("rope.scaling.yarn_beta_fast")).unwrap_or(32.0) as f32,
+                    beta_slow: f.get_f64(&k("rope.scaling.yarn_beta_slow")).unwrap_or(1.0) as f32,
+                    n_ctx_orig: f
+                        .get_i64(&k("rope.scaling.original_context_length"))
+                        .filter(|&v| v > 0)
+                        .map(|v| v as usize)
+                        .unwrap_or(n_ctx_train),
+                }),
+            ),
+            _ => (factor, None),
         };
         let (rope_style, n_swa, swa_layers, attn_scale) = match arch {
             Arch::Llama | Arch::Qwen2 => (
@@ -181,11 +228,68 @@ impl ModelConfig {
             rope_base,
             rope_base_swa,
             rope_scale,
+            yarn,
             n_swa,
             swa_layers,
             attn_scale,
             final_logit_softcap,
         })
+    }
+
+    /// Apply RoPE overrides (an unknown scaling name or a non-positive base/scale is an error).
+    pub fn apply_rope_overrides(&mut self, o: &RopeOverrides) -> Result<()> {
+        let positive = |name: &str, v: Option<f32>| match v {
+            Some(x) if !(x > 0.0 && x.is_finite()) => {
+                Err(Error::invalid(format!("{name} must be positive, got {x}")))
+            }
+            _ => Ok(v),
+        };
+        if let Some(b) = positive("rope frequency base", o.freq_base)? {
+            self.rope_base = b;
+        }
+        if let Some(sc) = positive("rope frequency scale", o.freq_scale)? {
+            self.rope_scale = sc;
+        }
+        match o.scaling.as_deref() {
+            None => {}
+            Some("none") => {
+                self.rope_scale = 1.0;
+                self.yarn = None;
+            }
+            Some("linear") => self.yarn = None,
+            Some("yarn") => {
+                self.yarn.get_or_insert(Yarn {
+                    ext_factor: 1.0,
+                    attn_factor: 1.0,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                    n_ctx_orig: self.n_ctx_train,
+                });
+            }
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "unknown rope scaling '{other}' (none, linear or yarn)"
+                )))
+            }
+        }
+        if let Some(y) = &mut self.yarn {
+            if let Some(v) = o.yarn_orig_ctx.filter(|&v| v > 0) {
+                y.n_ctx_orig = v;
+            }
+            if let Some(v) = o.yarn_ext_factor.filter(|&v| v >= 0.0) {
+                y.ext_factor = v;
+            }
+            if let Some(v) = o.yarn_attn_factor.filter(|&v| v > 0.0) {
+                y.attn_factor = v;
+            }
+            if let Some(v) = o.yarn_beta_fast {
+                y.beta_fast = v;
+            }
+            if let Some(v) = o.yarn_beta_slow {
+                y.beta_slow = v;
+            }
+        }
+        Ok(())
     }
 
     pub fn kv_dim(&self) -> usize {

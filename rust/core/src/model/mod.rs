@@ -11,7 +11,7 @@ pub mod ops;
 use std::sync::Arc;
 
 use attention::{attention, AttnParams};
-pub use config::{Arch, ModelConfig, RopeStyle};
+pub use config::{Arch, ModelConfig, RopeOverrides, RopeStyle, Yarn};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -177,6 +177,13 @@ impl Model {
         })
     }
 
+    /// Override the file's RoPE settings (see `RopeOverrides`).
+    pub fn set_rope(&mut self, o: &RopeOverrides) -> Result<()> {
+        self.cfg.apply_rope_overrides(o)?;
+        self.theta_scale = ops::rope_theta_scale(self.cfg.n_rot, self.cfg.rope_base);
+        Ok(())
+    }
+
     /// Store keys and values of caches made from now on as `types` (llama.cpp's `-ctk/-ctv`).
     pub fn set_cache_types(&mut self, types: CacheTypes) -> Result<()> {
         // Fails now, not at the first request, when the KV width does not fit the block size.
@@ -286,8 +293,19 @@ impl Model {
         }
 
         // RoPE tables, one per position and base (they do not change from layer to layer).
-        let rope_tables = |theta_scale: f32| -> Vec<(f32, f32)> {
+        let rope_tables = |theta_scale: f32, base: f32| -> Vec<(f32, f32)> {
             let half = cfg.n_rot / 2;
+            let yarn = cfg.yarn.map(|y| ops::YarnTable {
+                ext_factor: y.ext_factor,
+                mscale: y.attn_factor,
+                corr_dims: ops::yarn_corr_dims(
+                    cfg.n_rot,
+                    y.n_ctx_orig,
+                    base,
+                    y.beta_fast,
+                    y.beta_slow,
+                ),
+            });
             let mut all = Vec::with_capacity(n * half);
             let mut rc = Vec::with_capacity(half);
             for t in batch {
@@ -296,15 +314,16 @@ impl Model {
                     cfg.rope_scale,
                     theta_scale,
                     cfg.n_rot,
+                    yarn,
                     &mut rc,
                 );
                 all.extend_from_slice(&rc);
             }
             all
         };
-        let rope_global = rope_tables(self.theta_scale);
+        let rope_global = rope_tables(self.theta_scale, cfg.rope_base);
         let rope_swa = if cfg.swa_layers.iter().any(|&s| s) {
-            rope_tables(self.theta_scale_swa)
+            rope_tables(self.theta_scale_swa, cfg.rope_base_swa)
         } else {
             Vec::new()
         };

@@ -17,20 +17,61 @@ pub fn rope_theta_scale(n_rot: usize, base: f32) -> f32 {
     base.powf(-2.0 / n_rot as f32)
 }
 
-/// The (cos, sin) table of one position: theta starts at `pos * freq_scale` and is multiplied by
-/// `theta_scale` per pair, the way ggml builds its cache (so the angles round the same way).
+/// YaRN's parameters for one RoPE base: the extrapolation mix, the magnitude scale, and the
+/// correction dimensions between which rotation frequencies are interpolated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YarnTable {
+    pub ext_factor: f32,
+    pub mscale: f32,
+    pub corr_dims: [f32; 2],
+}
+
+/// YaRN's correction dimensions for `n_rot` rotated values (ggml's definition).
+pub fn yarn_corr_dims(
+    n_rot: usize,
+    n_ctx_orig: usize,
+    base: f32,
+    beta_fast: f32,
+    beta_slow: f32,
+) -> [f32; 2] {
+    let dim = |n_rot_beta: f32| {
+        n_rot as f32 * (n_ctx_orig as f32 / (n_rot_beta * 2.0 * std::f32::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    [
+        dim(beta_fast).floor().max(0.0),
+        dim(beta_slow).ceil().min(n_rot as f32 - 1.0),
+    ]
+}
+
+/// The (cos, sin) table of one position: theta starts at `pos` and is multiplied by `theta_scale`
+/// per pair, the way ggml builds its cache (so the angles round the same way); `freq_scale`
+/// interpolates (linear scaling), YaRN mixes interpolation and extrapolation per dimension.
 pub fn rope_cache(
     pos: f32,
     freq_scale: f32,
     theta_scale: f32,
     n_rot: usize,
+    yarn: Option<YarnTable>,
     out: &mut Vec<(f32, f32)>,
 ) {
     out.clear();
     let mut theta = pos;
-    for _ in 0..n_rot / 2 {
-        let t = freq_scale * theta;
-        out.push((t.cos(), t.sin()));
+    for i in 0..n_rot / 2 {
+        let interp = freq_scale * theta;
+        let (t, mscale) = match yarn {
+            Some(y) if y.ext_factor != 0.0 => {
+                let r = (i as f32 - y.corr_dims[0]) / (y.corr_dims[1] - y.corr_dims[0]).max(0.001);
+                let mix = (1.0 - r.clamp(0.0, 1.0)) * y.ext_factor;
+                (
+                    interp * (1.0 - mix) + theta * mix,
+                    y.mscale * (1.0 + 0.1 * (1.0 / freq_scale).ln()),
+                )
+            }
+            Some(y) => (interp, y.mscale),
+            None => (interp, 1.0),
+        };
+        out.push((t.cos() * mscale, t.sin() * mscale));
         theta *= theta_scale;
     }
 }
