@@ -6,8 +6,12 @@
 //! plain Rust that LLVM vectorizes; `tensor` compiles them once per instruction set and picks
 //! one at run time.
 
-use super::dequant::{f16_at, scale_min_k4, KVALUES_IQ4NL};
-use super::q8::{Q8KRow, Q8Row};
+#[cfg(test)]
+use super::dequant::scale_min_k4;
+use super::dequant::{f16_at, KVALUES_IQ4NL};
+#[cfg(test)]
+use super::q8::Q8KRow;
+use super::q8::Q8Row;
 use super::GgmlType;
 
 #[inline(always)]
@@ -126,7 +130,8 @@ pub fn dot_legacy(ty: GgmlType, w: &[u8], x: &Q8Row) -> f32 {
     )
 }
 
-#[inline(always)]
+/// The first Q4_K dot (kept as the tests' oracle for `kquant`'s bits).
+#[cfg(test)]
 pub fn dot_q4_k(w: &[u8], x: &Q8KRow) -> f32 {
     let mut sumf = 0f32;
     for (b, blk) in w.chunks_exact(144).enumerate() {
@@ -155,7 +160,8 @@ pub fn dot_q4_k(w: &[u8], x: &Q8KRow) -> f32 {
     sumf
 }
 
-#[inline(always)]
+/// The first Q6_K dot (kept as the tests' oracle for `kquant`'s bits).
+#[cfg(test)]
 pub fn dot_q6_k(w: &[u8], x: &Q8KRow) -> f32 {
     let mut sumf = 0f32;
     for (b, blk) in w.chunks_exact(210).enumerate() {

@@ -322,7 +322,7 @@ pub fn gemm_offset(ty: super::GgmlType) -> u8 {
     }
 }
 
-/// A batch of Q8 activation rows laid out for `gemm_row_512`: per token and block pair, the 64
+/// A batch of Q8 activation rows laid out for `gemm_rows_512`: per token and block pair, the 64
 /// int8 values, the 16 lanes of −offset·(sum of the lane's four values), and the 16 lane scales
 /// [d_a ×8, d_b ×8]; per token the block sums `s` padded to a multiple of 16.
 #[derive(Default)]
@@ -335,7 +335,7 @@ pub struct GemmActs {
     s: Vec<f32>,
 }
 
-/// One weight row laid out for `gemm_row_512`.
+/// One weight row laid out for `gemm_rows_512`.
 #[derive(Default)]
 pub struct GemmRow {
     q: Vec<u8>,
