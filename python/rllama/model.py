@@ -22,11 +22,13 @@ class Model:
     """A GGUF model loaded for generation.
 
     `path_or_name` is a file, a URL or a built-in name (see `rllama.models`). `n_ctx` is the
-    context size (0: the model's training context), `n_threads` the compute threads.
+    context size (0: the model's training context), `n_threads` the compute threads for generation,
+    `n_threads_batch` those for prompts (default: `n_threads`; one pool of the larger size).
     """
 
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
-                 n_threads: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
+                 n_threads: int | None = None, n_threads_batch: int | None = None, n_batch: int = 2048,
+                 n_ubatch: int = 512,
                  no_mmap: bool = False, mlock: bool = False, chat_template: str | None = None,
                  alias: str | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16",
                  rope_scaling: str | None = None, rope_freq_base: float | None = None,
@@ -37,7 +39,9 @@ class Model:
         self._gguf = GgufReader(self.path, no_mmap=no_mmap, mlock=mlock)
         self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
         # One parsed file shared by the reader, the weights and the tokenizer.
-        self._core = _core.Model(str(self.path), n_threads=self.n_threads, cache_type_k=cache_type_k,
+        self.n_threads_batch = n_threads_batch or self.n_threads
+        self._core = _core.Model(str(self.path), n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
+                                 cache_type_k=cache_type_k,
                                  cache_type_v=cache_type_v, file=self._gguf._file,
                                  rope_scaling=rope_scaling, rope_freq_base=rope_freq_base,
                                  rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx,

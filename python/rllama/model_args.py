@@ -14,6 +14,7 @@ def add_model_args(ap: argparse.ArgumentParser, n_ctx: int) -> None:
     ap.add_argument("-c", "--ctx-size", type=int, default=n_ctx)
     ap.add_argument("-b", "--batch-size", type=int, default=512)
     ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("-tb", "--threads-batch", type=int, default=None, help="threads for prompts (default: --threads)")
     ap.add_argument("-ctk", "--cache-type-k", default="f16", choices=KV_TYPES, help="KV cache type for K")
     ap.add_argument("-ctv", "--cache-type-v", default="f16", choices=KV_TYPES, help="KV cache type for V")
     ap.add_argument("--rope-scaling", default=None, choices=["none", "linear", "yarn"])
@@ -27,7 +28,8 @@ def add_model_args(ap: argparse.ArgumentParser, n_ctx: int) -> None:
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"n_ctx": args.ctx_size, "n_threads": args.threads, "n_ubatch": args.batch_size,
+    return {"n_ctx": args.ctx_size, "n_threads": args.threads, "n_threads_batch": args.threads_batch,
+            "n_ubatch": args.batch_size,
             "cache_type_k": args.cache_type_k, "cache_type_v": args.cache_type_v,
             "rope_scaling": args.rope_scaling, "rope_freq_base": args.rope_freq_base,
             "rope_freq_scale": args.rope_freq_scale, "yarn_orig_ctx": args.yarn_orig_ctx,

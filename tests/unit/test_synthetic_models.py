@@ -156,6 +156,20 @@ def test_yarn_from_metadata_and_rope_overrides(tmp_path):
         _core.Model(str(path), rope_scaling="ntk")
 
 
+def test_thread_counts_do_not_change_results(tmp_path):
+    """--threads for single tokens and --threads-batch for batches share one pool; every split of
+    the work gives the same bits."""
+    rng = np.random.default_rng(8)
+    path = tmp_path / "m.gguf"
+    write_model(path, "qwen2", make_weights("qwen2", rng))
+    tokens = rng.integers(0, N_VOCAB, 20).tolist()
+    outs = []
+    for t, tb in [(1, 1), (2, 2), (1, 3), (3, 1)]:
+        m = _core.Model(str(path), n_threads=t, n_threads_batch=tb)
+        outs.append(m.eval(tokens, 32, n_batch=8, all_logits=True) + m.eval(tokens, 32, n_batch=1, all_logits=True))
+    assert all(o == outs[0] for o in outs)
+
+
 def test_unsupported_architecture_is_a_clear_error(tmp_path):
     rng = np.random.default_rng(4)
     path = tmp_path / "m.gguf"

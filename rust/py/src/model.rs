@@ -117,12 +117,13 @@ impl PyModel {
     #[new]
     /// Load the model at `path`, or from `file` (an open `GgufFile`, whose parsed metadata and
     /// mapping are then shared instead of opened again).
-    #[pyo3(signature = (path, n_threads = 1, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None, rope_scaling = None, rope_freq_base = None, rope_freq_scale = None, yarn_orig_ctx = None, yarn_ext_factor = None, yarn_attn_factor = None, yarn_beta_fast = None, yarn_beta_slow = None))]
+    #[pyo3(signature = (path, n_threads = 1, n_threads_batch = None, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None, rope_scaling = None, rope_freq_base = None, rope_freq_scale = None, yarn_orig_ctx = None, yarn_ext_factor = None, yarn_attn_factor = None, yarn_beta_fast = None, yarn_beta_slow = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
         n_threads: usize,
+        n_threads_batch: Option<usize>,
         no_mmap: bool,
         mlock: bool,
         cache_type_k: &str,
@@ -157,6 +158,7 @@ impl PyModel {
                     None => Arc::new(GgufFile::open(&path, &opts)?),
                 };
                 let mut m = Model::load(f, n_threads)?;
+                m.set_threads(n_threads, n_threads_batch.unwrap_or(n_threads));
                 m.set_cache_types(types)?;
                 m.set_rope(&rope)?;
                 Ok::<_, rllama_core::Error>(m)

@@ -47,6 +47,9 @@ pub struct Model {
     theta_scale: f32,
     theta_scale_swa: f32,
     pool: ThreadPool,
+    /// Threads for single-token batches (`--threads`) and for larger ones (`--threads-batch`).
+    threads: usize,
+    threads_batch: usize,
     cache_types: CacheTypes,
 }
 
@@ -173,8 +176,20 @@ impl Model {
             theta_scale,
             theta_scale_swa,
             pool: ThreadPool::new(n_threads),
+            threads: n_threads.max(1),
+            threads_batch: n_threads.max(1),
             cache_types: CacheTypes::default(),
         })
+    }
+
+    /// Use `threads` threads to generate (single-token batches) and `threads_batch` for prompts,
+    /// over one pool of the larger size.
+    pub fn set_threads(&mut self, threads: usize, threads_batch: usize) {
+        let (t, tb) = (threads.max(1), threads_batch.max(1));
+        if t.max(tb) != self.pool.size() {
+            self.pool = ThreadPool::new(t.max(tb));
+        }
+        (self.threads, self.threads_batch) = (t, tb);
     }
 
     /// Override the file's RoPE settings (see `RopeOverrides`).
@@ -251,6 +266,21 @@ impl Model {
     /// Evaluate `batch`. `caches[seq]` is the KV cache of sequence `seq`. Every position earlier than
     /// a token's own must already be in its cache (or earlier in this batch).
     pub fn forward(
+        &self,
+        batch: &[BatchToken],
+        caches: &mut [&mut KvCache],
+        want_hidden: bool,
+    ) -> Result<ForwardOutput> {
+        let width = if batch.len() > 1 {
+            self.threads_batch
+        } else {
+            self.threads
+        };
+        self.pool
+            .with_width(width, || self.forward_on_pool(batch, caches, want_hidden))
+    }
+
+    fn forward_on_pool(
         &self,
         batch: &[BatchToken],
         caches: &mut [&mut KvCache],

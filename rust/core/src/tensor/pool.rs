@@ -30,6 +30,8 @@ struct Shared {
     /// reported through `done`: the atomics order every access.
     job: UnsafeCell<*const TaskFn>,
     done: AtomicUsize,
+    /// Threads that take part in the current job: the caller (0) and workers 1..active.
+    active: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
     sleepers: AtomicUsize,
@@ -43,6 +45,8 @@ unsafe impl Send for Shared {}
 
 thread_local! {
     static IN_POOL: Cell<bool> = const { Cell::new(false) };
+    /// Threads the jobs this thread issues may use (0: the whole pool); see `with_width`.
+    static WIDTH: Cell<usize> = const { Cell::new(0) };
 }
 
 pub struct ThreadPool {
@@ -147,7 +151,9 @@ fn worker(shared: Arc<Shared>, me: usize) {
             return;
         }
         seen = epoch;
-        shared.work(epoch, me);
+        if me < shared.active.load(Acquire) {
+            shared.work(epoch, me);
+        }
     }
 }
 
@@ -159,6 +165,7 @@ impl ThreadPool {
             n_tasks: AtomicUsize::new(0),
             job: UnsafeCell::new(erase(&|_| {})),
             done: AtomicUsize::new(0),
+            active: AtomicUsize::new(n_threads),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
@@ -185,18 +192,41 @@ impl ThreadPool {
         }
     }
 
+    /// Threads the calling thread's jobs use now: the pool's size, or less inside `with_width`.
     pub fn n_threads(&self) -> usize {
+        match WIDTH.with(|w| w.get()) {
+            0 => self.n_threads,
+            w => w.min(self.n_threads),
+        }
+    }
+
+    /// Threads the pool holds (the caller's included).
+    pub fn size(&self) -> usize {
         self.n_threads
+    }
+
+    /// Run `f` with the jobs this thread issues limited to `width` threads (llama.cpp's
+    /// `--threads` for token generation, `--threads-batch` for prompts, over one pool).
+    pub fn with_width<R>(&self, width: usize, f: impl FnOnce() -> R) -> R {
+        struct Restore(usize);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                WIDTH.with(|w| w.set(self.0));
+            }
+        }
+        let _restore = Restore(WIDTH.with(|w| w.replace(width.max(1))));
+        f()
     }
 
     /// Run `f(i)` for i in 0..n_tasks on the pool's threads (the caller's included).
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if n_tasks <= 1 || self.n_threads == 1 || IN_POOL.with(|c| c.get()) {
+        let width = self.n_threads();
+        if n_tasks <= 1 || width == 1 || IN_POOL.with(|c| c.get()) {
             (0..n_tasks).for_each(f);
             return;
         }
         assert!(n_tasks < u32::MAX as usize, "too many tasks");
-        self.job(n_tasks, f, n_tasks);
+        self.job(n_tasks, f, n_tasks, width);
     }
 
     /// Call `f(i, row)` for every `row_len`-long row `i` of `data`, whole rows split over the
@@ -210,13 +240,13 @@ impl ThreadPool {
     ) {
         let row_len = row_len.max(1);
         let n_rows = data.len() / row_len;
-        if n_rows < min_rows.max(2) || self.n_threads == 1 {
+        if n_rows < min_rows.max(2) || self.n_threads() == 1 {
             data.chunks_exact_mut(row_len)
                 .enumerate()
                 .for_each(|(i, r)| f(i, r));
             return;
         }
-        let n_tasks = self.n_threads.min(n_rows);
+        let n_tasks = self.n_threads().min(n_rows);
         let per = n_rows.div_ceil(n_tasks);
         let base = SendPtr(data.as_mut_ptr());
         self.run(n_tasks, &|c| {
@@ -237,15 +267,16 @@ impl ThreadPool {
             (0..self.n_threads).for_each(f);
             return;
         }
-        self.job(usize::MAX, f, self.n_threads);
+        self.job(usize::MAX, f, self.n_threads, self.n_threads);
     }
 
-    fn job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), expect: usize) {
+    fn job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), expect: usize, active: usize) {
         let _one = self.dispatch.lock().unwrap_or_else(|p| p.into_inner());
         let s = &*self.shared;
         // SAFETY: no thread reads `job` now: the previous job's tasks all completed (see `Shared::job`).
         unsafe { *s.job.get() = erase(f) };
         s.n_tasks.store(n_tasks, Release);
+        s.active.store(active, Release);
         s.done.store(0, Release);
         s.panicked.store(false, Release);
         let epoch = ((s.claim.load(Acquire) >> 32) + 1) & 0xffff_ffff;
@@ -331,6 +362,29 @@ mod tests {
             assert_eq!(threads.len(), 3, "round {round}");
             std::thread::sleep(SPIN * 3); // workers park; the next job must wake them
         }
+    }
+
+    #[test]
+    fn width_limits_the_threads_a_job_uses() {
+        let pool = ThreadPool::new(4);
+        for width in [1, 2, 3] {
+            pool.with_width(width, || {
+                assert_eq!(pool.n_threads(), width);
+                for _ in 0..20 {
+                    let ids = Mutex::new(std::collections::HashSet::new());
+                    let n = AtomicUsize::new(0);
+                    pool.run(64, &|_| {
+                        ids.lock().unwrap().insert(std::thread::current().id());
+                        n.fetch_add(1, Relaxed);
+                        std::thread::sleep(Duration::from_micros(50));
+                    });
+                    assert_eq!(n.load(Relaxed), 64);
+                    assert!(ids.into_inner().unwrap().len() <= width);
+                }
+            });
+        }
+        assert_eq!(pool.n_threads(), 4);
+        assert_eq!(pool.size(), 4);
     }
 
     #[test]
