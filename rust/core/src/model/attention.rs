@@ -10,8 +10,9 @@
 //! larger batches work in f32.
 
 use crate::kv::{CacheTypes, KvCache};
+use crate::quant::dot::dot_f32;
 use crate::quant::f16::round_f16;
-use crate::tensor::{simd_level, SimdLevel, ThreadPool};
+use crate::tensor::{simd_level, SendPtr, SimdLevel, ThreadPool};
 
 use super::BatchToken;
 
@@ -27,17 +28,6 @@ pub struct AttnParams {
     pub scale: f32,
     /// Sliding window (0: none) for this layer.
     pub window: usize,
-}
-
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (token, head) slices; see `attention`.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Pointer to offset `at` (in bounds: the caller's duty).
-    fn at(&self, at: usize) -> *mut f32 {
-        self.0.wrapping_add(at)
-    }
 }
 
 /// att[i, h] = softmax(q[i, h] · K[seq_i, lo..=pos_i]) · V[...] for every token i of `batch` and
@@ -70,7 +60,7 @@ pub fn attention(
     let f16_cache = |s: usize| caches[s].types() == CacheTypes::default();
     let small = n < F32_ATTENTION_MIN_TOKENS;
     let group = p.n_head / p.n_head_kv;
-    let out = OutPtr(att.as_mut_ptr());
+    let out = SendPtr(att.as_mut_ptr());
     // Small batches (llama.cpp's f16 path) take one task per (token, head); larger ones one per
     // (token, KV head), its query heads sharing each key and value row as it is read.
     let heads_per_task = if small { 1 } else { group };
@@ -109,7 +99,9 @@ pub fn attention(
             let qs = &q[at..at + heads_per_task * hd];
             // SAFETY: each (token, head) slice of `att` is written by exactly one task, and `att`
             // outlives the pool call.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.at(at), heads_per_task * hd) };
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out.get().wrapping_add(at), heads_per_task * hd)
+            };
             head_dispatch(&head, qs, small && f16_cache(t.seq), &mut scratch, o);
         }
     });
@@ -138,30 +130,6 @@ impl Head<'_> {
     fn val(&self, p: usize, hd: usize) -> &[f32] {
         &self.vals[p * self.stride + self.off..p * self.stride + self.off + hd]
     }
-}
-
-/// Eight lane accumulators, summed pairwise: the same order on every SIMD level.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    let mut s = 0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s = x.mul_add(*y, s);
-    }
-    let r = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (r[0] + r[2]) + (r[1] + r[3]) + s
 }
 
 /// q·k for f16-valued inputs in the order of ggml's AVX-512 `ggml_vec_dot_f16`: four 16-lane
@@ -247,7 +215,7 @@ fn head_kernel(h: &Head, q: &[f32], f16_acc: bool, scratch: &mut Vec<f32>, out: 
     for j in 0..n {
         let key = h.key(h.lo + j, hd);
         for (k, qk) in q.chunks_exact(hd).enumerate() {
-            scratch[k * n + j] = dot(qk, key) * h.scale;
+            scratch[k * n + j] = dot_f32(qk, key) * h.scale;
         }
     }
     let mut inv = [0f32; 16];

@@ -86,6 +86,18 @@ fn pack_nibbles(q: &[u8; 32], o: &mut [u8]) {
     }
 }
 
+/// 5-bit values: the fifth bits as a little-endian u32, then the low nibbles (20 bytes).
+fn pack_5bit(q: &[u8; 32], o: &mut [u8]) {
+    let qh = q
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (j, &v)| h | (((v >> 4) as u32 & 1) << j));
+    o[..4].copy_from_slice(&qh.to_le_bytes());
+    let mut lo = *q;
+    lo.iter_mut().for_each(|v| *v &= 15);
+    pack_nibbles(&lo, &mut o[4..20]);
+}
+
 fn q8_0(x: &[f32], o: &mut [u8]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -115,14 +127,7 @@ fn q5_0(x: &[f32], o: &mut [u8]) {
     for (q, &v) in q.iter_mut().zip(x) {
         *q = ((v * id + 16.5) as i8).clamp(0, 31) as u8;
     }
-    let qh = q
-        .iter()
-        .enumerate()
-        .fold(0u32, |h, (j, &v)| h | (((v >> 4) as u32 & 1) << j));
-    o[2..6].copy_from_slice(&qh.to_le_bytes());
-    let mut lo = q;
-    lo.iter_mut().for_each(|v| *v &= 15);
-    pack_nibbles(&lo, &mut o[6..22]);
+    pack_5bit(&q, &mut o[2..22]);
 }
 
 /// Q4_1 (MAXQ 15) and Q5_1 (MAXQ 31): scale and minimum.
@@ -140,14 +145,7 @@ fn q_min<const MAXQ: u8>(x: &[f32], o: &mut [u8]) {
     if MAXQ == 15 {
         pack_nibbles(&q, &mut o[4..20]);
     } else {
-        let qh = q
-            .iter()
-            .enumerate()
-            .fold(0u32, |h, (j, &v)| h | (((v >> 4) as u32 & 1) << j));
-        o[4..8].copy_from_slice(&qh.to_le_bytes());
-        let mut lo = q;
-        lo.iter_mut().for_each(|v| *v &= 15);
-        pack_nibbles(&lo, &mut o[8..24]);
+        pack_5bit(&q, &mut o[4..24]);
     }
 }
 
@@ -181,15 +179,9 @@ fn nearest_grid(x: f32) -> u8 {
 fn iq4_nl(x: &[f32], o: &mut [u8]) {
     const NTRY: i32 = 7;
     let grid = |i: u8| KVALUES_IQ4NL[i as usize] as f32;
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = signed_absmax(x);
     let mut scale = 0f32;
-    if amax >= 1e-15 {
+    if max.abs() >= 1e-15 {
         let fit = |id: f32| {
             let (mut sqx, mut sq2) = (0f32, 0f32);
             for &v in x {

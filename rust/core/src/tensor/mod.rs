@@ -10,7 +10,7 @@ mod pool;
 
 use std::sync::OnceLock;
 
-pub use pool::ThreadPool;
+pub use pool::{SendPtr, ThreadPool};
 
 use crate::error::{Error, Result};
 use crate::quant::dot::*;
@@ -226,10 +226,6 @@ impl<'x> Activations<'x> {
     pub fn pairs_with(&self, ty: GgmlType) -> bool {
         act_format(ty) == self.format
     }
-
-    pub fn n_rows(&self) -> usize {
-        self.n
-    }
 }
 
 #[inline(always)]
@@ -263,12 +259,6 @@ fn prefetch_row(w: &QMatrix, r: usize, end: usize) {
     }
 }
 
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of output rows (its own row range) of the buffer the
-// caller exclusively borrows for the duration of the call.
-unsafe impl Sync for OutPtr {}
-unsafe impl Send for OutPtr {}
-
 /// Rows [r0, r1) of y = W·x for every token.
 #[inline(always)]
 fn rows_kernel(job: &Job, r0: usize, r1: usize) {
@@ -283,7 +273,7 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
     } = *job;
     let put = |t: usize, r: usize, v: f32| {
         // SAFETY: t < n and r < w.rows, so the index is inside y (n*rows values); row r belongs to
-        // this task only (see OutPtr).
+        // this task only (tasks get disjoint row ranges of the y the caller borrows mutably).
         unsafe { *y.0.add(t * w.rows + r) = v };
     };
     match acts {
@@ -406,7 +396,7 @@ struct Job<'a> {
     gemm: Option<&'a Gemm>,
     x: &'a [f32],
     n: usize,
-    y: &'a OutPtr,
+    y: &'a SendPtr<f32>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -558,14 +548,6 @@ pub fn matmul(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    if x.len() != n_tokens * w.cols {
-        return Err(Error::invalid(format!(
-            "matmul shapes: W {}x{}, x {} values, {n_tokens} tokens",
-            w.rows,
-            w.cols,
-            x.len(),
-        )));
-    }
     matmul_at(simd_level(), pool, w, x, n_tokens, y)
 }
 
@@ -590,7 +572,6 @@ pub fn matmul_at(
     if level_rank(level) > level_rank(detect()) {
         return Err(Error::invalid(format!("this CPU lacks {level:?}")));
     }
-    check_weights(w)?;
     let acts = Activations::new(pool, w.ty, x, n_tokens)?;
     matmul_acts_at(level, pool, w, &acts, y)
 }
@@ -634,7 +615,7 @@ fn matmul_acts_at(
     }
     check_weights(w)?;
     let mut own_gemm = None;
-    let out = OutPtr(y.as_mut_ptr());
+    let out = SendPtr(y.as_mut_ptr());
     let job = Job {
         level,
         w,
@@ -671,6 +652,23 @@ fn matmul_acts_at(
 mod tests {
     use super::*;
 
+    /// Dequantized W times already dequantized activations `xq` (n rows), in f64.
+    fn dequantized_product(w: &QMatrix, xq: &[f32], n: usize) -> Vec<f32> {
+        let mut row = vec![0f32; w.cols];
+        let mut y = vec![0f32; n * w.rows];
+        for r in 0..w.rows {
+            dequantize(w.ty, w.row(r), &mut row).unwrap();
+            for t in 0..n {
+                y[t * w.rows + r] = row
+                    .iter()
+                    .zip(&xq[t * w.cols..])
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
     /// Dequantized W times the quantized-then-dequantized activations, in f64.
     fn reference(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
         let mut xq = Vec::with_capacity(x.len());
@@ -679,20 +677,7 @@ mod tests {
             quantize_q8(r, &mut q);
             xq.extend(q.q.iter().enumerate().map(|(i, &v)| v as f32 * q.d[i / 32]));
         }
-        let x = &xq;
-        let mut row = vec![0f32; w.cols];
-        let mut y = vec![0f32; n * w.rows];
-        for r in 0..w.rows {
-            dequantize(w.ty, w.row(r), &mut row).unwrap();
-            for t in 0..n {
-                y[t * w.rows + r] = row
-                    .iter()
-                    .zip(&x[t * w.cols..])
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum::<f64>() as f32;
-            }
-        }
-        y
+        dequantized_product(w, &xq, n)
     }
 
     #[test]
@@ -770,19 +755,7 @@ mod tests {
                     .map(|(i, &v)| v as f32 * q.d[i / 256]),
             );
         }
-        let mut row = vec![0f32; w.cols];
-        let mut y = vec![0f32; n * w.rows];
-        for r in 0..w.rows {
-            dequantize(w.ty, w.row(r), &mut row).unwrap();
-            for t in 0..n {
-                y[t * w.rows + r] = row
-                    .iter()
-                    .zip(&xq[t * w.cols..])
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum::<f64>() as f32;
-            }
-        }
-        y
+        dequantized_product(w, &xq, n)
     }
 
     fn levels() -> Vec<SimdLevel> {

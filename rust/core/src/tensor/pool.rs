@@ -317,12 +317,12 @@ impl Drop for ThreadPool {
 }
 
 /// A raw pointer handed to pool tasks that each touch a disjoint part of what it points to.
-struct SendPtr<T>(*mut T);
+pub struct SendPtr<T>(pub *mut T);
 // SAFETY: see the users: every task derives a disjoint range from the pointer.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 unsafe impl<T: Send> Send for SendPtr<T> {}
 impl<T> SendPtr<T> {
-    fn get(&self) -> *mut T {
+    pub fn get(&self) -> *mut T {
         self.0
     }
 }
