@@ -216,6 +216,128 @@ pub unsafe fn dot_rows_512<const R: usize>(
     }
 }
 
+/// The legacy types with a sixteen-row AVX-512 gemv (`dot16_512`).
+pub fn has_dot16_512(ty: super::GgmlType) -> bool {
+    use super::GgmlType::*;
+    matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
+}
+
+/// Sixteen weight rows (`row_bytes` apart from `base`, `nb` blocks each) against one activation
+/// row, one row per lane: each 4-byte group of a block is gathered from all sixteen rows, so a
+/// single VNNI instruction multiplies sixteen rows by one broadcast group of activations and the
+/// block's integer sum is exact before it is scaled (one rounding per block, not ggml's eight
+/// lanes; within float tolerance of `dot_rows_512`, not bit-identical to it).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_512(
+    ty: super::GgmlType,
+    base: *const u8,
+    row_bytes: usize,
+    nb: usize,
+    x: &Q8Row,
+) -> [f32; 16] {
+    use super::GgmlType::*;
+    assert!(x.d.len() >= nb && x.s.len() >= nb && x.sum.len() >= nb && x.q.len() >= nb * 32);
+    assert!(row_bytes.checked_mul(15).is_some_and(|v| v < i32::MAX as usize));
+    let idx = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(row_bytes as i32),
+    );
+    let yp = x.q.as_ptr() as *const i32;
+    let nib = _mm512_set1_epi8(0x0f);
+    // fifth[i]: byte k is 0x10 where bit k of i is set (Q5_0's high bits of four values).
+    let fifth = {
+        let mut t = [0i32; 16];
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = (0..4).filter(|k| i >> k & 1 == 1).map(|k| 0x10 << (8 * k)).sum();
+        }
+        _mm512_loadu_si512(t.as_ptr() as *const _)
+    };
+    let mut acc = _mm512_setzero_ps();
+    let mut accm = _mm512_setzero_ps();
+    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
+    let yg = |b: usize, g: usize| _mm512_set1_epi32(yp.add(b * 8 + g).read_unaligned());
+    let scale = |v: __m512i| _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
+    let ts = ty.type_size();
+    // The next sixteen rows are the next 16·row_bytes bytes: ask for as many of them per block
+    // as this group reads (prefetching is a hint; an address past the matrix is not read).
+    let next = base.wrapping_add(16 * row_bytes);
+    for b in 0..nb {
+        let mut off = 0;
+        while off < 16 * ts {
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 16 * ts + off) as *const i8);
+            off += 64;
+        }
+        let (sumi, d) = match ty {
+            Q4_1 => {
+                let p = base.add(b * 20);
+                let dm = gather(p);
+                let m = scale(_mm512_srli_epi32::<16>(dm));
+                accm = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.s.get_unchecked(b)), accm);
+                let mut sumi = _mm512_setzero_si512();
+                for g in 0..4 {
+                    let q = gather(p.add(4 + 4 * g));
+                    let lo = _mm512_and_si512(q, nib);
+                    let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
+                    sumi = _mm512_dpbusd_epi32(sumi, lo, yg(b, g));
+                    sumi = _mm512_dpbusd_epi32(sumi, hi, yg(b, g + 4));
+                }
+                (sumi, scale(dm))
+            }
+            Q4_0 => {
+                let p = base.add(b * 18);
+                let d = scale(gather(p));
+                // Values are nibble - 8: the nibbles' products minus 8·Σy.
+                let mut sumi = _mm512_set1_epi32(-8 * *x.sum.get_unchecked(b));
+                for g in 0..4 {
+                    let q = gather(p.add(2 + 4 * g));
+                    let lo = _mm512_and_si512(q, nib);
+                    let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
+                    sumi = _mm512_dpbusd_epi32(sumi, lo, yg(b, g));
+                    sumi = _mm512_dpbusd_epi32(sumi, hi, yg(b, g + 4));
+                }
+                (sumi, d)
+            }
+            Q5_0 => {
+                let p = base.add(b * 22);
+                let d = scale(gather(p));
+                let qh = gather(p.add(2));
+                // Values are (nibble | fifth bit << 4) - 16. Bits 4g..4g+4 of qh, as a table
+                // index, give the fifth bits of a 4-value group as 0x10 bytes.
+                let mut sumi = _mm512_set1_epi32(-16 * *x.sum.get_unchecked(b));
+                for g in 0..4 {
+                    let q = gather(p.add(6 + 4 * g));
+                    let hb_lo = _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * g as i32)), fifth);
+                    let hb_hi =
+                        _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(16 + 4 * g as i32)), fifth);
+                    let lo = _mm512_or_si512(_mm512_and_si512(q, nib), hb_lo);
+                    let hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(q), nib), hb_hi);
+                    sumi = _mm512_dpbusd_epi32(sumi, lo, yg(b, g));
+                    sumi = _mm512_dpbusd_epi32(sumi, hi, yg(b, g + 4));
+                }
+                (sumi, d)
+            }
+            Q8_0 => {
+                let p = base.add(b * 34);
+                let d = scale(gather(p));
+                // Signed bytes as unsigned (w + 128): the products minus 128·Σy.
+                let mut sumi = _mm512_set1_epi32(-128 * *x.sum.get_unchecked(b));
+                let flip = _mm512_set1_epi8(-128);
+                for g in 0..8 {
+                    let q = _mm512_xor_si512(gather(p.add(2 + 4 * g)), flip);
+                    sumi = _mm512_dpbusd_epi32(sumi, q, yg(b, g));
+                }
+                (sumi, d)
+            }
+            _ => unreachable!("has_dot16_512 is checked by the caller"),
+        };
+        let dd = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+        acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi), acc);
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc, accm));
+    out
+}
+
 /// The two f16 values at `a` and `b` as f32 lanes 0 and 1 (one conversion, no partial-register
 /// dependency on earlier values).
 #[inline(always)]

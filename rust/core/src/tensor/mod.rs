@@ -318,8 +318,29 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
             }
             #[cfg(target_arch = "x86_64")]
             if fast512 && n == 1 && crate::quant::x86::has_avx512_dot(w.ty) {
-                // Token generation on AVX-512: four rows per pass over the activations.
+                // Token generation on AVX-512: sixteen rows per pass where the type has that
+                // kernel, then four rows per pass over the activations.
                 let mut r = r0;
+                if crate::quant::x86::has_dot16_512(w.ty) {
+                    let rb = w.row(0).len();
+                    while r + 16 <= r1 {
+                        // SAFETY: the AVX-512 level is only chosen when the CPU has these
+                        // features; rows r..r+16 lie inside the matrix.
+                        let v = unsafe {
+                            crate::quant::x86::dot16_512(
+                                w.ty,
+                                w.row(r).as_ptr(),
+                                rb,
+                                w.cols / 32,
+                                &xs[0],
+                            )
+                        };
+                        for (i, v) in v.into_iter().enumerate() {
+                            put(0, r + i, v);
+                        }
+                        r += 16;
+                    }
+                }
                 while r + 4 <= r1 {
                     let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
                     // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
@@ -633,8 +654,9 @@ fn matmul_acts_at(
         (nt * 4).min(w.rows.div_ceil(16)).max(1)
     };
     let mut per = w.rows.div_ceil(n_chunks);
-    if n_tokens > 1 {
-        // Batches write sixteen consecutive outputs per token: keep chunks on those boundaries.
+    if n_tokens > 1 || level == SimdLevel::Avx512 {
+        // Batches write sixteen consecutive outputs per token, and AVX-512 token generation
+        // takes sixteen rows per pass: keep chunks on those boundaries.
         per = per.div_ceil(16) * 16;
     }
     let n_chunks = w.rows.div_ceil(per);
