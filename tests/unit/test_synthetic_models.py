@@ -1,7 +1,8 @@
 """Forward passes of small synthetic models (random f32 weights written with the `gguf` package)
 against a numpy reference forward pass written here from the architectures' definitions: llama
-(adjacent-pair RoPE) and qwen2 (Q/K/V biases, NeoX RoPE), with grouped-query attention, in one
-batch and token by token through the KV cache."""
+(adjacent-pair RoPE), qwen2 (Q/K/V biases, NeoX RoPE) and phi3 (fused Q/K/V and gate/up
+matrices, NeoX RoPE, RoPE frequency factors), with grouped-query attention, in one batch and
+token by token through the KV cache."""
 
 from __future__ import annotations
 
@@ -36,8 +37,23 @@ def make_weights(arch: str, rng) -> dict[str, np.ndarray]:
     return w
 
 
-def write_model(path, arch: str, weights: dict[str, np.ndarray], yarn: dict | None = None) -> None:
+def fuse_phi3(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same model with phi3's fused matrices: attn_qkv = [Q; K; V], ffn_up = [gate; up]."""
+    out = dict(w)
+    for i in range(N_LAYER):
+        b = f"blk.{i}."
+        out[b + "attn_qkv.weight"] = np.concatenate([out.pop(b + f"attn_{p}.weight") for p in "qkv"])
+        out[b + "ffn_up.weight"] = np.concatenate([out.pop(b + "ffn_gate.weight"), out.pop(b + "ffn_up.weight")])
+    return out
+
+
+def write_model(path, arch: str, weights: dict[str, np.ndarray], yarn: dict | None = None,
+                attn_factor: float | None = None, orig_ctx: int | None = None) -> None:
     wr = gguf.GGUFWriter(str(path), arch)
+    if attn_factor is not None:
+        wr.add_rope_scaling_attn_factors(attn_factor)
+    if orig_ctx is not None:
+        wr.add_rope_scaling_orig_ctx_len(orig_ctx)
     if yarn:
         wr.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         wr.add_rope_scaling_factor(yarn["factor"])
@@ -63,14 +79,17 @@ def rmsnorm(x, w):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * w
 
 
-def rope(x, pos, neox: bool, base: float = BASE, yarn: dict | None = None):
-    """x: (n_tokens, n_heads, HD); rotate pairs by pos * base^(-2i/HD). YaRN (from its paper, as
-    ggml implements it): between the correction dimensions the angle mixes the interpolated
-    (pos / factor) and the original one, and both sin and cos grow by 1 + 0.1 ln(factor)."""
+def rope(x, pos, neox: bool, base: float = BASE, yarn: dict | None = None, factors=None, attn_factor=1.0):
+    """x: (n_tokens, n_heads, HD); rotate pairs by pos * base^(-2i/HD) / factors[i], sin and cos
+    scaled by attn_factor. YaRN (from its paper, as ggml implements it): between the correction
+    dimensions the angle mixes the interpolated (pos / factor) and the original one, and both sin
+    and cos grow by 1 + 0.1 ln(factor)."""
     half = HD // 2
     i = np.arange(half)
     theta = pos[:, None] * base ** (-2.0 * i / HD)  # (n, half)
-    scale = 1.0
+    if factors is not None:
+        theta = theta / factors
+    scale = attn_factor
     if yarn:
         interp = theta / yarn["factor"]
 
@@ -92,7 +111,10 @@ def rope(x, pos, neox: bool, base: float = BASE, yarn: dict | None = None):
 
 
 def reference_forward(arch: str, w: dict[str, np.ndarray], tokens: list[int], base: float = BASE,
-                      yarn: dict | None = None) -> np.ndarray:
+                      yarn: dict | None = None, factors=None, attn_factor: float = 1.0) -> np.ndarray:
+    """`w` with separate matrices (phi3 fuses them in the file only)."""
+    neox = arch in ("qwen2", "phi3")
+    r = {"base": base, "yarn": yarn, "factors": factors, "attn_factor": attn_factor}
     W = {k: v.astype(np.float64) for k, v in w.items()}
     n = len(tokens)
     pos = np.arange(n, dtype=np.float64)
@@ -103,8 +125,8 @@ def reference_forward(arch: str, w: dict[str, np.ndarray], tokens: list[int], ba
         q, k, v = (h @ W[b + f"attn_{p}.weight"].T for p in "qkv")
         if arch == "qwen2":
             q, k, v = q + W[b + "attn_q.bias"], k + W[b + "attn_k.bias"], v + W[b + "attn_v.bias"]
-        q = rope(q.reshape(n, N_HEAD, HD), pos, arch == "qwen2", base, yarn)
-        k = rope(k.reshape(n, N_KV, HD), pos, arch == "qwen2", base, yarn)
+        q = rope(q.reshape(n, N_HEAD, HD), pos, neox, **r)
+        k = rope(k.reshape(n, N_KV, HD), pos, neox, **r)
         v = v.reshape(n, N_KV, HD)
         att = np.zeros((n, N_HEAD, HD))
         for hh in range(N_HEAD):
@@ -133,6 +155,34 @@ def test_synthetic_forward_matches_numpy(tmp_path, arch):
         got = np.frombuffer(m.eval(tokens, 32, n_batch=n_batch, all_logits=True), dtype=np.float32)
         np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3,
                                    err_msg=f"{arch} n_batch={n_batch}")
+
+
+def test_phi3_fused_matrices_and_rope_factors(tmp_path):
+    """phi3: one Q/K/V matrix and one [gate; up] matrix; with rope_factors_short/long the angles are
+    divided by the short factors up to the original context and by the long ones beyond it, and
+    rope.scaling.attn_factor scales sin and cos."""
+    rng = np.random.default_rng(11)
+    w = make_weights("llama", rng)
+    tokens = rng.integers(0, N_VOCAB, 12).tolist()
+    path = tmp_path / "phi3.gguf"
+    write_model(path, "phi3", fuse_phi3(w))
+    m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
+    want = reference_forward("phi3", w, tokens)
+    for n_batch in (len(tokens), 1, 5):
+        got = np.frombuffer(m.eval(tokens, 32, n_batch=n_batch, all_logits=True), dtype=np.float32)
+        np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3)
+
+    short = (1 + rng.random(HD // 2)).astype(np.float32)
+    long = (1 + 8 * rng.random(HD // 2)).astype(np.float32)
+    path = tmp_path / "phi3-long.gguf"
+    write_model(path, "phi3", fuse_phi3(w) | {"rope_factors_short.weight": short, "rope_factors_long.weight": long},
+                attn_factor=1.2, orig_ctx=64)
+    m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
+    for n_ctx, factors in ((64, short), (128, long)):
+        want = reference_forward("phi3", w, tokens, factors=factors, attn_factor=1.2)
+        got = np.frombuffer(m.eval(tokens, n_ctx, n_batch=5, all_logits=True), dtype=np.float32)
+        np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3, err_msg=str(n_ctx))
+    assert np.abs(reference_forward("phi3", w, tokens, factors=long) - reference_forward("phi3", w, tokens)).max() > 0.05
 
 
 def test_yarn_from_metadata_and_rope_overrides(tmp_path):
@@ -173,9 +223,11 @@ def test_thread_counts_do_not_change_results(tmp_path):
 @pytest.mark.parametrize("arch, weights_of, message", [
     ("mamba", "llama", "unsupported model architecture 'mamba'"),  # an architecture we lack
     ("qwen2", "llama", "bias"),  # qwen2 without its Q/K/V biases
+    ("llama", "phi3", "ffn_gate"),  # llama with phi3's fused matrices
 ])
 def test_bad_models_are_load_errors(tmp_path, arch, weights_of, message):
     path = tmp_path / "m.gguf"
-    write_model(path, arch, make_weights(weights_of, np.random.default_rng(4)))
+    w = make_weights("llama" if weights_of == "phi3" else weights_of, np.random.default_rng(4))
+    write_model(path, arch, fuse_phi3(w) if weights_of == "phi3" else w)
     with pytest.raises(Exception, match=message):
         _core.Model(str(path))

@@ -9,6 +9,9 @@ pub enum Arch {
     /// Llama's blocks with biases on Q, K and V and NeoX RoPE.
     Qwen2,
     Gemma3,
+    /// Llama's blocks with one fused Q/K/V matrix, one fused [gate | up] matrix, NeoX RoPE and
+    /// optional per-dimension RoPE frequency factors (long and short).
+    Phi3,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +67,11 @@ pub struct ModelConfig {
     pub rope_scale: f32,
     /// YaRN scaling (`rope.scaling.type` = yarn, or `--rope-scaling yarn`).
     pub yarn: Option<Yarn>,
+    /// Magnitude scale of RoPE's sin and cos without YaRN (`rope.scaling.attn_factor`).
+    pub rope_attn_factor: f32,
+    /// The training context that RoPE frequency factors were made for: longer contexts take the
+    /// long factors (`rope.scaling.original_context_length`, else the training context).
+    pub n_ctx_orig: usize,
     /// Sliding window size (0: none) and which layers use it.
     pub n_swa: usize,
     pub swa_layers: Vec<bool>,
@@ -87,11 +95,10 @@ impl ModelConfig {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "gemma3" => Arch::Gemma3,
-            other => {
-                return Err(Error::load(format!(
-                    "unsupported model architecture '{other}' (supported: llama, qwen2, gemma3)"
-                )))
-            }
+            "phi3" => Arch::Phi3,
+            other => return Err(Error::load(format!(
+                "unsupported model architecture '{other}' (supported: llama, qwen2, gemma3, phi3)"
+            ))),
         };
         let k = |s: &str| format!("{arch_name}.{s}");
         let pos = |key: &str, v: i64| -> Result<usize> {
@@ -156,6 +163,15 @@ impl ModelConfig {
             Some(s) if s > 0.0 => 1.0 / s as f32,
             _ => 1.0,
         };
+        let n_ctx_orig = f
+            .get_i64(&k("rope.scaling.original_context_length"))
+            .filter(|&v| v > 0)
+            .map(|v| v as usize)
+            .unwrap_or(n_ctx_train);
+        let rope_attn_factor = f
+            .get_f64(&k("rope.scaling.attn_factor"))
+            .filter(|&v| v > 0.0)
+            .unwrap_or(1.0) as f32;
         let (rope_scale, yarn) = match f.get_str(&k("rope.scaling.type")).unwrap_or("linear") {
             "none" => (1.0, None),
             "yarn" => (
@@ -168,17 +184,15 @@ impl ModelConfig {
                         .unwrap_or(1.0) as f32,
                     beta_fast: f.get_f64(&k("rope.scaling.yarn_beta_fast")).unwrap_or(32.0) as f32,
                     beta_slow: f.get_f64(&k("rope.scaling.yarn_beta_slow")).unwrap_or(1.0) as f32,
-                    n_ctx_orig: f
-                        .get_i64(&k("rope.scaling.original_context_length"))
-                        .filter(|&v| v > 0)
-                        .map(|v| v as usize)
-                        .unwrap_or(n_ctx_train),
+                    n_ctx_orig,
                 }),
             ),
             _ => (factor, None),
         };
         let (rope_style, n_swa, swa_layers, attn_scale) = match arch {
-            Arch::Llama | Arch::Qwen2 => (
+            // llama.cpp turns phi3's sliding window off (its files do not say which layers use
+            // it), and so do we.
+            Arch::Llama | Arch::Qwen2 | Arch::Phi3 => (
                 if arch == Arch::Llama {
                     RopeStyle::Normal
                 } else {
@@ -229,6 +243,8 @@ impl ModelConfig {
             rope_base_swa,
             rope_scale,
             yarn,
+            rope_attn_factor,
+            n_ctx_orig,
             n_swa,
             swa_layers,
             attn_scale,
@@ -263,7 +279,7 @@ impl ModelConfig {
                     attn_factor: 1.0,
                     beta_fast: 32.0,
                     beta_slow: 1.0,
-                    n_ctx_orig: self.n_ctx_train,
+                    n_ctx_orig: self.n_ctx_orig,
                 });
             }
             Some(other) => {
@@ -271,6 +287,9 @@ impl ModelConfig {
                     "unknown rope scaling '{other}' (none, linear or yarn)"
                 )))
             }
+        }
+        if let Some(v) = o.yarn_orig_ctx.filter(|&v| v > 0) {
+            self.n_ctx_orig = v;
         }
         if let Some(y) = &mut self.yarn {
             if let Some(v) = o.yarn_orig_ctx.filter(|&v| v > 0) {

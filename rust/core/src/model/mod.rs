@@ -19,11 +19,15 @@ use crate::kv::{CacheTypes, KvCache};
 use crate::quant::{dequantize, GgmlType};
 use crate::tensor::{matmul_acts, simd_dispatch, Activations, QMatrix, ThreadPool};
 
+/// The Q, K and V projections: three matrices, or one whose output rows are [Q | K | V] (phi3).
+enum Qkv {
+    Separate([TensorInfo; 3]),
+    Fused(TensorInfo),
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: TensorInfo,
-    wk: TensorInfo,
-    wv: TensorInfo,
+    qkv: Qkv,
     wo: TensorInfo,
     /// Biases of the Q, K, V projections (qwen2).
     qkv_bias: Option<[Vec<f32>; 3]>,
@@ -31,7 +35,8 @@ struct Layer {
     k_norm: Option<Vec<f32>>,
     attn_post_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    ffn_gate: TensorInfo,
+    /// None when `ffn_up` is fused: its output rows are [gate | up] (phi3).
+    ffn_gate: Option<TensorInfo>,
     ffn_up: TensorInfo,
     ffn_down: TensorInfo,
     ffn_post_norm: Option<Vec<f32>>,
@@ -44,6 +49,9 @@ pub struct Model {
     tok_embd: TensorInfo,
     output: TensorInfo,
     output_norm: Vec<f32>,
+    /// RoPE frequency factors for contexts up to `cfg.n_ctx_orig` and beyond it (the same
+    /// vector twice for a single `rope_freqs` tensor).
+    rope_factors: Option<[Vec<f32>; 2]>,
     theta_scale: f32,
     theta_scale_swa: f32,
     pool: ThreadPool,
@@ -107,11 +115,30 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
+            let qkv = match file.tensor(&n("attn_qkv.weight")) {
+                Some(t) => {
+                    expect_shape(t, &[e, cfg.q_dim() + 2 * cfg.kv_dim()])?;
+                    Qkv::Fused(t.clone())
+                }
+                None => {
+                    let [q, k, v] = [
+                        get(&n("attn_q.weight"))?,
+                        get(&n("attn_k.weight"))?,
+                        get(&n("attn_v.weight"))?,
+                    ];
+                    expect_shape(&q, &[e, cfg.q_dim()])?;
+                    expect_shape(&k, &[e, cfg.kv_dim()])?;
+                    expect_shape(&v, &[e, cfg.kv_dim()])?;
+                    Qkv::Separate([q, k, v])
+                }
+            };
+            let ffn_gate = match cfg.arch {
+                Arch::Phi3 => file.tensor(&n("ffn_gate.weight")).cloned(),
+                _ => Some(get(&n("ffn_gate.weight"))?),
+            };
             let l = Layer {
                 attn_norm: vec_f32(&n("attn_norm.weight"), e)?,
-                wq: get(&n("attn_q.weight"))?,
-                wk: get(&n("attn_k.weight"))?,
-                wv: get(&n("attn_v.weight"))?,
+                qkv,
                 wo: get(&n("attn_output.weight"))?,
                 qkv_bias: match (
                     opt_vec(&n("attn_q.bias"), cfg.q_dim())?,
@@ -130,17 +157,19 @@ impl Model {
                 k_norm: opt_vec(&n("attn_k_norm.weight"), hd)?,
                 attn_post_norm: opt_vec(&n("post_attention_norm.weight"), e)?,
                 ffn_norm: vec_f32(&n("ffn_norm.weight"), e)?,
-                ffn_gate: get(&n("ffn_gate.weight"))?,
+                ffn_gate,
                 ffn_up: get(&n("ffn_up.weight"))?,
                 ffn_down: get(&n("ffn_down.weight"))?,
                 ffn_post_norm: opt_vec(&n("post_ffw_norm.weight"), e)?,
             };
-            expect_shape(&l.wq, &[e, cfg.q_dim()])?;
-            expect_shape(&l.wk, &[e, cfg.kv_dim()])?;
-            expect_shape(&l.wv, &[e, cfg.kv_dim()])?;
             expect_shape(&l.wo, &[cfg.q_dim(), e])?;
-            expect_shape(&l.ffn_gate, &[e, cfg.n_ff])?;
-            expect_shape(&l.ffn_up, &[e, cfg.n_ff])?;
+            match &l.ffn_gate {
+                Some(g) => {
+                    expect_shape(g, &[e, cfg.n_ff])?;
+                    expect_shape(&l.ffn_up, &[e, cfg.n_ff])?;
+                }
+                None => expect_shape(&l.ffn_up, &[e, 2 * cfg.n_ff])?,
+            }
             expect_shape(&l.ffn_down, &[cfg.n_ff, e])?;
             if cfg.arch == Arch::Qwen2 && l.qkv_bias.is_none() {
                 return Err(Error::load(format!(
@@ -164,6 +193,31 @@ impl Model {
         };
         expect_shape(&output, &[e, cfg.n_vocab])?;
         let output_norm = vec_f32("output_norm.weight", e)?;
+        let half = cfg.n_rot / 2;
+        let rope_factors = match (
+            opt_vec("rope_freqs.weight", half)?,
+            opt_vec("rope_factors_short.weight", half)?,
+            opt_vec("rope_factors_long.weight", half)?,
+        ) {
+            (Some(f), None, None) => Some([f.clone(), f]),
+            (None, Some(s), Some(l)) => Some([s, l]),
+            (None, None, None) => None,
+            _ => {
+                return Err(Error::load(
+                    "RoPE frequency factors: expected rope_freqs, or both rope_factors_short and rope_factors_long",
+                ))
+            }
+        };
+        if let Some(f) = rope_factors
+            .iter()
+            .flatten()
+            .flatten()
+            .find(|v| v.is_nan() || **v <= 0.0)
+        {
+            return Err(Error::load(format!(
+                "RoPE frequency factor {f} is not positive"
+            )));
+        }
         let theta_scale = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base);
         let theta_scale_swa = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base_swa);
         Ok(Model {
@@ -173,6 +227,7 @@ impl Model {
             tok_embd,
             output,
             output_norm,
+            rope_factors,
             theta_scale,
             theta_scale_swa,
             pool: ThreadPool::new(n_threads),
@@ -339,12 +394,21 @@ impl Model {
             let mut all = Vec::with_capacity(n * half);
             let mut rc = Vec::with_capacity(half);
             for t in batch {
+                let factors = self.rope_factors.as_ref().map(|[short, long]| {
+                    if caches[t.seq].n_ctx() > cfg.n_ctx_orig {
+                        long.as_slice()
+                    } else {
+                        short.as_slice()
+                    }
+                });
                 ops::rope_cache(
                     t.pos as f32,
                     cfg.rope_scale,
                     theta_scale,
                     cfg.n_rot,
                     yarn,
+                    cfg.rope_attn_factor,
+                    factors,
                     &mut rc,
                 );
                 all.extend_from_slice(&rc);
@@ -370,10 +434,23 @@ impl Model {
                 #[inline(always)]
                 |_, r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps),
             );
-            let [mut q, mut k, mut v]: [Vec<f32>; 3] = self
-                .linears(&[&l.wq, &l.wk, &l.wv], &xn, n)?
-                .try_into()
-                .map_err(|_| Error::invalid("projection count"))?;
+            let [mut q, mut k, mut v]: [Vec<f32>; 3] = match &l.qkv {
+                Qkv::Separate([wq, wk, wv]) => self
+                    .linears(&[wq, wk, wv], &xn, n)?
+                    .try_into()
+                    .map_err(|_| Error::invalid("projection count"))?,
+                Qkv::Fused(w) => {
+                    let qkv = self.linear(w, &xn, n)?;
+                    let qd = cfg.q_dim();
+                    let split = |from: usize, width: usize| -> Vec<f32> {
+                        qkv.chunks_exact(qd + 2 * kvd)
+                            .flat_map(|r| &r[from..from + width])
+                            .copied()
+                            .collect()
+                    };
+                    [split(0, qd), split(qd, kvd), split(qd + kvd, kvd)]
+                }
+            };
             if let Some([bq, bk, bv]) = &l.qkv_bias {
                 for (m, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
                     self.rows(
@@ -442,11 +519,23 @@ impl Model {
                 #[inline(always)]
                 |_, r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps),
             );
-            let [mut g, u]: [Vec<f32>; 2] = self
-                .linears(&[&l.ffn_gate, &l.ffn_up], &xn, n)?
-                .try_into()
-                .map_err(|_| Error::invalid("projection count"))?;
             let nff = cfg.n_ff;
+            let [mut g, u]: [Vec<f32>; 2] = match &l.ffn_gate {
+                Some(gate) => self
+                    .linears(&[gate, &l.ffn_up], &xn, n)?
+                    .try_into()
+                    .map_err(|_| Error::invalid("projection count"))?,
+                None => {
+                    let gu = self.linear(&l.ffn_up, &xn, n)?;
+                    let half = |from: usize| -> Vec<f32> {
+                        gu.chunks_exact(2 * nff)
+                            .flat_map(|r| &r[from..from + nff])
+                            .copied()
+                            .collect()
+                    };
+                    [half(0), half(nff)]
+                }
+            };
             match cfg.arch {
                 Arch::Gemma3 => self.rows(
                     &mut g,
@@ -458,7 +547,7 @@ impl Model {
                             .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b)
                     },
                 ),
-                Arch::Llama | Arch::Qwen2 => self.rows(
+                Arch::Llama | Arch::Qwen2 | Arch::Phi3 => self.rows(
                     &mut g,
                     nff,
                     #[inline(always)]
@@ -507,7 +596,7 @@ impl Model {
     pub fn weight_type(&self) -> GgmlType {
         self.layers
             .first()
-            .map(|l| l.ffn_gate.ggml_type)
+            .map(|l| l.ffn_up.ggml_type)
             .unwrap_or(GgmlType::F32)
     }
 }

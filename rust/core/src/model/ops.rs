@@ -47,17 +47,26 @@ pub fn yarn_corr_dims(
 /// The (cos, sin) table of one position: theta starts at `pos` and is multiplied by `theta_scale`
 /// per pair, the way ggml builds its cache (so the angles round the same way); `freq_scale`
 /// interpolates (linear scaling), YaRN mixes interpolation and extrapolation per dimension.
+#[allow(clippy::too_many_arguments)]
 pub fn rope_cache(
     pos: f32,
     freq_scale: f32,
     theta_scale: f32,
     n_rot: usize,
     yarn: Option<YarnTable>,
+    attn_factor: f32,
+    freq_factors: Option<&[f32]>,
     out: &mut Vec<(f32, f32)>,
 ) {
     out.clear();
-    let mut theta = pos;
+    let mut theta_base = pos;
     for i in 0..n_rot / 2 {
+        // Per-dimension frequency factors (Llama 3.1's rope_freqs, phi3's long/short factors)
+        // divide the angle before any scaling.
+        let theta = match freq_factors {
+            Some(ff) => theta_base / ff[i],
+            None => theta_base,
+        };
         let interp = freq_scale * theta;
         let (t, mscale) = match yarn {
             Some(y) if y.ext_factor != 0.0 => {
@@ -69,10 +78,10 @@ pub fn rope_cache(
                 )
             }
             Some(y) => (interp, y.mscale),
-            None => (interp, 1.0),
+            None => (interp, attn_factor),
         };
         out.push((t.cos() * mscale, t.sin() * mscale));
-        theta *= theta_scale;
+        theta_base *= theta_scale;
     }
 }
 

@@ -237,7 +237,9 @@ pub unsafe fn dot16_512(
 ) -> [f32; 16] {
     use super::GgmlType::*;
     assert!(x.d.len() >= nb && x.s.len() >= nb && x.sum.len() >= nb && x.q.len() >= nb * 32);
-    assert!(row_bytes.checked_mul(15).is_some_and(|v| v < i32::MAX as usize));
+    assert!(row_bytes
+        .checked_mul(15)
+        .is_some_and(|v| v < i32::MAX as usize));
     let idx = _mm512_mullo_epi32(
         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
         _mm512_set1_epi32(row_bytes as i32),
@@ -248,7 +250,10 @@ pub unsafe fn dot16_512(
     let fifth = {
         let mut t = [0i32; 16];
         for (i, v) in t.iter_mut().enumerate() {
-            *v = (0..4).filter(|k| i >> k & 1 == 1).map(|k| 0x10 << (8 * k)).sum();
+            *v = (0..4)
+                .filter(|k| i >> k & 1 == 1)
+                .map(|k| 0x10 << (8 * k))
+                .sum();
         }
         _mm512_loadu_si512(t.as_ptr() as *const _)
     };
@@ -306,11 +311,17 @@ pub unsafe fn dot16_512(
                 let mut sumi = _mm512_set1_epi32(-16 * *x.sum.get_unchecked(b));
                 for g in 0..4 {
                     let q = gather(p.add(6 + 4 * g));
-                    let hb_lo = _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * g as i32)), fifth);
-                    let hb_hi =
-                        _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(16 + 4 * g as i32)), fifth);
+                    let hb_lo = _mm512_permutexvar_epi32(
+                        _mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * g as i32)),
+                        fifth,
+                    );
+                    let hb_hi = _mm512_permutexvar_epi32(
+                        _mm512_srlv_epi32(qh, _mm512_set1_epi32(16 + 4 * g as i32)),
+                        fifth,
+                    );
                     let lo = _mm512_or_si512(_mm512_and_si512(q, nib), hb_lo);
-                    let hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(q), nib), hb_hi);
+                    let hi =
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(q), nib), hb_hi);
                     sumi = _mm512_dpbusd_epi32(sumi, lo, yg(b, g));
                     sumi = _mm512_dpbusd_epi32(sumi, hi, yg(b, g + 4));
                 }
