@@ -34,7 +34,8 @@ class Model:
                  rope_scaling: str | None = None, rope_freq_base: float | None = None,
                  rope_freq_scale: float | None = None, yarn_orig_ctx: int | None = None,
                  yarn_ext_factor: float | None = None, yarn_attn_factor: float | None = None,
-                 yarn_beta_fast: float | None = None, yarn_beta_slow: float | None = None):
+                 yarn_beta_fast: float | None = None, yarn_beta_slow: float | None = None,
+                 flash_attn: str = "auto"):
         self.path = Path(resolve(path_or_name))
         self._gguf = GgufReader(self.path, no_mmap=no_mmap, mlock=mlock)
         self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
@@ -46,7 +47,8 @@ class Model:
                                  rope_scaling=rope_scaling, rope_freq_base=rope_freq_base,
                                  rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx,
                                  yarn_ext_factor=yarn_ext_factor, yarn_attn_factor=yarn_attn_factor,
-                                 yarn_beta_fast=yarn_beta_fast, yarn_beta_slow=yarn_beta_slow)
+                                 yarn_beta_fast=yarn_beta_fast, yarn_beta_slow=yarn_beta_slow,
+                                 flash_attn=flash_attn)
         self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
         self.tokenizer = Tokenizer(_core.Tokenizer.from_file(self._gguf._file))
         self.n_ctx = n_ctx if n_ctx > 0 else self._core.n_ctx_train

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from rllama.errors import RllamaError
-from rllama.model_args import KV_TYPES
+from rllama.model_args import FLASH_ATTN, KV_TYPES
 
 
 class NotSupportedYet(RllamaError):
@@ -70,7 +70,7 @@ class ServerSettings:
     yarn_beta_fast: float = 32.0
     pooling: str | None = None
     defrag_thold: float = -1.0
-    flash_attn: bool = False
+    flash_attn: str = "auto"
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     spm_infill: bool = False
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--yarn-beta-fast", type=float, default=d.yarn_beta_fast)
     a("--pooling", default=None, choices=["none", "mean", "cls", "last"])
     a("-dt", "--defrag-thold", type=float, default=d.defrag_thold)
-    a("-fa", "--flash-attn", action="store_true")
+    a("-fa", "--flash-attn", nargs="?", const="on", default=d.flash_attn, choices=FLASH_ATTN)
     a("-ctk", "--cache-type-k", default=d.cache_type_k, choices=KV_TYPES)
     a("-ctv", "--cache-type-v", default=d.cache_type_v, choices=KV_TYPES)
     a("--spm-infill", action="store_true")

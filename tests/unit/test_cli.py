@@ -79,7 +79,8 @@ def test_serve_every_flag_spelling():
             "16", "--pooling", "mean", "-dt", "0.1", "-fa", "-mu", "http://127.0.0.1:1/m.gguf",
             "-hfr", "r", "-hff", "f"]
     s = parse(argv)
-    assert s.api_key == ["k1", "k2"] and s.parallel == 4 and s.cont_batching and s.flash_attn
+    assert s.api_key == ["k1", "k2"] and s.parallel == 4 and s.cont_batching and s.flash_attn == "on"
+    assert parse(["-fa", "off"]).flash_attn == "off" and parse([]).flash_attn == "auto"
     assert s.log_format == "text" and s.pooling == "mean" and s.yarn_beta_fast == 16.0
     assert unsupported(s) == []
     long = ["--verbose", "--threads", "2", "--threads-batch", "2", "--model", "x", "--alias", "a", "--ctx-size", "8",

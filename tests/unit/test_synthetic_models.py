@@ -185,6 +185,30 @@ def test_phi3_fused_matrices_and_rope_factors(tmp_path):
     assert np.abs(reference_forward("phi3", w, tokens, factors=long) - reference_forward("phi3", w, tokens)).max() > 0.05
 
 
+def test_flash_attention_paths(tmp_path):
+    """--flash-attn on (one pass with an online softmax, f16 query and accumulator over the f16
+    cache), off (f32 score rows) and auto (on for small batches) all agree with the reference;
+    auto is on for single tokens and off for big batches, bit for bit."""
+    rng = np.random.default_rng(12)
+    w = make_weights("llama", rng)
+    path = tmp_path / "m.gguf"
+    write_model(path, "llama", w)
+    tokens = rng.integers(0, N_VOCAB, 80).tolist()
+    want = reference_forward("llama", w, tokens)
+    got = {}
+    for fa in ("on", "off", "auto"):
+        m = _core.Model(str(path), n_threads=2, flash_attn=fa)
+        for n_batch in (80, 1):
+            out = m.eval(tokens, 128, n_batch=n_batch, all_logits=True)
+            got[fa, n_batch] = out
+            y = np.frombuffer(out, dtype=np.float32).reshape(len(tokens), N_VOCAB)
+            np.testing.assert_allclose(y, want, rtol=2e-2, atol=2e-2, err_msg=f"{fa} {n_batch}")
+    assert got["auto", 1] == got["on", 1] and got["auto", 80] == got["off", 80]
+    assert got["on", 1] != got["off", 1]
+    with pytest.raises(Exception, match="flash attention"):
+        _core.Model(str(path), flash_attn="sometimes")
+
+
 def test_yarn_from_metadata_and_rope_overrides(tmp_path):
     """YaRN read from the file's rope.scaling.* keys; --rope-freq-base and --rope-scaling given to
     the model override the file."""

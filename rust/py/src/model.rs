@@ -8,7 +8,7 @@ use pyo3::types::{PyBytes, PyDict};
 use rllama_core::engine::{generate, GenerateParams, Generation, Sequence, StopReason, TokenEvent};
 use rllama_core::gguf::{GgufFile, LoadOptions};
 use rllama_core::kv::CacheTypes;
-use rllama_core::model::{BatchToken, Model, RopeOverrides};
+use rllama_core::model::{BatchToken, FlashAttn, Model, RopeOverrides};
 
 use crate::errors::to_py;
 use crate::sampling::{PySamplerVocab, PySamplingParams};
@@ -117,7 +117,7 @@ impl PyModel {
     #[new]
     /// Load the model at `path`, or from `file` (an open `GgufFile`, whose parsed metadata and
     /// mapping are then shared instead of opened again).
-    #[pyo3(signature = (path, n_threads = 1, n_threads_batch = None, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None, rope_scaling = None, rope_freq_base = None, rope_freq_scale = None, yarn_orig_ctx = None, yarn_ext_factor = None, yarn_attn_factor = None, yarn_beta_fast = None, yarn_beta_slow = None))]
+    #[pyo3(signature = (path, n_threads = 1, n_threads_batch = None, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None, rope_scaling = None, rope_freq_base = None, rope_freq_scale = None, yarn_orig_ctx = None, yarn_ext_factor = None, yarn_attn_factor = None, yarn_beta_fast = None, yarn_beta_slow = None, flash_attn = "auto"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -137,6 +137,7 @@ impl PyModel {
         yarn_attn_factor: Option<f32>,
         yarn_beta_fast: Option<f32>,
         yarn_beta_slow: Option<f32>,
+        flash_attn: &str,
     ) -> PyResult<Self> {
         let rope = RopeOverrides {
             scaling: rope_scaling,
@@ -150,6 +151,7 @@ impl PyModel {
         };
         let opts = LoadOptions { no_mmap, mlock };
         let types = CacheTypes::parse(cache_type_k, cache_type_v).map_err(to_py)?;
+        let flash = FlashAttn::parse(flash_attn).map_err(to_py)?;
         let shared = file.map(|f| f.file());
         let m = py
             .detach(|| {
@@ -161,6 +163,7 @@ impl PyModel {
                 m.set_threads(n_threads, n_threads_batch.unwrap_or(n_threads));
                 m.set_cache_types(types)?;
                 m.set_rope(&rope)?;
+                m.set_flash_attn(flash);
                 Ok::<_, rllama_core::Error>(m)
             })
             .map_err(to_py)?;

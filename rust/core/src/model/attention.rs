@@ -20,6 +20,32 @@ use super::BatchToken;
 /// (and single-token decode) its f16-accumulating path.
 pub const F32_ATTENTION_MIN_TOKENS: usize = 64;
 
+/// `--flash-attn`: which attention path runs. `On` is one pass per (token, head) with an online
+/// softmax (llama.cpp's flash attention: no score row, f16 query and accumulator over an f16
+/// cache); `Off` computes every score row, then the softmax, then the weighted values, in f32;
+/// `Auto` takes the first for batches under `F32_ATTENTION_MIN_TOKENS` (token generation) and
+/// the second for larger ones (llama.cpp's tiled path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashAttn {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    pub fn parse(s: &str) -> crate::error::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "on" | "true" | "1" | "enabled" => Ok(Self::On),
+            "off" | "false" | "0" | "disabled" => Ok(Self::Off),
+            other => Err(crate::error::Error::invalid(format!(
+                "unknown flash attention setting '{other}' (on, off or auto)"
+            ))),
+        }
+    }
+}
+
 /// What one layer's attention needs to know.
 pub struct AttnParams {
     pub n_head: usize,
@@ -28,6 +54,7 @@ pub struct AttnParams {
     pub scale: f32,
     /// Sliding window (0: none) for this layer.
     pub window: usize,
+    pub flash: FlashAttn,
 }
 
 /// att[i, h] = softmax(q[i, h] · K[seq_i, lo..=pos_i]) · V[...] for every token i of `batch` and
@@ -58,12 +85,16 @@ pub fn attention(
     }
     // llama.cpp's f16-accumulating path exists for f16 caches; other cache types work in f32.
     let f16_cache = |s: usize| caches[s].types() == CacheTypes::default();
-    let small = n < F32_ATTENTION_MIN_TOKENS;
+    let one_pass = match p.flash {
+        FlashAttn::Auto => n < F32_ATTENTION_MIN_TOKENS,
+        FlashAttn::On => true,
+        FlashAttn::Off => false,
+    };
     let group = p.n_head / p.n_head_kv;
     let out = SendPtr(att.as_mut_ptr());
-    // Small batches (llama.cpp's f16 path) take one task per (token, head); larger ones one per
-    // (token, KV head), its query heads sharing each key and value row as it is read.
-    let heads_per_task = if small { 1 } else { group };
+    // The one-pass path takes one task per (token, head); the other one per (token, KV head),
+    // its query heads sharing each key and value row as it is read.
+    let heads_per_task = if one_pass { 1 } else { group };
     let n_tasks = n * p.n_head / heads_per_task;
     let per = n_tasks
         .div_ceil((pool.n_threads() * 16).min(n_tasks).max(1))
@@ -102,7 +133,7 @@ pub fn attention(
             let o = unsafe {
                 std::slice::from_raw_parts_mut(out.get().wrapping_add(at), heads_per_task * hd)
             };
-            head_dispatch(&head, qs, small && f16_cache(t.seq), &mut scratch, o);
+            head_dispatch(&head, qs, one_pass && f16_cache(t.seq), &mut scratch, o);
         }
     });
 }

@@ -96,9 +96,11 @@ impl ModelConfig {
             "qwen2" => Arch::Qwen2,
             "gemma3" => Arch::Gemma3,
             "phi3" => Arch::Phi3,
-            other => return Err(Error::load(format!(
+            other => {
+                return Err(Error::load(format!(
                 "unsupported model architecture '{other}' (supported: llama, qwen2, gemma3, phi3)"
-            ))),
+            )))
+            }
         };
         let k = |s: &str| format!("{arch_name}.{s}");
         let pos = |key: &str, v: i64| -> Result<usize> {

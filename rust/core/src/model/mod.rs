@@ -10,6 +10,7 @@ pub mod ops;
 
 use std::sync::Arc;
 
+pub use attention::FlashAttn;
 use attention::{attention, AttnParams};
 pub use config::{Arch, ModelConfig, RopeOverrides, RopeStyle, Yarn};
 
@@ -59,6 +60,7 @@ pub struct Model {
     threads: usize,
     threads_batch: usize,
     cache_types: CacheTypes,
+    flash_attn: FlashAttn,
 }
 
 /// One token of a batch: which sequence (index into the caches passed to `forward`), its
@@ -234,6 +236,7 @@ impl Model {
             threads: n_threads.max(1),
             threads_batch: n_threads.max(1),
             cache_types: CacheTypes::default(),
+            flash_attn: FlashAttn::default(),
         })
     }
 
@@ -260,6 +263,15 @@ impl Model {
         KvCache::new(1, 1, self.cfg.kv_dim(), types)?;
         self.cache_types = types;
         Ok(())
+    }
+
+    /// Choose the attention path (`--flash-attn on|off|auto`).
+    pub fn set_flash_attn(&mut self, f: FlashAttn) {
+        self.flash_attn = f;
+    }
+
+    pub fn flash_attn(&self) -> FlashAttn {
+        self.flash_attn
     }
 
     pub fn cache_types(&self) -> CacheTypes {
@@ -494,6 +506,7 @@ impl Model {
                 head_dim: hd,
                 scale: cfg.attn_scale,
                 window: if swa { cfg.n_swa } else { 0 },
+                flash: self.flash_attn,
             };
             attention(&self.pool, &params, batch, &q, &caches_ro, il, &mut att);
             let mut o = self.linear(&l.wo, &att, n)?;
