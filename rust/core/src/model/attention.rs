@@ -12,7 +12,9 @@
 use crate::kv::{CacheTypes, KvCache};
 use crate::quant::dot::dot_f32;
 use crate::quant::f16::round_f16;
-use crate::tensor::{simd_level, SendPtr, SimdLevel, ThreadPool};
+#[cfg(target_arch = "x86_64")]
+use crate::tensor::SimdLevel;
+use crate::tensor::{simd_level, SendPtr, ThreadPool};
 
 use super::BatchToken;
 

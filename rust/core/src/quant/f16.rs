@@ -66,6 +66,7 @@ pub fn round_f16(x: f32) -> f32 {
 /// Little-endian f16 values (`src`, two bytes each) widened to f32, with F16C where the CPU has it.
 pub fn widen_f16(src: &[u8], dst: &mut [f32]) {
     let n = (src.len() / 2).min(dst.len());
+    #[allow(unused_mut)]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::tensor::simd_level() != crate::tensor::SimdLevel::Scalar {

@@ -467,3 +467,88 @@ pub unsafe fn gemm_k_512(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
         out.copy_from_slice(&r[..out.len()]);
     }
 }
+
+/// Sixteen Q4_K rows (`row_bytes` apart from `base`, `nb` super-blocks each) against one Q8_K
+/// row, one row per lane, as `x86::dot16_512` does for the legacy types: each 4-byte group of
+/// quants gathered from the sixteen rows, one VNNI per group and half against broadcast
+/// activations, the sub-block scales and mins unpacked sixteen rows at a time. The integer sums
+/// are exact; the float steps are `kblock_combine`'s with a fused multiply-add, so results agree
+/// with `dot_q4k_512` to float tolerance, not bit for bit.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8KRow) -> [f32; 16] {
+    check_x(x, nb);
+    assert!(row_bytes
+        .checked_mul(15)
+        .is_some_and(|v| v < i32::MAX as usize));
+    let idx = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(row_bytes as i32),
+    );
+    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
+    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
+    let (k6, k4, k3) = (
+        _mm512_set1_epi32(63),
+        _mm512_set1_epi32(15),
+        _mm512_set1_epi32(3),
+    );
+    let nib = _mm512_set1_epi8(0x0f);
+    let yp = x.q.as_ptr() as *const i32;
+    let next = base.wrapping_add(16 * row_bytes);
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..nb {
+        let p = base.add(b * 144);
+        let mut off = 0;
+        while off < 16 * 144 {
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 16 * 144 + off) as *const i8);
+            off += 64;
+        }
+        let dm = gather(p);
+        let (s0, s1, s2) = (gather(p.add(4)), gather(p.add(8)), gather(p.add(12)));
+        // Scale and min of sub-block j (six bits each, packed as in `k4_scales_mins`).
+        let scale_min = |j: u32| -> (__m512i, __m512i) {
+            if j < 4 {
+                (
+                    _mm512_and_si512(shr(s0, 8 * j), k6),
+                    _mm512_and_si512(shr(s1, 8 * j), k6),
+                )
+            } else {
+                let j = j - 4;
+                let hi =
+                    |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(shr(v, 8 * j + 6), k3));
+                (
+                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j), k4), hi(s0)),
+                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j + 4), k4), hi(s1)),
+                )
+            }
+        };
+        let bs = x.bsums.as_ptr().add(16 * b);
+        let mut sumi = _mm512_setzero_si512();
+        let mut summ = _mm512_setzero_si512();
+        for c in 0..4u32 {
+            // 32 bytes of quants: low nibbles are sub-block 2c, high nibbles sub-block 2c + 1.
+            let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            let y0 = b * 64 + c as usize * 16;
+            for g in 0..8 {
+                let q = gather(p.add(16 + 32 * c as usize + 4 * g));
+                let ylo = _mm512_set1_epi32(yp.add(y0 + g).read_unaligned());
+                let yhi = _mm512_set1_epi32(yp.add(y0 + 8 + g).read_unaligned());
+                lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(q, nib), ylo);
+                hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib), yhi);
+            }
+            for (j, s) in [(2 * c, lo), (2 * c + 1, hi)] {
+                let (sc, mn) = scale_min(j);
+                sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s, sc));
+                let ysum = *bs.add(2 * j as usize) as i32 + *bs.add(2 * j as usize + 1) as i32;
+                summ = _mm512_add_epi32(summ, _mm512_mullo_epi32(mn, _mm512_set1_epi32(ysum)));
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+        let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
+        let xd = _mm512_set1_ps(*x.d.get_unchecked(b));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(sumi), acc);
+        acc = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, xd), _mm512_cvtepi32_ps(summ), acc);
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}

@@ -229,6 +229,7 @@ impl<'x> Activations<'x> {
 }
 
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn dot_unpacked(level: SimdLevel, u: &[Block], x: &Q8Row) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if level != SimdLevel::Scalar {
@@ -241,6 +242,7 @@ fn dot_unpacked(level: SimdLevel, u: &[Block], x: &Q8Row) -> f32 {
 /// Ask for a later weight row ahead of time: the dot loops are short enough that waiting for
 /// each cache line shows.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn prefetch_row(w: &QMatrix, r: usize, end: usize) {
     #[cfg(target_arch = "x86_64")]
     if r < end {
@@ -260,6 +262,7 @@ fn prefetch_row(w: &QMatrix, r: usize, end: usize) {
 }
 
 /// Rows [r0, r1) of y = W·x for every token.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 #[inline(always)]
 fn rows_kernel(job: &Job, r0: usize, r1: usize) {
     let Job {
@@ -458,6 +461,24 @@ fn rows_k(
     let n = xs.len();
     let mut u = KRow::default();
     let mut col = vec![0f32; n];
+    #[allow(unused_mut)]
+    let mut r0 = r0;
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512 && n == 1 && w.ty == GgmlType::Q4_K {
+        // Token generation: sixteen rows per pass (the rest row by row below).
+        let rb = w.row(0).len();
+        while r0 + 16 <= r1 {
+            // SAFETY: the AVX-512 level is only chosen when the CPU has these features; rows
+            // r0..r0+16 lie inside the matrix.
+            let v = unsafe {
+                crate::quant::x86k::dot16_q4k_512(w.row(r0).as_ptr(), rb, w.cols / 256, &xs[0])
+            };
+            for (i, v) in v.into_iter().enumerate() {
+                put(0, r0 + i, v);
+            }
+            r0 += 16;
+        }
+    }
     for r in r0..r1 {
         let row = w.row(r);
         prefetch_row(w, r + 2, r1);
