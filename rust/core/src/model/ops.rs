@@ -97,8 +97,10 @@ pub fn rope(x: &mut [f32], cache: &[(f32, f32)], neox: bool) {
         };
         let x0 = x[a];
         let x1 = x[b];
-        x[a] = x0 * c - x1 * s;
-        x[b] = x0 * s + x1 * c;
+        // ggml's C++ is compiled with floating-point contraction: each output is one fused
+        // multiply-add over the other product, and rounding like it keeps tokens identical.
+        x[a] = x0.mul_add(c, -(x1 * s));
+        x[b] = x0.mul_add(s, x1 * c);
     }
 }
 

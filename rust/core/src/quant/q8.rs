@@ -5,12 +5,12 @@
 use super::f16::round_f16;
 
 /// Q8_0 / Q8_1 activations of one row: per 32-block the f16-rounded scale, the f16 of
-/// d·Σq (Q8_1's `s`), the exact Σq, and the int8 values.
+/// d·Σq (Q8_1's `s`), the exact sum of every four values (eight per block), and the int8 values.
 #[derive(Default, Clone)]
 pub struct Q8Row {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
-    pub sum: Vec<i32>,
+    pub sum4: Vec<i32>,
     pub q: Vec<i8>,
 }
 
@@ -27,7 +27,7 @@ pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
     let nb = x.len() / 32;
     out.d.clear();
     out.s.clear();
-    out.sum.clear();
+    out.sum4.clear();
     out.q.clear();
     out.q.reserve(x.len());
     for b in x.chunks_exact(32) {
@@ -42,7 +42,11 @@ pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
         }
         out.d.push(round_f16(d));
         out.s.push(round_f16(d * sum as f32));
-        out.sum.push(sum);
+        let q = &out.q[out.q.len() - 32..];
+        out.sum4.extend(
+            q.chunks_exact(4)
+                .map(|g| g.iter().map(|&v| v as i32).sum::<i32>()),
+        );
     }
     debug_assert_eq!(out.d.len(), nb);
 }

@@ -169,13 +169,7 @@ unsafe fn hi8(f: __m512) -> __m256 {
     _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(f)))
 }
 
-/// The legacy types with a fast AVX-512 row dot.
-pub fn has_avx512_dot(ty: super::GgmlType) -> bool {
-    use super::GgmlType::*;
-    matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
-}
-
-/// One weight row of a type accepted by `has_avx512_dot` against Q8 activations.
+/// One weight row of a type accepted by `has_dot16_512` against Q8 activations (ggml's order).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_row_512(ty: super::GgmlType, w: &[u8], x: &Q8Row) -> f32 {
     dot_rows_512(ty, [w], x)[0]
@@ -216,17 +210,137 @@ pub unsafe fn dot_rows_512<const R: usize>(
     }
 }
 
-/// The legacy types with a sixteen-row AVX-512 gemv (`dot16_512`).
+/// The legacy types with the AVX-512 kernels (`dot16_512`, `gemm16_512`, `dot_rows_512`).
 pub fn has_dot16_512(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
     matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
 }
 
+/// One block of sixteen rows, one row per lane: `w[j]` holds each row's values 4j..4j+4 as
+/// unsigned bytes (value + `gemm_offset`), `d` the scales and `m` the mins (zero without).
+#[derive(Clone, Copy)]
+pub struct Block16 {
+    w: [__m512i; 8],
+    d: __m512,
+    m: __m512,
+}
+
+/// Byte offsets of sixteen rows `row_bytes` apart, rows past `m` repeating the last one.
+#[inline(always)]
+unsafe fn row_offsets(row_bytes: usize, m: usize) -> __m512i {
+    assert!(
+        row_bytes
+            .checked_mul(15)
+            .is_some_and(|v| v < i32::MAX as usize)
+            && m >= 1
+    );
+    let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    let last = _mm512_set1_epi32(m as i32 - 1);
+    _mm512_mullo_epi32(
+        _mm512_min_epi32(lane, last),
+        _mm512_set1_epi32(row_bytes as i32),
+    )
+}
+
+/// Block `p` (its address in row 0) of sixteen rows at offsets `idx`, gathered 4 bytes at a time.
+#[inline(always)]
+unsafe fn gather16(ty: super::GgmlType, p: *const u8, idx: __m512i) -> Block16 {
+    use super::GgmlType::*;
+    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
+    let scale = |v: __m512i| _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
+    let nib = _mm512_set1_epi8(0x0f);
+    let mut w = [_mm512_setzero_si512(); 8];
+    let mut m = _mm512_setzero_ps();
+    let dm = gather(p);
+    match ty {
+        Q4_1 | Q4_0 => {
+            let qs = if ty == Q4_1 { 4 } else { 2 };
+            for g in 0..4 {
+                let q = gather(p.add(qs + 4 * g));
+                w[g] = _mm512_and_si512(q, nib);
+                w[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
+            }
+            if ty == Q4_1 {
+                m = scale(_mm512_srli_epi32::<16>(dm));
+            }
+        }
+        Q5_0 => {
+            // (nibble | fifth bit << 4); bits 4g..4g+4 of qh, as a table index, give the fifth
+            // bits of a 4-value group as 0x10 bytes (`FIFTH[i]`: 0x10 in byte k where bit k of i).
+            let fifth = _mm512_set_epi32(
+                0x10101010, 0x10101000, 0x10100010, 0x10100000, 0x10001010, 0x10001000, 0x10000010,
+                0x10000000, 0x00101010, 0x00101000, 0x00100010, 0x00100000, 0x00001010, 0x00001000,
+                0x00000010, 0,
+            );
+            let qh = gather(p.add(2));
+            let hb = |shift: i32| {
+                _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(shift)), fifth)
+            };
+            for g in 0..4 {
+                let q = gather(p.add(6 + 4 * g));
+                w[g] = _mm512_or_si512(_mm512_and_si512(q, nib), hb(4 * g as i32));
+                w[g + 4] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
+                    hb(16 + 4 * g as i32),
+                );
+            }
+        }
+        Q8_0 => {
+            let flip = _mm512_set1_epi8(-128);
+            for (g, wg) in w.iter_mut().enumerate() {
+                *wg = _mm512_xor_si512(gather(p.add(2 + 4 * g)), flip);
+            }
+        }
+        _ => unreachable!("has_dot16_512 is checked by the caller"),
+    }
+    Block16 { w, d: scale(dm), m }
+}
+
+/// Add block `b` of one token to a sixteen-row accumulator set in ggml's order: per 4-value group
+/// j its exact integer sum (the offset's share −offset·Σy precomputed in `corr`), scaled by
+/// d_w·d_y and fused-multiply-added into accumulator j; the min times the token's block sum into
+/// `accm`.
+#[inline(always)]
+unsafe fn add_block(
+    blk: &Block16,
+    x: &Q8Row,
+    corr: *const i32,
+    b: usize,
+    acc: &mut [__m512; 8],
+    accm: &mut __m512,
+) {
+    let yp = x.q.as_ptr() as *const i32;
+    let dd = _mm512_mul_ps(blk.d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+    for j in 0..8 {
+        let y = _mm512_set1_epi32(yp.add(b * 8 + j).read_unaligned());
+        let s = _mm512_dpbusd_epi32(_mm512_set1_epi32(*corr.add(b * 8 + j)), blk.w[j], y);
+        acc[j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s), acc[j]);
+    }
+    *accm = _mm512_fmadd_ps(blk.m, _mm512_set1_ps(*x.s.get_unchecked(b)), *accm);
+}
+
+/// The eight accumulators folded as ggml's `hsum_float_8` folds its lanes, then the mins' term.
+#[inline(always)]
+unsafe fn finish16(acc: &[__m512; 8], accm: __m512) -> __m512 {
+    let t: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[4 + i], acc[i]));
+    _mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(t[0], t[2]), _mm512_add_ps(t[1], t[3])),
+        accm,
+    )
+}
+
+/// −offset·(sum of each four activations), the offset's share of a group's integer sum.
+pub fn offset_shares(x: &Q8Row, offset: u8) -> Vec<i32> {
+    x.sum4.iter().map(|&s| -(offset as i32) * s).collect()
+}
+
 /// Sixteen weight rows (`row_bytes` apart from `base`, `nb` blocks each) against one activation
 /// row, one row per lane: each 4-byte group of a block is gathered from all sixteen rows, so a
-/// single VNNI instruction multiplies sixteen rows by one broadcast group of activations and the
-/// block's integer sum is exact before it is scaled (one rounding per block, not ggml's eight
-/// lanes; within float tolerance of `dot_rows_512`, not bit-identical to it).
+/// single VNNI instruction multiplies sixteen rows by one broadcast group of activations. The
+/// sums follow ggml's AVX2 dots exactly (so tokens and probabilities match llama.cpp's): eight
+/// accumulators, one per 4-value group of a block (ggml's eight lanes), each group's exact integer
+/// sum scaled and fused-multiply-added in block order, folded as `hsum_f32_8` folds its lanes,
+/// the mins' term added last.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot16_512(
     ty: super::GgmlType,
@@ -234,119 +348,88 @@ pub unsafe fn dot16_512(
     row_bytes: usize,
     nb: usize,
     x: &Q8Row,
+    corr: &[i32],
 ) -> [f32; 16] {
-    use super::GgmlType::*;
-    assert!(x.d.len() >= nb && x.s.len() >= nb && x.sum.len() >= nb && x.q.len() >= nb * 32);
-    assert!(row_bytes
-        .checked_mul(15)
-        .is_some_and(|v| v < i32::MAX as usize));
-    let idx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(row_bytes as i32),
-    );
-    let yp = x.q.as_ptr() as *const i32;
-    let nib = _mm512_set1_epi8(0x0f);
-    // fifth[i]: byte k is 0x10 where bit k of i is set (Q5_0's high bits of four values).
-    let fifth = {
-        let mut t = [0i32; 16];
-        for (i, v) in t.iter_mut().enumerate() {
-            *v = (0..4)
-                .filter(|k| i >> k & 1 == 1)
-                .map(|k| 0x10 << (8 * k))
-                .sum();
-        }
-        _mm512_loadu_si512(t.as_ptr() as *const _)
-    };
-    let mut acc = _mm512_setzero_ps();
-    let mut accm = _mm512_setzero_ps();
-    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
-    let yg = |b: usize, g: usize| _mm512_set1_epi32(yp.add(b * 8 + g).read_unaligned());
-    let scale = |v: __m512i| _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
+    assert!(x.d.len() >= nb && x.s.len() >= nb && corr.len() >= 8 * nb && x.q.len() >= nb * 32);
+    let idx = row_offsets(row_bytes, 16);
     let ts = ty.type_size();
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let mut accm = _mm512_setzero_ps();
     // The next sixteen rows are the next 16·row_bytes bytes: ask for as many of them per block
     // as this group reads (prefetching is a hint; an address past the matrix is not read).
     let next = base.wrapping_add(16 * row_bytes);
     for b in 0..nb {
-        let mut off = 0;
-        while off < 16 * ts {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 16 * ts + off) as *const i8);
-            off += 64;
+        let mut o = 0;
+        while o < 16 * ts {
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 16 * ts + o) as *const i8);
+            o += 64;
         }
-        let (sumi, d) = match ty {
-            Q4_1 => {
-                let p = base.add(b * 20);
-                let dm = gather(p);
-                let m = scale(_mm512_srli_epi32::<16>(dm));
-                accm = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.s.get_unchecked(b)), accm);
-                let mut sumi = _mm512_setzero_si512();
-                for g in 0..4 {
-                    let q = gather(p.add(4 + 4 * g));
-                    let lo = _mm512_and_si512(q, nib);
-                    let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
-                    sumi = _mm512_dpbusd_epi32(sumi, lo, yg(b, g));
-                    sumi = _mm512_dpbusd_epi32(sumi, hi, yg(b, g + 4));
-                }
-                (sumi, scale(dm))
-            }
-            Q4_0 => {
-                let p = base.add(b * 18);
-                let d = scale(gather(p));
-                // Values are nibble - 8: the nibbles' products minus 8·Σy.
-                let mut sumi = _mm512_set1_epi32(-8 * *x.sum.get_unchecked(b));
-                for g in 0..4 {
-                    let q = gather(p.add(2 + 4 * g));
-                    let lo = _mm512_and_si512(q, nib);
-                    let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
-                    sumi = _mm512_dpbusd_epi32(sumi, lo, yg(b, g));
-                    sumi = _mm512_dpbusd_epi32(sumi, hi, yg(b, g + 4));
-                }
-                (sumi, d)
-            }
-            Q5_0 => {
-                let p = base.add(b * 22);
-                let d = scale(gather(p));
-                let qh = gather(p.add(2));
-                // Values are (nibble | fifth bit << 4) - 16. Bits 4g..4g+4 of qh, as a table
-                // index, give the fifth bits of a 4-value group as 0x10 bytes.
-                let mut sumi = _mm512_set1_epi32(-16 * *x.sum.get_unchecked(b));
-                for g in 0..4 {
-                    let q = gather(p.add(6 + 4 * g));
-                    let hb_lo = _mm512_permutexvar_epi32(
-                        _mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * g as i32)),
-                        fifth,
-                    );
-                    let hb_hi = _mm512_permutexvar_epi32(
-                        _mm512_srlv_epi32(qh, _mm512_set1_epi32(16 + 4 * g as i32)),
-                        fifth,
-                    );
-                    let lo = _mm512_or_si512(_mm512_and_si512(q, nib), hb_lo);
-                    let hi =
-                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(q), nib), hb_hi);
-                    sumi = _mm512_dpbusd_epi32(sumi, lo, yg(b, g));
-                    sumi = _mm512_dpbusd_epi32(sumi, hi, yg(b, g + 4));
-                }
-                (sumi, d)
-            }
-            Q8_0 => {
-                let p = base.add(b * 34);
-                let d = scale(gather(p));
-                // Signed bytes as unsigned (w + 128): the products minus 128·Σy.
-                let mut sumi = _mm512_set1_epi32(-128 * *x.sum.get_unchecked(b));
-                let flip = _mm512_set1_epi8(-128);
-                for g in 0..8 {
-                    let q = _mm512_xor_si512(gather(p.add(2 + 4 * g)), flip);
-                    sumi = _mm512_dpbusd_epi32(sumi, q, yg(b, g));
-                }
-                (sumi, d)
-            }
-            _ => unreachable!("has_dot16_512 is checked by the caller"),
-        };
-        let dd = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
-        acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi), acc);
+        let blk = gather16(ty, base.add(b * ts), idx);
+        add_block(&blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
     }
     let mut out = [0f32; 16];
-    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc, accm));
+    _mm512_storeu_ps(out.as_mut_ptr(), finish16(&acc, accm));
     out
+}
+
+/// Prefill: `m` ≤ 16 weight rows (`row_bytes` apart from `base`, `nb` blocks each) against every
+/// token of `xs` (`corrs[t]` from `offset_shares`), in exactly `dot16_512`'s order per row and
+/// token. The rows are gathered once into `buf` (reused between calls); tokens then go two at a
+/// time, each block's weights loaded once for both. `out(t, lanes)` receives token t's sixteen
+/// lanes (those past `m` are to be ignored).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm16_512(
+    ty: super::GgmlType,
+    base: *const u8,
+    row_bytes: usize,
+    m: usize,
+    nb: usize,
+    xs: &[Q8Row],
+    corrs: &[Vec<i32>],
+    buf: &mut Vec<Block16>,
+    mut out: impl FnMut(usize, &[f32; 16]),
+) {
+    assert!(corrs.len() == xs.len());
+    for (x, c) in xs.iter().zip(corrs) {
+        assert!(x.d.len() >= nb && x.s.len() >= nb && c.len() >= 8 * nb && x.q.len() >= nb * 32);
+    }
+    let idx = row_offsets(row_bytes, m);
+    let ts = ty.type_size();
+    buf.clear();
+    buf.extend((0..nb).map(|b| gather16(ty, base.add(b * ts), idx)));
+    let mut lanes = [0f32; 16];
+    let mut t = 0;
+    while t + 2 <= xs.len() {
+        let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+        let mut accm = [_mm512_setzero_ps(); 2];
+        for (b, blk) in buf.iter().enumerate() {
+            for k in 0..2 {
+                add_block(
+                    blk,
+                    &xs[t + k],
+                    corrs[t + k].as_ptr(),
+                    b,
+                    &mut acc[k],
+                    &mut accm[k],
+                );
+            }
+        }
+        for k in 0..2 {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), finish16(&acc[k], accm[k]));
+            out(t + k, &lanes);
+        }
+        t += 2;
+    }
+    if t < xs.len() {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut accm = _mm512_setzero_ps();
+        for (b, blk) in buf.iter().enumerate() {
+            add_block(blk, &xs[t], corrs[t].as_ptr(), b, &mut acc, &mut accm);
+        }
+        _mm512_storeu_ps(lanes.as_mut_ptr(), finish16(&acc, accm));
+        out(t, &lanes);
+    }
 }
 
 /// The two f16 values at `a` and `b` as f32 lanes 0 and 1 (one conversion, no partial-register
@@ -438,13 +521,8 @@ unsafe fn hsum_f32_8_tail(
     hsum_f32_8(acc) + summs
 }
 
-// ---- AVX-512 (VNNI) gemm for prefill: weights as unsigned bytes (value + a per-type offset), so
-// VNNI multiplies them by the signed activations directly; the offset's share (offset × the sum
-// of each lane's four activations) is precomputed per token and starts the integer sum. Sixteen
-// lanes accumulate two blocks at once (block pairs), so sums round differently from the
-// single-token order (as llama.cpp's own prefill kernels do from its decode kernels).
-
-/// The offset that makes a legacy type's values unsigned bytes.
+/// The offset that makes a legacy type's values unsigned bytes (VNNI multiplies unsigned by
+/// signed bytes; the offset's share is taken back from each group's integer sum).
 pub fn gemm_offset(ty: super::GgmlType) -> u8 {
     use super::GgmlType::*;
     match ty {
@@ -452,177 +530,5 @@ pub fn gemm_offset(ty: super::GgmlType) -> u8 {
         Q5_0 => 16,
         Q4_1 | Q5_1 => 0,
         _ => 128, // Q8_0, IQ4_NL
-    }
-}
-
-/// A batch of Q8 activation rows laid out for `gemm_rows_512`: per token and block pair, the 64
-/// int8 values, the 16 lanes of −offset·(sum of the lane's four values), and the 16 lane scales
-/// [d_a ×8, d_b ×8]; per token the block sums `s` padded to a multiple of 16.
-#[derive(Default)]
-pub struct GemmActs {
-    n_pairs: usize,
-    n_s: usize,
-    q: Vec<i8>,
-    corr: Vec<i32>,
-    d16: Vec<f32>,
-    s: Vec<f32>,
-}
-
-/// One weight row laid out for `gemm_rows_512`.
-#[derive(Default)]
-pub struct GemmRow {
-    q: Vec<u8>,
-    d16: Vec<f32>,
-    m: Vec<f32>,
-}
-
-impl GemmActs {
-    /// Lay out `xs` (rows of `nb` blocks) for weights of offset `offset`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn new(xs: &[Q8Row], nb: usize, offset: u8) -> Self {
-        let n_pairs = nb.div_ceil(2);
-        let n_s = nb.div_ceil(16) * 16;
-        let n = xs.len();
-        let mut a = GemmActs {
-            n_pairs,
-            n_s,
-            q: vec![0; n * n_pairs * 64],
-            corr: vec![0; n * n_pairs * 16],
-            d16: vec![0.0; n * n_pairs * 16],
-            s: vec![0.0; n * n_s],
-        };
-        let off = _mm512_set1_epi8(offset as i8);
-        for (t, x) in xs.iter().enumerate() {
-            assert!(x.q.len() >= nb * 32 && x.d.len() >= nb && x.s.len() >= nb);
-            let q = &mut a.q[t * n_pairs * 64..(t + 1) * n_pairs * 64];
-            q[..nb * 32].copy_from_slice(std::slice::from_raw_parts(x.q.as_ptr(), nb * 32));
-            for p in 0..n_pairs {
-                let v = _mm512_loadu_si512(q.as_ptr().add(p * 64) as *const __m512i);
-                let c = _mm512_sub_epi32(
-                    _mm512_setzero_si512(),
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, v),
-                );
-                _mm512_storeu_si512(
-                    a.corr.as_mut_ptr().add((t * n_pairs + p) * 16) as *mut __m512i,
-                    c,
-                );
-                let d = &mut a.d16[(t * n_pairs + p) * 16..(t * n_pairs + p + 1) * 16];
-                d[..8].fill(x.d[2 * p]);
-                if 2 * p + 1 < nb {
-                    d[8..].fill(x.d[2 * p + 1]);
-                }
-            }
-            a.s[t * n_s..t * n_s + nb].copy_from_slice(&x.s[..nb]);
-        }
-        a
-    }
-}
-
-impl GemmRow {
-    /// Fill from unpacked blocks (values, scales, mins) of one row; `offset` from `gemm_offset`.
-    pub fn fill(&mut self, blocks: impl Iterator<Item = super::dot::Block>, nb: usize, offset: u8) {
-        let n_pairs = nb.div_ceil(2);
-        self.q.clear();
-        self.q.resize(n_pairs * 64, 0);
-        self.d16.clear();
-        self.d16.resize(n_pairs * 16, 0.0);
-        self.m.clear();
-        self.m.resize(nb.div_ceil(16) * 16, 0.0);
-        for (b, blk) in blocks.enumerate() {
-            for (o, &v) in self.q[b * 32..b * 32 + 32].iter_mut().zip(&blk.q) {
-                *o = (v as u8).wrapping_add(offset);
-            }
-            self.d16[b * 8..b * 8 + 8].fill(blk.d);
-            self.m[b] = blk.m.unwrap_or(0.0);
-        }
-    }
-}
-
-/// outs[r][t] = rows[r] · token t for every token of `a`, up to four rows at a time (each row's
-/// output slice as long as the token count).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_rows_512(
-    rows: &[&GemmRow],
-    a: &GemmActs,
-    has_min: bool,
-    outs: &mut [&mut [f32]],
-) {
-    let n = outs.first().map_or(0, |o| o.len());
-    assert!(rows.len() == outs.len() && rows.len() <= 4);
-    assert!(a.q.len() >= n * a.n_pairs * 64 && a.s.len() >= n * a.n_s);
-    for (w, o) in rows.iter().zip(outs.iter()) {
-        assert!(w.q.len() == a.n_pairs * 64 && w.d16.len() == a.n_pairs * 16);
-        assert!(w.m.len() == a.n_s && o.len() == n);
-    }
-    match rows.len() {
-        4 => tokens_512::<4>(rows, a, has_min, outs, n),
-        3 => tokens_512::<3>(rows, a, has_min, outs, n),
-        2 => tokens_512::<2>(rows, a, has_min, outs, n),
-        1 => tokens_512::<1>(rows, a, has_min, outs, n),
-        _ => {}
-    }
-}
-
-#[inline(always)]
-unsafe fn tokens_512<const R: usize>(
-    rows: &[&GemmRow],
-    a: &GemmActs,
-    has_min: bool,
-    outs: &mut [&mut [f32]],
-    n: usize,
-) {
-    let mut t = 0;
-    while t + 4 <= n {
-        tile_512::<R, 4>(rows, a, t, has_min, outs);
-        t += 4;
-    }
-    while t < n {
-        tile_512::<R, 1>(rows, a, t, has_min, outs);
-        t += 1;
-    }
-}
-
-/// R rows × K tokens from token `t0`: the activations of a block pair are loaded once for all
-/// R rows, the weights once for all K tokens.
-#[inline(always)]
-unsafe fn tile_512<const R: usize, const K: usize>(
-    rows: &[&GemmRow],
-    a: &GemmActs,
-    t0: usize,
-    has_min: bool,
-    outs: &mut [&mut [f32]],
-) {
-    let np = a.n_pairs;
-    let mut acc = [[_mm512_setzero_ps(); K]; R];
-    for p in 0..np {
-        let mut x = [_mm512_setzero_si512(); K];
-        for (k, x) in x.iter_mut().enumerate() {
-            *x = _mm512_loadu_si512(a.q.as_ptr().add(((t0 + k) * np + p) * 64) as *const __m512i);
-        }
-        for r in 0..R {
-            let w = rows[r];
-            let wq = _mm512_loadu_si512(w.q.as_ptr().add(p * 64) as *const __m512i);
-            let wd = _mm512_loadu_ps(w.d16.as_ptr().add(p * 16));
-            for k in 0..K {
-                let at = (t0 + k) * np + p;
-                let c = _mm512_loadu_si512(a.corr.as_ptr().add(at * 16) as *const __m512i);
-                let sum = _mm512_dpbusd_epi32(c, wq, x[k]);
-                let dd = _mm512_mul_ps(wd, _mm512_loadu_ps(a.d16.as_ptr().add(at * 16)));
-                acc[r][k] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sum), acc[r][k]);
-            }
-        }
-    }
-    for r in 0..R {
-        for k in 0..K {
-            let mut v = acc[r][k];
-            if has_min {
-                let s = a.s.as_ptr().add((t0 + k) * a.n_s);
-                let m = rows[r].m.as_ptr();
-                for j in (0..a.n_s).step_by(16) {
-                    v = _mm512_fmadd_ps(_mm512_loadu_ps(m.add(j)), _mm512_loadu_ps(s.add(j)), v);
-                }
-            }
-            outs[r][t0 + k] = _mm512_reduce_add_ps(v);
-        }
     }
 }

@@ -171,9 +171,10 @@ pub struct Activations<'x> {
     n: usize,
     format: ActFormat,
     acts: Acts,
-    /// The AVX-512 prefill layout, made on first use (with the weight offset it was made for).
+    /// The AVX-512 sixteen-row kernels' offset shares, made on first use (with the weight
+    /// offset they were made for).
     #[cfg(target_arch = "x86_64")]
-    gemm: OnceLock<(u8, crate::quant::x86::GemmActs)>,
+    gemm: OnceLock<(u8, Gemm)>,
 }
 
 impl<'x> Activations<'x> {
@@ -286,68 +287,54 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
             #[cfg(target_arch = "x86_64")]
             let fast512 = level == SimdLevel::Avx512;
             #[cfg(target_arch = "x86_64")]
-            if let (Some(g), true) = (gemm, fast512) {
-                // Prefill on AVX-512: tiles of four rows against every token, sixteen rows'
-                // results written per token together (one cache line of y, not sixteen).
+            if let (Some(shares), true) = (gemm, fast512) {
+                // AVX-512, types with the sixteen-row kernels: one row per lane, in ggml's order.
                 use crate::quant::x86;
-                let (nb, off) = (w.cols / 32, x86::gemm_offset(w.ty));
-                let mut grows: [x86::GemmRow; 4] = Default::default();
-                let mut cols = vec![vec![0f32; n]; 16];
+                let (rb, nb) = (w.row_bytes(), w.cols / 32);
                 let mut r = r0;
-                while r < r1 {
-                    let m16 = (r1 - r).min(16);
-                    for sub in (0..m16).step_by(4) {
-                        let m = (m16 - sub).min(4);
-                        for (i, gr) in grows[..m].iter_mut().enumerate() {
-                            let row = w.row(r + sub + i);
-                            gr.fill(row.chunks_exact(ts).map(|b| unpack_block(w.ty, b)), nb, off);
-                        }
-                        let refs: Vec<&x86::GemmRow> = grows[..m].iter().collect();
-                        let mut outs: Vec<&mut [f32]> = cols[sub..sub + m]
-                            .iter_mut()
-                            .map(|c| c.as_mut_slice())
-                            .collect();
-                        // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
-                        unsafe { x86::gemm_rows_512(&refs, g, w.ty.has_min(), &mut outs) };
-                    }
-                    for t in 0..n {
-                        for (i, c) in cols[..m16].iter().enumerate() {
-                            put(t, r + i, c[t]);
-                        }
-                    }
-                    r += m16;
-                }
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if fast512 && n == 1 && crate::quant::x86::has_avx512_dot(w.ty) {
-                // Token generation on AVX-512: sixteen rows per pass where the type has that
-                // kernel, then four rows per pass over the activations.
-                let mut r = r0;
-                if crate::quant::x86::has_dot16_512(w.ty) {
-                    let rb = w.row(0).len();
-                    while r + 16 <= r1 {
+                if n > 1 {
+                    // Prefill: sixteen rows gathered once, then every token against them.
+                    let mut buf = Vec::new();
+                    while r < r1 {
+                        let m = (r1 - r).min(16);
                         // SAFETY: the AVX-512 level is only chosen when the CPU has these
-                        // features; rows r..r+16 lie inside the matrix.
-                        let v = unsafe {
-                            crate::quant::x86::dot16_512(
+                        // features; rows r..r+m lie inside the matrix.
+                        unsafe {
+                            x86::gemm16_512(
                                 w.ty,
                                 w.row(r).as_ptr(),
                                 rb,
-                                w.cols / 32,
-                                &xs[0],
+                                m,
+                                nb,
+                                xs,
+                                shares,
+                                &mut buf,
+                                |t, v| {
+                                    for (i, &v) in v[..m].iter().enumerate() {
+                                        put(t, r + i, v);
+                                    }
+                                },
                             )
                         };
-                        for (i, v) in v.into_iter().enumerate() {
-                            put(0, r + i, v);
-                        }
-                        r += 16;
+                        r += m;
                     }
+                    return;
+                }
+                // Token generation: sixteen rows per pass, then four (the same sums).
+                while r + 16 <= r1 {
+                    // SAFETY: as above, rows r..r+16 lie inside the matrix.
+                    let v = unsafe {
+                        x86::dot16_512(w.ty, w.row(r).as_ptr(), rb, nb, &xs[0], &shares[0])
+                    };
+                    for (i, v) in v.into_iter().enumerate() {
+                        put(0, r + i, v);
+                    }
+                    r += 16;
                 }
                 while r + 4 <= r1 {
                     let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                    // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
-                    let v = unsafe { crate::quant::x86::dot_rows_512(w.ty, rows, &xs[0]) };
+                    // SAFETY: as above.
+                    let v = unsafe { x86::dot_rows_512(w.ty, rows, &xs[0]) };
                     for (i, v) in v.into_iter().enumerate() {
                         put(0, r + i, v);
                     }
@@ -355,9 +342,7 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 }
                 for r in r..r1 {
                     // SAFETY: as above.
-                    put(0, r, unsafe {
-                        crate::quant::x86::dot_row_512(w.ty, w.row(r), &xs[0])
-                    });
+                    put(0, r, unsafe { x86::dot_row_512(w.ty, w.row(r), &xs[0]) });
                 }
                 return;
             }
@@ -522,14 +507,15 @@ fn rows_k(
     }
 }
 
-/// The prefill layout of the activations (AVX-512 only; elsewhere a type with no values).
+/// Per token, −offset·(sum of every four activations): what the AVX-512 sixteen-row kernels
+/// take back from each group's integer sum (elsewhere a type with no values).
 #[cfg(target_arch = "x86_64")]
-type Gemm = crate::quant::x86::GemmActs;
+type Gemm = Vec<Vec<i32>>;
 #[cfg(not(target_arch = "x86_64"))]
 enum Gemm {}
 
-/// The AVX-512 prefill layout of `a` for `w`'s type when that path applies: cached in `a` for
-/// the first weight offset asked for, else built into `own`.
+/// The offsets' shares of `a` for `w`'s type when the AVX-512 sixteen-row kernels apply: cached
+/// in `a` for the first weight offset asked for, else built into `own`.
 fn gemm_layout<'a>(
     level: SimdLevel,
     w: &QMatrix,
@@ -540,12 +526,11 @@ fn gemm_layout<'a>(
     {
         use crate::quant::x86;
         let Acts::Q8(xs) = &a.acts else { return None };
-        if a.n < 2 || level != SimdLevel::Avx512 {
+        if level != SimdLevel::Avx512 || !x86::has_dot16_512(w.ty) {
             return None;
         }
         let off = x86::gemm_offset(w.ty);
-        // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
-        let make = || unsafe { x86::GemmActs::new(xs, w.cols / 32, off) };
+        let make = || xs.iter().map(|x| x86::offset_shares(x, off)).collect();
         let (o, g) = a.gemm.get_or_init(|| (off, make()));
         if *o == off {
             return Some(g);
