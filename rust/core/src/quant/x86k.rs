@@ -472,8 +472,7 @@ pub unsafe fn gemm_k_512(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
 /// row, one row per lane, as `x86::dot16_512` does for the legacy types: each 4-byte group of
 /// quants gathered from the sixteen rows, one VNNI per group and half against broadcast
 /// activations, the sub-block scales and mins unpacked sixteen rows at a time. The integer sums
-/// are exact; the float steps are `kblock_combine`'s with a fused multiply-add, so results agree
-/// with `dot_q4k_512` to float tolerance, not bit for bit.
+/// are exact and the float steps are `kblock_combine`'s, so results equal `dot_q4k_512`'s.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8KRow) -> [f32; 16] {
     check_x(x, nb);
@@ -545,8 +544,12 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
         let xd = _mm512_set1_ps(*x.d.get_unchecked(b));
-        acc = _mm512_fmadd_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(sumi), acc);
-        acc = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, xd), _mm512_cvtepi32_ps(summ), acc);
+        // `kblock_combine`'s steps, unfused: the same bits as every other level.
+        let t = _mm512_sub_ps(
+            _mm512_mul_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(sumi)),
+            _mm512_mul_ps(_mm512_mul_ps(dmin, xd), _mm512_cvtepi32_ps(summ)),
+        );
+        acc = _mm512_add_ps(acc, t);
     }
     let mut out = [0f32; 16];
     _mm512_storeu_ps(out.as_mut_ptr(), acc);
