@@ -24,6 +24,7 @@ class Model:
     `path_or_name` is a file, a URL or a built-in name (see `rllama.models`). `n_ctx` is the
     context size (0: the model's training context), `n_threads` the compute threads for generation,
     `n_threads_batch` those for prompts (default: `n_threads`; one pool of the larger size).
+    `flash_attn` ("on", "off", "auto") picks the attention path like llama.cpp's `--flash-attn`.
     """
 
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,

@@ -113,6 +113,7 @@ fn simd() -> &'static str {
         rllama_core::tensor::SimdLevel::Scalar => "scalar",
         rllama_core::tensor::SimdLevel::Avx2 => "avx2",
         rllama_core::tensor::SimdLevel::Avx512 => "avx512",
+        rllama_core::tensor::SimdLevel::Neon => "neon",
     }
 }
 

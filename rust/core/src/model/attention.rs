@@ -240,7 +240,7 @@ unsafe fn tile_kernel(kv: &KvView, rows: &[TileRow], scale: f32) {
             match simd_level() {
                 SimdLevel::Avx512 => x86::scores_512(&kt, qs, hd, &mut acc),
                 SimdLevel::Avx2 => x86::scores_avx2(&kt, qs, hd, &mut acc),
-                SimdLevel::Scalar => scores(&kt, qs, hd, &mut acc),
+                _ => scores(&kt, qs, hd, &mut acc),
             }
             #[cfg(not(target_arch = "x86_64"))]
             scores(&kt, qs, hd, &mut acc);
@@ -307,7 +307,7 @@ unsafe fn pv_block<'a, const C: usize>(
     match simd_level() {
         SimdLevel::Avx512 => x86::pv_512(val, ps, nk, d0, &mut acc),
         SimdLevel::Avx2 => x86::pv_avx2(val, ps, nk, d0, &mut acc),
-        SimdLevel::Scalar => pv(val, ps, nk, d0, &mut acc),
+        _ => pv(val, ps, nk, d0, &mut acc),
     }
     #[cfg(not(target_arch = "x86_64"))]
     pv(val, ps, nk, d0, &mut acc);

@@ -6,6 +6,8 @@ mod dequant;
 pub mod dot;
 pub mod f16;
 pub mod kquant;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod q8;
 pub mod quantize;
 mod types;

@@ -61,6 +61,8 @@ pub enum SimdLevel {
     Scalar,
     Avx2,
     Avx512,
+    /// aarch64 (NEON is part of every aarch64 target).
+    Neon,
 }
 
 /// The instruction set the kernels use, detected once (or forced by `RLLAMA_SIMD`).
@@ -72,6 +74,7 @@ pub fn simd_level() -> SimdLevel {
             Some("scalar") => SimdLevel::Scalar,
             Some("avx2") if detected != SimdLevel::Scalar => SimdLevel::Avx2,
             Some("avx512") if detected == SimdLevel::Avx512 => SimdLevel::Avx512,
+            Some("neon") if detected == SimdLevel::Neon => SimdLevel::Neon,
             _ => detected,
         }
     })
@@ -95,7 +98,7 @@ pub fn simd_dispatch<R, F: FnOnce() -> R>(f: F) -> R {
             // SAFETY: the level is only chosen when the CPU reports these features.
             SimdLevel::Avx512 => return unsafe { avx512(f) },
             SimdLevel::Avx2 => return unsafe { avx2(f) },
-            SimdLevel::Scalar => {}
+            _ => {}
         }
     }
     f()
@@ -119,6 +122,10 @@ fn detect() -> SimdLevel {
         {
             return SimdLevel::Avx2;
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return SimdLevel::Neon;
     }
     SimdLevel::Scalar
 }
@@ -232,6 +239,10 @@ impl<'x> Activations<'x> {
 #[inline(always)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn dot_unpacked(level: SimdLevel, u: &[Block], x: &Q8Row) -> f32 {
+    #[cfg(target_arch = "aarch64")]
+    if level == SimdLevel::Neon {
+        return crate::quant::neon::dot_blocks(u.iter().copied(), x);
+    }
     #[cfg(target_arch = "x86_64")]
     if level != SimdLevel::Scalar {
         // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
@@ -376,6 +387,12 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                             put(t, r, v);
                             continue;
                         }
+                    }
+                    #[cfg(target_arch = "aarch64")]
+                    if level == SimdLevel::Neon {
+                        let blocks = row.chunks_exact(ts).map(|b| unpack_block(w.ty, b));
+                        put(t, r, crate::quant::neon::dot_blocks(blocks, xt));
+                        continue;
                     }
                     put(t, r, dot_legacy(w.ty, row, xt));
                 }
@@ -578,11 +595,13 @@ pub fn matmul(
     matmul_at(simd_level(), pool, w, x, n_tokens, y)
 }
 
-fn level_rank(l: SimdLevel) -> u8 {
-    match l {
-        SimdLevel::Scalar => 0,
-        SimdLevel::Avx2 => 1,
-        SimdLevel::Avx512 => 2,
+/// Whether this CPU runs `level`'s kernels.
+fn available(level: SimdLevel) -> bool {
+    let detected = detect();
+    match level {
+        SimdLevel::Scalar => true,
+        SimdLevel::Avx2 => matches!(detected, SimdLevel::Avx2 | SimdLevel::Avx512),
+        SimdLevel::Avx512 | SimdLevel::Neon => detected == level,
     }
 }
 
@@ -596,7 +615,7 @@ pub fn matmul_at(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    if level_rank(level) > level_rank(detect()) {
+    if !available(level) {
         return Err(Error::invalid(format!("this CPU lacks {level:?}")));
     }
     let acts = Activations::new(pool, w.ty, x, n_tokens)?;
@@ -786,11 +805,81 @@ mod tests {
         dequantized_product(w, &xq, n)
     }
 
+    /// Every legacy type gives scalar's exact bits at every level this CPU has, one token or a
+    /// batch, one thread or two (all follow ggml's summation order).
+    #[test]
+    fn legacy_types_identical_at_every_level() {
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (rows, cols) = (40, 256);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::IQ4_NL,
+        ] {
+            let ts = ty.type_size();
+            let mut raw: Vec<u8> = (0..rows * cols / 32 * ts).map(|_| next() as u8).collect();
+            for blk in raw.chunks_exact_mut(ts) {
+                for at in [0usize, 2] {
+                    let h = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 6e-5).to_bits();
+                    blk[at..at + 2].copy_from_slice(&h.to_le_bytes());
+                }
+            }
+            let w = QMatrix::new(ty, &raw, rows, cols).unwrap();
+            let x: Vec<f32> = (0..5 * cols)
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            for n in [1, 5] {
+                let mut want = vec![0f32; n * rows];
+                matmul_at(
+                    SimdLevel::Scalar,
+                    &ThreadPool::new(1),
+                    &w,
+                    &x[..n * cols],
+                    n,
+                    &mut want,
+                )
+                .unwrap();
+                for level in levels() {
+                    for threads in [1, 2] {
+                        let mut y = vec![0f32; n * rows];
+                        matmul_at(
+                            level,
+                            &ThreadPool::new(threads),
+                            &w,
+                            &x[..n * cols],
+                            n,
+                            &mut y,
+                        )
+                        .unwrap();
+                        assert!(
+                            y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{ty} {level:?} n={n} t={threads}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn levels() -> Vec<SimdLevel> {
-        [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
-            .into_iter()
-            .filter(|&l| level_rank(l) <= level_rank(detect()))
-            .collect()
+        [
+            SimdLevel::Scalar,
+            SimdLevel::Avx2,
+            SimdLevel::Avx512,
+            SimdLevel::Neon,
+        ]
+        .into_iter()
+        .filter(|&l| available(l))
+        .collect()
     }
 
     #[test]

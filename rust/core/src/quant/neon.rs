@@ -1,0 +1,98 @@
+//! NEON (aarch64) version of the legacy 32-block dot: the same eight lane sums of four products
+//! as `dot::dot_blocks`, each fused-multiply-added into its own f32 lane per block and folded the
+//! way ggml's AVX2 `hsum_float_8` folds them, so results equal the portable code's bit for bit.
+
+use std::arch::aarch64::*;
+
+use super::dot::Block;
+use super::q8::Q8Row;
+
+/// The eight sums of four products of one block (values 4j..4j+4 in lane j), as f32.
+#[inline(always)]
+unsafe fn lanes(w: &[i8; 32], x: &[i8]) -> (float32x4_t, float32x4_t) {
+    assert!(x.len() >= 32);
+    let (w0, w1) = (vld1q_s8(w.as_ptr()), vld1q_s8(w.as_ptr().add(16)));
+    let (x0, x1) = (vld1q_s8(x.as_ptr()), vld1q_s8(x.as_ptr().add(16)));
+    // i8·i8 fits i16; pairwise widening adds give sums of two, then of four.
+    let s0 = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+    let s1 = vpaddlq_s16(vmull_high_s8(w0, x0));
+    let s2 = vpaddlq_s16(vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+    let s3 = vpaddlq_s16(vmull_high_s8(w1, x1));
+    (
+        vcvtq_f32_s32(vpaddq_s32(s0, s1)),
+        vcvtq_f32_s32(vpaddq_s32(s2, s3)),
+    )
+}
+
+/// `dot::dot_blocks` with NEON.
+pub fn dot_blocks(blocks: impl Iterator<Item = Block>, x: &Q8Row) -> f32 {
+    // SAFETY: NEON is part of every aarch64 target; `lanes` checks its slice lengths.
+    unsafe {
+        let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        let mut summs = 0f32;
+        for (b, blk) in blocks.enumerate() {
+            if let Some(m) = blk.m {
+                summs += m * x.s[b];
+            }
+            let d = vdupq_n_f32(blk.d * x.d[b]);
+            let (l0, l1) = lanes(&blk.q, &x.q[b * 32..b * 32 + 32]);
+            a0 = vfmaq_f32(a0, d, l0);
+            a1 = vfmaq_f32(a1, d, l1);
+        }
+        // Lane i of the high half plus lane i of the low half, then (0 + 2) + (1 + 3).
+        let t = vaddq_f32(a1, a0);
+        let u = vadd_f32(vget_low_f32(t), vget_high_f32(t));
+        vget_lane_f32::<0>(u) + vget_lane_f32::<1>(u) + summs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dot::{self, unpack_block};
+    use super::super::q8::quantize_q8;
+    use super::super::GgmlType;
+
+    /// Random blocks of every legacy type give the portable code's exact bits.
+    #[test]
+    fn neon_dot_equals_portable() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::IQ4_NL,
+        ] {
+            let nb = 9;
+            let mut raw: Vec<u8> = (0..nb * ty.type_size()).map(|_| next() as u8).collect();
+            for b in 0..nb {
+                // Finite f16 scales (and mins) in [0.001, 0.06).
+                for at in [0usize, 2] {
+                    let h = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 6e-5).to_bits();
+                    raw[b * ty.type_size() + at..][..2].copy_from_slice(&h.to_le_bytes());
+                }
+            }
+            let x: Vec<f32> = (0..nb * 32)
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut q = Default::default();
+            quantize_q8(&x, &mut q);
+            let blocks = || {
+                raw.chunks_exact(ty.type_size())
+                    .map(|b| unpack_block(ty, b))
+            };
+            let (a, b) = (
+                super::dot_blocks(blocks(), &q),
+                dot::dot_blocks(blocks(), &q),
+            );
+            assert_eq!(a.to_bits(), b.to_bits(), "{ty}: {a} vs {b}");
+        }
+    }
+}
