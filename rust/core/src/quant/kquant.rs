@@ -202,6 +202,24 @@ pub fn kblock_sums(
     xq: &[i8],
     bsums: &[i16],
 ) -> (i32, i32) {
+    #[cfg(target_arch = "aarch64")]
+    if crate::tensor::simd_level() == crate::tensor::SimdLevel::Neon {
+        // Signed or below 64, every value reads the same as a signed byte.
+        return super::neon::kblock_sums(q, sc, mn, xq, bsums);
+    }
+    kblock_sums_portable(signed, q, sc, mn, xq, bsums)
+}
+
+/// `kblock_sums` in plain Rust.
+#[inline(always)]
+pub fn kblock_sums_portable(
+    signed: bool,
+    q: &[u8],
+    sc: &[i16],
+    mn: &[i16],
+    xq: &[i8],
+    bsums: &[i16],
+) -> (i32, i32) {
     let (mut sumi, mut summ) = (0i32, 0i32);
     for g in 0..16 {
         let mut s = 0i32;

@@ -46,6 +46,29 @@ pub fn dot_blocks(blocks: impl Iterator<Item = Block>, x: &Q8Row) -> f32 {
     }
 }
 
+/// `kquant::kblock_sums` with NEON: the same exact integers (every unpacked K-quant value fits a
+/// signed byte: the unsigned types' are below 64).
+#[inline(always)]
+pub fn kblock_sums(q: &[u8], sc: &[i16], mn: &[i16], xq: &[i8], bsums: &[i16]) -> (i32, i32) {
+    assert!(
+        q.len() >= 256 && xq.len() >= 256 && sc.len() >= 16 && mn.len() >= 16 && bsums.len() >= 16
+    );
+    let (mut sumi, mut summ) = (0i32, 0i32);
+    for g in 0..16 {
+        // SAFETY: NEON is part of every aarch64 target; 16g + 16 ≤ 256 (asserted above).
+        let s = unsafe {
+            let w = vreinterpretq_s8_u8(vld1q_u8(q.as_ptr().add(16 * g)));
+            let y = vld1q_s8(xq.as_ptr().add(16 * g));
+            let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(y)));
+            let hi = vpaddlq_s16(vmull_high_s8(w, y));
+            vaddvq_s32(vaddq_s32(lo, hi))
+        };
+        sumi += sc[g] as i32 * s;
+        summ += mn[g] as i32 * bsums[g] as i32;
+    }
+    (sumi, summ)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::dot::{self, unpack_block};
@@ -93,6 +116,41 @@ mod tests {
                 dot::dot_blocks(blocks(), &q),
             );
             assert_eq!(a.to_bits(), b.to_bits(), "{ty}: {a} vs {b}");
+        }
+    }
+
+    /// The K-quant integer sums equal the portable loop's (unsigned values below 64 and signed
+    /// IQ4_XS values).
+    #[test]
+    fn neon_kblock_sums_equal_portable() {
+        let mut state = 0x853c49e6748fea9bu64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for signed in [false, true] {
+            let q: Vec<u8> = (0..256)
+                .map(|_| {
+                    if signed {
+                        next() as u8
+                    } else {
+                        (next() % 64) as u8
+                    }
+                })
+                .collect();
+            let xq: Vec<i8> = (0..256).map(|_| (next() % 255) as i8).collect();
+            let sc: Vec<i16> = (0..16).map(|_| (next() % 128) as i16 - 64).collect();
+            let mn: Vec<i16> = (0..16).map(|_| (next() % 64) as i16).collect();
+            let bs: Vec<i16> = xq
+                .chunks(16)
+                .map(|g| g.iter().map(|&v| v as i16).sum())
+                .collect();
+            assert_eq!(
+                super::kblock_sums(&q, &sc, &mn, &xq, &bs),
+                super::super::kquant::kblock_sums_portable(signed, &q, &sc, &mn, &xq, &bs)
+            );
         }
     }
 }
