@@ -10,6 +10,8 @@ pub mod kquant;
 pub mod neon;
 pub mod q8;
 pub mod quantize;
+#[cfg(test)]
+pub mod testing;
 mod types;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

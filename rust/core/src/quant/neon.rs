@@ -73,38 +73,16 @@ pub fn kblock_sums(q: &[u8], sc: &[i16], mn: &[i16], xq: &[i8], bsums: &[i16]) -
 mod tests {
     use super::super::dot::{self, unpack_block};
     use super::super::q8::quantize_q8;
-    use super::super::GgmlType;
+    use super::super::testing::{legacy_blocks, Rng, LEGACY};
 
     /// Random blocks of every legacy type give the portable code's exact bits.
     #[test]
     fn neon_dot_equals_portable() {
-        let mut state = 0x9e3779b97f4a7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::IQ4_NL,
-        ] {
+        let mut rng = Rng::new(0x9e3779b97f4a7c15);
+        for ty in LEGACY {
             let nb = 9;
-            let mut raw: Vec<u8> = (0..nb * ty.type_size()).map(|_| next() as u8).collect();
-            for b in 0..nb {
-                // Finite f16 scales (and mins) in [0.001, 0.06).
-                for at in [0usize, 2] {
-                    let h = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 6e-5).to_bits();
-                    raw[b * ty.type_size() + at..][..2].copy_from_slice(&h.to_le_bytes());
-                }
-            }
-            let x: Vec<f32> = (0..nb * 32)
-                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
-                .collect();
+            let raw = legacy_blocks(ty, nb, &mut rng);
+            let x: Vec<f32> = (0..nb * 32).map(|_| rng.unit()).collect();
             let mut q = Default::default();
             quantize_q8(&x, &mut q);
             let blocks = || {
@@ -123,13 +101,8 @@ mod tests {
     /// IQ4_XS values).
     #[test]
     fn neon_kblock_sums_equal_portable() {
-        let mut state = 0x853c49e6748fea9bu64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = Rng::new(0x853c49e6748fea9b);
+        let mut next = || rng.next();
         for signed in [false, true] {
             let q: Vec<u8> = (0..256)
                 .map(|_| {

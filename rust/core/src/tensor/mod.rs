@@ -809,34 +809,13 @@ mod tests {
     /// batch, one thread or two (all follow ggml's summation order).
     #[test]
     fn legacy_types_identical_at_every_level() {
-        let mut state = 0x2545f4914f6cdd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        use crate::quant::testing::{legacy_blocks, Rng, LEGACY};
+        let mut rng = Rng::new(0x2545f4914f6cdd1d);
         let (rows, cols) = (40, 256);
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::IQ4_NL,
-        ] {
-            let ts = ty.type_size();
-            let mut raw: Vec<u8> = (0..rows * cols / 32 * ts).map(|_| next() as u8).collect();
-            for blk in raw.chunks_exact_mut(ts) {
-                for at in [0usize, 2] {
-                    let h = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 6e-5).to_bits();
-                    blk[at..at + 2].copy_from_slice(&h.to_le_bytes());
-                }
-            }
+        for ty in LEGACY {
+            let raw = legacy_blocks(ty, rows * cols / 32, &mut rng);
             let w = QMatrix::new(ty, &raw, rows, cols).unwrap();
-            let x: Vec<f32> = (0..5 * cols)
-                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
-                .collect();
+            let x: Vec<f32> = (0..5 * cols).map(|_| rng.unit()).collect();
             for n in [1, 5] {
                 let mut want = vec![0f32; n * rows];
                 matmul_at(
