@@ -130,10 +130,11 @@ pub fn dot_legacy(ty: GgmlType, w: &[u8], x: &Q8Row) -> f32 {
     )
 }
 
-/// The first Q4_K dot (kept as the tests' oracle for `kquant`'s bits).
+/// The first Q4_K dot, in llama.cpp's x86 order (the scales' and the mins' terms summed apart),
+/// kept as the tests' oracle for `kquant`'s bits.
 #[cfg(test)]
 pub fn dot_q4_k(w: &[u8], x: &Q8KRow) -> f32 {
-    let mut sumf = 0f32;
+    let (mut acc, mut accm) = (0f32, 0f32);
     for (b, blk) in w.chunks_exact(144).enumerate() {
         let d = f16_at(blk, 0) * x.d[b];
         let dmin = f16_at(blk, 2) * x.d[b];
@@ -155,41 +156,52 @@ pub fn dot_q4_k(w: &[u8], x: &Q8KRow) -> f32 {
             summ += m1 as i32 * (bs[4 * n] as i32 + bs[4 * n + 1] as i32)
                 + m2 as i32 * (bs[4 * n + 2] as i32 + bs[4 * n + 3] as i32);
         }
-        sumf += d * sumi as f32 - dmin * summ as f32;
+        acc = (sumi as f32).mul_add(d, acc);
+        accm = (summ as f32).mul_add(dmin, accm);
     }
-    sumf
+    acc - accm
 }
 
-/// The first Q6_K dot (kept as the tests' oracle for `kquant`'s bits).
+/// The Q6_K dot in the lane order of ggml's AVX2 kernel, from the raw block (the tests' oracle
+/// for `kquant`'s bits): lane k sums values 4k..4k+4 of every 32-value group (six-bit values
+/// 0..63 times their 16-value group's scale) less 32·(bsums[2k]·sc[2k] + bsums[2k+1]·sc[2k+1]);
+/// each lane is fused into its own accumulator per super-block, then folded pairwise.
 #[cfg(test)]
 pub fn dot_q6_k(w: &[u8], x: &Q8KRow) -> f32 {
-    let mut sumf = 0f32;
+    let mut acc = [0f32; 8];
     for (b, blk) in w.chunks_exact(210).enumerate() {
         let (ql, qh, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
-        let d = f16_at(blk, 208) * x.d[b];
+        let d = x.d[b] * f16_at(blk, 208);
         let xq = &x.q[b * 256..b * 256 + 256];
-        let mut sumi = 0i32;
+        let bs = &x.bsums[b * 16..b * 16 + 16];
+        let mut u = [0i32; 256];
         for n in 0..2 {
-            let (ql, qh, sc, xq) = (&ql[n * 64..], &qh[n * 32..], &sc[n * 8..], &xq[n * 128..]);
-            let mut g = [0i32; 8];
             for l in 0..32 {
-                let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                g[is] += q1 * xq[l] as i32;
-                g[is + 2] += q2 * xq[l + 32] as i32;
-                g[is + 4] += q3 * xq[l + 64] as i32;
-                g[is + 6] += q4 * xq[l + 96] as i32;
-            }
-            for (k, gs) in g.iter().enumerate() {
-                sumi += (sc[k] as i8) as i32 * gs;
+                let (a, c, h) = (ql[64 * n + l], ql[64 * n + 32 + l], qh[32 * n + l]);
+                u[128 * n + l] = ((a & 0xF) | ((h & 3) << 4)) as i32;
+                u[128 * n + 32 + l] = ((c & 0xF) | (((h >> 2) & 3) << 4)) as i32;
+                u[128 * n + 64 + l] = ((a >> 4) | (((h >> 4) & 3) << 4)) as i32;
+                u[128 * n + 96 + l] = ((c >> 4) | (((h >> 6) & 3) << 4)) as i32;
             }
         }
-        sumf += d * sumi as f32;
+        let scale = |g: usize| sc[g] as i8 as i32;
+        for (k, a) in acc.iter_mut().enumerate() {
+            let mut lane = 0i32;
+            for e in (0..256).filter(|e| (e % 32) / 4 == k) {
+                lane += scale(e / 16) * u[e] * xq[e] as i32;
+            }
+            lane -=
+                32 * (bs[2 * k] as i32 * scale(2 * k) + bs[2 * k + 1] as i32 * scale(2 * k + 1));
+            *a = d.mul_add(lane as f32, *a);
+        }
     }
-    sumf
+    let t = [
+        acc[4] + acc[0],
+        acc[5] + acc[1],
+        acc[6] + acc[2],
+        acc[7] + acc[3],
+    ];
+    (t[0] + t[2]) + (t[1] + t[3])
 }
 
 /// f32 weights (or anything dequantized to f32) with f32 activations.

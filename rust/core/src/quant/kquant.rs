@@ -249,25 +249,136 @@ pub fn kblock_combine(fold: bool, d: f32, dmin: f32, xd: f32, sumi: i32, summ: i
     }
 }
 
+/// How a K-quant row's super-blocks are summed in f32, as llama.cpp's x86 kernels do (so tokens
+/// and probabilities match its): Q4_K (repacked by llama.cpp) keeps the scales' and the mins'
+/// terms apart, acc = fma(sumi, d·xd, acc) and accm = fma(summ, dmin·xd, accm), and returns
+/// acc − accm; Q6_K keeps eight lanes (see `q6k_lanes`), each fma(xd·d, lane, acc_k), folded like
+/// `hsum_float_8`; the others add `kblock_combine` per super-block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KOrder {
+    Combine,
+    Split,
+    Lanes,
+}
+
+impl KOrder {
+    pub fn of(ty: GgmlType) -> Self {
+        match ty {
+            GgmlType::Q4_K => Self::Split,
+            GgmlType::Q6_K => Self::Lanes,
+            _ => Self::Combine,
+        }
+    }
+}
+
+/// The f32 state of one row·token sum in `KOrder`.
+#[derive(Clone, Copy)]
+pub struct KAcc {
+    order: KOrder,
+    fold: bool,
+    sum: f32,
+    min: f32,
+    lanes: [f32; 8],
+}
+
+impl KAcc {
+    #[inline(always)]
+    pub fn new(order: KOrder, fold: bool) -> Self {
+        Self {
+            order,
+            fold,
+            sum: 0.0,
+            min: 0.0,
+            lanes: [0.0; 8],
+        }
+    }
+
+    /// Add one super-block from its exact integer sums (`Combine`, `Split`) or lanes (`Lanes`).
+    #[inline(always)]
+    pub fn add(&mut self, d: f32, dmin: f32, xd: f32, sumi: i32, summ: i32, lanes: &[i32; 8]) {
+        match self.order {
+            KOrder::Combine => self.sum += kblock_combine(self.fold, d, dmin, xd, sumi, summ),
+            KOrder::Split => {
+                self.sum = (sumi as f32).mul_add(d * xd, self.sum);
+                self.min = (summ as f32).mul_add(dmin * xd, self.min);
+            }
+            KOrder::Lanes => {
+                let dd = xd * d;
+                for (a, &l) in self.lanes.iter_mut().zip(lanes) {
+                    *a = dd.mul_add(l as f32, *a);
+                }
+            }
+        }
+    }
+
+    /// Add one unpacked super-block against 256 activations.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_unpacked(
+        &mut self,
+        signed: bool,
+        q: &[u8],
+        sc: &[i16],
+        mn: &[i16],
+        d: f32,
+        dmin: f32,
+        xd: f32,
+        xq: &[i8],
+        bs: &[i16],
+    ) {
+        if self.order == KOrder::Lanes {
+            self.add(d, dmin, xd, 0, 0, &q6k_lanes(q, sc, mn, xq, bs));
+        } else {
+            let (sumi, summ) = kblock_sums(signed, q, sc, mn, xq, bs);
+            self.add(d, dmin, xd, sumi, summ, &[0; 8]);
+        }
+    }
+
+    #[inline(always)]
+    pub fn finish(&self) -> f32 {
+        match self.order {
+            KOrder::Combine => self.sum,
+            KOrder::Split => self.sum - self.min,
+            KOrder::Lanes => {
+                let a = self.lanes;
+                let t = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
+                (t[0] + t[2]) + (t[1] + t[3])
+            }
+        }
+    }
+}
+
+/// Q6_K's eight integer lanes as ggml's AVX2 dot forms them: lane k holds values 4k..4k+4 of
+/// every 32-value group, each times its 16-value group's scale, less the folded mins' share
+/// mn[2k]·bsums[2k] + mn[2k+1]·bsums[2k+1] (mn = 32·scale: the −32 of the six-bit values).
+#[inline(always)]
+pub fn q6k_lanes(q: &[u8], sc: &[i16], mn: &[i16], xq: &[i8], bs: &[i16]) -> [i32; 8] {
+    let mut lanes = [0i32; 8];
+    for g in 0..8 {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            let e = 32 * g + 4 * k;
+            let s: i32 = (e..e + 4).map(|e| q[e] as i32 * xq[e] as i32).sum();
+            *lane += sc[e / 16] as i32 * s;
+        }
+    }
+    for (k, lane) in lanes.iter_mut().enumerate() {
+        *lane -= mn[2 * k] as i32 * bs[2 * k] as i32 + mn[2 * k + 1] as i32 * bs[2 * k + 1] as i32;
+    }
+    lanes
+}
+
 /// A K-quant weight row (whole super-blocks of `ty`) against one Q8_K activation row.
 #[inline(always)]
 pub fn dot_k(ty: GgmlType, w: &[u8], x: &Q8KRow) -> f32 {
-    let (fold, signed) = (folds_min(ty), signed_weights(ty));
+    let signed = signed_weights(ty);
     let (mut q, mut sc, mut mn) = ([0u8; 256], [0i16; 16], [0i16; 16]);
-    let mut sumf = 0f32;
+    let mut acc = KAcc::new(KOrder::of(ty), folds_min(ty));
     for (b, blk) in w.chunks_exact(ty.type_size()).enumerate() {
         let (d, dmin) = unpack_kblock(ty, blk, &mut q, &mut sc, &mut mn);
-        let (sumi, summ) = kblock_sums(
-            signed,
-            &q,
-            &sc,
-            &mn,
-            &x.q[256 * b..256 * b + 256],
-            &x.bsums[16 * b..16 * b + 16],
-        );
-        sumf += kblock_combine(fold, d, dmin, x.d[b], sumi, summ);
+        let (xq, bs) = (&x.q[256 * b..256 * b + 256], &x.bsums[16 * b..16 * b + 16]);
+        acc.add_unpacked(signed, &q, &sc, &mn, d, dmin, x.d[b], xq, bs);
     }
-    sumf
+    acc.finish()
 }
 
 /// A K-quant row unpacked once and reused for many tokens (prefill).
@@ -280,6 +391,13 @@ pub struct KRow {
     pub dmin: Vec<f32>,
     pub fold: bool,
     pub signed: bool,
+    pub order: KOrder,
+}
+
+impl Default for KOrder {
+    fn default() -> Self {
+        Self::Combine
+    }
 }
 
 impl KRow {
@@ -293,6 +411,7 @@ impl KRow {
         self.dmin.clear();
         self.fold = folds_min(ty);
         self.signed = signed_weights(ty);
+        self.order = KOrder::of(ty);
         let parts = w
             .chunks_exact(ty.type_size())
             .zip(self.q.chunks_exact_mut(256))
@@ -317,18 +436,20 @@ impl KRow {
     /// This row against one token, in the same order as `dot_k`.
     #[inline(always)]
     pub fn dot(&self, x: &Q8KRow) -> f32 {
-        let mut sumf = 0f32;
+        let mut acc = KAcc::new(self.order, self.fold);
         for b in 0..self.d.len() {
-            let (sumi, summ) = kblock_sums(
+            acc.add_unpacked(
                 self.signed,
                 &self.q[256 * b..256 * b + 256],
                 &self.sc[16 * b..16 * b + 16],
                 &self.mn[16 * b..16 * b + 16],
+                self.d[b],
+                self.dmin[b],
+                x.d[b],
                 &x.q[256 * b..256 * b + 256],
                 &x.bsums[16 * b..16 * b + 16],
             );
-            sumf += kblock_combine(self.fold, self.d[b], self.dmin[b], x.d[b], sumi, summ);
         }
-        sumf
+        acc.finish()
     }
 }

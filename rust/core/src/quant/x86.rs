@@ -10,7 +10,7 @@ use super::dot::Block;
 use super::q8::Q8Row;
 
 #[inline(always)]
-unsafe fn hsum_f32_8(x: __m256) -> f32 {
+pub(crate) unsafe fn hsum_f32_8(x: __m256) -> f32 {
     let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
     let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     let r = _mm_add_ss(r, _mm_movehdup_ps(r));

@@ -4,8 +4,8 @@
 //! activation, pairs to i16: no saturation, the weights are below 64, or |w| ≤ 127 with the
 //! activation carrying w's sign for IQ4_XS) and a multiply-add of those pairs with the 16-value
 //! scales into i32 lanes. The sums are exact, so reducing them in any order gives the integers the
-//! portable code forms, and the f32 steps after them are `kquant::kblock_combine`'s, in block
-//! order: every level returns bit-identical results.
+//! portable code forms (Q6_K keeps ggml's eight lanes), and the f32 steps after them are
+//! `kquant::KAcc`'s, in block order: every level returns bit-identical results.
 //!
 //! Single token: `dot_q4k_*` / `dot_q6k_*` read the packed blocks directly (gemv streams weights).
 //! Several tokens: `gemm_k_*` take a row unpacked once (`KRow`) and run four tokens per weight
@@ -15,8 +15,9 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{k4_scales_mins, kblock_combine, KRow};
+use super::kquant::{k4_scales_mins, KAcc, KOrder, KRow};
 use super::q8::Q8KRow;
+use super::x86::hsum_f32_8;
 
 #[inline(always)]
 unsafe fn f16le(b: &[u8], i: usize) -> f32 {
@@ -38,15 +39,6 @@ unsafe fn hsum2(s: __m256i, m: __m256i) -> (i32, i32) {
     (_mm_cvtsi128_si32(h), _mm_extract_epi32::<1>(h))
 }
 
-/// The integer totals of four 8-lane vectors, in lanes 0..4.
-#[inline(always)]
-unsafe fn hsum4(s: [__m256i; 4]) -> __m128i {
-    let a = _mm256_hadd_epi32(s[0], s[1]);
-    let b = _mm256_hadd_epi32(s[2], s[3]);
-    let c = _mm256_hadd_epi32(a, b);
-    _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
-}
-
 /// Activation sums of 16 times the Q4_K/Q5_K mins (one per 32 values, so each used twice).
 #[inline(always)]
 unsafe fn k4_mins_term(sm: __m128i, bsums: *const i16) -> __m256i {
@@ -62,12 +54,12 @@ pub unsafe fn dot_q4k_avx2(w: &[u8], x: &Q8KRow) -> f32 {
     let nb = w.len() / 144;
     check_x(x, nb);
     let m4 = _mm256_set1_epi8(0x0f);
-    let mut sumf = 0f32;
+    let mut acc = KAcc::new(KOrder::Split, false);
     for (b, blk) in w.chunks_exact(144).enumerate() {
         let sm = k4_scales_mins(&blk[4..16]);
         let qs = blk.as_ptr().add(16);
         let xq = x.q.as_ptr().add(256 * b);
-        let mut acc = _mm256_setzero_si256();
+        let mut iacc = _mm256_setzero_si256();
         for n in 0..4 {
             let t = _mm256_loadu_si256(qs.add(32 * n) as *const __m256i);
             let lo = _mm256_and_si256(t, m4);
@@ -82,14 +74,14 @@ pub unsafe fn dot_q4k_avx2(w: &[u8], x: &Q8KRow) -> f32 {
                 _mm256_maddubs_epi16(hi, y1),
                 _mm256_set1_epi16(sm[2 * n + 1] as i16),
             );
-            acc = _mm256_add_epi32(acc, _mm256_add_epi32(p0, p1));
+            iacc = _mm256_add_epi32(iacc, _mm256_add_epi32(p0, p1));
         }
         let smv = _mm_loadu_si128(sm.as_ptr() as *const __m128i);
         let mv = k4_mins_term(smv, x.bsums.as_ptr().add(16 * b));
-        let (sumi, summ) = hsum2(acc, mv);
-        sumf += kblock_combine(false, f16le(blk, 0), f16le(blk, 2), x.d[b], sumi, summ);
+        let (sumi, summ) = hsum2(iacc, mv);
+        acc.add(f16le(blk, 0), f16le(blk, 2), x.d[b], sumi, summ, &[0; 8]);
     }
-    sumf
+    acc.finish()
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -98,7 +90,7 @@ pub unsafe fn dot_q6k_avx2(w: &[u8], x: &Q8KRow) -> f32 {
     check_x(x, nb);
     let m4 = _mm256_set1_epi8(0x0f);
     let m30 = _mm256_set1_epi8(0x30);
-    let mut sumf = 0f32;
+    let mut accf = _mm256_setzero_ps();
     for (b, blk) in w.chunks_exact(210).enumerate() {
         let p = blk.as_ptr();
         let sc = &blk[192..208];
@@ -139,10 +131,11 @@ pub unsafe fn dot_q6k_avx2(w: &[u8], x: &Q8KRow) -> f32 {
         let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
         let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * b) as *const __m256i);
         let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
-        let (sumi, _) = hsum2(_mm256_sub_epi32(acc, off), off);
-        sumf += kblock_combine(true, f16le(blk, 208), 0.0, x.d[b], sumi, 0);
+        // ggml's eight lanes (`kquant::q6k_lanes`), each fused into its own accumulator.
+        let dd = _mm256_set1_ps(x.d[b] * f16le(blk, 208));
+        accf = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, off)), accf);
     }
-    sumf
+    hsum_f32_8(accf)
 }
 
 /// One or four tokens against a row unpacked in `u` (a short batch repeats its last token).
@@ -152,8 +145,7 @@ unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
     xp: [&Q8KRow; NT],
     nb: usize,
 ) -> [f32; 4] {
-    let mut sumf = _mm_setzero_ps();
-    let mut sum1 = 0f32;
+    let mut st = [KAcc::new(u.order, u.fold); NT];
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let mut acc = [_mm256_setzero_si256(); NT];
@@ -177,72 +169,45 @@ unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
                     _mm256_add_epi32(acc[k], _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), scv));
             }
         }
-        combine(u, &xp, b, acc, &mut sumf, &mut sum1);
+        combine(u, &xp, b, acc, &mut st);
     }
-    finish(sumf, sum1, NT)
+    finish(&st)
 }
 
-/// Add super-block `b`'s contribution for one or four tokens whose integer sums are in `acc`.
+/// Add super-block `b` for every token whose integer sums (eight lanes each) are in `acc`.
 #[inline(always)]
 unsafe fn combine<const NT: usize>(
     u: &KRow,
     xp: &[&Q8KRow; NT],
     b: usize,
     acc: [__m256i; NT],
-    sumf: &mut __m128,
-    sum1: &mut f32,
+    st: &mut [KAcc; NT],
 ) {
-    if NT == 4 {
-        let xp4 = [xp[0], xp[1 % NT], xp[2 % NT], xp[3 % NT]];
-        let acc4 = [acc[0], acc[1 % NT], acc[2 % NT], acc[3 % NT]];
-        *sumf = combine4(u, &xp4, b, acc4, *sumf);
-    } else {
-        let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
-        let bs = _mm256_loadu_si256(xp[0].bsums.as_ptr().add(16 * b) as *const __m256i);
-        let (sumi, summ) = hsum2(acc[0], _mm256_madd_epi16(bs, mn));
-        *sum1 += kblock_combine(u.fold, u.d[b], u.dmin[b], xp[0].d[b], sumi, summ);
-    }
-}
-
-#[inline(always)]
-unsafe fn finish(sumf: __m128, sum1: f32, nt: usize) -> [f32; 4] {
-    let mut out = [0f32; 4];
-    if nt == 4 {
-        _mm_storeu_ps(out.as_mut_ptr(), sumf);
-    } else {
-        out[0] = sum1;
-    }
-    out
-}
-
-/// Add super-block `b`'s contribution for four tokens whose integer sums are in `acc`.
-#[inline(always)]
-unsafe fn combine4(
-    u: &KRow,
-    xp: &[&Q8KRow; 4],
-    b: usize,
-    mut acc: [__m256i; 4],
-    sumf: __m128,
-) -> __m128 {
     let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
-    let mut m = [_mm256_setzero_si256(); 4];
-    for k in 0..4 {
+    for k in 0..NT {
         let bs = _mm256_loadu_si256(xp[k].bsums.as_ptr().add(16 * b) as *const __m256i);
-        m[k] = _mm256_madd_epi16(bs, mn);
-        if u.fold {
-            acc[k] = _mm256_sub_epi32(acc[k], m[k]);
+        let m = _mm256_madd_epi16(bs, mn);
+        if u.order == KOrder::Lanes {
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(
+                lanes.as_mut_ptr() as *mut __m256i,
+                _mm256_sub_epi32(acc[k], m),
+            );
+            st[k].add(u.d[b], u.dmin[b], xp[k].d[b], 0, 0, &lanes);
+        } else {
+            let (sumi, summ) = hsum2(acc[k], m);
+            st[k].add(u.d[b], u.dmin[b], xp[k].d[b], sumi, summ, &[0; 8]);
         }
     }
-    let si = _mm_cvtepi32_ps(hsum4(acc));
-    let xd = _mm_setr_ps(xp[0].d[b], xp[1].d[b], xp[2].d[b], xp[3].d[b]);
-    let dd = _mm_mul_ps(_mm_set1_ps(u.d[b]), xd);
-    if u.fold {
-        _mm_add_ps(sumf, _mm_mul_ps(dd, si))
-    } else {
-        let sm = _mm_cvtepi32_ps(hsum4(m));
-        let dm = _mm_mul_ps(_mm_set1_ps(u.dmin[b]), xd);
-        _mm_add_ps(sumf, _mm_sub_ps(_mm_mul_ps(dd, si), _mm_mul_ps(dm, sm)))
+}
+
+#[inline(always)]
+fn finish<const NT: usize>(st: &[KAcc; NT]) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for (o, a) in out.iter_mut().zip(st) {
+        *o = a.finish();
     }
+    out
 }
 
 #[inline(always)]
@@ -336,27 +301,27 @@ pub unsafe fn dot_q4k_512(w: &[u8], x: &Q8KRow) -> f32 {
         idx(&IDX32, 2),
         idx(&IDX32, 3),
     ];
-    let mut sumf = 0f32;
+    let mut acc = KAcc::new(KOrder::Split, false);
     for (b, blk) in w.chunks_exact(144).enumerate() {
         let sm = k4_scales_mins(&blk[4..16]);
         let smv = _mm_loadu_si128(sm.as_ptr() as *const __m128i);
         let sc512 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(smv));
         let qs = blk.as_ptr().add(16);
         let xq = x.q.as_ptr().add(256 * b);
-        let mut acc = _mm512_setzero_si512();
+        let mut iacc = _mm512_setzero_si512();
         for (n, ixn) in ix.iter().enumerate() {
             let t = _mm256_loadu_si256(qs.add(32 * n) as *const __m256i);
             let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(t), _mm256_srli_epi16::<4>(t));
             let z = _mm512_and_si512(z, m4);
             let y = _mm512_loadu_si512(xq.add(64 * n) as *const __m512i);
             let scv = _mm512_permutexvar_epi16(*ixn, sc512);
-            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(z, y), scv);
+            iacc = _mm512_dpwssd_epi32(iacc, _mm512_maddubs_epi16(z, y), scv);
         }
         let mv = k4_mins_term(smv, x.bsums.as_ptr().add(16 * b));
-        let (sumi, summ) = hsum2(fold512(acc), mv);
-        sumf += kblock_combine(false, f16le(blk, 0), f16le(blk, 2), x.d[b], sumi, summ);
+        let (sumi, summ) = hsum2(fold512(iacc), mv);
+        acc.add(f16le(blk, 0), f16le(blk, 2), x.d[b], sumi, summ, &[0; 8]);
     }
-    sumf
+    acc.finish()
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -372,7 +337,7 @@ pub unsafe fn dot_q6k_512(w: &[u8], x: &Q8KRow) -> f32 {
         idx(&IDX16, 2),
         idx(&IDX16, 3),
     ];
-    let mut sumf = 0f32;
+    let mut accf = _mm256_setzero_ps();
     for (b, blk) in w.chunks_exact(210).enumerate() {
         let p = blk.as_ptr();
         let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
@@ -404,10 +369,12 @@ pub unsafe fn dot_q6k_512(w: &[u8], x: &Q8KRow) -> f32 {
         }
         let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * b) as *const __m256i);
         let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
-        let (sumi, _) = hsum2(_mm256_sub_epi32(fold512(acc), off), off);
-        sumf += kblock_combine(true, f16le(blk, 208), 0.0, x.d[b], sumi, 0);
+        // ggml's eight lanes (`kquant::q6k_lanes`), each fused into its own accumulator.
+        let dd = _mm256_set1_ps(x.d[b] * f16le(blk, 208));
+        let lanes = _mm256_sub_epi32(fold512(acc), off);
+        accf = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes), accf);
     }
-    sumf
+    hsum_f32_8(accf)
 }
 
 #[inline(always)]
@@ -422,8 +389,7 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
         idx(&IDX16, 2),
         idx(&IDX16, 3),
     ];
-    let mut sumf = _mm_setzero_ps();
-    let mut sum1 = 0f32;
+    let mut st = [KAcc::new(u.order, u.fold); NT];
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let sc512 = _mm512_castsi256_si512(_mm256_loadu_si256(
@@ -448,9 +414,9 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
                 acc[k] = _mm512_dpwssd_epi32(acc[k], _mm512_maddubs_epi16(w, y), scv);
             }
         }
-        combine(u, &xp, b, acc.map(|a| fold512(a)), &mut sumf, &mut sum1);
+        combine(u, &xp, b, acc.map(|a| fold512(a)), &mut st);
     }
-    finish(sumf, sum1, NT)
+    finish(&st)
 }
 
 /// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
@@ -472,7 +438,7 @@ pub unsafe fn gemm_k_512(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
 /// row, one row per lane, as `x86::dot16_512` does for the legacy types: each 4-byte group of
 /// quants gathered from the sixteen rows, one VNNI per group and half against broadcast
 /// activations, the sub-block scales and mins unpacked sixteen rows at a time. The integer sums
-/// are exact and the float steps are `kblock_combine`'s, so results equal `dot_q4k_512`'s.
+/// are exact and the float steps are `KOrder::Split`'s, so results equal `dot_q4k_512`'s.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8KRow) -> [f32; 16] {
     check_x(x, nb);
@@ -494,6 +460,7 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
     let yp = x.q.as_ptr() as *const i32;
     let next = base.wrapping_add(16 * row_bytes);
     let mut acc = _mm512_setzero_ps();
+    let mut accm = _mm512_setzero_ps();
     for b in 0..nb {
         let p = base.add(b * 144);
         let mut off = 0;
@@ -544,14 +511,11 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
         let xd = _mm512_set1_ps(*x.d.get_unchecked(b));
-        // `kblock_combine`'s steps, unfused: the same bits as every other level.
-        let t = _mm512_sub_ps(
-            _mm512_mul_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(sumi)),
-            _mm512_mul_ps(_mm512_mul_ps(dmin, xd), _mm512_cvtepi32_ps(summ)),
-        );
-        acc = _mm512_add_ps(acc, t);
+        // `KOrder::Split`, lane by lane: the same bits as every other level.
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(d, xd), acc);
+        accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmin, xd), accm);
     }
     let mut out = [0f32; 16];
-    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_sub_ps(acc, accm));
     out
 }

@@ -921,7 +921,9 @@ mod tests {
     }
 
     #[test]
-    fn q4k_q6k_keep_the_original_portable_bits() {
+    /// Q4_K and Q6_K sum in llama.cpp's order (see `kquant::KOrder`), checked against oracles
+    /// written from that order.
+    fn q4k_q6k_follow_llama_cpp_order() {
         for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
             let cols = 512;
             let data = random_k(ty, 3, cols, 99);
