@@ -50,32 +50,25 @@ def results(request, golden):
     return get
 
 
-@pytest.mark.parametrize("name, at_least", [("smollm2", 11), ("gemma3", 9)])
+@pytest.mark.parametrize("name, at_least", [("smollm2", 11), ("gemma3", 11)])
 def test_tokens_match_reference(results, name, at_least):
-    """Items that follow llama.cpp token for token up to a near-tie (the README's rule). Measured:
-    smollm2 11 of 11 (bit for bit), gemma3 10 of 11 (which gemma3 items pass moves with any
-    rounding change: its 0.08 probability error flips near-ties wider than the 0.02 rule)."""
+    """Items that follow llama.cpp token for token up to a near-tie (the README's rule): all 11."""
     r = results(name)
     assert sum(not bad for bad, _ in r) >= at_least, r
 
 
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_probabilities_close_to_reference(results, name):
-    """Probabilities stay within 0.15 of llama.cpp's over up to 32 steps (the README asks 0.02: see
-    the strict rule below). Measured max: smollm2 0.0002, gemma3 0.08."""
-    assert max(d for _, d in results(name)) <= 0.15
+    """Probabilities within the README's 0.02 of llama.cpp's over up to 32 steps. Measured max:
+    smollm2 0.0002, gemma3 0.0014."""
+    assert max(d for _, d in results(name)) <= PROB_TOL
 
 
-@pytest.mark.parametrize("name", [
-    "smollm2",
-    pytest.param("gemma3", marks=pytest.mark.xfail(strict=True, reason=(
-        "llama.cpp runs gemma3's Q4_K/Q6_K through repacked kernels that sum in their own order, and its "
-        "server splits sliding-window prompts into batches whose kernels round differently; we match its "
-        "tokens but not yet these probabilities to 0.02"))),
-])
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_strict_golden_rule(results, name):
-    """The golden README's rule as written: smollm2 follows llama.cpp bit for bit (measured max
-    probability difference 0.0002)."""
+    """The golden README's rule as written. Both models follow llama.cpp bit for bit: measured max
+    probability difference smollm2 0.0002, gemma3 0.0014 (llama.cpp itself, run here, is 0.0014 from
+    the golden file: its server sums the softmax its own way)."""
     r = results(name)
     assert not any(bad for bad, _ in r) and max(d for _, d in r) <= PROB_TOL
 

@@ -105,6 +105,33 @@ pub struct Generation {
     pub n_cached: usize,
 }
 
+/// The batches [start, end) that evaluate `n` prompt tokens, `n_batch` at most each. Models with
+/// sliding-window layers end a batch 4 + n_batch tokens and 4 tokens before the end, as
+/// llama-server does for them (it keeps a cache checkpoint there); batch sizes decide which
+/// kernels run, so the same cuts give llama.cpp's rounding.
+pub fn prompt_batches(n: usize, n_batch: usize, swa: bool) -> Vec<(usize, usize)> {
+    let nb = n_batch.max(1);
+    let mut cuts = vec![0];
+    if swa {
+        for tail in [4 + nb, 4] {
+            if n > tail {
+                cuts.push(n - tail);
+            }
+        }
+    }
+    cuts.push(n);
+    cuts.dedup();
+    let mut out = Vec::new();
+    for w in cuts.windows(2) {
+        let mut s = w[0];
+        while s < w[1] {
+            out.push((s, (s + nb).min(w[1])));
+            s += nb;
+        }
+    }
+    out
+}
+
 /// Evaluate `tokens` at positions starting at `pos0`; logits of the last token if `want_last`.
 fn eval(
     model: &Model,
@@ -116,19 +143,14 @@ fn eval(
 ) -> Result<Vec<f32>> {
     let mut logits = Vec::new();
     let n = tokens.len();
-    let nb = n_batch.max(1);
-    for (c, chunk) in tokens.chunks(nb).enumerate() {
-        let batch: Vec<BatchToken> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| {
-                let k = c * nb + i;
-                BatchToken {
-                    token: t,
-                    pos: pos0 + k,
-                    seq: 0,
-                    logits: want_last && k + 1 == n,
-                }
+    let swa = model.cfg.swa_layers.iter().any(|&s| s);
+    for (start, end) in prompt_batches(n, n_batch, swa) {
+        let batch: Vec<BatchToken> = (start..end)
+            .map(|k| BatchToken {
+                token: tokens[k],
+                pos: pos0 + k,
+                seq: 0,
+                logits: want_last && k + 1 == n,
             })
             .collect();
         let out = model.forward(&batch, &mut [&mut seq.cache], false)?;
@@ -320,4 +342,25 @@ pub fn token_logprob(logits: &[f32], token: u32) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
     logits[token as usize] - max - sum.ln() as f32
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::prompt_batches;
+
+    #[test]
+    fn prompt_batches_cut_like_llama_server() {
+        assert_eq!(prompt_batches(10, 512, false), vec![(0, 10)]);
+        assert_eq!(
+            prompt_batches(1100, 512, false),
+            vec![(0, 512), (512, 1024), (1024, 1100)]
+        );
+        // Sliding-window models: the last 4 tokens alone, and 4 + n_batch from the end.
+        assert_eq!(prompt_batches(10, 512, true), vec![(0, 6), (6, 10)]);
+        assert_eq!(prompt_batches(4, 512, true), vec![(0, 4)]);
+        assert_eq!(
+            prompt_batches(1100, 512, true),
+            vec![(0, 512), (512, 584), (584, 1096), (1096, 1100)]
+        );
+    }
 }

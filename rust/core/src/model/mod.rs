@@ -354,7 +354,9 @@ impl Model {
         want_hidden: bool,
     ) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
-        let n = batch.len();
+        let mut n = batch.len();
+        // Whether the last layer's FFN ran on the logits rows only (see there).
+        let mut pruned = false;
         let (e, hd, kvd) = (cfg.n_embd, cfg.head_dim, cfg.kv_dim());
         for t in batch {
             if t.token as usize >= cfg.n_vocab {
@@ -491,6 +493,18 @@ impl Model {
                     },
                 );
             }
+            // gemma3: llama.cpp scales Q in f32 after RoPE and attends with scale 1, so the f16
+            // rounding of Q in flash attention sees the scaled values.
+            let prescale = cfg.arch == Arch::Gemma3;
+            if prescale {
+                let s = cfg.attn_scale;
+                self.rows(
+                    &mut q,
+                    cfg.q_dim(),
+                    #[inline(always)]
+                    |_, r| r.iter_mut().for_each(|v| *v *= s),
+                );
+            }
             for (i, t) in batch.iter().enumerate() {
                 caches[t.seq].store(
                     il,
@@ -504,12 +518,29 @@ impl Model {
                 n_head: cfg.n_head,
                 n_head_kv: cfg.n_head_kv,
                 head_dim: hd,
-                scale: cfg.attn_scale,
+                scale: if prescale { 1.0 } else { cfg.attn_scale },
                 window: if swa { cfg.n_swa } else { 0 },
                 flash: self.flash_attn,
             };
             attention(&self.pool, &params, batch, &q, &caches_ro, il, &mut att);
             let mut o = self.linear(&l.wo, &att, n)?;
+            // After the last layer's output projection llama.cpp keeps only the rows that want
+            // logits, so the FFN's matmuls see that batch size (kernels, and so rounding, depend
+            // on it). Hidden states (embeddings) keep every row.
+            if il + 1 == self.layers.len() && !want_hidden {
+                let keep: Vec<usize> = (0..n).filter(|&i| batch[i].logits).collect();
+                if !keep.is_empty() && keep.len() < n {
+                    let pick = |m: &[f32]| -> Vec<f32> {
+                        keep.iter()
+                            .flat_map(|&i| m[i * e..(i + 1) * e].iter().copied())
+                            .collect()
+                    };
+                    (o, x) = (pick(&o), pick(&x));
+                    n = keep.len();
+                    xn = vec![0f32; n * e];
+                    pruned = true;
+                }
+            }
             if let Some(w) = &l.attn_post_norm {
                 self.rows(
                     &mut o,
@@ -586,7 +617,7 @@ impl Model {
 
         x.chunks_exact_mut(e)
             .for_each(|r| ops::rmsnorm(r, &self.output_norm, cfg.rms_eps));
-        let rows: Vec<usize> = (0..n).filter(|&i| batch[i].logits).collect();
+        let rows: Vec<usize> = (0..n).filter(|&i| pruned || batch[i].logits).collect();
         let mut logits = Vec::new();
         if !rows.is_empty() {
             let mut sel = Vec::with_capacity(rows.len() * e);

@@ -210,6 +210,27 @@ pub fn kblock_sums(
     kblock_sums_portable(signed, q, sc, mn, xq, bsums)
 }
 
+/// The exact integer sums of `q.len() / 16` groups of 16 values (part of a super-block).
+#[inline(always)]
+pub fn kblock_sums_n(
+    signed: bool,
+    q: &[u8],
+    sc: &[i16],
+    mn: &[i16],
+    xq: &[i8],
+    bsums: &[i16],
+) -> (i32, i32) {
+    let (mut sumi, mut summ) = (0i32, 0i32);
+    for g in 0..q.len() / 16 {
+        let s: i32 = (16 * g..16 * g + 16)
+            .map(|i| if signed { q[i] as i8 as i32 } else { q[i] as i32 } * xq[i] as i32)
+            .sum();
+        sumi += sc[g] as i32 * s;
+        summ += mn[g] as i32 * bsums[g] as i32;
+    }
+    (sumi, summ)
+}
+
 /// `kblock_sums` in plain Rust.
 #[inline(always)]
 pub fn kblock_sums_portable(
@@ -250,24 +271,48 @@ pub fn kblock_combine(fold: bool, d: f32, dmin: f32, xd: f32, sumi: i32, summ: i
 }
 
 /// How a K-quant row's super-blocks are summed in f32, as llama.cpp's x86 kernels do (so tokens
-/// and probabilities match its): Q4_K (repacked by llama.cpp) keeps the scales' and the mins'
-/// terms apart, acc = fma(sumi, d·xd, acc) and accm = fma(summ, dmin·xd, accm), and returns
-/// acc − accm; Q6_K keeps eight lanes (see `q6k_lanes`), each fma(xd·d, lane, acc_k), folded like
-/// `hsum_float_8`; the others add `kblock_combine` per super-block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// and probabilities match its). Which kernel llama.cpp runs depends on the batch (`for_batch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KOrder {
+    /// `kblock_combine` added per super-block (types without a verified llama.cpp order).
+    #[default]
     Combine,
+    /// Q4_K repacked, gemv: the scales' and the mins' terms apart, acc = fma(sumi, d·xd, acc)
+    /// and accm = fma(summ, dmin·xd, accm) per super-block; acc − accm.
     Split,
+    /// Q4_K repacked, gemm: as `Split`, one step per 64 values (two sub-blocks).
+    Split64,
+    /// Q6_K, `ggml_vec_dot_q6_K_q8_K`: eight lanes (`q6k_lanes`), each fma(xd·d, lane, acc_k),
+    /// folded like `hsum_float_8`.
     Lanes,
+    /// Q6_K in llama.cpp's tiled matmul: r = f32(sumi − summ)·d, acc = fma(r, xd, acc).
+    Tiled,
 }
 
 impl KOrder {
+    /// The order of a single token.
     pub fn of(ty: GgmlType) -> Self {
         match ty {
             GgmlType::Q4_K => Self::Split,
             GgmlType::Q6_K => Self::Lanes,
             _ => Self::Combine,
         }
+    }
+
+    /// The order of token `t` of an `n`-token matmul over `rows` rows: llama.cpp repacks Q4_K
+    /// matrices of a multiple of 8 rows and runs their tokens in groups of four through its gemm,
+    /// the last n % 4 through its gemv; Q6_K takes its tiled matmul from 8 tokens.
+    pub fn for_batch(ty: GgmlType, rows: usize, n: usize, t: usize) -> Self {
+        match ty {
+            GgmlType::Q4_K if rows % 8 == 0 && t < n - n % 4 => Self::Split64,
+            GgmlType::Q6_K if n >= 8 => Self::Tiled,
+            _ => Self::of(ty),
+        }
+    }
+
+    /// Whether this order steps every 64 values (`KAcc::add64`) instead of every super-block.
+    pub fn per64(self) -> bool {
+        self == Self::Split64
     }
 }
 
@@ -293,12 +338,18 @@ impl KAcc {
         }
     }
 
-    /// Add one super-block from its exact integer sums (`Combine`, `Split`) or lanes (`Lanes`).
+    pub fn order(&self) -> KOrder {
+        self.order
+    }
+
+    /// Add one super-block from its exact integer sums, or lanes (`Lanes`); for `Split64`, one
+    /// 64-value part.
     #[inline(always)]
     pub fn add(&mut self, d: f32, dmin: f32, xd: f32, sumi: i32, summ: i32, lanes: &[i32; 8]) {
         match self.order {
             KOrder::Combine => self.sum += kblock_combine(self.fold, d, dmin, xd, sumi, summ),
-            KOrder::Split => {
+            KOrder::Tiled => self.sum = ((sumi - summ) as f32 * d).mul_add(xd, self.sum),
+            KOrder::Split | KOrder::Split64 => {
                 self.sum = (sumi as f32).mul_add(d * xd, self.sum);
                 self.min = (summ as f32).mul_add(dmin * xd, self.min);
             }
@@ -328,6 +379,20 @@ impl KAcc {
     ) {
         if self.order == KOrder::Lanes {
             self.add(d, dmin, xd, 0, 0, &q6k_lanes(q, sc, mn, xq, bs));
+        } else if self.order.per64() {
+            for p in 0..4 {
+                let r = 64 * p..64 * p + 64;
+                let g = 4 * p..4 * p + 4;
+                let (sumi, summ) = kblock_sums_n(
+                    signed,
+                    &q[r.clone()],
+                    &sc[g.clone()],
+                    &mn[g.clone()],
+                    &xq[r],
+                    &bs[g],
+                );
+                self.add(d, dmin, xd, sumi, summ, &[0; 8]);
+            }
         } else {
             let (sumi, summ) = kblock_sums(signed, q, sc, mn, xq, bs);
             self.add(d, dmin, xd, sumi, summ, &[0; 8]);
@@ -337,8 +402,8 @@ impl KAcc {
     #[inline(always)]
     pub fn finish(&self) -> f32 {
         match self.order {
-            KOrder::Combine => self.sum,
-            KOrder::Split => self.sum - self.min,
+            KOrder::Combine | KOrder::Tiled => self.sum,
+            KOrder::Split | KOrder::Split64 => self.sum - self.min,
             KOrder::Lanes => {
                 let a = self.lanes;
                 let t = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
@@ -394,12 +459,6 @@ pub struct KRow {
     pub order: KOrder,
 }
 
-impl Default for KOrder {
-    fn default() -> Self {
-        Self::Combine
-    }
-}
-
 impl KRow {
     #[inline(always)]
     pub fn unpack(&mut self, ty: GgmlType, w: &[u8]) {
@@ -436,7 +495,13 @@ impl KRow {
     /// This row against one token, in the same order as `dot_k`.
     #[inline(always)]
     pub fn dot(&self, x: &Q8KRow) -> f32 {
-        let mut acc = KAcc::new(self.order, self.fold);
+        self.dot_in(x, self.order)
+    }
+
+    /// This row against one token, summed in `order`.
+    #[inline(always)]
+    pub fn dot_in(&self, x: &Q8KRow, order: KOrder) -> f32 {
+        let mut acc = KAcc::new(order, self.fold);
         for b in 0..self.d.len() {
             acc.add_unpacked(
                 self.signed,

@@ -144,8 +144,9 @@ unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
     u: &KRow,
     xp: [&Q8KRow; NT],
     nb: usize,
+    order: KOrder,
 ) -> [f32; 4] {
-    let mut st = [KAcc::new(u.order, u.fold); NT];
+    let mut st = [KAcc::new(order, u.fold); NT];
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let mut acc = [_mm256_setzero_si256(); NT];
@@ -168,10 +169,39 @@ unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
                 acc[k] =
                     _mm256_add_epi32(acc[k], _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), scv));
             }
+            if order.per64() && v % 2 == 1 {
+                // One float step per 64 values.
+                add64(u, &xp, b, v / 2, &mut acc, &mut st);
+            }
         }
-        combine(u, &xp, b, acc, &mut st);
+        if !order.per64() {
+            combine(u, &xp, b, acc, &mut st);
+        }
     }
     finish(&st)
+}
+
+/// Add the 64 values from `64·p` of super-block `b` for every token (`KOrder::Split64`), whose
+/// integer sums are in `acc` (then cleared).
+#[inline(always)]
+unsafe fn add64<const NT: usize>(
+    u: &KRow,
+    xp: &[&Q8KRow; NT],
+    b: usize,
+    p: usize,
+    acc: &mut [__m256i; NT],
+    st: &mut [KAcc; NT],
+) {
+    for k in 0..NT {
+        let mut l = [0i32; 8];
+        _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, acc[k]);
+        let sumi: i32 = l.iter().sum();
+        let summ: i32 = (16 * b + 4 * p..16 * b + 4 * p + 4)
+            .map(|g| u.mn[g] as i32 * xp[k].bsums[g] as i32)
+            .sum();
+        st[k].add(u.d[b], u.dmin[b], xp[k].d[b], sumi, summ, &[0; 8]);
+        acc[k] = _mm256_setzero_si256();
+    }
 }
 
 /// Add super-block `b` for every token whose integer sums (eight lanes each) are in `acc`.
@@ -187,7 +217,7 @@ unsafe fn combine<const NT: usize>(
     for k in 0..NT {
         let bs = _mm256_loadu_si256(xp[k].bsums.as_ptr().add(16 * b) as *const __m256i);
         let m = _mm256_madd_epi16(bs, mn);
-        if u.order == KOrder::Lanes {
+        if st[k].order() == KOrder::Lanes {
             let mut lanes = [0i32; 8];
             _mm256_storeu_si256(
                 lanes.as_mut_ptr() as *mut __m256i,
@@ -234,14 +264,21 @@ fn quad(xs: &[Q8KRow]) -> [&Q8KRow; 4] {
 
 /// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_k_avx2(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
+pub unsafe fn gemm_k_avx2(
+    u: &KRow,
+    xs: &[Q8KRow],
+    out: &mut [f32],
+    order: &dyn Fn(usize) -> KOrder,
+) {
     let nb = check_row(u, xs, out);
-    for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
+    for (c, (xs, out)) in xs.chunks(4).zip(out.chunks_mut(4)).enumerate() {
+        // Every token of a chunk of four has the same order (see `KOrder::for_batch`).
+        let o = order(4 * c);
         let r = match (u.signed, xs.len()) {
-            (true, 1) => gemm4_avx2::<true, 1>(u, [&xs[0]], nb),
-            (false, 1) => gemm4_avx2::<false, 1>(u, [&xs[0]], nb),
-            (true, _) => gemm4_avx2::<true, 4>(u, quad(xs), nb),
-            (false, _) => gemm4_avx2::<false, 4>(u, quad(xs), nb),
+            (true, 1) => gemm4_avx2::<true, 1>(u, [&xs[0]], nb, o),
+            (false, 1) => gemm4_avx2::<false, 1>(u, [&xs[0]], nb, o),
+            (true, _) => gemm4_avx2::<true, 4>(u, quad(xs), nb, o),
+            (false, _) => gemm4_avx2::<false, 4>(u, quad(xs), nb, o),
         };
         out.copy_from_slice(&r[..out.len()]);
     }
@@ -382,6 +419,7 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
     u: &KRow,
     xp: [&Q8KRow; NT],
     nb: usize,
+    order: KOrder,
 ) -> [f32; 4] {
     let ix = [
         idx(&IDX16, 0),
@@ -389,7 +427,7 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
         idx(&IDX16, 2),
         idx(&IDX16, 3),
     ];
-    let mut st = [KAcc::new(u.order, u.fold); NT];
+    let mut st = [KAcc::new(order, u.fold); NT];
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let sc512 = _mm512_castsi256_si512(_mm256_loadu_si256(
@@ -413,22 +451,36 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
                 }
                 acc[k] = _mm512_dpwssd_epi32(acc[k], _mm512_maddubs_epi16(w, y), scv);
             }
+            if order.per64() {
+                let mut a = acc.map(|a| fold512(a));
+                add64(u, &xp, b, v, &mut a, &mut st);
+                acc = [_mm512_setzero_si512(); NT];
+            }
         }
-        combine(u, &xp, b, acc.map(|a| fold512(a)), &mut st);
+        if !order.per64() {
+            combine(u, &xp, b, acc.map(|a| fold512(a)), &mut st);
+        }
     }
     finish(&st)
 }
 
 /// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_k_512(u: &KRow, xs: &[Q8KRow], out: &mut [f32]) {
+pub unsafe fn gemm_k_512(
+    u: &KRow,
+    xs: &[Q8KRow],
+    out: &mut [f32],
+    order: &dyn Fn(usize) -> KOrder,
+) {
     let nb = check_row(u, xs, out);
-    for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
+    for (c, (xs, out)) in xs.chunks(4).zip(out.chunks_mut(4)).enumerate() {
+        // Every token of a chunk of four has the same order (see `KOrder::for_batch`).
+        let o = order(4 * c);
         let r = match (u.signed, xs.len()) {
-            (true, 1) => gemm4_512::<true, 1>(u, [&xs[0]], nb),
-            (false, 1) => gemm4_512::<false, 1>(u, [&xs[0]], nb),
-            (true, _) => gemm4_512::<true, 4>(u, quad(xs), nb),
-            (false, _) => gemm4_512::<false, 4>(u, quad(xs), nb),
+            (true, 1) => gemm4_512::<true, 1>(u, [&xs[0]], nb, o),
+            (false, 1) => gemm4_512::<false, 1>(u, [&xs[0]], nb, o),
+            (true, _) => gemm4_512::<true, 4>(u, quad(xs), nb, o),
+            (false, _) => gemm4_512::<false, 4>(u, quad(xs), nb, o),
         };
         out.copy_from_slice(&r[..out.len()]);
     }

@@ -14,7 +14,7 @@ pub use pool::{SendPtr, ThreadPool};
 
 use crate::error::{Error, Result};
 use crate::quant::dot::*;
-use crate::quant::kquant::{dot_k, is_kquant, KRow};
+use crate::quant::kquant::{dot_k, is_kquant, KOrder, KRow};
 use crate::quant::q8::{quantize_q8, quantize_q8k, Q8KRow, Q8Row};
 use crate::quant::{dequantize, GgmlType};
 
@@ -481,6 +481,8 @@ fn rows_k(
             r0 += 16;
         }
     }
+    // llama.cpp's kernel, and so summation order, for each token (see `KOrder::for_batch`).
+    let order = |t: usize| KOrder::for_batch(w.ty, w.rows, n, t);
     for r in r0..r1 {
         let row = w.row(r);
         prefetch_row(w, r + 2, r1);
@@ -499,9 +501,9 @@ fn rows_k(
                         _ => {
                             u.unpack(w.ty, row);
                             if avx512 {
-                                x86k::gemm_k_512(&u, xs, &mut col);
+                                x86k::gemm_k_512(&u, xs, &mut col, &order);
                             } else {
-                                x86k::gemm_k_avx2(&u, xs, &mut col);
+                                x86k::gemm_k_avx2(&u, xs, &mut col, &order);
                             }
                         }
                     }
@@ -512,8 +514,8 @@ fn rows_k(
                     col[0] = dot_k(w.ty, row, &xs[0]);
                 } else {
                     u.unpack(w.ty, row);
-                    for (c, xt) in col.iter_mut().zip(xs) {
-                        *c = u.dot(xt);
+                    for (t, (c, xt)) in col.iter_mut().zip(xs).enumerate() {
+                        *c = u.dot_in(xt, order(t));
                     }
                 }
             }
