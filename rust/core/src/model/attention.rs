@@ -10,6 +10,9 @@
 //! f32 path in tiles of up to `TILE_TOKENS` tokens per KV head, which shares every key and value
 //! row among the tile's query rows (prompts, and caches of other types).
 
+// Kernels index several arrays by the same counter.
+#![allow(clippy::needless_range_loop)]
+
 use crate::kv::{CacheTypes, KvCache};
 use crate::quant::f16::round_f16;
 #[cfg(target_arch = "x86_64")]

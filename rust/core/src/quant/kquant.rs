@@ -304,7 +304,7 @@ impl KOrder {
     /// the last n % 4 through its gemv; Q6_K takes its tiled matmul from 8 tokens.
     pub fn for_batch(ty: GgmlType, rows: usize, n: usize, t: usize) -> Self {
         match ty {
-            GgmlType::Q4_K if rows % 8 == 0 && t < n - n % 4 => Self::Split64,
+            GgmlType::Q4_K if rows.is_multiple_of(8) && t < n - n % 4 => Self::Split64,
             GgmlType::Q6_K if n >= 8 => Self::Tiled,
             _ => Self::of(ty),
         }

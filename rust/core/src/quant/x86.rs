@@ -2,6 +2,8 @@
 //! and the same final pairwise sum as the portable code in `dot.rs` (and as ggml's AVX2 kernels),
 //! so every level returns identical results; only the speed differs.
 
+// Kernels index several arrays by the same counter.
+#![allow(clippy::needless_range_loop)]
 #![allow(clippy::missing_safety_doc)]
 
 use std::arch::x86_64::*;

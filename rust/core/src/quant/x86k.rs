@@ -147,9 +147,15 @@ unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
     order: KOrder,
 ) -> [f32; 4] {
     let mut st = [KAcc::new(order, u.fold); NT];
+    let mut v4 = (_mm_setzero_ps(), _mm_setzero_ps());
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let mut acc = [_mm256_setzero_si256(); NT];
+        let mins = if order.per64() {
+            mins64(u, &xp, b)
+        } else {
+            [[0; 8]; NT]
+        };
         let sc = u.sc.as_ptr().add(16 * b);
         for v in 0..8 {
             let mut w = _mm256_loadu_si256(u.q.as_ptr().add(256 * b + 32 * v) as *const __m256i);
@@ -171,37 +177,125 @@ unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
             }
             if order.per64() && v % 2 == 1 {
                 // One float step per 64 values.
-                add64(u, &xp, b, v / 2, &mut acc, &mut st);
+                if NT == 4 {
+                    add64x4(u, &xp, b, v / 2, &mins, &mut acc, &mut v4);
+                } else {
+                    add64(u, &xp, b, v / 2, &mins, &mut acc, &mut st);
+                }
             }
         }
-        if !order.per64() {
+        if order == KOrder::Tiled && NT == 4 {
+            tiled4(u, &xp, b, acc, &mut v4.0);
+        } else if !order.per64() {
             combine(u, &xp, b, acc, &mut st);
         }
+    }
+    if (order.per64() || order == KOrder::Tiled) && NT == 4 {
+        // Tiled keeps no mins' accumulator (v4.1 stays zero).
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(v4.0, v4.1));
+        return out;
     }
     finish(&st)
 }
 
 /// Add the 64 values from `64·p` of super-block `b` for every token (`KOrder::Split64`), whose
-/// integer sums are in `acc` (then cleared).
+/// integer sums are in `acc` (then cleared); `mins[k][j]` = mn[2j]·bsums[2j] + mn[2j+1]·bsums[2j+1]
+/// of token k in this super-block.
 #[inline(always)]
 unsafe fn add64<const NT: usize>(
     u: &KRow,
     xp: &[&Q8KRow; NT],
     b: usize,
     p: usize,
+    mins: &[[i32; 8]; NT],
     acc: &mut [__m256i; NT],
     st: &mut [KAcc; NT],
 ) {
     for k in 0..NT {
-        let mut l = [0i32; 8];
-        _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, acc[k]);
-        let sumi: i32 = l.iter().sum();
-        let summ: i32 = (16 * b + 4 * p..16 * b + 4 * p + 4)
-            .map(|g| u.mn[g] as i32 * xp[k].bsums[g] as i32)
-            .sum();
+        let h = _mm_add_epi32(
+            _mm256_castsi256_si128(acc[k]),
+            _mm256_extracti128_si256::<1>(acc[k]),
+        );
+        let h = _mm_hadd_epi32(h, h);
+        let sumi = _mm_cvtsi128_si32(_mm_hadd_epi32(h, h));
+        let summ = mins[k][2 * p] + mins[k][2 * p + 1];
         st[k].add(u.d[b], u.dmin[b], xp[k].d[b], sumi, summ, &[0; 8]);
         acc[k] = _mm256_setzero_si256();
     }
+}
+
+/// `add64` for four tokens at once, one lane each (the same operations per lane): `v` holds
+/// the scales' and the mins' f32 accumulators.
+#[inline(always)]
+unsafe fn add64x4<const NT: usize>(
+    u: &KRow,
+    xp: &[&Q8KRow; NT],
+    b: usize,
+    p: usize,
+    mins: &[[i32; 8]; NT],
+    acc: &mut [__m256i; NT],
+    v: &mut (__m128, __m128),
+) {
+    let a = _mm256_hadd_epi32(acc[0], acc[1 % NT]);
+    let c = _mm256_hadd_epi32(acc[2 % NT], acc[3 % NT]);
+    let h = _mm256_hadd_epi32(a, c);
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let m = |k: usize| mins[k % NT][2 * p] + mins[k % NT][2 * p + 1];
+    let m4 = _mm_setr_epi32(m(0), m(1), m(2), m(3));
+    let xd = _mm_setr_ps(
+        xp[0].d[b],
+        xp[1 % NT].d[b],
+        xp[2 % NT].d[b],
+        xp[3 % NT].d[b],
+    );
+    let dd = _mm_mul_ps(_mm_set1_ps(u.d[b]), xd);
+    let dm = _mm_mul_ps(_mm_set1_ps(u.dmin[b]), xd);
+    v.0 = _mm_fmadd_ps(_mm_cvtepi32_ps(s4), dd, v.0);
+    v.1 = _mm_fmadd_ps(_mm_cvtepi32_ps(m4), dm, v.1);
+    *acc = [_mm256_setzero_si256(); NT];
+}
+
+/// `KOrder::Tiled` for four tokens at once, one lane each (the same operations per lane).
+#[inline(always)]
+unsafe fn tiled4<const NT: usize>(
+    u: &KRow,
+    xp: &[&Q8KRow; NT],
+    b: usize,
+    acc: [__m256i; NT],
+    sum: &mut __m128,
+) {
+    let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
+    let mut t = [_mm256_setzero_si256(); 4];
+    for k in 0..4 {
+        let bs = _mm256_loadu_si256(xp[k % NT].bsums.as_ptr().add(16 * b) as *const __m256i);
+        t[k] = _mm256_sub_epi32(acc[k % NT], _mm256_madd_epi16(bs, mn));
+    }
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(t[0], t[1]), _mm256_hadd_epi32(t[2], t[3]));
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let xd = _mm_setr_ps(
+        xp[0].d[b],
+        xp[1 % NT].d[b],
+        xp[2 % NT].d[b],
+        xp[3 % NT].d[b],
+    );
+    let r = _mm_mul_ps(_mm_cvtepi32_ps(s4), _mm_set1_ps(u.d[b]));
+    *sum = _mm_fmadd_ps(r, xd, *sum);
+}
+
+/// Per token, the mins' shares of super-block `b` in pairs of 16-value groups (see `add64`).
+#[inline(always)]
+unsafe fn mins64<const NT: usize>(u: &KRow, xp: &[&Q8KRow; NT], b: usize) -> [[i32; 8]; NT] {
+    let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
+    let mut out = [[0i32; 8]; NT];
+    for k in 0..NT {
+        let bs = _mm256_loadu_si256(xp[k].bsums.as_ptr().add(16 * b) as *const __m256i);
+        _mm256_storeu_si256(
+            out[k].as_mut_ptr() as *mut __m256i,
+            _mm256_madd_epi16(bs, mn),
+        );
+    }
+    out
 }
 
 /// Add super-block `b` for every token whose integer sums (eight lanes each) are in `acc`.
@@ -428,12 +522,18 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
         idx(&IDX16, 3),
     ];
     let mut st = [KAcc::new(order, u.fold); NT];
+    let mut v4 = (_mm_setzero_ps(), _mm_setzero_ps());
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let sc512 = _mm512_castsi256_si512(_mm256_loadu_si256(
             u.sc.as_ptr().add(16 * b) as *const __m256i
         ));
         let mut acc = [_mm512_setzero_si512(); NT];
+        let mins = if order.per64() {
+            mins64(u, &xp, b)
+        } else {
+            [[0; 8]; NT]
+        };
         for (v, ixv) in ix.iter().enumerate() {
             let mut w = _mm512_loadu_si512(u.q.as_ptr().add(256 * b + 64 * v) as *const __m512i);
             let scv = _mm512_permutexvar_epi16(*ixv, sc512);
@@ -452,14 +552,35 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
                 acc[k] = _mm512_dpwssd_epi32(acc[k], _mm512_maddubs_epi16(w, y), scv);
             }
             if order.per64() {
-                let mut a = acc.map(|a| fold512(a));
-                add64(u, &xp, b, v, &mut a, &mut st);
+                let mut a = [_mm256_setzero_si256(); NT];
+                for k in 0..NT {
+                    a[k] = fold512(acc[k]);
+                }
+                if NT == 4 {
+                    add64x4(u, &xp, b, v, &mins, &mut a, &mut v4);
+                } else {
+                    add64(u, &xp, b, v, &mins, &mut a, &mut st);
+                }
                 acc = [_mm512_setzero_si512(); NT];
             }
         }
         if !order.per64() {
-            combine(u, &xp, b, acc.map(|a| fold512(a)), &mut st);
+            let mut a = [_mm256_setzero_si256(); NT];
+            for k in 0..NT {
+                a[k] = fold512(acc[k]);
+            }
+            if order == KOrder::Tiled && NT == 4 {
+                tiled4(u, &xp, b, a, &mut v4.0);
+            } else {
+                combine(u, &xp, b, a, &mut st);
+            }
         }
+    }
+    if (order.per64() || order == KOrder::Tiled) && NT == 4 {
+        // Tiled keeps no mins' accumulator (v4.1 stays zero).
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(v4.0, v4.1));
+        return out;
     }
     finish(&st)
 }
