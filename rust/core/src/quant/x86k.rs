@@ -184,13 +184,13 @@ unsafe fn gemm4_avx2<const SIGNED: bool, const NT: usize>(
                 }
             }
         }
-        if order == KOrder::Tiled && NT == 4 {
-            tiled4(u, &xp, b, acc, &mut v4.0);
+        if matches!(order, KOrder::Tiled | KOrder::Split) && NT == 4 {
+            step4(u, &xp, b, acc, order, &mut v4);
         } else if !order.per64() {
             combine(u, &xp, b, acc, &mut st);
         }
     }
-    if (order.per64() || order == KOrder::Tiled) && NT == 4 {
+    if matches!(order, KOrder::Split64 | KOrder::Split | KOrder::Tiled) && NT == 4 {
         // Tiled keeps no mins' accumulator (v4.1 stays zero).
         let mut out = [0f32; 4];
         _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(v4.0, v4.1));
@@ -256,31 +256,50 @@ unsafe fn add64x4<const NT: usize>(
     *acc = [_mm256_setzero_si256(); NT];
 }
 
-/// `KOrder::Tiled` for four tokens at once, one lane each (the same operations per lane).
+/// The totals of four 8-lane vectors, one per lane.
 #[inline(always)]
-unsafe fn tiled4<const NT: usize>(
+unsafe fn totals4(v: [__m256i; 4]) -> __m128i {
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// `KOrder::Tiled` or `KOrder::Split` for four tokens at once, one lane each (the same
+/// operations per lane as `KAcc::add`); `v` holds the (scales', mins') accumulators.
+#[inline(always)]
+unsafe fn step4<const NT: usize>(
     u: &KRow,
     xp: &[&Q8KRow; NT],
     b: usize,
     acc: [__m256i; NT],
-    sum: &mut __m128,
+    order: KOrder,
+    v: &mut (__m128, __m128),
 ) {
     let mn = _mm256_loadu_si256(u.mn.as_ptr().add(16 * b) as *const __m256i);
-    let mut t = [_mm256_setzero_si256(); 4];
-    for k in 0..4 {
+    let mut m = [_mm256_setzero_si256(); 4];
+    for (k, mk) in m.iter_mut().enumerate() {
         let bs = _mm256_loadu_si256(xp[k % NT].bsums.as_ptr().add(16 * b) as *const __m256i);
-        t[k] = _mm256_sub_epi32(acc[k % NT], _mm256_madd_epi16(bs, mn));
+        *mk = _mm256_madd_epi16(bs, mn);
     }
-    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(t[0], t[1]), _mm256_hadd_epi32(t[2], t[3]));
-    let s4 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let a = [acc[0], acc[1 % NT], acc[2 % NT], acc[3 % NT]];
     let xd = _mm_setr_ps(
         xp[0].d[b],
         xp[1 % NT].d[b],
         xp[2 % NT].d[b],
         xp[3 % NT].d[b],
     );
-    let r = _mm_mul_ps(_mm_cvtepi32_ps(s4), _mm_set1_ps(u.d[b]));
-    *sum = _mm_fmadd_ps(r, xd, *sum);
+    if order == KOrder::Tiled {
+        let mut t = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            t[k] = _mm256_sub_epi32(a[k], m[k]);
+        }
+        let r = _mm_mul_ps(_mm_cvtepi32_ps(totals4(t)), _mm_set1_ps(u.d[b]));
+        v.0 = _mm_fmadd_ps(r, xd, v.0);
+    } else {
+        let dd = _mm_mul_ps(_mm_set1_ps(u.d[b]), xd);
+        let dm = _mm_mul_ps(_mm_set1_ps(u.dmin[b]), xd);
+        v.0 = _mm_fmadd_ps(_mm_cvtepi32_ps(totals4(a)), dd, v.0);
+        v.1 = _mm_fmadd_ps(_mm_cvtepi32_ps(totals4(m)), dm, v.1);
+    }
 }
 
 /// Per token, the mins' shares of super-block `b` in pairs of 16-value groups (see `add64`).
@@ -569,14 +588,14 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
             for k in 0..NT {
                 a[k] = fold512(acc[k]);
             }
-            if order == KOrder::Tiled && NT == 4 {
-                tiled4(u, &xp, b, a, &mut v4.0);
+            if matches!(order, KOrder::Tiled | KOrder::Split) && NT == 4 {
+                step4(u, &xp, b, a, order, &mut v4);
             } else {
                 combine(u, &xp, b, a, &mut st);
             }
         }
     }
-    if (order.per64() || order == KOrder::Tiled) && NT == 4 {
+    if matches!(order, KOrder::Split64 | KOrder::Split | KOrder::Tiled) && NT == 4 {
         // Tiled keeps no mins' accumulator (v4.1 stays zero).
         let mut out = [0f32; 4];
         _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(v4.0, v4.1));
