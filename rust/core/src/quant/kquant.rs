@@ -231,7 +231,7 @@ pub fn kblock_sums_n(
     (sumi, summ)
 }
 
-/// `kblock_sums` in plain Rust.
+/// `kblock_sums` in plain Rust: all sixteen groups of a super-block.
 #[inline(always)]
 pub fn kblock_sums_portable(
     signed: bool,
@@ -241,21 +241,14 @@ pub fn kblock_sums_portable(
     xq: &[i8],
     bsums: &[i16],
 ) -> (i32, i32) {
-    let (mut sumi, mut summ) = (0i32, 0i32);
-    for g in 0..16 {
-        let mut s = 0i32;
-        for i in 16 * g..16 * g + 16 {
-            let w = if signed {
-                q[i] as i8 as i32
-            } else {
-                q[i] as i32
-            };
-            s += w * xq[i] as i32;
-        }
-        sumi += sc[g] as i32 * s;
-        summ += mn[g] as i32 * bsums[g] as i32;
-    }
-    (sumi, summ)
+    kblock_sums_n(
+        signed,
+        &q[..256],
+        &sc[..16],
+        &mn[..16],
+        &xq[..256],
+        &bsums[..16],
+    )
 }
 
 /// One super-block's f32 contribution, in the order every level uses.
