@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn neon_kblock_sums_equal_portable() {
         let mut rng = Rng::new(0x853c49e6748fea9b);
-        let mut next = || rng.next();
+        let mut next = || rng.next_u64();
         for signed in [false, true] {
             let q: Vec<u8> = (0..256)
                 .map(|_| {

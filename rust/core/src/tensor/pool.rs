@@ -18,8 +18,12 @@ const SPIN: Duration = Duration::from_micros(300);
 
 type TaskFn = dyn Fn(usize) + Sync;
 
+/// The task index that marks a job closed to claims (above every real task count).
+const CLOSED: u64 = 0xffff_ffff;
+
 struct Shared {
-    /// (epoch << 32) | next task index of the current job.
+    /// (epoch << 32) | next task index of the current job, or `CLOSED` while the next job is
+    /// being written.
     claim: AtomicU64,
     /// Tasks in the current job; `usize::MAX` marks a broadcast (task i runs on thread i).
     n_tasks: AtomicUsize,
@@ -74,7 +78,7 @@ impl Shared {
             // Broadcast: exactly one task per thread, claimed by bumping the counter once.
             let mut cur = self.claim.load(Acquire);
             loop {
-                if cur >> 32 != epoch & 0xffff_ffff {
+                if cur >> 32 != epoch & 0xffff_ffff || cur & CLOSED == CLOSED {
                     return 0;
                 }
                 match self
@@ -273,13 +277,19 @@ impl ThreadPool {
     fn job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), expect: usize, active: usize) {
         let _one = self.dispatch.lock().unwrap_or_else(|p| p.into_inner());
         let s = &*self.shared;
+        // Close the previous job before its fields change: a worker that saw its epoch late may
+        // read the new task count below, and must then find nothing left to claim under the old
+        // epoch (otherwise it would run a task of the new job that is also run again, count it
+        // twice, and let this call return while a task still runs).
+        let prev = s.claim.load(Acquire) >> 32;
+        s.claim.store((prev << 32) | CLOSED, SeqCst);
         // SAFETY: no thread reads `job` now: the previous job's tasks all completed (see `Shared::job`).
         unsafe { *s.job.get() = erase(f) };
         s.n_tasks.store(n_tasks, Release);
         s.active.store(active, Release);
         s.done.store(0, Release);
         s.panicked.store(false, Release);
-        let epoch = ((s.claim.load(Acquire) >> 32) + 1) & 0xffff_ffff;
+        let epoch = (prev + 1) & 0xffff_ffff;
         s.claim.store(epoch << 32, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _g = s.sleep.lock().unwrap_or_else(|p| p.into_inner());
@@ -410,5 +420,32 @@ mod tests {
             n.fetch_add(1, Relaxed);
         });
         assert_eq!(n.load(Relaxed), 10);
+    }
+
+    #[test]
+    fn late_workers_never_run_a_task_twice() {
+        // More threads than cores, so workers are often descheduled between seeing a new job and
+        // claiming from it; jobs of different sizes (and broadcasts) follow each other closely.
+        // Every task must run exactly once, and `run` must not return before all have.
+        let pool = ThreadPool::new(6);
+        for it in 0..200_000 {
+            let n = [2, 37, 5][it % 3];
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "job {it}");
+            if it % 1000 == 0 {
+                let seen: Vec<AtomicUsize> =
+                    (0..pool.size()).map(|_| AtomicUsize::new(0)).collect();
+                pool.broadcast(&|i| {
+                    seen[i].fetch_add(1, Relaxed);
+                });
+                assert!(
+                    seen.iter().all(|h| h.load(Relaxed) == 1),
+                    "broadcast after {it}"
+                );
+            }
+        }
     }
 }
