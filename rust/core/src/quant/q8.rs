@@ -22,6 +22,32 @@ pub struct Q8KRow {
     pub bsums: Vec<i16>,
 }
 
+impl Q8Row {
+    /// An empty row with room for `cols` values: quantizing into it allocates nothing (matmuls
+    /// size their rows on the calling thread, so compute threads never contend on the allocator).
+    pub fn with_cols(cols: usize) -> Self {
+        let nb = cols / 32;
+        Self {
+            d: Vec::with_capacity(nb),
+            s: Vec::with_capacity(nb),
+            sum4: Vec::with_capacity(nb * 8),
+            q: Vec::with_capacity(cols),
+        }
+    }
+}
+
+impl Q8KRow {
+    /// An empty row with room for `cols` values (see `Q8Row::with_cols`).
+    pub fn with_cols(cols: usize) -> Self {
+        let nb = cols / 256;
+        Self {
+            d: Vec::with_capacity(nb),
+            q: Vec::with_capacity(cols),
+            bsums: Vec::with_capacity(nb * 16),
+        }
+    }
+}
+
 #[inline(always)]
 pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
     let nb = x.len() / 32;
@@ -29,7 +55,10 @@ pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
     out.s.clear();
     out.sum4.clear();
     out.q.clear();
-    out.q.reserve(x.len());
+    out.d.reserve_exact(nb);
+    out.s.reserve_exact(nb);
+    out.sum4.reserve_exact(nb * 8);
+    out.q.reserve_exact(x.len());
     for b in x.chunks_exact(32) {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -62,6 +91,10 @@ pub fn quantize_q8k(x: &[f32], out: &mut Q8KRow) {
     out.d.clear();
     out.q.clear();
     out.bsums.clear();
+    let nb = x.len() / 256;
+    out.d.reserve_exact(nb);
+    out.q.reserve_exact(x.len());
+    out.bsums.reserve_exact(nb * 16);
     for b in x.chunks_exact(256) {
         let (mut max, mut amax) = (0f32, 0f32);
         for &v in b {
@@ -85,5 +118,32 @@ pub fn quantize_q8k(x: &[f32], out: &mut Q8KRow) {
             out.bsums.push(g.iter().map(|&v| v as i16).sum());
         }
         out.d.push(1.0 / iscale);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_made_with_cols_never_reallocate() {
+        // Compute threads quantize into rows the caller made: a reallocation there would take the
+        // allocator's lock against the caller (which frees the rows) on every matmul.
+        let x: Vec<f32> = (0..1024)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut r = Q8Row::with_cols(x.len());
+        let ptrs = (r.d.as_ptr(), r.s.as_ptr(), r.sum4.as_ptr(), r.q.as_ptr());
+        quantize_q8(&x, &mut r);
+        assert_eq!(
+            ptrs,
+            (r.d.as_ptr(), r.s.as_ptr(), r.sum4.as_ptr(), r.q.as_ptr())
+        );
+        assert_eq!((r.d.len(), r.sum4.len(), r.q.len()), (32, 256, 1024));
+        let mut k = Q8KRow::with_cols(x.len());
+        let ptrs = (k.d.as_ptr(), k.q.as_ptr(), k.bsums.as_ptr());
+        quantize_q8k(&x, &mut k);
+        assert_eq!(ptrs, (k.d.as_ptr(), k.q.as_ptr(), k.bsums.as_ptr()));
+        assert_eq!((k.d.len(), k.q.len(), k.bsums.len()), (4, 1024, 64));
     }
 }

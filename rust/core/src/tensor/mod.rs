@@ -155,13 +155,15 @@ fn act_format(ty: GgmlType) -> ActFormat {
 
 /// Quantize every row of `x` (`cols` values each), rows split over the pool when there are
 /// enough of them, compiled for the detected SIMD level.
-fn quantize_rows<T: Default + Send>(
+/// The rows are made (allocated) by `empty` on the calling thread, which later frees them too.
+fn quantize_rows<T: Send>(
     pool: &ThreadPool,
     x: &[f32],
     cols: usize,
+    empty: impl Fn(usize) -> T,
     quantize: impl Fn(&[f32], &mut T) + Sync,
 ) -> Vec<T> {
-    let mut out: Vec<T> = (0..x.len() / cols).map(|_| T::default()).collect();
+    let mut out: Vec<T> = (0..x.len() / cols).map(|_| empty(cols)).collect();
     pool.for_rows(&mut out, 1, 8, &|i, q| {
         simd_dispatch(
             #[inline(always)]
@@ -203,6 +205,7 @@ impl<'x> Activations<'x> {
                 pool,
                 x,
                 cols,
+                Q8Row::with_cols,
                 #[inline(always)]
                 |r, q| quantize_q8(r, q),
             )),
@@ -210,6 +213,7 @@ impl<'x> Activations<'x> {
                 pool,
                 x,
                 cols,
+                Q8KRow::with_cols,
                 #[inline(always)]
                 |r, q| quantize_q8k(r, q),
             )),
