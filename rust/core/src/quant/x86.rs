@@ -229,7 +229,7 @@ pub struct Block16 {
 
 /// Byte offsets of sixteen rows `row_bytes` apart, rows past `m` repeating the last one.
 #[inline(always)]
-unsafe fn row_offsets(row_bytes: usize, m: usize) -> __m512i {
+pub(crate) unsafe fn row_offsets(row_bytes: usize, m: usize) -> __m512i {
     assert!(
         row_bytes
             .checked_mul(15)

@@ -711,3 +711,159 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
     _mm512_storeu_ps(out.as_mut_ptr(), _mm512_sub_ps(acc, accm));
     out
 }
+
+/// One super-block of sixteen Q4_K rows, one row per lane (see `gemm16_q4k_512`).
+#[derive(Clone, Copy)]
+pub struct K4Block16 {
+    /// [sub-block][4-value group]: the quants (0..15) of that group, four bytes per lane.
+    q: [[__m512i; 8]; 8],
+    /// Sub-block scales, one i32 per lane.
+    sc: [__m512i; 8],
+    /// Sub-block mins in pairs (2k in the low i16, 2k + 1 in the high one), for `vpdpwssd`.
+    mn: [__m512i; 4],
+    d: __m512,
+    dmin: __m512,
+}
+
+/// Prefill in `KOrder::Split`: `m` ≤ 16 Q4_K rows (`row_bytes` apart from `base`, `nb`
+/// super-blocks each) against every token of `xs`, in exactly `dot16_q4k_512`'s order per row and
+/// token (so the bits of every other level). The rows are gathered and unpacked once into `buf`
+/// (reused between calls); tokens then go two at a time. `out(t, lanes)` receives token t's
+/// sixteen lanes (those past `m` are to be ignored).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm16_q4k_512(
+    base: *const u8,
+    row_bytes: usize,
+    m: usize,
+    nb: usize,
+    xs: &[Q8KRow],
+    buf: &mut Vec<K4Block16>,
+    mut out: impl FnMut(usize, &[f32; 16]),
+) {
+    for x in xs {
+        check_x(x, nb);
+    }
+    let idx = super::x86::row_offsets(row_bytes, m);
+    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
+    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
+    let (k6, k4, k3) = (
+        _mm512_set1_epi32(63),
+        _mm512_set1_epi32(15),
+        _mm512_set1_epi32(3),
+    );
+    let nib = _mm512_set1_epi8(0x0f);
+    buf.clear();
+    buf.extend((0..nb).map(|b| {
+        let p = base.add(b * 144);
+        let dm = gather(p);
+        let (s0, s1, s2) = (gather(p.add(4)), gather(p.add(8)), gather(p.add(12)));
+        // Scale and min of sub-block j, as in `dot16_q4k_512`.
+        let scale_min = |j: u32| -> (__m512i, __m512i) {
+            if j < 4 {
+                (
+                    _mm512_and_si512(shr(s0, 8 * j), k6),
+                    _mm512_and_si512(shr(s1, 8 * j), k6),
+                )
+            } else {
+                let j = j - 4;
+                let hi =
+                    |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(shr(v, 8 * j + 6), k3));
+                (
+                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j), k4), hi(s0)),
+                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j + 4), k4), hi(s1)),
+                )
+            }
+        };
+        let mut blk = K4Block16 {
+            q: [[_mm512_setzero_si512(); 8]; 8],
+            sc: [_mm512_setzero_si512(); 8],
+            mn: [_mm512_setzero_si512(); 4],
+            d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)),
+            dmin: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm))),
+        };
+        for c in 0..4 {
+            // 32 bytes of quants: low nibbles are sub-block 2c, high nibbles sub-block 2c + 1.
+            for g in 0..8 {
+                let q = gather(p.add(16 + 32 * c + 4 * g));
+                blk.q[2 * c][g] = _mm512_and_si512(q, nib);
+                blk.q[2 * c + 1][g] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
+            }
+        }
+        for k in 0..4u32 {
+            let (sc0, mn0) = scale_min(2 * k);
+            let (sc1, mn1) = scale_min(2 * k + 1);
+            blk.sc[2 * k as usize] = sc0;
+            blk.sc[2 * k as usize + 1] = sc1;
+            blk.mn[k as usize] = _mm512_or_si512(mn0, _mm512_slli_epi32::<16>(mn1));
+        }
+        blk
+    }));
+    // Token t's f32 sums over every super-block, `T` tokens sharing each weight load.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn run<const T: usize>(buf: &[K4Block16], xs: [&Q8KRow; T]) -> [__m512; T] {
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut accm = [_mm512_setzero_ps(); T];
+        let yp = xs.map(|x| x.q.as_ptr() as *const i32);
+        for (b, blk) in buf.iter().enumerate() {
+            let mut sumi = [_mm512_setzero_si512(); T];
+            let mut summ = [_mm512_setzero_si512(); T];
+            for j in 0..8 {
+                let mut s = [_mm512_setzero_si512(); T];
+                for g in 0..8 {
+                    let w = blk.q[j][g];
+                    for k in 0..T {
+                        let y = _mm512_set1_epi32(yp[k].add(b * 64 + 8 * j + g).read_unaligned());
+                        s[k] = _mm512_dpbusd_epi32(s[k], w, y);
+                    }
+                }
+                for k in 0..T {
+                    sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(s[k], blk.sc[j]));
+                }
+            }
+            for k in 0..T {
+                let bs = xs[k].bsums.as_ptr().add(16 * b);
+                for (p, &mn) in blk.mn.iter().enumerate() {
+                    // Activation sums of sub-blocks 2p and 2p + 1 (|sum| ≤ 32·128: an i16 each).
+                    let lo = *bs.add(4 * p) as i32 + *bs.add(4 * p + 1) as i32;
+                    let hi = *bs.add(4 * p + 2) as i32 + *bs.add(4 * p + 3) as i32;
+                    let pair = (lo & 0xffff) | (hi << 16);
+                    summ[k] = _mm512_dpwssd_epi32(summ[k], mn, _mm512_set1_epi32(pair));
+                }
+                let xd = _mm512_set1_ps(*xs[k].d.get_unchecked(b));
+                // `KOrder::Split`, lane by lane, as `dot16_q4k_512`.
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(sumi[k]),
+                    _mm512_mul_ps(blk.d, xd),
+                    acc[k],
+                );
+                accm[k] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(summ[k]),
+                    _mm512_mul_ps(blk.dmin, xd),
+                    accm[k],
+                );
+            }
+        }
+        let mut r = [_mm512_setzero_ps(); T];
+        for k in 0..T {
+            r[k] = _mm512_sub_ps(acc[k], accm[k]);
+        }
+        r
+    }
+    let mut lanes = [0f32; 16];
+    let mut t = 0;
+    while t + 2 <= xs.len() {
+        let r = run::<2>(buf, [&xs[t], &xs[t + 1]]);
+        for (k, v) in r.into_iter().enumerate() {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+            out(t + k, &lanes);
+        }
+        t += 2;
+    }
+    if t < xs.len() {
+        let [v] = run::<1>(buf, [&xs[t]]);
+        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+        out(t, &lanes);
+    }
+}
