@@ -867,3 +867,148 @@ pub unsafe fn gemm16_q4k_512(
         out(t, &lanes);
     }
 }
+
+/// One super-block of sixteen Q6_K rows, one row per lane (see `gemm16_q6k_512`).
+#[derive(Clone, Copy)]
+pub struct K6Block16 {
+    /// [16-value sub-block][4-value group]: the six-bit quants (0..63), four bytes per lane.
+    q: [[__m512i; 4]; 16],
+    /// Sub-block scales, one i32 per lane.
+    sc: [__m512i; 16],
+    /// Scales in pairs (2k in the low i16, 2k + 1 in the high one), for `vpdpwssd`.
+    scp: [__m512i; 8],
+    d: __m512,
+}
+
+/// Prefill in `KOrder::Tiled` (llama.cpp's Q6_K order from 8 tokens): `m` ≤ 16 Q6_K rows against
+/// every token of `xs`, per row and token the integer sums of `kblock_sums` and then
+/// acc = fma(f32(sumi − summ)·d, xd, acc), the same bits as every other level. Layout and calling
+/// as `gemm16_q4k_512`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm16_q6k_512(
+    base: *const u8,
+    row_bytes: usize,
+    m: usize,
+    nb: usize,
+    xs: &[Q8KRow],
+    buf: &mut Vec<K6Block16>,
+    mut out: impl FnMut(usize, &[f32; 16]),
+) {
+    for x in xs {
+        check_x(x, nb);
+    }
+    let idx = super::x86::row_offsets(row_bytes, m);
+    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
+    let (lo4, hi2) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+    buf.clear();
+    buf.extend((0..nb).map(|b| {
+        let p = base.add(b * 210);
+        let mut blk = K6Block16 {
+            q: [[_mm512_setzero_si512(); 4]; 16],
+            sc: [_mm512_setzero_si512(); 16],
+            scp: [_mm512_setzero_si512(); 8],
+            // d is the f16 at 208: read from 206 so the gather stays inside the block.
+            d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(gather(
+                p.add(206),
+            )))),
+        };
+        for h in 0..2 {
+            for g in 0..8 {
+                let a = gather(p.add(64 * h + 4 * g));
+                let c = gather(p.add(64 * h + 32 + 4 * g));
+                let hb = gather(p.add(128 + 32 * h + 4 * g));
+                // Values 128h + 32k + 4g.. (k = 0..4), as `KRow::unpack` builds them.
+                let q = [
+                    _mm512_or_si512(
+                        _mm512_and_si512(a, lo4),
+                        _mm512_and_si512(_mm512_slli_epi16::<4>(hb), hi2),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(c, lo4),
+                        _mm512_and_si512(_mm512_slli_epi16::<2>(hb), hi2),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(a), lo4),
+                        _mm512_and_si512(hb, hi2),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(c), lo4),
+                        _mm512_and_si512(_mm512_srli_epi16::<2>(hb), hi2),
+                    ),
+                ];
+                for (k, v) in q.into_iter().enumerate() {
+                    blk.q[8 * h + 2 * k + g / 4][g % 4] = v;
+                }
+            }
+        }
+        for k in 0..4 {
+            let s = gather(p.add(192 + 4 * k));
+            // Sign-extend byte j of each lane: scale 4k + j.
+            blk.sc[4 * k] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(s));
+            blk.sc[4 * k + 1] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(s));
+            blk.sc[4 * k + 2] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(s));
+            blk.sc[4 * k + 3] = _mm512_srai_epi32::<24>(s);
+        }
+        let low = _mm512_set1_epi32(0xffff);
+        for k in 0..8 {
+            blk.scp[k] = _mm512_or_si512(
+                _mm512_and_si512(blk.sc[2 * k], low),
+                _mm512_slli_epi32::<16>(blk.sc[2 * k + 1]),
+            );
+        }
+        blk
+    }));
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn run<const T: usize>(buf: &[K6Block16], xs: [&Q8KRow; T]) -> [__m512; T] {
+        let mut acc = [_mm512_setzero_ps(); T];
+        let yp = xs.map(|x| x.q.as_ptr() as *const i32);
+        for (b, blk) in buf.iter().enumerate() {
+            let mut sumi = [_mm512_setzero_si512(); T];
+            for j in 0..16 {
+                let mut s = [_mm512_setzero_si512(); T];
+                for g in 0..4 {
+                    let w = blk.q[j][g];
+                    for k in 0..T {
+                        let y = _mm512_set1_epi32(yp[k].add(b * 64 + 4 * j + g).read_unaligned());
+                        s[k] = _mm512_dpbusd_epi32(s[k], w, y);
+                    }
+                }
+                for k in 0..T {
+                    sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(s[k], blk.sc[j]));
+                }
+            }
+            for k in 0..T {
+                let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
+                let mut summ = _mm512_setzero_si512();
+                for (p, &scp) in blk.scp.iter().enumerate() {
+                    // bsums 2p and 2p + 1 as one i16 pair.
+                    let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
+                    summ = _mm512_dpwssd_epi32(summ, scp, pair);
+                }
+                // mins are 32·scale: summ = 32·Σ scale·bsum.
+                let diff = _mm512_sub_epi32(sumi[k], _mm512_slli_epi32::<5>(summ));
+                let r = _mm512_mul_ps(_mm512_cvtepi32_ps(diff), blk.d);
+                let xd = _mm512_set1_ps(*xs[k].d.get_unchecked(b));
+                acc[k] = _mm512_fmadd_ps(r, xd, acc[k]);
+            }
+        }
+        acc
+    }
+    let mut lanes = [0f32; 16];
+    let mut t = 0;
+    while t + 2 <= xs.len() {
+        let r = run::<2>(buf, [&xs[t], &xs[t + 1]]);
+        for (k, v) in r.into_iter().enumerate() {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+            out(t + k, &lanes);
+        }
+        t += 2;
+    }
+    if t < xs.len() {
+        let [v] = run::<1>(buf, [&xs[t]]);
+        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+        out(t, &lanes);
+    }
+}

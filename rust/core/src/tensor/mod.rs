@@ -488,35 +488,36 @@ fn rows_k(
     // llama.cpp's kernel, and so summation order, for each token (see `KOrder::for_batch`).
     let order = |t: usize| KOrder::for_batch(w.ty, w.rows, n, t);
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512
-        && n > 1
-        && w.ty == GgmlType::Q4_K
-        && (0..n).all(|t| order(t) == KOrder::Split)
-    {
-        // Prefill in the per-super-block order: sixteen rows unpacked once, then every token.
+    if level == SimdLevel::Avx512 && n > 1 {
+        use crate::quant::x86k;
+        // Prefill where every token sums super-block by super-block (Q4_K's `Split`, Q6_K's
+        // `Tiled`): sixteen rows unpacked once, then every token against them.
+        let one_order = |o: KOrder| (0..n).all(|t| order(t) == o);
         let (rb, nb) = (w.row(0).len(), w.cols / 256);
-        let mut buf = Vec::new();
-        while r0 < r1 {
-            let m = (r1 - r0).min(16);
-            // SAFETY: as above; rows r0..r0+m lie inside the matrix.
-            unsafe {
-                crate::quant::x86k::gemm16_q4k_512(
-                    w.row(r0).as_ptr(),
-                    rb,
-                    m,
-                    nb,
-                    xs,
-                    &mut buf,
-                    |t, v| {
-                        for (i, &v) in v[..m].iter().enumerate() {
-                            put(t, r0 + i, v);
-                        }
-                    },
-                )
-            };
-            r0 += m;
+        let q4k = w.ty == GgmlType::Q4_K && one_order(KOrder::Split);
+        let q6k = w.ty == GgmlType::Q6_K && one_order(KOrder::Tiled);
+        if q4k || q6k {
+            let (mut b4, mut b6) = (Vec::new(), Vec::new());
+            while r0 < r1 {
+                let m = (r1 - r0).min(16);
+                let emit = |t: usize, v: &[f32; 16]| {
+                    for (i, &v) in v[..m].iter().enumerate() {
+                        put(t, r0 + i, v);
+                    }
+                };
+                let base = w.row(r0).as_ptr();
+                // SAFETY: as above; rows r0..r0+m lie inside the matrix.
+                unsafe {
+                    if q4k {
+                        x86k::gemm16_q4k_512(base, rb, m, nb, xs, &mut b4, emit)
+                    } else {
+                        x86k::gemm16_q6k_512(base, rb, m, nb, xs, &mut b6, emit)
+                    }
+                };
+                r0 += m;
+            }
+            return;
         }
-        return;
     }
     for r in r0..r1 {
         let row = w.row(r);
