@@ -131,3 +131,23 @@ def test_settings_fields_cover_parser():
 
     dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
     assert dests == {f.name for f in fields(ServerSettings)}
+
+
+def test_bench_kernels_on_a_models_matrices(gemma3_path):
+    r = run("bench", "kernels", "-m", str(gemma3_path), "-t", "1", "-r", "1", "--gemm-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    gemm = {(x["tensor"], x["type"]) for x in rows if x["metric"] == "gemm_gflops"}
+    # gemma3's Q4_K_M file: K-quant and legacy matrices, each role once per type.
+    assert {("attn_output.weight", "Q4_K"), ("ffn_down.weight", "Q6_K"), ("ffn_up.weight", "Q5_0")} <= gemm
+    assert all(x["value"] > 0 for x in rows)
+    shapes = {x["tensor"]: x["shape"] for x in rows if x["metric"] == "gemv_gbps"}
+    assert shapes["ffn_down.weight"] == [640, 2048]
+
+
+def test_bench_kernels_random_and_bad_type():
+    r = run("bench", "kernels", "--types", "Q4_0", "-t", "1", "-r", "1", "--gemm-tokens", "2")
+    assert r.returncode == 0, r.stderr
+    assert {json.loads(line)["metric"] for line in r.stdout.splitlines()} == {"read_bw_gbps", "gemv_gbps", "gemm_gflops"}
+    r = run("bench", "kernels", "--types", "Q9_Z", "-t", "1", "-r", "1")
+    assert r.returncode != 0 and "Q9_Z" in r.stderr and "Traceback" not in r.stderr

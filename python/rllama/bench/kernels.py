@@ -1,24 +1,27 @@
 """`python -m rllama bench kernels`: GB/s of weight bytes streamed by gemv (1 token) and GFLOP/s of
 gemm (512 tokens) per type and shape, at 1 and 2 threads, beside the streaming-read bandwidth
-measured in the same run. Prints JSON lines."""
+measured in the same run. With `-m MODEL`, the model's own weight matrices (one per layer role and
+type) instead of random ones. Prints JSON lines."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-import gguf
 import numpy as np
 
 SHAPES = [(4096, 4096), (1536, 576), (49152, 576)]  # (rows = n_out, cols = n_in)
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"]
+# (values per block, bytes per block) of the types timed on random weights.
+BLOCKS = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q4_K": (256, 144),
+          "Q6_K": (256, 210), "Q5_K": (256, 176), "Q2_K": (256, 84), "Q3_K": (256, 110), "IQ4_XS": (256, 136),
+          "F32": (1, 4)}
 F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208],
               "Q5_K": [0, 2], "Q2_K": [80, 82], "Q3_K": [108], "IQ4_XS": [0]}
 
 
 def random_weights(ty: str, rows: int, cols: int, rng) -> bytes:
-    qt = gguf.GGMLQuantizationType[ty]
-    bs, ts = gguf.GGML_QUANT_SIZES[qt]
+    bs, ts = BLOCKS[ty]
     if ty == "F32":
         return rng.standard_normal(rows * cols).astype(np.float32).tobytes()
     n_blocks = rows * cols // bs
@@ -28,15 +31,44 @@ def random_weights(ty: str, rows: int, cols: int, rng) -> bytes:
     return raw.tobytes()
 
 
+def model_matrices(path: str):
+    """(label, type, rows, cols, bytes) of each distinct weight matrix role of a model's layers (the
+    first layer that has it, per type), and its output matrix."""
+    from rllama.gguf import GgufReader
+    from rllama.models import resolve
+
+    seen = set()
+    for t in GgufReader(resolve(path)).tensors:
+        if len(t.shape) != 2 or not (t.name.startswith("blk.") or t.name == "output.weight"):
+            continue
+        role = t.name.split(".", 2)[-1]
+        key = (role, t.type_name, t.shape)
+        if key not in seen:
+            seen.add(key)
+            yield role, t.type_name, t.shape[1], t.shape[0], t.raw()
+
+
+def random_matrices(types: list[str], rng):
+    for ty in types:
+        for rows, cols in SHAPES:
+            if cols % BLOCKS[ty][0]:
+                continue  # not whole blocks per row (e.g. 576 columns of a 256-block K-quant)
+            yield None, ty, rows, cols, random_weights(ty, rows, cols, rng)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m rllama bench kernels", description=__doc__)
     ap.add_argument("-t", "--threads", default="1,2")
     ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("-m", "--model", help="time this model's weight matrices (a path or a known name)")
     ap.add_argument("--gemm-tokens", type=int, default=512)
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     args = ap.parse_args(argv)
     from rllama import _core
 
+    types = args.types.split(",")
+    if not args.model and (bad := [t for t in types if t not in BLOCKS]):
+        raise SystemExit(f"error: no random weights for type {', '.join(bad)} (known: {', '.join(BLOCKS)})")
     rng = np.random.default_rng(0)
     threads = [int(t) for t in args.threads.split(",")]
     bw = {}
@@ -44,21 +76,17 @@ def main(argv: list[str]) -> int:
         bw[nt] = _core.read_bandwidth(1 << 30, nt, 3)
         print(json.dumps({"bench": "kernels", "metric": "read_bw_gbps", "value": round(bw[nt], 2), "unit": "GB/s",
                           "threads": nt, "bytes": 1 << 30, "simd": _core.simd()}), flush=True)
-    for ty in args.types.split(","):
-        for rows, cols in SHAPES:
-            if cols % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ty]][0]:
-                continue  # not whole blocks per row (e.g. 576 columns of a 256-block K-quant)
-            data = random_weights(ty, rows, cols, rng)
-            for nt in threads:
-                m = _core.KernelMatrix(ty, data, rows, cols, nt)
-                s = m.time(1, args.repetitions)
-                gbps = len(data) / s / 1e9
-                print(json.dumps({"bench": "kernels", "metric": "gemv_gbps", "value": round(gbps, 2), "unit": "GB/s",
-                                  "type": ty, "shape": [rows, cols], "threads": nt,
-                                  "pct_of_read_bw": round(100 * gbps / bw[nt], 1)}), flush=True)
-                n = args.gemm_tokens
-                s = m.time(n, max(1, args.repetitions // 2))
-                print(json.dumps({"bench": "kernels", "metric": "gemm_gflops", "value": round(2 * rows * cols * n / s / 1e9, 2),
-                                  "unit": "GFLOP/s", "type": ty, "shape": [rows, cols], "tokens": n,
-                                  "threads": nt}), flush=True)
+    mats = model_matrices(args.model) if args.model else random_matrices(types, rng)
+    for role, ty, rows, cols, data in mats:
+        where = {"type": ty, "shape": [rows, cols]} | ({"tensor": role} if role else {})
+        for nt in threads:
+            m = _core.KernelMatrix(ty, data, rows, cols, nt)
+            s = m.time(1, args.repetitions)
+            gbps = len(data) / s / 1e9
+            print(json.dumps({"bench": "kernels", "metric": "gemv_gbps", "value": round(gbps, 2), "unit": "GB/s",
+                              **where, "threads": nt, "pct_of_read_bw": round(100 * gbps / bw[nt], 1)}), flush=True)
+            n = args.gemm_tokens
+            s = m.time(n, max(1, args.repetitions // 2))
+            print(json.dumps({"bench": "kernels", "metric": "gemm_gflops", "value": round(2 * rows * cols * n / s / 1e9, 2),
+                              "unit": "GFLOP/s", **where, "tokens": n, "threads": nt}), flush=True)
     return 0
