@@ -541,18 +541,12 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
         idx(&IDX16, 3),
     ];
     let mut st = [KAcc::new(order, u.fold); NT];
-    let mut v4 = (_mm_setzero_ps(), _mm_setzero_ps());
     let xq = xp.map(|x| x.q.as_ptr());
     for b in 0..nb {
         let sc512 = _mm512_castsi256_si512(_mm256_loadu_si256(
             u.sc.as_ptr().add(16 * b) as *const __m256i
         ));
         let mut acc = [_mm512_setzero_si512(); NT];
-        let mins = if order.per64() {
-            mins64(u, &xp, b)
-        } else {
-            [[0; 8]; NT]
-        };
         for (v, ixv) in ix.iter().enumerate() {
             let mut w = _mm512_loadu_si512(u.q.as_ptr().add(256 * b + 64 * v) as *const __m512i);
             let scv = _mm512_permutexvar_epi16(*ixv, sc512);
@@ -570,41 +564,18 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
                 }
                 acc[k] = _mm512_dpwssd_epi32(acc[k], _mm512_maddubs_epi16(w, y), scv);
             }
-            if order.per64() {
-                let mut a = [_mm256_setzero_si256(); NT];
-                for k in 0..NT {
-                    a[k] = fold512(acc[k]);
-                }
-                if NT == 4 {
-                    add64x4(u, &xp, b, v, &mins, &mut a, &mut v4);
-                } else {
-                    add64(u, &xp, b, v, &mins, &mut a, &mut st);
-                }
-                acc = [_mm512_setzero_si512(); NT];
-            }
         }
-        if !order.per64() {
-            let mut a = [_mm256_setzero_si256(); NT];
-            for k in 0..NT {
-                a[k] = fold512(acc[k]);
-            }
-            if matches!(order, KOrder::Tiled | KOrder::Split) && NT == 4 {
-                step4(u, &xp, b, a, order, &mut v4);
-            } else {
-                combine(u, &xp, b, a, &mut st);
-            }
+        let mut a = [_mm256_setzero_si256(); NT];
+        for k in 0..NT {
+            a[k] = fold512(acc[k]);
         }
-    }
-    if matches!(order, KOrder::Split64 | KOrder::Split | KOrder::Tiled) && NT == 4 {
-        // Tiled keeps no mins' accumulator (v4.1 stays zero).
-        let mut out = [0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(v4.0, v4.1));
-        return out;
+        combine(u, &xp, b, a, &mut st);
     }
     finish(&st)
 }
 
-/// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own).
+/// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own), in
+/// orders that step per super-block (Q4_K's `Split64` batches take `gemm16_q4k_512`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm_k_512(
     u: &KRow,
@@ -616,6 +587,7 @@ pub unsafe fn gemm_k_512(
     for (c, (xs, out)) in xs.chunks(4).zip(out.chunks_mut(4)).enumerate() {
         // Every token of a chunk of four has the same order (see `KOrder::for_batch`).
         let o = order(4 * c);
+        assert!(!o.per64(), "Split64 batches take gemm16_q4k_512");
         let r = match (u.signed, xs.len()) {
             (true, 1) => gemm4_512::<true, 1>(u, [&xs[0]], nb, o),
             (false, 1) => gemm4_512::<false, 1>(u, [&xs[0]], nb, o),
@@ -725,9 +697,9 @@ pub struct K4Block16 {
     dmin: __m512,
 }
 
-/// Prefill in `KOrder::Split`: `m` ≤ 16 Q4_K rows (`row_bytes` apart from `base`, `nb`
-/// super-blocks each) against every token of `xs`, in exactly `dot16_q4k_512`'s order per row and
-/// token (so the bits of every other level). The rows are gathered and unpacked once into `buf`
+/// Prefill: `m` ≤ 16 Q4_K rows (`row_bytes` apart from `base`, `nb` super-blocks each) against
+/// every token of `xs`, token t in `KOrder::Split64` where `per64(t)`, else in `KOrder::Split`
+/// (exactly `dot16_q4k_512`'s order), so the bits of every other level. The rows are gathered and unpacked once into `buf`
 /// (reused between calls); tokens then go two at a time. `out(t, lanes)` receives token t's
 /// sixteen lanes (those past `m` are to be ignored).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -739,6 +711,7 @@ pub unsafe fn gemm16_q4k_512(
     nb: usize,
     xs: &[Q8KRow],
     buf: &mut Vec<K4Block16>,
+    per64: impl Fn(usize) -> bool,
     mut out: impl FnMut(usize, &[f32; 16]),
 ) {
     for x in xs {
@@ -802,47 +775,65 @@ pub unsafe fn gemm16_q4k_512(
     // Token t's f32 sums over every super-block, `T` tokens sharing each weight load.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     #[inline]
-    unsafe fn run<const T: usize>(buf: &[K4Block16], xs: [&Q8KRow; T]) -> [__m512; T] {
+    unsafe fn run<const T: usize, const PER64: bool>(
+        buf: &[K4Block16],
+        xs: [&Q8KRow; T],
+    ) -> [__m512; T] {
         let mut acc = [_mm512_setzero_ps(); T];
         let mut accm = [_mm512_setzero_ps(); T];
         let yp = xs.map(|x| x.q.as_ptr() as *const i32);
         for (b, blk) in buf.iter().enumerate() {
             let mut sumi = [_mm512_setzero_si512(); T];
             let mut summ = [_mm512_setzero_si512(); T];
-            for j in 0..8 {
-                let mut s = [_mm512_setzero_si512(); T];
-                for g in 0..8 {
-                    let w = blk.q[j][g];
+            let mut dd = [_mm512_setzero_ps(); T];
+            let mut dm = [_mm512_setzero_ps(); T];
+            for k in 0..T {
+                let xd = _mm512_set1_ps(*xs[k].d.get_unchecked(b));
+                dd[k] = _mm512_mul_ps(blk.d, xd);
+                dm[k] = _mm512_mul_ps(blk.dmin, xd);
+            }
+            // `KOrder::Split` (one float step per super-block) or `Split64` (one per 64 values,
+            // sub-blocks 2p and 2p + 1), lane by lane, as `dot16_q4k_512` and `add64x4` do.
+            let step = |sumi: &mut [__m512i; T],
+                        summ: &mut [__m512i; T],
+                        acc: &mut [__m512; T],
+                        accm: &mut [__m512; T]| {
+                for k in 0..T {
+                    acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[k]), dd[k], acc[k]);
+                    accm[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ[k]), dm[k], accm[k]);
+                    sumi[k] = _mm512_setzero_si512();
+                    summ[k] = _mm512_setzero_si512();
+                }
+            };
+            for (p, &mn) in blk.mn.iter().enumerate() {
+                for j in [2 * p, 2 * p + 1] {
+                    let mut s = [_mm512_setzero_si512(); T];
+                    for g in 0..8 {
+                        let w = blk.q[j][g];
+                        for k in 0..T {
+                            let y =
+                                _mm512_set1_epi32(yp[k].add(b * 64 + 8 * j + g).read_unaligned());
+                            s[k] = _mm512_dpbusd_epi32(s[k], w, y);
+                        }
+                    }
                     for k in 0..T {
-                        let y = _mm512_set1_epi32(yp[k].add(b * 64 + 8 * j + g).read_unaligned());
-                        s[k] = _mm512_dpbusd_epi32(s[k], w, y);
+                        sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(s[k], blk.sc[j]));
                     }
                 }
                 for k in 0..T {
-                    sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(s[k], blk.sc[j]));
-                }
-            }
-            for k in 0..T {
-                let bs = xs[k].bsums.as_ptr().add(16 * b);
-                for (p, &mn) in blk.mn.iter().enumerate() {
                     // Activation sums of sub-blocks 2p and 2p + 1 (|sum| ≤ 32·128: an i16 each).
+                    let bs = xs[k].bsums.as_ptr().add(16 * b);
                     let lo = *bs.add(4 * p) as i32 + *bs.add(4 * p + 1) as i32;
                     let hi = *bs.add(4 * p + 2) as i32 + *bs.add(4 * p + 3) as i32;
                     let pair = (lo & 0xffff) | (hi << 16);
                     summ[k] = _mm512_dpwssd_epi32(summ[k], mn, _mm512_set1_epi32(pair));
                 }
-                let xd = _mm512_set1_ps(*xs[k].d.get_unchecked(b));
-                // `KOrder::Split`, lane by lane, as `dot16_q4k_512`.
-                acc[k] = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(sumi[k]),
-                    _mm512_mul_ps(blk.d, xd),
-                    acc[k],
-                );
-                accm[k] = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(summ[k]),
-                    _mm512_mul_ps(blk.dmin, xd),
-                    accm[k],
-                );
+                if PER64 {
+                    step(&mut sumi, &mut summ, &mut acc, &mut accm);
+                }
+            }
+            if !PER64 {
+                step(&mut sumi, &mut summ, &mut acc, &mut accm);
             }
         }
         let mut r = [_mm512_setzero_ps(); T];
@@ -853,18 +844,19 @@ pub unsafe fn gemm16_q4k_512(
     }
     let mut lanes = [0f32; 16];
     let mut t = 0;
-    while t + 2 <= xs.len() {
-        let r = run::<2>(buf, [&xs[t], &xs[t + 1]]);
-        for (k, v) in r.into_iter().enumerate() {
+    while t < xs.len() {
+        let pair = t + 1 < xs.len() && per64(t) == per64(t + 1);
+        let r: &[__m512] = match (pair, per64(t)) {
+            (true, false) => &run::<2, false>(buf, [&xs[t], &xs[t + 1]]),
+            (true, true) => &run::<2, true>(buf, [&xs[t], &xs[t + 1]]),
+            (false, false) => &run::<1, false>(buf, [&xs[t]]),
+            (false, true) => &run::<1, true>(buf, [&xs[t]]),
+        };
+        for (k, &v) in r.iter().enumerate() {
             _mm512_storeu_ps(lanes.as_mut_ptr(), v);
             out(t + k, &lanes);
         }
-        t += 2;
-    }
-    if t < xs.len() {
-        let [v] = run::<1>(buf, [&xs[t]]);
-        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-        out(t, &lanes);
+        t += r.len();
     }
 }
 

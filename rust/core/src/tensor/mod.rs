@@ -490,12 +490,13 @@ fn rows_k(
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx512 && n > 1 {
         use crate::quant::x86k;
-        // Prefill where every token sums super-block by super-block (Q4_K's `Split`, Q6_K's
-        // `Tiled`): sixteen rows unpacked once, then every token against them.
-        let one_order = |o: KOrder| (0..n).all(|t| order(t) == o);
+        // Prefill in Q4_K's orders (`Split`, `Split64`) or Q6_K's `Tiled`: sixteen rows unpacked
+        // once, then every token against them.
         let (rb, nb) = (w.row(0).len(), w.cols / 256);
-        let q4k = w.ty == GgmlType::Q4_K && one_order(KOrder::Split);
-        let q6k = w.ty == GgmlType::Q6_K && one_order(KOrder::Tiled);
+        let q4k = w.ty == GgmlType::Q4_K
+            && (0..n).all(|t| matches!(order(t), KOrder::Split | KOrder::Split64));
+        let q6k = w.ty == GgmlType::Q6_K && (0..n).all(|t| order(t) == KOrder::Tiled);
+        let per64 = |t: usize| order(t) == KOrder::Split64;
         if q4k || q6k {
             let (mut b4, mut b6) = (Vec::new(), Vec::new());
             while r0 < r1 {
@@ -509,7 +510,7 @@ fn rows_k(
                 // SAFETY: as above; rows r0..r0+m lie inside the matrix.
                 unsafe {
                     if q4k {
-                        x86k::gemm16_q4k_512(base, rb, m, nb, xs, &mut b4, emit)
+                        x86k::gemm16_q4k_512(base, rb, m, nb, xs, &mut b4, per64, emit)
                     } else {
                         x86k::gemm16_q6k_512(base, rb, m, nb, xs, &mut b6, emit)
                     }
@@ -902,10 +903,20 @@ mod tests {
     #[test]
     fn kquants_match_reference_at_every_level() {
         use GgmlType::*;
-        let (rows, cols) = (37, 768);
-        for (i, ty) in [Q4_K, Q6_K, Q5_K, IQ4_XS, Q3_K, Q2_K]
-            .into_iter()
-            .enumerate()
+        let cols = 768;
+        // 37 rows: Q4_K sums per super-block at every batch size; 48 (a multiple of 8): per 64
+        // values for tokens in groups of four below 64 tokens, as llama.cpp's repacked gemm does.
+        for (i, (ty, rows)) in [
+            (Q4_K, 37),
+            (Q4_K, 48),
+            (Q6_K, 37),
+            (Q5_K, 37),
+            (IQ4_XS, 37),
+            (Q3_K, 37),
+            (Q2_K, 37),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let data = random_k(ty, rows, cols, i as u64 + 1);
             let w = QMatrix::new(ty, &data, rows, cols).unwrap();
