@@ -575,7 +575,7 @@ unsafe fn gemm4_512<const SIGNED: bool, const NT: usize>(
 }
 
 /// out[t] = row · xs[t], four tokens per pass over the unpacked row (a lone token on its own), in
-/// orders that step per super-block (Q4_K's `Split64` batches take `gemm16_q4k_512`).
+/// orders that step per super-block (Q4_K's `Split64` batches take `gemm16_k45_512`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm_k_512(
     u: &KRow,
@@ -587,7 +587,7 @@ pub unsafe fn gemm_k_512(
     for (c, (xs, out)) in xs.chunks(4).zip(out.chunks_mut(4)).enumerate() {
         // Every token of a chunk of four has the same order (see `KOrder::for_batch`).
         let o = order(4 * c);
-        assert!(!o.per64(), "Split64 batches take gemm16_q4k_512");
+        assert!(!o.per64(), "Split64 batches take gemm16_k45_512");
         let r = match (u.signed, xs.len()) {
             (true, 1) => gemm4_512::<true, 1>(u, [&xs[0]], nb, o),
             (false, 1) => gemm4_512::<false, 1>(u, [&xs[0]], nb, o),
@@ -684,7 +684,12 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
     out
 }
 
-/// One super-block of sixteen Q4_K rows, one row per lane (see `gemm16_q4k_512`).
+/// `gemm16_k45_512`'s float steps (`KOrder::Split`, `Split64`, `Combine`).
+const SPLIT: u8 = 0;
+const SPLIT64: u8 = 1;
+const COMBINE: u8 = 2;
+
+/// One super-block of sixteen Q4_K or Q5_K rows, one row per lane (see `gemm16_k45_512`).
 #[derive(Clone, Copy)]
 pub struct K4Block16 {
     /// [sub-block][4-value group]: the quants (0..15) of that group, four bytes per lane.
@@ -697,21 +702,23 @@ pub struct K4Block16 {
     dmin: __m512,
 }
 
-/// Prefill: `m` ≤ 16 Q4_K rows (`row_bytes` apart from `base`, `nb` super-blocks each) against
-/// every token of `xs`, token t in `KOrder::Split64` where `per64(t)`, else in `KOrder::Split`
-/// (exactly `dot16_q4k_512`'s order), so the bits of every other level. The rows are gathered and unpacked once into `buf`
-/// (reused between calls); tokens then go two at a time. `out(t, lanes)` receives token t's
-/// sixteen lanes (those past `m` are to be ignored).
+/// Prefill: `m` ≤ 16 Q4_K rows, or Q5_K rows when `q5` (`row_bytes` apart from `base`, `nb`
+/// super-blocks each), against every token of `xs`, token t in `order(t)`: `Split` (exactly
+/// `dot16_q4k_512`'s order), `Split64` or `Combine`, as `KAcc` steps them, so the bits of every
+/// other level. The rows are gathered and unpacked once into `buf` (reused between calls); tokens
+/// then go two at a time. `out(t, lanes)` receives token t's sixteen lanes (those past `m` are to
+/// be ignored).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm16_q4k_512(
+pub unsafe fn gemm16_k45_512(
     base: *const u8,
     row_bytes: usize,
+    q5: bool,
     m: usize,
     nb: usize,
     xs: &[Q8KRow],
     buf: &mut Vec<K4Block16>,
-    per64: impl Fn(usize) -> bool,
+    order: impl Fn(usize) -> KOrder,
     mut out: impl FnMut(usize, &[f32; 16]),
 ) {
     for x in xs {
@@ -726,9 +733,10 @@ pub unsafe fn gemm16_q4k_512(
         _mm512_set1_epi32(3),
     );
     let nib = _mm512_set1_epi8(0x0f);
+    let (one, (block, quants)) = (_mm512_set1_epi8(1), if q5 { (176, 48) } else { (144, 16) });
     buf.clear();
     buf.extend((0..nb).map(|b| {
-        let p = base.add(b * 144);
+        let p = base.add(b * block);
         let dm = gather(p);
         let (s0, s1, s2) = (gather(p.add(4)), gather(p.add(8)), gather(p.add(12)));
         // Scale and min of sub-block j, as in `dot16_q4k_512`.
@@ -758,9 +766,23 @@ pub unsafe fn gemm16_q4k_512(
         for c in 0..4 {
             // 32 bytes of quants: low nibbles are sub-block 2c, high nibbles sub-block 2c + 1.
             for g in 0..8 {
-                let q = gather(p.add(16 + 32 * c + 4 * g));
-                blk.q[2 * c][g] = _mm512_and_si512(q, nib);
-                blk.q[2 * c + 1][g] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
+                let q = gather(p.add(quants + 32 * c + 4 * g));
+                let (mut lo, mut hi) = (
+                    _mm512_and_si512(q, nib),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
+                );
+                if q5 {
+                    // Q5_K's fifth bits: bit 2c (low nibbles) and 2c + 1 (high) of qh[l].
+                    let h = gather(p.add(16 + 4 * g));
+                    let bit = |s: u32| {
+                        let v = _mm512_srlv_epi16(h, _mm512_set1_epi16(s as i16));
+                        _mm512_slli_epi16::<4>(_mm512_and_si512(v, one))
+                    };
+                    lo = _mm512_or_si512(lo, bit(2 * c as u32));
+                    hi = _mm512_or_si512(hi, bit(2 * c as u32 + 1));
+                }
+                blk.q[2 * c][g] = lo;
+                blk.q[2 * c + 1][g] = hi;
             }
         }
         for k in 0..4u32 {
@@ -775,7 +797,7 @@ pub unsafe fn gemm16_q4k_512(
     // Token t's f32 sums over every super-block, `T` tokens sharing each weight load.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     #[inline]
-    unsafe fn run<const T: usize, const PER64: bool>(
+    unsafe fn run<const T: usize, const MODE: u8>(
         buf: &[K4Block16],
         xs: [&Q8KRow; T],
     ) -> [__m512; T] {
@@ -792,15 +814,21 @@ pub unsafe fn gemm16_q4k_512(
                 dd[k] = _mm512_mul_ps(blk.d, xd);
                 dm[k] = _mm512_mul_ps(blk.dmin, xd);
             }
-            // `KOrder::Split` (one float step per super-block) or `Split64` (one per 64 values,
-            // sub-blocks 2p and 2p + 1), lane by lane, as `dot16_q4k_512` and `add64x4` do.
+            // `KOrder::Split` (one float step per super-block), `Split64` (one per 64 values,
+            // sub-blocks 2p and 2p + 1) or `Combine`, lane by lane, as `KAcc::add` steps them.
             let step = |sumi: &mut [__m512i; T],
                         summ: &mut [__m512i; T],
                         acc: &mut [__m512; T],
                         accm: &mut [__m512; T]| {
                 for k in 0..T {
-                    acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[k]), dd[k], acc[k]);
-                    accm[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ[k]), dm[k], accm[k]);
+                    let (si, sm) = (_mm512_cvtepi32_ps(sumi[k]), _mm512_cvtepi32_ps(summ[k]));
+                    if MODE == COMBINE {
+                        let c = _mm512_sub_ps(_mm512_mul_ps(dd[k], si), _mm512_mul_ps(dm[k], sm));
+                        acc[k] = _mm512_add_ps(acc[k], c);
+                    } else {
+                        acc[k] = _mm512_fmadd_ps(si, dd[k], acc[k]);
+                        accm[k] = _mm512_fmadd_ps(sm, dm[k], accm[k]);
+                    }
                     sumi[k] = _mm512_setzero_si512();
                     summ[k] = _mm512_setzero_si512();
                 }
@@ -828,11 +856,11 @@ pub unsafe fn gemm16_q4k_512(
                     let pair = (lo & 0xffff) | (hi << 16);
                     summ[k] = _mm512_dpwssd_epi32(summ[k], mn, _mm512_set1_epi32(pair));
                 }
-                if PER64 {
+                if MODE == SPLIT64 {
                     step(&mut sumi, &mut summ, &mut acc, &mut accm);
                 }
             }
-            if !PER64 {
+            if MODE != SPLIT64 {
                 step(&mut sumi, &mut summ, &mut acc, &mut accm);
             }
         }
@@ -845,12 +873,17 @@ pub unsafe fn gemm16_q4k_512(
     let mut lanes = [0f32; 16];
     let mut t = 0;
     while t < xs.len() {
-        let pair = t + 1 < xs.len() && per64(t) == per64(t + 1);
-        let r: &[__m512] = match (pair, per64(t)) {
-            (true, false) => &run::<2, false>(buf, [&xs[t], &xs[t + 1]]),
-            (true, true) => &run::<2, true>(buf, [&xs[t], &xs[t + 1]]),
-            (false, false) => &run::<1, false>(buf, [&xs[t]]),
-            (false, true) => &run::<1, true>(buf, [&xs[t]]),
+        let o = order(t);
+        let pair = t + 1 < xs.len() && order(t + 1) == o;
+        let (a, b) = (&xs[t], &xs[(t + 1).min(xs.len() - 1)]);
+        let r: &[__m512] = match (pair, o) {
+            (true, KOrder::Split) => &run::<2, SPLIT>(buf, [a, b]),
+            (true, KOrder::Split64) => &run::<2, SPLIT64>(buf, [a, b]),
+            (true, KOrder::Combine) => &run::<2, COMBINE>(buf, [a, b]),
+            (false, KOrder::Split) => &run::<1, SPLIT>(buf, [a]),
+            (false, KOrder::Split64) => &run::<1, SPLIT64>(buf, [a]),
+            (false, KOrder::Combine) => &run::<1, COMBINE>(buf, [a]),
+            (_, o) => panic!("gemm16_k45_512 does not sum in {o:?}"),
         };
         for (k, &v) in r.iter().enumerate() {
             _mm512_storeu_ps(lanes.as_mut_ptr(), v);
@@ -875,7 +908,7 @@ pub struct K6Block16 {
 /// Prefill in `KOrder::Tiled` (llama.cpp's Q6_K order from 8 tokens): `m` ≤ 16 Q6_K rows against
 /// every token of `xs`, per row and token the integer sums of `kblock_sums` and then
 /// acc = fma(f32(sumi − summ)·d, xd, acc), the same bits as every other level. Layout and calling
-/// as `gemm16_q4k_512`.
+/// as `gemm16_k45_512`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm16_q6k_512(

@@ -490,14 +490,12 @@ fn rows_k(
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx512 && n > 1 {
         use crate::quant::x86k;
-        // Prefill in Q4_K's orders (`Split`, `Split64`) or Q6_K's `Tiled`: sixteen rows unpacked
-        // once, then every token against them.
+        // Prefill of Q4_K (`Split`, `Split64`), Q5_K (`Combine`) and Q6_K (`Tiled`): sixteen rows
+        // unpacked once, then every token against them.
         let (rb, nb) = (w.row(0).len(), w.cols / 256);
-        let q4k = w.ty == GgmlType::Q4_K
-            && (0..n).all(|t| matches!(order(t), KOrder::Split | KOrder::Split64));
+        let q45 = matches!(w.ty, GgmlType::Q4_K | GgmlType::Q5_K);
         let q6k = w.ty == GgmlType::Q6_K && (0..n).all(|t| order(t) == KOrder::Tiled);
-        let per64 = |t: usize| order(t) == KOrder::Split64;
-        if q4k || q6k {
+        if q45 || q6k {
             let (mut b4, mut b6) = (Vec::new(), Vec::new());
             while r0 < r1 {
                 let m = (r1 - r0).min(16);
@@ -509,8 +507,9 @@ fn rows_k(
                 let base = w.row(r0).as_ptr();
                 // SAFETY: as above; rows r0..r0+m lie inside the matrix.
                 unsafe {
-                    if q4k {
-                        x86k::gemm16_q4k_512(base, rb, m, nb, xs, &mut b4, per64, emit)
+                    if q45 {
+                        let q5 = w.ty == GgmlType::Q5_K;
+                        x86k::gemm16_k45_512(base, rb, q5, m, nb, xs, &mut b4, order, emit)
                     } else {
                         x86k::gemm16_q6k_512(base, rb, m, nb, xs, &mut b6, emit)
                     }
