@@ -763,17 +763,22 @@ pub unsafe fn gemm16_k45_512(
             d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)),
             dmin: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm))),
         };
-        for c in 0..4 {
-            // 32 bytes of quants: low nibbles are sub-block 2c, high nibbles sub-block 2c + 1.
-            for g in 0..8 {
+        for g in 0..8 {
+            // Q5_K's fifth bits of values 4g.. of every 32: bit 2c (low nibbles of chunk c) and
+            // 2c + 1 (high nibbles) of qh[l].
+            let h = if q5 {
+                gather(p.add(16 + 4 * g))
+            } else {
+                _mm512_setzero_si512()
+            };
+            // 32 bytes of quants per chunk c: low nibbles are sub-block 2c, high nibbles 2c + 1.
+            for c in 0..4 {
                 let q = gather(p.add(quants + 32 * c + 4 * g));
                 let (mut lo, mut hi) = (
                     _mm512_and_si512(q, nib),
                     _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
                 );
                 if q5 {
-                    // Q5_K's fifth bits: bit 2c (low nibbles) and 2c + 1 (high) of qh[l].
-                    let h = gather(p.add(16 + 4 * g));
                     let bit = |s: u32| {
                         let v = _mm512_srlv_epi16(h, _mm512_set1_epi16(s as i16));
                         _mm512_slli_epi16::<4>(_mm512_and_si512(v, one))

@@ -488,10 +488,10 @@ fn rows_k(
     // llama.cpp's kernel, and so summation order, for each token (see `KOrder::for_batch`).
     let order = |t: usize| KOrder::for_batch(w.ty, w.rows, n, t);
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512 && n > 1 {
+    if level == SimdLevel::Avx512 && (n > 1 || w.ty == GgmlType::Q5_K) {
         use crate::quant::x86k;
-        // Prefill of Q4_K (`Split`, `Split64`), Q5_K (`Combine`) and Q6_K (`Tiled`): sixteen rows
-        // unpacked once, then every token against them.
+        // Prefill of Q4_K (`Split`, `Split64`), Q5_K (`Combine`, single tokens too) and Q6_K
+        // (`Tiled`): sixteen rows unpacked once, then every token against them.
         let (rb, nb) = (w.row(0).len(), w.cols / 256);
         let q45 = matches!(w.ty, GgmlType::Q4_K | GgmlType::Q5_K);
         let q6k = w.ty == GgmlType::Q6_K && (0..n).all(|t| order(t) == KOrder::Tiled);
