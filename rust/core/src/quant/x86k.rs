@@ -898,10 +898,10 @@ pub unsafe fn gemm16_k45_512(
     }
 }
 
-/// One super-block of sixteen Q6_K rows, one row per lane (see `gemm16_q6k_512`).
+/// One super-block of sixteen Q6_K or Q3_K rows, one row per lane (see `gemm16_k36_512`).
 #[derive(Clone, Copy)]
 pub struct K6Block16 {
-    /// [16-value sub-block][4-value group]: the six-bit quants (0..63), four bytes per lane.
+    /// [16-value sub-block][4-value group]: the quants (0..63 or 0..7), four bytes per lane.
     q: [[__m512i; 4]; 16],
     /// Sub-block scales, one i32 per lane.
     sc: [__m512i; 16],
@@ -910,15 +910,17 @@ pub struct K6Block16 {
     d: __m512,
 }
 
-/// Prefill in `KOrder::Tiled` (llama.cpp's Q6_K order from 8 tokens): `m` ≤ 16 Q6_K rows against
-/// every token of `xs`, per row and token the integer sums of `kblock_sums` and then
-/// acc = fma(f32(sumi − summ)·d, xd, acc), the same bits as every other level. Layout and calling
-/// as `gemm16_k45_512`.
+/// `m` ≤ 16 Q6_K rows in `KOrder::Tiled` (llama.cpp's Q6_K order from 8 tokens), or Q3_K rows when
+/// `q3` (in `Combine`, its order at every batch size), against every token of `xs`: per row and
+/// token the integer sums of `kblock_sums`, then acc = fma(f32(sumi − summ)·d, xd, acc) (Tiled)
+/// or acc += d·xd·f32(sumi − summ) (Combine with the mins folded), the same bits as every other
+/// level. Layout and calling as `gemm16_k45_512`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm16_q6k_512(
+pub unsafe fn gemm16_k36_512(
     base: *const u8,
     row_bytes: usize,
+    q3: bool,
     m: usize,
     nb: usize,
     xs: &[Q8KRow],
@@ -931,8 +933,71 @@ pub unsafe fn gemm16_q6k_512(
     let idx = super::x86::row_offsets(row_bytes, m);
     let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
     let (lo4, hi2) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+    let low = _mm512_set1_epi32(0xffff);
+    let pairs = |sc: &[__m512i; 16]| -> [__m512i; 8] {
+        std::array::from_fn(|k| {
+            _mm512_or_si512(
+                _mm512_and_si512(sc[2 * k], low),
+                _mm512_slli_epi32::<16>(sc[2 * k + 1]),
+            )
+        })
+    };
+    let q3_block = |p: *const u8| -> K6Block16 {
+        // The sixteen scales, six bits each less 32 (`q3k_scales` lane by lane).
+        let (a0, a1, t) = (gather(p.add(96)), gather(p.add(100)), gather(p.add(104)));
+        let (k1, k2) = (
+            _mm512_set1_epi32(0x0303_0303),
+            _mm512_set1_epi32(0x0f0f_0f0f),
+        );
+        let hi = |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(v, k1));
+        let aux = [
+            _mm512_or_si512(_mm512_and_si512(a0, k2), hi(t)),
+            _mm512_or_si512(_mm512_and_si512(a1, k2), hi(_mm512_srli_epi32::<2>(t))),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi32::<4>(a0), k2),
+                hi(_mm512_srli_epi32::<4>(t)),
+            ),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi32::<4>(a1), k2),
+                hi(_mm512_srli_epi32::<6>(t)),
+            ),
+        ];
+        let (byte, k32) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(32));
+        let sc: [__m512i; 16] = std::array::from_fn(|i| {
+            let v = _mm512_srlv_epi32(aux[i / 4], _mm512_set1_epi32(8 * (i % 4) as i32));
+            _mm512_sub_epi32(_mm512_and_si512(v, byte), k32)
+        });
+        let mut blk = K6Block16 {
+            q: [[_mm512_setzero_si512(); 4]; 16],
+            scp: pairs(&sc),
+            sc,
+            // d is the f16 at 108: read from 106 so the gather stays inside the 110-byte block.
+            d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(gather(
+                p.add(106),
+            )))),
+        };
+        let (three, one) = (_mm512_set1_epi8(3), _mm512_set1_epi8(1));
+        for g in 0..8 {
+            let hm = gather(p.add(4 * g));
+            for n in 0..2 {
+                let qs = gather(p.add(32 + 32 * n + 4 * g));
+                for j in 0..4 {
+                    // Values 128n + 32j + 4g..: two bits of qs, the third from hmask bit 4n + j.
+                    let shr =
+                        |v: __m512i, s: usize| _mm512_srlv_epi16(v, _mm512_set1_epi16(s as i16));
+                    let lo = _mm512_and_si512(shr(qs, 2 * j), three);
+                    let hb = _mm512_slli_epi16::<2>(_mm512_and_si512(shr(hm, 4 * n + j), one));
+                    blk.q[8 * n + 2 * j + g / 4][g % 4] = _mm512_or_si512(lo, hb);
+                }
+            }
+        }
+        blk
+    };
     buf.clear();
     buf.extend((0..nb).map(|b| {
+        if q3 {
+            return q3_block(base.add(b * 110));
+        }
         let p = base.add(b * 210);
         let mut blk = K6Block16 {
             q: [[_mm512_setzero_si512(); 4]; 16],
@@ -980,18 +1045,15 @@ pub unsafe fn gemm16_q6k_512(
             blk.sc[4 * k + 2] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(s));
             blk.sc[4 * k + 3] = _mm512_srai_epi32::<24>(s);
         }
-        let low = _mm512_set1_epi32(0xffff);
-        for k in 0..8 {
-            blk.scp[k] = _mm512_or_si512(
-                _mm512_and_si512(blk.sc[2 * k], low),
-                _mm512_slli_epi32::<16>(blk.sc[2 * k + 1]),
-            );
-        }
+        blk.scp = pairs(&blk.sc);
         blk
     }));
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     #[inline]
-    unsafe fn run<const T: usize>(buf: &[K6Block16], xs: [&Q8KRow; T]) -> [__m512; T] {
+    unsafe fn run<const T: usize, const Q3: bool>(
+        buf: &[K6Block16],
+        xs: [&Q8KRow; T],
+    ) -> [__m512; T] {
         let mut acc = [_mm512_setzero_ps(); T];
         let yp = xs.map(|x| x.q.as_ptr() as *const i32);
         for (b, blk) in buf.iter().enumerate() {
@@ -1017,11 +1079,18 @@ pub unsafe fn gemm16_q6k_512(
                     let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
                     summ = _mm512_dpwssd_epi32(summ, scp, pair);
                 }
-                // mins are 32·scale: summ = 32·Σ scale·bsum.
-                let diff = _mm512_sub_epi32(sumi[k], _mm512_slli_epi32::<5>(summ));
-                let r = _mm512_mul_ps(_mm512_cvtepi32_ps(diff), blk.d);
                 let xd = _mm512_set1_ps(*xs[k].d.get_unchecked(b));
-                acc[k] = _mm512_fmadd_ps(r, xd, acc[k]);
+                if Q3 {
+                    // mins are 4·scale (the −4 of the three-bit values); Combine, folded.
+                    let diff = _mm512_sub_epi32(sumi[k], _mm512_slli_epi32::<2>(summ));
+                    let dd = _mm512_mul_ps(blk.d, xd);
+                    acc[k] = _mm512_add_ps(acc[k], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(diff)));
+                } else {
+                    // mins are 32·scale: summ = 32·Σ scale·bsum; Tiled.
+                    let diff = _mm512_sub_epi32(sumi[k], _mm512_slli_epi32::<5>(summ));
+                    let r = _mm512_mul_ps(_mm512_cvtepi32_ps(diff), blk.d);
+                    acc[k] = _mm512_fmadd_ps(r, xd, acc[k]);
+                }
             }
         }
         acc
@@ -1029,7 +1098,11 @@ pub unsafe fn gemm16_q6k_512(
     let mut lanes = [0f32; 16];
     let mut t = 0;
     while t + 2 <= xs.len() {
-        let r = run::<2>(buf, [&xs[t], &xs[t + 1]]);
+        let r = if q3 {
+            run::<2, true>(buf, [&xs[t], &xs[t + 1]])
+        } else {
+            run::<2, false>(buf, [&xs[t], &xs[t + 1]])
+        };
         for (k, v) in r.into_iter().enumerate() {
             _mm512_storeu_ps(lanes.as_mut_ptr(), v);
             out(t + k, &lanes);
@@ -1037,7 +1110,11 @@ pub unsafe fn gemm16_q6k_512(
         t += 2;
     }
     if t < xs.len() {
-        let [v] = run::<1>(buf, [&xs[t]]);
+        let [v] = if q3 {
+            run::<1, true>(buf, [&xs[t]])
+        } else {
+            run::<1, false>(buf, [&xs[t]])
+        };
         _mm512_storeu_ps(lanes.as_mut_ptr(), v);
         out(t, &lanes);
     }

@@ -488,14 +488,15 @@ fn rows_k(
     // llama.cpp's kernel, and so summation order, for each token (see `KOrder::for_batch`).
     let order = |t: usize| KOrder::for_batch(w.ty, w.rows, n, t);
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512 && (n > 1 || w.ty == GgmlType::Q5_K) {
+    if level == SimdLevel::Avx512 && (n > 1 || matches!(w.ty, GgmlType::Q5_K | GgmlType::Q3_K)) {
         use crate::quant::x86k;
-        // Prefill of Q4_K (`Split`, `Split64`), Q5_K (`Combine`, single tokens too) and Q6_K
-        // (`Tiled`): sixteen rows unpacked once, then every token against them.
+        // Prefill of Q4_K (`Split`, `Split64`), Q5_K and Q3_K (`Combine`, single tokens too) and
+        // Q6_K (`Tiled`): sixteen rows unpacked once, then every token against them.
         let (rb, nb) = (w.row(0).len(), w.cols / 256);
         let q45 = matches!(w.ty, GgmlType::Q4_K | GgmlType::Q5_K);
-        let q6k = w.ty == GgmlType::Q6_K && (0..n).all(|t| order(t) == KOrder::Tiled);
-        if q45 || q6k {
+        let q36 = w.ty == GgmlType::Q3_K
+            || (w.ty == GgmlType::Q6_K && (0..n).all(|t| order(t) == KOrder::Tiled));
+        if q45 || q36 {
             let (mut b4, mut b6) = (Vec::new(), Vec::new());
             while r0 < r1 {
                 let m = (r1 - r0).min(16);
@@ -511,7 +512,8 @@ fn rows_k(
                         let q5 = w.ty == GgmlType::Q5_K;
                         x86k::gemm16_k45_512(base, rb, q5, m, nb, xs, &mut b4, order, emit)
                     } else {
-                        x86k::gemm16_q6k_512(base, rb, m, nb, xs, &mut b6, emit)
+                        let q3 = w.ty == GgmlType::Q3_K;
+                        x86k::gemm16_k36_512(base, rb, q3, m, nb, xs, &mut b6, emit)
                     }
                 };
                 r0 += m;
