@@ -10,18 +10,16 @@ import json
 
 import numpy as np
 
+from rllama import _core
+
 SHAPES = [(4096, 4096), (1536, 576), (49152, 576)]  # (rows = n_out, cols = n_in)
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"]
-# (values per block, bytes per block) of the types timed on random weights.
-BLOCKS = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q4_K": (256, 144),
-          "Q6_K": (256, 210), "Q5_K": (256, 176), "Q2_K": (256, 84), "Q3_K": (256, 110), "IQ4_XS": (256, 136),
-          "F32": (1, 4)}
 F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208],
               "Q5_K": [0, 2], "Q2_K": [80, 82], "Q3_K": [108], "IQ4_XS": [0]}
 
 
 def random_weights(ty: str, rows: int, cols: int, rng) -> bytes:
-    bs, ts = BLOCKS[ty]
+    bs, ts = _core.type_sizes(ty)
     if ty == "F32":
         return rng.standard_normal(rows * cols).astype(np.float32).tobytes()
     n_blocks = rows * cols // bs
@@ -51,7 +49,7 @@ def model_matrices(path: str):
 def random_matrices(types: list[str], rng):
     for ty in types:
         for rows, cols in SHAPES:
-            if cols % BLOCKS[ty][0]:
+            if cols % _core.type_sizes(ty)[0]:
                 continue  # not whole blocks per row (e.g. 576 columns of a 256-block K-quant)
             yield None, ty, rows, cols, random_weights(ty, rows, cols, rng)
 
@@ -64,11 +62,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gemm-tokens", type=int, default=512)
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     args = ap.parse_args(argv)
-    from rllama import _core
 
     types = args.types.split(",")
-    if not args.model and (bad := [t for t in types if t not in BLOCKS]):
-        raise SystemExit(f"error: no random weights for type {', '.join(bad)} (known: {', '.join(BLOCKS)})")
+    known = [*F16_FIELDS, "F32"]
+    if not args.model and (bad := [t for t in types if t not in known]):
+        raise SystemExit(f"error: no random weights for type {', '.join(bad)} (known: {', '.join(known)})")
     rng = np.random.default_rng(0)
     threads = [int(t) for t in args.threads.split(",")]
     bw = {}

@@ -107,6 +107,14 @@ fn quantize<'py>(py: Python<'py>, type_name: &str, values: &[u8]) -> PyResult<Bo
     Ok(PyBytes::new(py, &out))
 }
 
+/// (values per block, bytes per block) of the type named `type_name`.
+#[pyfunction]
+fn type_sizes(type_name: &str) -> PyResult<(usize, usize)> {
+    let ty = GgmlType::from_name(type_name)
+        .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
+    Ok((ty.block_size(), ty.type_size()))
+}
+
 #[pyfunction]
 fn simd() -> &'static str {
     match simd_level() {
@@ -148,6 +156,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyKernelMatrix>()?;
     m.add_function(wrap_pyfunction!(simd, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(type_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())
 }

@@ -598,6 +598,52 @@ pub unsafe fn gemm_k_512(
     }
 }
 
+/// The scale and min of sub-block `j` of sixteen Q4_K/Q5_K super-blocks, one per lane, from
+/// their 12 packed bytes gathered as three 4-byte words (six bits each, as `k4_scales_mins`).
+#[inline(always)]
+unsafe fn k4_scale_min16(packed: [__m512i; 3], j: u32) -> (__m512i, __m512i) {
+    let [s0, s1, s2] = packed;
+    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
+    let (k6, k4, k3) = (
+        _mm512_set1_epi32(63),
+        _mm512_set1_epi32(15),
+        _mm512_set1_epi32(3),
+    );
+    if j < 4 {
+        (
+            _mm512_and_si512(shr(s0, 8 * j), k6),
+            _mm512_and_si512(shr(s1, 8 * j), k6),
+        )
+    } else {
+        let j = j - 4;
+        let hi = |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(shr(v, 8 * j + 6), k3));
+        (
+            _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j), k4), hi(s0)),
+            _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j + 4), k4), hi(s1)),
+        )
+    }
+}
+
+/// d and dmin of sixteen Q4_K/Q5_K super-blocks from their first four bytes, one per lane.
+#[inline(always)]
+unsafe fn k4_d_dmin16(dm: __m512i) -> (__m512, __m512) {
+    (
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)),
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm))),
+    )
+}
+
+/// Hand token t.. their sixteen lanes each (`r[k]` is token t + k); returns how many tokens.
+#[inline(always)]
+unsafe fn emit16(r: &[__m512], t: usize, out: &mut impl FnMut(usize, &[f32; 16])) -> usize {
+    let mut lanes = [0f32; 16];
+    for (k, &v) in r.iter().enumerate() {
+        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+        out(t + k, &lanes);
+    }
+    r.len()
+}
+
 /// Sixteen Q4_K rows (`row_bytes` apart from `base`, `nb` super-blocks each) against one Q8_K
 /// row, one row per lane, as `x86::dot16_512` does for the legacy types: each 4-byte group of
 /// quants gathered from the sixteen rows, one VNNI per group and half against broadcast
@@ -606,20 +652,8 @@ pub unsafe fn gemm_k_512(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8KRow) -> [f32; 16] {
     check_x(x, nb);
-    assert!(row_bytes
-        .checked_mul(15)
-        .is_some_and(|v| v < i32::MAX as usize));
-    let idx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(row_bytes as i32),
-    );
+    let idx = super::x86::row_offsets(row_bytes, 16);
     let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
-    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
-    let (k6, k4, k3) = (
-        _mm512_set1_epi32(63),
-        _mm512_set1_epi32(15),
-        _mm512_set1_epi32(3),
-    );
     let nib = _mm512_set1_epi8(0x0f);
     let yp = x.q.as_ptr() as *const i32;
     let next = base.wrapping_add(16 * row_bytes);
@@ -633,24 +667,8 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
             off += 64;
         }
         let dm = gather(p);
-        let (s0, s1, s2) = (gather(p.add(4)), gather(p.add(8)), gather(p.add(12)));
-        // Scale and min of sub-block j (six bits each, packed as in `k4_scales_mins`).
-        let scale_min = |j: u32| -> (__m512i, __m512i) {
-            if j < 4 {
-                (
-                    _mm512_and_si512(shr(s0, 8 * j), k6),
-                    _mm512_and_si512(shr(s1, 8 * j), k6),
-                )
-            } else {
-                let j = j - 4;
-                let hi =
-                    |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(shr(v, 8 * j + 6), k3));
-                (
-                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j), k4), hi(s0)),
-                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j + 4), k4), hi(s1)),
-                )
-            }
-        };
+        let packed = [gather(p.add(4)), gather(p.add(8)), gather(p.add(12))];
+        let scale_min = |j: u32| k4_scale_min16(packed, j);
         let bs = x.bsums.as_ptr().add(16 * b);
         let mut sumi = _mm512_setzero_si512();
         let mut summ = _mm512_setzero_si512();
@@ -672,8 +690,7 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
                 summ = _mm512_add_epi32(summ, _mm512_mullo_epi32(mn, _mm512_set1_epi32(ysum)));
             }
         }
-        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
-        let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm)));
+        let (d, dmin) = k4_d_dmin16(dm);
         let xd = _mm512_set1_ps(*x.d.get_unchecked(b));
         // `KOrder::Split`, lane by lane: the same bits as every other level.
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(d, xd), acc);
@@ -726,42 +743,20 @@ pub unsafe fn gemm16_k45_512(
     }
     let idx = super::x86::row_offsets(row_bytes, m);
     let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
-    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
-    let (k6, k4, k3) = (
-        _mm512_set1_epi32(63),
-        _mm512_set1_epi32(15),
-        _mm512_set1_epi32(3),
-    );
     let nib = _mm512_set1_epi8(0x0f);
     let (one, (block, quants)) = (_mm512_set1_epi8(1), if q5 { (176, 48) } else { (144, 16) });
     buf.clear();
     buf.extend((0..nb).map(|b| {
         let p = base.add(b * block);
-        let dm = gather(p);
-        let (s0, s1, s2) = (gather(p.add(4)), gather(p.add(8)), gather(p.add(12)));
-        // Scale and min of sub-block j, as in `dot16_q4k_512`.
-        let scale_min = |j: u32| -> (__m512i, __m512i) {
-            if j < 4 {
-                (
-                    _mm512_and_si512(shr(s0, 8 * j), k6),
-                    _mm512_and_si512(shr(s1, 8 * j), k6),
-                )
-            } else {
-                let j = j - 4;
-                let hi =
-                    |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(shr(v, 8 * j + 6), k3));
-                (
-                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j), k4), hi(s0)),
-                    _mm512_or_si512(_mm512_and_si512(shr(s2, 8 * j + 4), k4), hi(s1)),
-                )
-            }
-        };
+        let packed = [gather(p.add(4)), gather(p.add(8)), gather(p.add(12))];
+        let scale_min = |j: u32| k4_scale_min16(packed, j);
+        let (d, dmin) = k4_d_dmin16(gather(p));
         let mut blk = K4Block16 {
             q: [[_mm512_setzero_si512(); 8]; 8],
             sc: [_mm512_setzero_si512(); 8],
             mn: [_mm512_setzero_si512(); 4],
-            d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)),
-            dmin: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dm))),
+            d,
+            dmin,
         };
         for g in 0..8 {
             // Q5_K's fifth bits of values 4g.. of every 32: bit 2c (low nibbles of chunk c) and
@@ -875,7 +870,6 @@ pub unsafe fn gemm16_k45_512(
         }
         r
     }
-    let mut lanes = [0f32; 16];
     let mut t = 0;
     while t < xs.len() {
         let o = order(t);
@@ -890,11 +884,7 @@ pub unsafe fn gemm16_k45_512(
             (false, KOrder::Combine) => &run::<1, COMBINE>(buf, [a]),
             (_, o) => panic!("gemm16_k45_512 does not sum in {o:?}"),
         };
-        for (k, &v) in r.iter().enumerate() {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-            out(t + k, &lanes);
-        }
-        t += r.len();
+        t += emit16(r, t, &mut out);
     }
 }
 
@@ -1095,27 +1085,14 @@ pub unsafe fn gemm16_k36_512(
         }
         acc
     }
-    let mut lanes = [0f32; 16];
     let mut t = 0;
-    while t + 2 <= xs.len() {
-        let r = if q3 {
-            run::<2, true>(buf, [&xs[t], &xs[t + 1]])
-        } else {
-            run::<2, false>(buf, [&xs[t], &xs[t + 1]])
+    while t < xs.len() {
+        let r: &[__m512] = match (t + 1 < xs.len(), q3) {
+            (true, true) => &run::<2, true>(buf, [&xs[t], &xs[t + 1]]),
+            (true, false) => &run::<2, false>(buf, [&xs[t], &xs[t + 1]]),
+            (false, true) => &run::<1, true>(buf, [&xs[t]]),
+            (false, false) => &run::<1, false>(buf, [&xs[t]]),
         };
-        for (k, v) in r.into_iter().enumerate() {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-            out(t + k, &lanes);
-        }
-        t += 2;
-    }
-    if t < xs.len() {
-        let [v] = if q3 {
-            run::<1, true>(buf, [&xs[t]])
-        } else {
-            run::<1, false>(buf, [&xs[t]])
-        };
-        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-        out(t, &lanes);
+        t += emit16(r, t, &mut out);
     }
 }
