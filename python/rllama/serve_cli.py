@@ -166,10 +166,26 @@ def unsupported(s: ServerSettings) -> list[str]:
         (s.grp_attn_n != d.grp_attn_n, "--grp-attn-n (self-extend)"),
         (s.grp_attn_w != d.grp_attn_w, "--grp-attn-w (self-extend)"),
         (s.system_prompt_file is not None, "-spf/--system-prompt-file"),
-        (s.spm_infill, "--spm-infill"),
-        (s.ssl_key_file is not None or s.ssl_cert_file is not None, "--ssl-key-file/--ssl-cert-file"),
     ]
     return [name for bad, name in checks if bad]
+
+
+def check(s: ServerSettings) -> str | None:
+    """A one-line reason the flags cannot work together, or None."""
+    if (s.ssl_key_file is None) != (s.ssl_cert_file is None):
+        return "--ssl-key-file and --ssl-cert-file must be given together"
+    for f in (s.ssl_key_file, s.ssl_cert_file, s.api_key_file):
+        if f is not None and not os.path.isfile(f):
+            return f"no such file: {f}"
+    if s.path is not None and not os.path.isdir(s.path):
+        return f"--path {s.path}: not a directory"
+    if s.parallel < 1:
+        return "-np/--parallel must be at least 1"
+    if s.port < 0 or s.port > 65535:
+        return f"--port {s.port}: out of range"
+    if s.threads_http is not None and s.threads_http < 1:
+        return "--threads-http must be at least 1"
+    return None
 
 
 def resolve_model(s: ServerSettings) -> str:
@@ -184,16 +200,48 @@ def resolve_model(s: ServerSettings) -> str:
     return str(resolve(s.model))
 
 
+def model_kwargs(s: ServerSettings) -> dict:
+    """`rllama.Model` keyword arguments for these flags (only those the installed Model takes)."""
+    import inspect
+
+    from rllama.model import Model
+
+    d = ServerSettings()
+    kw = {"n_ctx": s.ctx_size, "n_threads": s.threads, "n_threads_batch": s.threads_batch,
+          "n_batch": s.batch_size, "n_ubatch": s.ubatch_size, "no_mmap": s.no_mmap, "mlock": s.mlock,
+          "chat_template": s.chat_template, "alias": s.alias, "cache_type_k": s.cache_type_k,
+          "cache_type_v": s.cache_type_v, "flash_attn": s.flash_attn, "rope_scaling": s.rope_scaling,
+          "rope_freq_base": s.rope_freq_base, "rope_freq_scale": s.rope_freq_scale}
+    for name in ("yarn_ext_factor", "yarn_attn_factor", "yarn_beta_slow", "yarn_beta_fast"):
+        if getattr(s, name) != getattr(d, name):  # the defaults mean "from the model"
+            kw[name] = getattr(s, name)
+    accepted = inspect.signature(Model.__init__).parameters
+    if "n_parallel" in accepted:
+        kw["n_parallel"] = s.parallel
+    elif s.parallel != 1:
+        raise NotSupportedYet("not supported yet: -np/--parallel above 1 (this engine has one slot)")
+    if "embeddings" in accepted:
+        kw["embeddings"] = s.embeddings
+    if "pooling" in accepted and s.pooling is not None:
+        kw["pooling"] = s.pooling
+    return kw
+
+
 def main(argv: list[str]) -> int:
     s = parse(argv)
     bad = unsupported(s)
     if bad:
         print(f"rllama serve: error: not supported yet: {', '.join(bad)}", file=sys.stderr)
         return 1
+    problem = check(s)
+    if problem:
+        print(f"rllama serve: error: {problem}", file=sys.stderr)
+        return 2
     path = resolve_model(s)
     from rllama.gguf import read
 
     read(path)  # validates the file: a corrupt model is reported here, with its byte offset
-    print("rllama serve: error: not supported yet: the HTTP server (model resolved at "
-          f"{path}; run `python -m rllama run -m {s.model or 'smollm2'}` to generate in-process)", file=sys.stderr)
-    return 1
+    kwargs = model_kwargs(s)
+    from rllama.server.run import serve
+
+    return serve(s, path, kwargs)
