@@ -198,6 +198,18 @@ class Model:
         """Render `messages` with the chat template and complete the prompt."""
         return self.complete(self.apply_chat_template(messages), **options)
 
+    def create_chat_completion(self, messages: Any, **options: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """OpenAI's chat completion object (or its chunks with stream=True), as /v1/chat/completions."""
+        from rllama import openai
+
+        return openai.create_chat_completion(self, messages, **options)
+
+    def create_completion(self, prompt: str | list[int], **options: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """OpenAI's text completion object (or its chunks with stream=True), as /v1/completions."""
+        from rllama import openai
+
+        return openai.create_completion(self, prompt, **options)
+
     # Embeddings and perplexity ---------------------------------------------------------------
     def logits(self, ids: Sequence[int], all_positions: bool = False, first: int = 0) -> np.ndarray:
         """Logits for `ids` evaluated from position 0: the last position, or every position from
