@@ -56,14 +56,15 @@ async def slot_action(id_slot: str):
     if not 0 <= slot < st.backend.n_parallel:
         raise not_found(f"Invalid slot id {slot}: the server has {st.backend.n_parallel} slot(s)")
     model = st.model
+    body = await body_json(allow_empty=True)
+    path = slot_file(st, body.get("filename")) if action != "erase" else None
     method = {"save": "slot_save", "restore": "slot_restore", "erase": "slot_erase"}[action]
     if not hasattr(model, method):
         raise not_supported(f"slot {action} is not supported by this engine yet")
-    body = await body_json(allow_empty=True)
     if action == "erase":
         res = await st.backend.call(model.slot_erase, slot)
         return jsonify({"id_slot": slot, "n_erased": res["n_erased"]})
-    path = slot_file(st, body.get("filename"))
+    assert path is not None
     if action == "save":
         os.makedirs(path.parent, exist_ok=True)
         res = await st.backend.call(model.slot_save, slot, str(path))
