@@ -8,6 +8,7 @@ from rllama.errors import (
     InvalidRequestError,
     ModelLoadError,
     RllamaError,
+    TemplateError,
 )
 from rllama.model import Model
 from rllama.tokenizer import Tokenizer
@@ -19,6 +20,7 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "RllamaError",
+    "TemplateError",
     "Tokenizer",
     "__version__",
     "gguf",
