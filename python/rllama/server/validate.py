@@ -42,6 +42,23 @@ def _depth(v: Any, limit: int) -> int:
     return deepest
 
 
+def _has_lone_surrogate(v: Any) -> bool:
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
 def parse_json(data: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
     """A request body as a JSON object, or a 400 saying why not."""
     if not data.strip():
@@ -60,6 +77,8 @@ def parse_json(data: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
         raise invalid(f"invalid JSON in the request body: {e}") from None
     if not isinstance(body, dict):
         raise invalid(f"the request body must be a JSON object, got {type(body).__name__}")
+    if "\\u" in text and _has_lone_surrogate(body):
+        raise invalid("invalid JSON in the request body: a \\u escape is an unpaired UTF-16 surrogate")
     if _depth(body, MAX_DEPTH) > MAX_DEPTH:
         raise invalid(f"the request JSON is nested deeper than {MAX_DEPTH} levels")
     return body

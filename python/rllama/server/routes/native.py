@@ -129,6 +129,8 @@ async def completion():
 # Infill ----------------------------------------------------------------------------------------------
 def infill_ids(st: State, body: dict[str, Any]) -> list[int]:
     """[fim_pre] prefix [fim_suf] suffix [fim_mid] prompt (or suffix first with --spm-infill)."""
+    for k in ("input_prefix", "input_suffix", "prompt"):
+        validate.check_str(body, k)
     tok = st.model.tokenizer
     missing = [name for name, i in (("prefix", tok.special_ids.get("fim_pre")),
                                     ("suffix", tok.special_ids.get("fim_suf")),
@@ -136,8 +138,6 @@ def infill_ids(st: State, body: dict[str, Any]) -> list[int]:
     if missing:
         raise not_supported("Infill is not supported by this model: "
                             + " ".join(f"{m} token is missing." for m in missing))
-    for k in ("input_prefix", "input_suffix", "prompt"):
-        validate.check_str(body, k)
     pre = st.model.tokenize(body.get("input_prefix", ""), add_special=False, parse_special=False)
     suf = st.model.tokenize(body.get("input_suffix", ""), add_special=False, parse_special=False)
     extra = st.model.tokenize(body.get("prompt", ""), add_special=False, parse_special=False)
