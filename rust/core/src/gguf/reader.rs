@@ -89,6 +89,21 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+fn refuse_non_regular(path: &Path, ft: &std::fs::FileType) -> Result<()> {
+    if ft.is_file() {
+        return Ok(());
+    }
+    let what = if ft.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file (a FIFO, socket or device)"
+    };
+    Err(Error::load(format!(
+        "{}: is {what}, not a GGUF model file",
+        path.display()
+    )))
+}
+
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let path = path.as_ref();
@@ -96,7 +111,13 @@ impl GgufFile {
             path: path.display().to_string(),
             source,
         };
+        // A FIFO, a device or a directory would block in open or read, or fail with an errno
+        // that names no cause ("No such device"): only regular files are model files.
+        let meta = std::fs::metadata(path).map_err(io_err)?;
+        refuse_non_regular(path, &meta.file_type())?;
         let mut file = File::open(path).map_err(io_err)?;
+        // The path may have been replaced between the two calls: check what was opened.
+        refuse_non_regular(path, &file.metadata().map_err(io_err)?.file_type())?;
         let storage = if opts.no_mmap {
             let mut buf = Vec::new();
             file.read_to_end(&mut buf).map_err(io_err)?;
@@ -554,5 +575,31 @@ mod tests {
             }
             let _ = GgufFile::from_bytes(b);
         }
+    }
+
+    #[test]
+    fn directories_are_refused_before_opening() {
+        let dir = std::env::temp_dir();
+        let e = GgufFile::open(&dir, &LoadOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::ModelLoad(_)), "{e:?}");
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let path = std::env::temp_dir().join(format!("rllama-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return; // no mkfifo here: nothing to test
+        }
+        let e = GgufFile::open(&path, &LoadOptions::default()).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

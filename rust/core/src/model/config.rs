@@ -139,17 +139,40 @@ impl ModelConfig {
                 ));
             }
         }
-        let n_vocab = match f.get_i64(&k("vocab_size")) {
-            Some(v) => pos(&k("vocab_size"), v)?,
-            None => f
-                .get_array("tokenizer.ggml.tokens")
-                .map(|a| a.len())
-                .ok_or_else(|| Error::load("no vocab_size and no tokenizer.ggml.tokens"))?,
+        // Like llama.cpp, the tokenizer's token list is the vocabulary: the embedding and output
+        // matrices must have one row per token (checked against n_vocab where they are loaded),
+        // and a vocab_size key that disagrees is a broken file, not a hint.
+        let n_tokens = f.get_array("tokenizer.ggml.tokens").map(|a| a.len());
+        let n_vocab = match (f.get_i64(&k("vocab_size")), n_tokens) {
+            (Some(v), Some(n)) if v != n as i64 => {
+                return Err(Error::load(format!(
+                    "metadata {} = {v} differs from the tokenizer's {n} tokens",
+                    k("vocab_size")
+                )))
+            }
+            (Some(v), _) => pos(&k("vocab_size"), v)?,
+            (None, Some(n)) => pos("tokenizer.ggml.tokens (length)", n as i64)?,
+            (None, None) => return Err(Error::load("no vocab_size and no tokenizer.ggml.tokens")),
         };
+        if let Some(t) = f.tensor("token_embd.weight") {
+            let rows = t.dims.get(1).copied().unwrap_or(1);
+            if rows != n_vocab as u64 {
+                return Err(Error::load(format!(
+                    "token_embd.weight has {rows} rows but the vocabulary has {n_vocab} tokens"
+                )));
+            }
+        }
         let n_ctx_train = f.get_i64(&k("context_length")).unwrap_or(2048).max(1) as usize;
         let rms_eps = f
             .get_f64(&k("attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5) as f32;
+        // NaN or a negative epsilon makes every norm NaN (sqrt of a negative mean square).
+        if !(rms_eps >= 0.0 && rms_eps.is_finite()) {
+            return Err(Error::load(format!(
+                "metadata {} = {rms_eps} must be a finite number >= 0",
+                k("attention.layer_norm_rms_epsilon")
+            )));
+        }
         let n_rot = f
             .get_i64(&k("rope.dimension_count"))
             .map(|v| v as usize)
@@ -159,8 +182,19 @@ impl ModelConfig {
                 "rope dimension {n_rot} invalid for head size {head_dim}"
             )));
         }
-        let rope_base = f.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32;
-        let rope_base_swa = f.get_f64(&k("rope.freq_base_swa")).unwrap_or(10000.0) as f32;
+        // The same rule as the --rope-freq-base override (apply_rope_overrides): a base of 0,
+        // NaN, infinity or below zero gives NaN or constant angles, so it is a load error.
+        let positive_base = |key: String| -> Result<Option<f32>> {
+            match f.get_f64(&key) {
+                None => Ok(None),
+                Some(v) if v > 0.0 && (v as f32).is_finite() => Ok(Some(v as f32)),
+                Some(v) => Err(Error::load(format!(
+                    "metadata {key} = {v} must be a finite number > 0"
+                ))),
+            }
+        };
+        let rope_base = positive_base(k("rope.freq_base"))?.unwrap_or(10000.0);
+        let rope_base_swa = positive_base(k("rope.freq_base_swa"))?.unwrap_or(10000.0);
         let factor = match f.get_f64(&k("rope.scaling.factor")) {
             Some(s) if s > 0.0 => 1.0 / s as f32,
             _ => 1.0,

@@ -259,6 +259,25 @@ pub fn temperature(c: &mut Candidates, temp: f32) {
         }
         return;
     }
+    // A tiny temperature can overflow the best logit to +inf (or, when every logit is negative,
+    // all of them to -inf), and inf - inf makes the softmax NaN, then uniform: sampling must tend
+    // to greedy as temp -> 0. Scaling the differences from the best logit instead keeps the best
+    // at 0 and sends the rest towards -inf, the limit. Only taken when the plain division would
+    // overflow, so ordinary temperatures keep llama.cpp's exact arithmetic.
+    let max_l = c
+        .data
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, x| m.max(x.logit));
+    if max_l.is_finite() && !(max_l / temp).is_finite() {
+        for x in c.data.iter_mut() {
+            x.logit = if x.logit == max_l {
+                0.0
+            } else {
+                (x.logit - max_l) / temp
+            };
+        }
+        return;
+    }
     for x in c.data.iter_mut() {
         x.logit /= temp;
     }
@@ -301,6 +320,24 @@ mod tests {
         let mut c = cands(&p.map(|x| x.ln()));
         min_p(&mut c, 0.9, 3);
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn tiny_temperatures_tend_to_greedy() {
+        for temp in [1e-39f32, 1e-30, f32::MIN_POSITIVE, 1e-45] {
+            let mut c = cands(&[1.0, 4.0, 3.0, 4.0 - 1e-6, -2.0]);
+            temperature(&mut c, temp);
+            c.softmax(true);
+            assert!(c.data.iter().all(|x| x.p.is_finite()), "{temp}: {:?}", c.data);
+            assert_eq!(c.data[0].id, 1, "{temp}");
+            assert!(c.data[0].p > 0.99, "{temp}: {:?}", c.data);
+        }
+        // Ties at the top share the mass; nothing else gets any.
+        let mut c = cands(&[5.0, 1.0, 5.0]);
+        temperature(&mut c, 1e-39);
+        c.softmax(true);
+        let p: Vec<f32> = c.data.iter().map(|x| x.p).collect();
+        assert_eq!(p, vec![0.5, 0.5, 0.0]);
     }
 
     #[test]

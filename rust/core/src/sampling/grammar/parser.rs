@@ -47,6 +47,28 @@ impl CharClass {
         inside != self.negated
     }
 
+    /// Whether no code point at all matches (`[]`, or a negation of every code point).
+    pub fn matches_nothing(&self) -> bool {
+        let mut r: Vec<(u32, u32)> = self
+            .ranges
+            .iter()
+            .copied()
+            .filter(|&(lo, hi)| lo <= hi)
+            .collect();
+        if !self.negated {
+            return r.is_empty();
+        }
+        r.sort_unstable();
+        let mut next = 0u32; // the first code point not yet covered
+        for (lo, hi) in r {
+            if lo > next {
+                return false;
+            }
+            next = next.max(hi.saturating_add(1));
+        }
+        next > 0x10FFFF
+    }
+
     /// Whether some code point in [lo, hi] matches.
     pub fn intersects(&self, lo: u32, hi: u32) -> bool {
         if self.negated {
@@ -83,6 +105,13 @@ struct Parser<'a> {
     n_elems: usize,
     /// For rules synthesized from groups and repetitions: the user's rule they came from.
     generated_from: Vec<Option<String>>,
+}
+
+fn show_char(c: u32) -> String {
+    match char::from_u32(c) {
+        Some(ch) if !ch.is_control() && ch != ' ' => ch.to_string(),
+        _ => format!("\\x{{{c:X}}}"),
+    }
 }
 
 fn is_word(c: u8) -> bool {
@@ -378,6 +407,7 @@ impl<'a> Parser<'a> {
                             "unterminated character class",
                         ));
                     }
+                    let range_at = self.pos;
                     let lo = self.parse_char()?;
                     let mut hi = lo;
                     if self.peek() == b'-' && self.peek_at(1) != b']' {
@@ -387,7 +417,26 @@ impl<'a> Parser<'a> {
                         }
                         hi = self.parse_char()?;
                     }
+                    // A reversed range matches nothing: the grammar could never be followed.
+                    if hi < lo {
+                        return Err(grammar_error(
+                            self.text,
+                            range_at,
+                            &format!(
+                                "character range {}-{} is reversed (it matches no character)",
+                                show_char(lo),
+                                show_char(hi)
+                            ),
+                        ));
+                    }
                     cls.ranges.push((lo, hi));
+                }
+                if cls.matches_nothing() {
+                    return Err(grammar_error(
+                        self.text,
+                        open,
+                        "character class matches no character",
+                    ));
                 }
                 self.pos += 1;
                 last_start = rule.len();
@@ -559,7 +608,50 @@ pub fn parse(text: &str) -> Result<ParsedGrammar> {
         generated_from,
     };
     check_left_recursion(&g)?;
+    check_root_can_finish(&g)?;
     Ok(g)
+}
+
+/// Reject a grammar whose root derives no finite string (every alternative eventually needs a
+/// rule that never ends, like `root ::= "a" root`): no output could ever complete it, so the
+/// end of generation would never be allowed and the output would never be a match.
+fn check_root_can_finish(g: &ParsedGrammar) -> Result<()> {
+    let n = g.rules.len();
+    let mut finite = vec![false; n];
+    loop {
+        let mut changed = false;
+        for (r, rule) in g.rules.iter().enumerate() {
+            if finite[r] {
+                continue;
+            }
+            let mut alt_ok = true;
+            for &e in rule {
+                match e {
+                    Elem::Alt | Elem::End => {
+                        if alt_ok {
+                            finite[r] = true;
+                            changed = true;
+                            break;
+                        }
+                        alt_ok = true;
+                    }
+                    Elem::Chars(c) => alt_ok &= !g.classes[c as usize].matches_nothing(),
+                    Elem::Ref(s) => alt_ok &= finite[s as usize],
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if finite[g.root as usize] {
+        return Ok(());
+    }
+    Err(Error::Grammar(
+        "Failed to parse grammar: rule 'root' can never be completed (each of its alternatives \
+         recurses forever or needs a rule that does), so no output could match it"
+            .into(),
+    ))
 }
 
 /// Reject left recursion (direct, indirect, or through rules that can match the empty string):
@@ -691,6 +783,25 @@ mod tests {
             ")".repeat(100_000)
         );
         assert!(parse(&s).is_err());
+    }
+
+    #[test]
+    fn unsatisfiable_grammars_are_errors() {
+        for (g, want) in [
+            ("root ::= [z-a]\n", "reversed"),
+            ("root ::= \"ab\" [z-a]\n", "line 1, column 16"),
+            ("root ::= []\n", "matches no character"),
+            ("root ::= \"x\" | [^\\x00-\\U0010FFFF]\n", "matches no character"),
+            ("root ::= \"a\" root\n", "never be completed"),
+            ("root ::= x\nx ::= \"a\" y\ny ::= \"b\" x\n", "never be completed"),
+        ] {
+            let e = parse(g).unwrap_err().to_string();
+            assert!(e.contains(want), "{g:?}: {e}");
+        }
+        // Recursion with a way out is fine, and so are negated classes with holes.
+        assert!(parse("root ::= \"a\" root | \"b\"\n").is_ok());
+        assert!(parse("root ::= [^\\x00-\\x10] [a-a] [^]\n").is_ok());
+        assert!(parse("root ::= \"\" | x\nx ::= \"a\" x\n").is_ok());
     }
 
     #[test]
