@@ -264,10 +264,7 @@ pub fn temperature(c: &mut Candidates, temp: f32) {
     // to greedy as temp -> 0. Scaling the differences from the best logit instead keeps the best
     // at 0 and sends the rest towards -inf, the limit. Only taken when the plain division would
     // overflow, so ordinary temperatures keep llama.cpp's exact arithmetic.
-    let max_l = c
-        .data
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, x| m.max(x.logit));
+    let max_l = c.data.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.logit));
     if max_l.is_finite() && !(max_l / temp).is_finite() {
         for x in c.data.iter_mut() {
             x.logit = if x.logit == max_l {
@@ -328,7 +325,11 @@ mod tests {
             let mut c = cands(&[1.0, 4.0, 3.0, 4.0 - 1e-6, -2.0]);
             temperature(&mut c, temp);
             c.softmax(true);
-            assert!(c.data.iter().all(|x| x.p.is_finite()), "{temp}: {:?}", c.data);
+            assert!(
+                c.data.iter().all(|x| x.p.is_finite()),
+                "{temp}: {:?}",
+                c.data
+            );
             assert_eq!(c.data[0].id, 1, "{temp}");
             assert!(c.data[0].p > 0.99, "{temp}: {:?}", c.data);
         }

@@ -791,9 +791,15 @@ mod tests {
             ("root ::= [z-a]\n", "reversed"),
             ("root ::= \"ab\" [z-a]\n", "line 1, column 16"),
             ("root ::= []\n", "matches no character"),
-            ("root ::= \"x\" | [^\\x00-\\U0010FFFF]\n", "matches no character"),
+            (
+                "root ::= \"x\" | [^\\x00-\\U0010FFFF]\n",
+                "matches no character",
+            ),
             ("root ::= \"a\" root\n", "never be completed"),
-            ("root ::= x\nx ::= \"a\" y\ny ::= \"b\" x\n", "never be completed"),
+            (
+                "root ::= x\nx ::= \"a\" y\ny ::= \"b\" x\n",
+                "never be completed",
+            ),
         ] {
             let e = parse(g).unwrap_err().to_string();
             assert!(e.contains(want), "{g:?}: {e}");
