@@ -20,6 +20,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def checkout_env() -> dict[str, str]:
+    """Serve this checkout's code (python/, with its built extension) even when another copy of
+    rllama is installed in the environment."""
+    src = ROOT / "python"
+    if not any((src / "rllama").glob("_core*.so")):
+        return {}
+    return {"PYTHONPATH": os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 class Server:
     def __init__(self, model: Path, *args: str, scheme: str = "http", env: dict[str, str] | None = None,
                  verify: object = True):
@@ -29,9 +41,9 @@ class Server:
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"rllama-server-{self.port}.log"
         cmd = [sys.executable, "-m", "rllama", "serve", "-m", str(model), "--port", str(self.port),
                "-c", "2048", "-t", "2", *args]
-        self._logf = open(self.log, "wb")
+        self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **checkout_env(), **(env or {})})
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.time() + timeout

@@ -121,7 +121,7 @@ def test_metrics(server):
     for name in ("llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total",
                  "llamacpp:predicted_tokens_seconds", "llamacpp:requests_processing"):
         assert name in text
-    total = [ln for ln in text.splitlines() if ln.startswith("llamacpp:tokens_predicted_total")][0]
+    total = next(ln for ln in text.splitlines() if ln.startswith("llamacpp:tokens_predicted_total"))
     assert float(total.split()[-1]) >= 8
 
 
@@ -160,7 +160,7 @@ def test_infill_prompt_layout(server):
     from rllama.server.routes.native import infill_ids
 
     class Tok:
-        special_ids = {"fim_pre": 100, "fim_suf": 101, "fim_mid": 102}
+        special_ids = {"fim_pre": 100, "fim_suf": 101, "fim_mid": 102}  # noqa: RUF012
         add_bos, bos_id = True, 1
 
     class M:

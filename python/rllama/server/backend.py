@@ -48,6 +48,7 @@ class Backend:
         self.engine_slots = hasattr(model, "n_parallel")
         self.n_parallel = int(getattr(model, "n_parallel", 1) or 1)
         self._lock = threading.Lock()  # single-sequence models only
+        self._slots_free: asyncio.Semaphore | None = None  # engine models
         self._waiting = 0
         self._processing = 0
         self._task_ids = itertools.count()
@@ -90,7 +91,9 @@ class Backend:
     def metrics(self) -> dict[str, Any]:
         """The engine's counters, or (single-sequence models) this server's own tally."""
         if hasattr(self.model, "metrics"):
-            return dict(self.model.metrics())
+            m = dict(self.model.metrics())
+            m["requests_deferred"] = int(m.get("requests_deferred", 0)) + self._waiting
+            return m
         t = self.totals
         return {
             "prompt_tokens_total": t.prompt_tokens,
@@ -117,6 +120,16 @@ class Backend:
         """The chunks of one generation then its final object; closing the iterator cancels it."""
         opts = {**opts, "stream": True}
         if self.engine_slots:
+            # At most n_parallel requests are handed to the engine at once; the rest wait here
+            # (llama.cpp's deferred requests). The engine queues too, but a queued request must
+            # not depend on it while its deferral path is young.
+            if self._slots_free is None:
+                self._slots_free = asyncio.Semaphore(self.n_parallel)
+            self._waiting += 1
+            try:
+                await self._slots_free.acquire()
+            finally:
+                self._waiting -= 1
             agen = self.model.acomplete(prompt, **opts)
             self._processing += 1
             try:
@@ -126,7 +139,10 @@ class Backend:
                     yield chunk
             finally:
                 self._processing -= 1
-                await agen.aclose()
+                try:
+                    await agen.aclose()
+                finally:
+                    self._slots_free.release()
             return
         async for chunk in self._stream_serialized(prompt, opts):
             yield chunk
