@@ -111,3 +111,9 @@ def server(start_server, tmp_path_factory) -> Server:
     s = start_server("--embeddings", "--metrics", "--slot-save-path", str(slots))
     s.slot_dir = slots
     return s
+
+
+@pytest.fixture(scope="session")
+def server_env() -> dict[str, str]:
+    """The environment for a subprocess that should run this checkout's rllama."""
+    return {**os.environ, **checkout_env()}

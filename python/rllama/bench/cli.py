@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = {"kernels": "rllama.bench.kernels", "tokenizer": "rllama.bench.tokenizer"}
+SUBCOMMANDS = {"kernels": "rllama.bench.kernels", "tokenizer": "rllama.bench.tokenizer",
+               "load": "rllama.bench.load"}
 
 
 def main(argv: list[str]) -> int:
