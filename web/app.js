@@ -227,7 +227,8 @@ function fillSettings() {
     const input = $(`set-${f}`);
     input.value = s[f] ?? "";
     const d = state.defaults[f];
-    input.placeholder = d === undefined ? "" : String(d);
+    // the server reports float32 values (0.949999988...): show them as typed (0.95)
+    input.placeholder = d === undefined || d === null ? "" : String(typeof d === "number" ? Number(d.toPrecision(6)) : d);
   }
   $("set-constraint").value = s.constraint || "none";
   $("set-constraint-text").value = s.constraint_text || "";

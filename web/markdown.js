@@ -282,13 +282,15 @@ function blocks(lines, parent) {
       }
       for (const itemLines of items) {
         const li = el("li");
-        const rest = itemLines.slice(1);
-        if (rest.some((l) => startsBlock(l)) || rest.includes("")) {
-          blocks(itemLines, li);
-          // a single paragraph inside an item renders without the paragraph margins
-          if (li.childNodes.length === 1 && li.firstChild.tagName === "P") li.replaceChildren(...li.firstChild.childNodes);
+        while (itemLines.length > 1 && !itemLines[itemLines.length - 1].trim()) itemLines.pop();
+        if (itemLines.includes("")) {
+          blocks(itemLines, li); // a loose item: paragraphs
         } else {
-          inline(itemLines.join("\n"), li);
+          // a tight item: its text inline, then any nested blocks (lists, code)
+          let k = 1;
+          while (k < itemLines.length && !startsBlock(itemLines[k])) k++;
+          inline(itemLines.slice(0, k).join("\n"), li);
+          if (k < itemLines.length) blocks(itemLines.slice(k), li);
         }
         list.append(li);
       }
