@@ -186,3 +186,38 @@ def test_garbage_http(server):
                 pass
     with server.client() as c:
         assert c.get("/health").status_code == 200
+
+
+LOADING_SCRIPT = r"""
+import asyncio, json
+from rllama.serve_cli import parse
+from rllama.server import create_app
+
+async def main():
+    app = create_app(parse([]), None)  # the model is still loading
+    c = app.test_client()
+    out = {}
+    for path in ("/health", "/props", "/v1/models"):
+        r = await c.get(path)
+        out[path] = [r.status_code, await r.get_json()]
+    r = await c.post("/completion", json={"prompt": "x"})
+    out["/completion"] = [r.status_code, await r.get_json()]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_loading_model_is_503(server_env):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LOADING_SCRIPT], capture_output=True, text=True, timeout=60,
+                         env=server_env, check=False)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["/health"] == [503, {"status": "loading model"}]
+    for path in ("/props", "/v1/models", "/completion"):
+        code, body = res[path]
+        assert code == 503 and body["error"] == {"code": 503, "message": "Loading model", "type": "unavailable_error"}

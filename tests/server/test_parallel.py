@@ -1,0 +1,82 @@
+"""Slots (-np), /health while busy, id_slot, and the logging flags."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+LONG = {"prompt": "Tell me a long story.", "n_predict": 400, "ignore_eos": True, "temperature": 0, "stream": True}
+
+
+def hold_stream(server, started: threading.Event, stop: threading.Event, **extra) -> threading.Thread:
+    def run() -> None:
+        with server.client() as c, c.stream("POST", "/completion", json={**LONG, **extra}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    started.set()
+                if stop.is_set():
+                    break
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_health_when_busy(server):
+    started, stop = threading.Event(), threading.Event()
+    t = hold_stream(server, started, stop)
+    try:
+        assert started.wait(30)
+        with server.client() as c:
+            h = c.get("/health")
+            assert h.status_code == 200
+            assert h.json() == {"status": "no slot available", "slots_idle": 0, "slots_processing": 1}
+            assert c.get("/health", params={"fail_on_no_slot": "1"}).status_code == 503
+            slots = c.get("/slots").json()
+            assert slots[0]["is_processing"] is True
+    finally:
+        stop.set()
+        t.join(30)
+
+
+def test_two_slots(start_server):
+    s = start_server("-np", "2", "--metrics", "--log-format", "text", "-v")
+    with s.client() as c:
+        props = c.get("/props").json()
+        assert props["total_slots"] == 2
+        assert props["default_generation_settings"]["n_ctx"] == 1024  # 2048 shared by two slots
+        assert c.get("/health").json() == {"status": "ok", "slots_idle": 2, "slots_processing": 0}
+        assert len(c.get("/slots").json()) == 2
+        r = c.post("/completion", json={"prompt": "Slot one", "n_predict": 3, "temperature": 0, "id_slot": 1})
+        assert r.status_code == 200 and r.json()["id_slot"] == 1
+        assert c.post("/completion", json={"prompt": "x", "id_slot": 2}).status_code == 400
+    started, stop = threading.Event(), threading.Event()
+    t = hold_stream(s, started, stop)
+    try:
+        assert started.wait(30)
+        with s.client() as c:
+            h = c.get("/health").json()
+            assert h == {"status": "ok", "slots_idle": 1, "slots_processing": 1}
+            # The free slot answers while the other streams.
+            t0 = time.time()
+            r = c.post("/completion", json={"prompt": "Quick", "n_predict": 3, "temperature": 0})
+            assert r.status_code == 200 and time.time() - t0 < 20
+    finally:
+        stop.set()
+        t.join(30)
+    log = s.output()
+    assert "/completion" in log and "status=200" in log  # -v with text logs: one line per request
+
+
+def test_json_logs_and_log_disable(start_server):
+    s = start_server("-v")
+    with s.client() as c:
+        c.get("/props")
+    lines = [json.loads(ln) for ln in s.output().splitlines() if ln.startswith("{")]
+    assert any(ln.get("path") == "/props" and ln.get("status") == 200 for ln in lines)
+    assert all({"timestamp", "level", "msg"} <= set(ln) for ln in lines)
+    quiet = start_server("--log-disable")
+    with quiet.client() as c:
+        c.get("/props")
+    assert quiet.output().strip() == ""
