@@ -2,7 +2,7 @@
 // streamed as server-sent events. No framework: the DOM is built with createElement and
 // textContent only (model text is never parsed as HTML; see markdown.js).
 import { renderMarkdown, copyText } from "./markdown.js";
-import { sseEvents, llama, LlamaError } from "./completion.js";
+import { sseEvents, llama, LlamaError, streamError } from "./completion.js";
 
 const $ = (id) => document.getElementById(id);
 const store = {
@@ -163,7 +163,7 @@ async function pollState() {
   try {
     const res = await fetch("/slots", { headers: authHeaders() });
     if (!res.ok) {
-      $("slots-state").textContent = res.status === 501 ? "" : "";
+      $("slots-state").textContent = ""; // --slots-endpoint-disable (501) or an error: say nothing
       return;
     }
     const slots = await res.json();
@@ -317,7 +317,7 @@ function applyTheme(t) {
   $("theme-btn").title = `Theme: ${label}`;
 }
 $("theme-btn").addEventListener("click", () => {
-  const cur = store.get(K.theme, "auto");
+  const cur = currentTheme();
   const next = THEMES[(THEMES.indexOf(cur) + 1) % THEMES.length];
   try {
     localStorage.setItem(K.theme, next === "auto" ? "" : next);
@@ -529,7 +529,9 @@ function setBusy(kind, controller) {
 }
 
 function stopGeneration() {
-  if (state.busy) state.busy.controller.abort();
+  if (!state.busy) return;
+  state.busy.stopped = true; // the user's stop, not an error that also closed the stream
+  state.busy.controller.abort();
 }
 $("stop-btn").addEventListener("click", () => {
   stopGeneration();
@@ -580,6 +582,7 @@ async function runChat(conv) {
   try {
     const res = await api("/v1/chat/completions", { method: "POST", body, signal: controller.signal });
     for await (const ev of sseEvents(res)) {
+      if (ev.error !== undefined) throw streamError(ev.error);
       if (ev.data === "[DONE]") break;
       let d;
       try {
@@ -601,7 +604,7 @@ async function runChat(conv) {
       if (choice?.finish_reason) reply.finish = choice.finish_reason;
     }
   } catch (e) {
-    if (e.name === "AbortError" || controller.signal.aborted) reply.stopped = true;
+    if (e.name === "AbortError" || state.busy?.stopped) reply.stopped = true;
     else reply.error = e.message || String(e);
   } finally {
     delete reply.pending;
@@ -785,7 +788,7 @@ $("completion-form").addEventListener("submit", async (e) => {
       out.scrollTop = out.scrollHeight;
     }
   } catch (err) {
-    if (err.name === "AbortError" || controller.signal.aborted) stopped = true;
+    if (err.name === "AbortError" || state.busy?.stopped) stopped = true;
     else {
       if (err.status === 401) showAuth(err.message);
       out.append(el("span", { class: "error", role: "alert" }, `\n[error: ${err.message}]`));

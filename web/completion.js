@@ -40,15 +40,21 @@ function headersFor(config, json = true) {
 }
 
 // Parse a fetch Response body as server-sent events (WHATWG rules: fields "data", "event",
-// "id", "retry"; lines starting with ":" are comments; a blank line ends an event).
+// "id", "retry"; lines starting with ":" are comments; a blank line ends an event). llama.cpp's
+// server also sends "error: {json}" lines when a stream fails midway: those come out as
+// events with an `error` field (the raw text).
 export async function* sseEvents(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
-  let ev = { data: [], event: undefined, id: undefined, retry: undefined };
+  let ev = { data: [], event: undefined, id: undefined, retry: undefined, error: undefined };
   const flush = () => {
-    const out = ev.data.length ? { data: ev.data.join("\n"), event: ev.event, id: ev.id, retry: ev.retry } : null;
-    ev = { data: [], event: undefined, id: ev.id, retry: undefined };
+    let out = null;
+    if (ev.data.length || ev.error !== undefined) {
+      out = { data: ev.data.join("\n"), event: ev.event, id: ev.id, retry: ev.retry };
+      if (ev.error !== undefined) out.error = ev.error;
+    }
+    ev = { data: [], event: undefined, id: ev.id, retry: undefined, error: undefined };
     return out;
   };
   try {
@@ -77,10 +83,12 @@ export async function* sseEvents(response) {
         else if (field === "event") ev.event = value;
         else if (field === "id") ev.id = value;
         else if (field === "retry") ev.retry = parseInt(value, 10);
+        else if (field === "error") ev.error = ev.error === undefined ? value : `${ev.error}\n${value}`;
       }
     }
     buffer += decoder.decode();
     if (buffer.startsWith("data:")) ev.data.push(buffer.slice(5).replace(/^ /, ""));
+    else if (buffer.startsWith("error:")) ev.error = buffer.slice(6).replace(/^ /, "");
     const out = flush();
     if (out) yield out;
   } finally {
@@ -110,6 +118,18 @@ async function errorFrom(response) {
   return new LlamaError(message, response.status, body);
 }
 
+// The error a stream reported midway ("error: {json}" or a data chunk with an "error" key).
+export function streamError(text) {
+  let body = null;
+  try {
+    body = typeof text === "string" ? JSON.parse(text) : text;
+  } catch (_) {
+    return new LlamaError(String(text) || "server error", 500, null);
+  }
+  const e = body && (body.error || body);
+  return new LlamaError((e && e.message) || "server error", (e && e.code) || 500, body);
+}
+
 export async function* llama(prompt, params = {}, config = {}) {
   const controller = config.controller || new AbortController();
   const base = config.api_url || "";
@@ -124,6 +144,7 @@ export async function* llama(prompt, params = {}, config = {}) {
   if (!response.ok) throw await errorFrom(response);
   try {
     for await (const ev of sseEvents(response)) {
+      if (ev.error !== undefined) throw streamError(ev.error);
       if (ev.data === "[DONE]") return;
       let data;
       try {

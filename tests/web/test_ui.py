@@ -421,3 +421,49 @@ def test_screenshots(browser, server, scheme, device, size):
     page.locator("#completion-output .tok").first.hover()
     page.screenshot(path=str(ARTIFACTS / f"completion-{device}-{scheme}.png"))
     ctx.close()
+
+
+def test_sse_parser_handles_split_chunks_and_error_lines(ui):
+    page, _ = ui
+    events = page.evaluate("""async () => {
+        const { sseEvents } = await import('/completion.js');
+        const parts = ['data: {"a":', '1}\\r', '\\n\\r\\n: a comment\\n', 'event: x\\ndata: line1\\ndata: line2\\n\\n',
+                       'id: 7\\ndata:no-space\\n\\nerror: {"error":{"code":500,"message":"boom"}}\\n\\n', 'data: tail'];
+        const enc = new TextEncoder();
+        const body = new ReadableStream({ start(c) { for (const p of parts) c.enqueue(enc.encode(p)); c.close(); } });
+        const out = [];
+        for await (const ev of sseEvents(new Response(body))) out.push(ev);
+        return out;
+    }""")
+    assert [e["data"] for e in events] == ['{"a":1}', "line1\nline2", "no-space", "", "tail"]
+    assert events[1]["event"] == "x" and events[2]["id"] == "7"
+    assert json.loads(events[3]["error"])["error"]["message"] == "boom"
+
+
+def test_a_stream_error_is_shown(ui):
+    page, _ = ui
+    sse = ('data: {"content": "Hello", "stop": false}\n\n'
+           'error: {"error": {"code": 500, "message": "the engine fell over", "type": "server_error"}}\n\n')
+    page.route("**/completion", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=sse))
+    page.click("#tab-completion")
+    page.click("#complete-btn")
+    page.wait_for_selector("#completion-output [role='alert']")
+    assert "the engine fell over" in page.inner_text("#completion-output")
+    assert page.locator("#complete-btn").is_visible()
+
+
+def test_theme_toggle_cycles_and_persists(ui):
+    page, _ = ui
+    theme = "document.documentElement.dataset.theme || 'auto'"
+    assert page.evaluate(theme) == "auto"
+    page.click("#theme-btn")
+    assert page.evaluate(theme) == "light"
+    page.click("#theme-btn")
+    assert page.evaluate(theme) == "dark"
+    assert "dark" in page.get_attribute("#theme-btn", "aria-label")
+    bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.reload()
+    assert page.evaluate(theme) == "dark"
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == bg
+    page.click("#theme-btn")
+    assert page.evaluate(theme) == "auto"
