@@ -41,15 +41,18 @@ def test_health_when_busy(server):
 
 
 def test_two_slots(start_server):
-    s = start_server("-np", "2", "--metrics", "--log-format", "text", "-v")
+    s = start_server("-np", "2", "--metrics", "--log-format", "text", "-v", "--alias", "my-model")
     with s.client() as c:
+        assert c.get("/v1/models").json()["data"][0]["id"] == "my-model"
+        chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert chat.json()["model"] == "my-model"
         props = c.get("/props").json()
         assert props["total_slots"] == 2
         assert props["default_generation_settings"]["n_ctx"] == 1024  # 2048 shared by two slots
         assert c.get("/health").json() == {"status": "ok", "slots_idle": 2, "slots_processing": 0}
         assert len(c.get("/slots").json()) == 2
         r = c.post("/completion", json={"prompt": "Slot one", "n_predict": 3, "temperature": 0, "id_slot": 1})
-        assert r.status_code == 200 and r.json()["id_slot"] == 1
+        assert r.status_code == 200 and r.json()["id_slot"] == 1 and r.json()["model"] == "my-model"
         assert c.post("/completion", json={"prompt": "x", "id_slot": 2}).status_code == 400
     started, stop = threading.Event(), threading.Event()
     t = hold_stream(s, started, stop)
