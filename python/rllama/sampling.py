@@ -20,9 +20,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rllama import validate
 from rllama._core import Grammar, Sampler, SamplerVocab, SamplingParams, top_logprobs
 from rllama.errors import InvalidRequestError
 from rllama.json_schema import schema_to_grammar
+from rllama.validate import INT32_MAX, N_PROBS_MAX
 
 __all__ = [
     "DEFAULTS",
@@ -35,8 +37,6 @@ __all__ = [
     "resolve_grammar",
     "top_logprobs",
 ]
-
-INT32_MAX = 2**31 - 1
 
 DEFAULTS: dict[str, Any] = {
     "temperature": 0.8,
@@ -92,30 +92,19 @@ def _invalid(msg: str) -> InvalidRequestError:
 
 
 def _number(opts: Mapping[str, Any], name: str, default: float) -> float:
+    """A finite number within float32's range (the core's type for every sampling number)."""
     v = opts.get(name)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _invalid(f'"{name}" must be a number, got {type(v).__name__}')
-    v = float(v)
-    if math.isnan(v):
-        raise _invalid(f'"{name}" must be a number, got NaN')
-    return v
+    return validate.number(v, name)
 
 
-def _integer(opts: Mapping[str, Any], name: str, default: int) -> int:
+def _integer(opts: Mapping[str, Any], name: str, default: int, lo: int | None = None,
+             hi: int | None = None) -> int:
     v = opts.get(name)
     if v is None:
         return default
-    if isinstance(v, bool):
-        raise _invalid(f'"{name}" must be an integer, got bool')
-    if isinstance(v, float):
-        if not v.is_integer():
-            raise _invalid(f'"{name}" must be an integer, got {v}')
-        v = int(v)
-    if not isinstance(v, int):
-        raise _invalid(f'"{name}" must be an integer, got {type(v).__name__}')
-    return v
+    return validate.integer(v, name, lo, hi)
 
 
 def _boolean(opts: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -162,10 +151,10 @@ def _tokens(value: Any, name: str, tokenize: Callable[[str], Sequence[int]] | No
     if isinstance(value, str):
         if tokenize is None:
             raise _invalid(f'"{name}" as text needs a tokenizer')
-        return [int(t) for t in tokenize(value)]
+        return [int(t) for t in tokenize(validate.text(value, name))]
     if isinstance(value, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        if any(t < 0 for t in value):
-            raise _invalid(f'"{name}" token ids must be non-negative')
+        if any(not 0 <= t <= INT32_MAX for t in value):
+            raise _invalid(f'"{name}" token ids must be between 0 and {INT32_MAX}')
         return list(value)
     raise _invalid(f'"{name}" must be a string or an array of token ids')
 
@@ -184,22 +173,27 @@ def parse_logit_bias(
         if b is False:
             return True, None
         if isinstance(b, (int, float)) and not isinstance(b, bool):
-            b = float(b)
+            try:
+                b = float(b)
+            except OverflowError:  # an int beyond float: as large a bias as there is
+                b = math.inf if b > 0 else -math.inf
             if math.isnan(b):
                 return False, None
             if b == -math.inf:
                 return True, None
-            return True, b
+            # +inf would make the logit infinite (NaN in the softmax): the largest float32
+            # bias already makes the token certain.
+            return True, min(b, validate.FLOAT32_MAX)
         return False, None
 
     def add_token(tok: int, bias: float | None) -> None:
-        if tok >= 0 and (n_vocab is None or tok < n_vocab):
+        if 0 <= tok <= INT32_MAX and (n_vocab is None or tok < n_vocab):
             out.append((tok, bias))
 
     def add_text(text: str, bias: float | None) -> None:
         if tokenize is None:
             raise _invalid('"logit_bias" with text keys needs a tokenizer')
-        for t in tokenize(text):
+        for t in tokenize(validate.text(text, "logit_bias")):
             add_token(int(t), bias)
 
     if isinstance(value, (list, tuple)):
@@ -250,6 +244,7 @@ def resolve_grammar(opts: Mapping[str, Any]) -> str:
     else:
         text = grammar or ""
     if text:
+        validate.text(text, "json_schema" if schema is not None else "grammar")
         Grammar(text)  # raises GrammarError with line and column
     return text
 
@@ -278,12 +273,14 @@ def from_request(
     tokenize: Callable[[str], Sequence[int]] | None = None,
     n_vocab: int | None = None,
     n_ctx: int | None = None,
+    n_probs_max: int = N_PROBS_MAX,
 ) -> SamplingParams:
     """Parse the sampling options of a /completion request into native params.
 
     ``tokenize(text) -> token ids`` (no special tokens added) resolves text in `logit_bias` and
     `penalty_prompt`; ``n_vocab`` filters out-of-range ids in `logit_bias`; ``n_ctx`` resolves
     ``repeat_last_n: -1`` (without it -1 means the whole history, which the context bounds).
+    ``n_probs`` is clamped to ``n_probs_max`` (default ``validate.N_PROBS_MAX``).
     Options that are not about sampling are ignored.
     """
     if not isinstance(options, Mapping):
@@ -299,16 +296,13 @@ def from_request(
     kw["min_p"] = _clamp(_number(o, "min_p", d["min_p"]), 0.0, 1.0)
     kw["tfs_z"] = _number(o, "tfs_z", d["tfs_z"])
     kw["typical_p"] = _number(o, "typical_p", d["typical_p"])
-    min_keep = _integer(o, "min_keep", d["min_keep"])
-    if min_keep < 0:
-        raise _invalid('"min_keep" must be >= 0')
-    kw["min_keep"] = min_keep
+    kw["min_keep"] = _integer(o, "min_keep", d["min_keep"], 0, INT32_MAX)
     samplers = o.get("samplers")
     kw["samplers"] = parse_samplers(samplers) if samplers is not None else list(d["samplers"])
     kw["repeat_penalty"] = _number(o, "repeat_penalty", d["repeat_penalty"])
     last_n = _integer(o, "repeat_last_n", d["repeat_last_n"])
     if last_n < -1 or last_n > INT32_MAX:
-        raise _invalid('"repeat_last_n" must be -1 (whole context), 0 (off) or a positive count')
+        raise _invalid(f'"repeat_last_n" must be -1 (whole context), 0 (off) or a positive count up to {INT32_MAX}')
     if last_n == -1 and n_ctx:
         last_n = int(n_ctx)
     kw["repeat_last_n"] = last_n
@@ -325,6 +319,8 @@ def from_request(
     kw["ignore_eos"] = _boolean(o, "ignore_eos", d["ignore_eos"])
     seed = _integer(o, "seed", d["seed"])
     kw["seed"] = -1 if seed < 0 else seed & 0xFFFFFFFF
-    kw["n_probs"] = max(0, _integer(o, "n_probs", d["n_probs"]))
+    # Negative means none (as before); beyond int32 is an error, like the server's check; above
+    # the cap it is clamped (each entry costs memory for every generated token).
+    kw["n_probs"] = min(max(0, _integer(o, "n_probs", d["n_probs"], None, INT32_MAX)), n_probs_max)
     kw["grammar"] = resolve_grammar(o)
     return SamplingParams(**kw)
