@@ -147,6 +147,12 @@ def create_app(settings: Any, model: Any = None) -> Quart:
                                                   "remote_addr": request.remote_addr}})
         return resp
 
+    @app.get("/openapi.json")
+    async def openapi_document():
+        from rllama.server.openapi import document
+
+        return document()
+
     @app.route("/", methods=["GET", "HEAD"])
     async def index():
         f = static_file(st, "/")
