@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from webutil import ARTIFACTS, CHROMIUM, SKIP_REASON, PageErrors, Server, open_context, sync_playwright
 
@@ -18,6 +19,10 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def server(model_path):
     s = Server(model_path)
+    if httpx.get(s.url + "/", timeout=10).status_code != 200:
+        s.stop()
+        pytest.fail("the server serves no web UI at /: the installed rllama lacks rllama/web "
+                    "(reinstall it: pip install . or maturin develop)")
     yield s
     s.stop()
 
