@@ -503,8 +503,12 @@ class SchemaConverter:
             return None
         if v is True:  # draft 4 boolean exclusive flags
             return None
-        if not isinstance(v, (int, float)) or math.isnan(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
             raise InvalidRequestError(f'"{key}" must be a number')
+        if isinstance(v, float) and math.isinf(v):
+            raise InvalidRequestError(f'"{key}" must be a finite number')
+        if abs(v) >= 10**MAX_BOUND_DIGITS:
+            raise _unsupported(key, f"bounds of {MAX_BOUND_DIGITS} digits or more are not supported")
         return v
 
     def _int_bounds(self, schema: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -542,7 +546,11 @@ class SchemaConverter:
         if not bounds:
             return self._primitive("number")
         for k, v in bounds.items():
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or float(v) != math.floor(v):
+            if isinstance(v, int) and abs(v) >= 10**MAX_BOUND_DIGITS:
+                raise _unsupported(k, f"bounds of {MAX_BOUND_DIGITS} digits or more are not supported")
+            if isinstance(v, int):
+                continue
+            if not isinstance(v, float) or not math.isfinite(v) or not v.is_integer():
                 raise _unsupported(k, 'for type "number" only integer bounds are supported')
         lo: tuple[int, bool] | None = None  # (bound, strict)
         hi: tuple[int, bool] | None = None
@@ -565,6 +573,12 @@ class SchemaConverter:
             raise InvalidRequestError("number bounds are empty (minimum > maximum)")
         return self._add(name, f"({body}) space")
 
+
+# Integers without an upper bound get at most this many digits (the integer primitive's), or one
+# more than the lower bound's. Bounds have fewer than MAX_BOUND_DIGITS digits (each digit nests
+# one group in the grammar, and the grammar parser limits nesting).
+UNBOUNDED_DIGITS = 16
+MAX_BOUND_DIGITS = 100
 
 FRACTION = '"." [0-9]{1,16}'
 NONZERO_FRACTION = '"." [0-9]{0,7} [1-9] [0-9]{0,8}'
@@ -649,7 +663,10 @@ def _nonneg_range(lo: int, hi: int | None) -> str:
         if a <= b:
             alts.append(f"({_digits_same_len(str(a), str(b))})")
     if hi is None:
-        alts.append(f"[1-9] [0-9]{{{ll},15}}")
+        # Longer numbers than lo's, up to the 16 digits of an unbounded integer (and one more
+        # digit than lo's when lo already has 16 or more).
+        longest = max(UNBOUNDED_DIGITS - 1, ll)
+        alts.append(f"[1-9] [0-9]{{{ll},{longest}}}")
     return " | ".join(alts)
 
 
