@@ -332,6 +332,7 @@ def test_readme_completion_js_example_renders_output(browser, server):
     page.goto(server.url + "/example.html")
     page.wait_for_function("document.body && document.body.innerText.trim().length > 40", timeout=60000)
     assert page.inner_text("body").strip()
+    page.screenshot(path=str(ARTIFACTS / "readme-example.png"))
     assert not errors, errors
     ctx.close()
     wait_slots_idle(server.url)
@@ -467,3 +468,24 @@ def test_theme_toggle_cycles_and_persists(ui):
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == bg
     page.click("#theme-btn")
     assert page.evaluate(theme) == "auto"
+
+
+def test_the_page_works_under_its_own_content_security_policy(browser, server):
+    """The other tests bypass the CSP (Playwright's predicates use eval); here it is enforced."""
+    ctx = open_context(browser, bypass_csp=False)
+    page = ctx.new_page()
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#server-state[data-state='ok']")
+    send(page, "Write a list of two colors, and a line of code in a code block.")
+    reply = wait_reply(page)
+    assert reply.locator(".body").inner_text().strip()
+    page.click("#tab-completion")
+    page.click("#complete-btn")
+    page.wait_for_selector("#complete-btn:not([hidden])", timeout=60000)
+    page.locator("#completion-output .tok").first.hover()
+    assert page.locator("#token-tip").is_visible()
+    assert not problems, problems
+    ctx.close()

@@ -85,11 +85,11 @@ class PageErrors(list):
 
 
 def open_context(browser, *, settings: dict | None = None, viewport=(1280, 800), color_scheme="light",
-                 storage: dict | None = None):
+                 storage: dict | None = None, bypass_csp: bool = True):
     # bypass_csp: Playwright evaluates its wait predicates with eval, which the page's CSP forbids;
     # the XSS tests so check the renderer alone, without the CSP behind it
     ctx = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, color_scheme=color_scheme,
-                              bypass_csp=True)
+                              bypass_csp=bypass_csp)
     seed = {"rllama.settings": json.dumps(FAST_SETTINGS if settings is None else settings)}
     seed.update({k: json.dumps(v) for k, v in (storage or {}).items()})
     # seed localStorage once per origin (a reload keeps what the page saved since)
