@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rllama import _core
+from rllama.errors import ModelLoadError
+
+
+def check_model_file(path: str | os.PathLike[str]) -> str:
+    """`path` as a string if it names a regular file; a ModelLoadError otherwise, before any open
+    (opening a FIFO blocks until a writer comes, a directory fails with an errno that names no
+    cause). The core checks again what it opens."""
+    p = os.fspath(path)
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{p}: no such file") from None
+    except (OSError, ValueError) as e:  # ValueError: an embedded NUL
+        raise ModelLoadError(f"{p}: cannot open: {e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelLoadError(f"{p}: is a directory, not a GGUF model file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(f"{p}: is not a regular file (a FIFO, socket or device), not a GGUF model file")
+    return p
 
 
 @dataclass(frozen=True)
@@ -38,7 +60,7 @@ class GgufReader:
     """A validated GGUF file. Corrupt files raise rllama.ModelLoadError naming the byte offset."""
 
     def __init__(self, path: str | os.PathLike[str], *, no_mmap: bool = False, mlock: bool = False):
-        self.path = os.fspath(path)
+        self.path = check_model_file(path)
         self._file = _core.GgufFile(self.path, no_mmap=no_mmap, mlock=mlock)
         self.version: int = self._file.version
         self.alignment: int = self._file.alignment

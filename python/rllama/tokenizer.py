@@ -4,6 +4,14 @@
 ``llama_tokenize`` (``parse_special`` defaults to True, like the server's ``/tokenize``);
 ``detokenize`` follows ``llama_detokenize`` with special tokens rendered, which for models without
 space clean-up equals the concatenation of ``token_to_piece`` (the server's ``/detokenize``).
+
+Bytes that no token covers: a byte-level BPE vocabulary may lack a token for some bytes
+(smollm2's has none for the control bytes 0x04, 0x06, 0x13, 0x14, 0x16, 0x1D and for the UTF-8
+lead bytes 0xC0, 0xC1, 0xF1-0xFF). Like llama.cpp (``llm_tokenizer_bpe_session::tokenize``: a
+piece without a token falls back to one token per byte, and a byte without a token is skipped),
+such bytes are dropped from the token ids, silently. So "a\x04b" tokenizes as "ab", and a
+character in U+40000-U+BFFFF (lead byte 0xF1 or 0xF2) keeps only its three continuation bytes,
+which detokenize to three U+FFFD replacement characters.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 
-from rllama import _core
+from rllama import _core, validate
+from rllama.errors import InvalidRequestError
+from rllama.gguf import check_model_file
 
 __all__ = ["IncrementalDecoder", "Tokenizer"]
 
@@ -29,23 +39,37 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Load the tokenizer of a GGUF file (``ModelLoadError`` for an unknown tokenizer)."""
-        return cls(_core.Tokenizer.from_gguf(os.fspath(path)))
+        return cls(_core.Tokenizer.from_gguf(check_model_file(path)))
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
-        return self._t.tokenize(text, add_special, parse_special)
+        """Token ids of `text` (InvalidRequestError for text that is not valid Unicode: a lone
+        surrogate). Bytes that no token covers: see docs of `detokenize`."""
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"text to tokenize must be a str, got {type(text).__name__}")
+        return self._t.tokenize(validate.text(text, "text"), add_special, parse_special)
+
+    def _checked_ids(self, ids: Iterable[int]) -> list[int]:
+        out = list(ids)
+        for t in out:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise InvalidRequestError(f"token ids must be integers, got {type(t).__name__}")
+            if not 0 <= t < self.vocab_size:
+                shown = t if abs(t) < 10**30 else f"an integer of {len(str(abs(t)))} digits"
+                raise InvalidRequestError(f"token id {shown} out of range (0 to {self.vocab_size - 1})")
+        return out
 
     def detokenize(
         self, ids: Iterable[int], remove_special: bool = False, unparse_special: bool = True
     ) -> str:
-        return self._t.detokenize(list(ids), remove_special, unparse_special)
+        return self._t.detokenize(self._checked_ids(ids), remove_special, unparse_special)
 
     def detokenize_bytes(
         self, ids: Iterable[int], remove_special: bool = False, unparse_special: bool = True
     ) -> bytes:
-        return self._t.detokenize_bytes(list(ids), remove_special, unparse_special)
+        return self._t.detokenize_bytes(self._checked_ids(ids), remove_special, unparse_special)
 
     def token_to_piece(self, id: int, special: bool = True) -> bytes:
-        return self._t.token_to_piece(id, special)
+        return self._t.token_to_piece(self._checked_ids([id])[0], special)
 
     def token_text(self, id: int) -> str | None:
         """The token's text as stored in the vocabulary."""
