@@ -83,3 +83,37 @@ def test_json_logs_and_log_disable(start_server):
     with quiet.client() as c:
         c.get("/props")
     assert quiet.output().strip() == ""
+
+
+def test_system_prompt(start_server):
+    """The old `system_prompt` option: a prefix for every string prompt, its names in /props."""
+    s = start_server()
+    with s.client() as c:
+        base = c.post("/completion", json={"prompt": "Q: 2+2?\nA:", "n_predict": 4, "temperature": 0}).json()
+        r = c.post("/completion", json={"prompt": "Q: 2+2?\nA:", "n_predict": 4, "temperature": 0, "system_prompt": {
+            "prompt": "Transcript of a dialog.\n", "anti_prompt": "User:", "assistant_name": "Assistant:"}})
+        assert r.status_code == 200
+        assert r.json()["tokens_evaluated"] > base["tokens_evaluated"]  # the prefix was evaluated too
+        props = c.get("/props").json()
+        assert props["user_name"] == "User:" and props["assistant_name"] == "Assistant:"
+        c.post("/completion", json={"prompt": "x", "n_predict": 1, "system_prompt": ""})
+        again = c.post("/completion", json={"prompt": "Q: 2+2?\nA:", "n_predict": 4, "temperature": 0}).json()
+        assert again["tokens_evaluated"] == base["tokens_evaluated"] and again["content"] == base["content"]
+
+
+def test_cli_refusals(server_env, tmp_path):
+    import subprocess
+    import sys
+
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rllama", "serve", *args], capture_output=True, text=True,
+                              timeout=60, env=server_env, check=False)
+
+    r = serve("--ssl-key-file", str(tmp_path / "k.pem"))
+    assert r.returncode == 2 and "together" in r.stderr
+    r = serve("-ngl", "10")
+    assert r.returncode == 1 and "not supported yet" in r.stderr and "-ngl" in r.stderr
+    r = serve("--path", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "not a directory" in r.stderr
+    r = serve("--port", "99999")
+    assert r.returncode == 2 and "out of range" in r.stderr
