@@ -25,6 +25,10 @@ def test_error_types(server, start_server):
         err = assert_error(c.post("/completion", json={"prompt": "x", "top_k": "many"}), 400, "invalid_request_error")
         assert "top_k" in err["message"]
         assert_error(c.post("/infill", json={}), 501, "not_supported_error")
+        for path, body in (("/completion", {"prompt": "x"}), ("/embedding", {"content": "x"})):
+            err = assert_error(c.post(path, json={**body, "image_data": [{"data": "AAAA", "id": 1}]}), 501,
+                               "not_supported_error")
+            assert "image_data" in err["message"]
     bare = start_server("--slots-endpoint-disable")
     with bare.client() as c:
         assert_error(c.get("/metrics"), 501, "not_supported_error")
@@ -105,7 +109,7 @@ WRONG_FIELDS = [
     {"prompt": "x", "json_schema": {"type": "object"}, "grammar": "root ::= \"a\""},
     {"prompt": "x", "response_format": {"type": "yaml"}}, {"prompt": "x", "id_slot": 99},
     {"prompt": "x", "id_slot": "zero"}, {"prompt": "x", "n_keep": -7}, {"prompt": "x", "repeat_last_n": -3},
-    {"prompt": "x", "image_data": [{"data": "AAAA", "id": 1}]}, {"prompt": "x", "penalty_prompt": 5},
+{"prompt": "x", "penalty_prompt": 5},
     {"prompt": "x", "min_keep": -1}, {"prompt": "x", "cache_prompt": 1}, {"prompt": "x", "ignore_eos": "true"},
     {"prompt": "x", "system_prompt": 5}, {"prompt": ["a", "b"], "stream": True},
 ]

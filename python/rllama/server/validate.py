@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rllama.openai import COMPLETION_OPTIONS
-from rllama.server.errors import invalid
+from rllama.server.errors import invalid, not_supported
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -163,7 +163,7 @@ def check_completion_options(body: Mapping[str, Any]) -> None:
     check_one_of(body, "penalty_prompt", (str, list), "a string or an array of token ids")
     image_data = body.get("image_data")
     if image_data:
-        raise invalid('"image_data" is not supported: this server has no multimodal projector (--mmproj)')
+        raise not_supported('"image_data" is not supported: this server has no multimodal projector (--mmproj)')
 
 
 def completion_options(body: Mapping[str, Any], n_vocab: int) -> dict[str, Any]:

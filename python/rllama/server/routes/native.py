@@ -212,7 +212,7 @@ async def embedding():
     require_embeddings(st)
     body = await body_json()
     if body.get("image_data"):
-        raise invalid('"image_data" is not supported: this server has no multimodal projector (--mmproj)')
+        raise not_supported('"image_data" is not supported: this server has no multimodal projector (--mmproj)')
     content = body.get("content", body.get("input"))
     single = isinstance(content, str)
     if single:
