@@ -6,6 +6,7 @@ Each subcommand lives in its own module and exposes `main(argv) -> int`; this fi
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[cmd][0])
     from rllama.errors import RllamaError
 
+    # One line and a non-zero status for every failure; RLLAMA_DEBUG=1 shows the traceback of
+    # an unexpected one.
     try:
         return int(module.main(rest) or 0)
     except RllamaError as e:
@@ -43,3 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `rllama run ... | head`
+        return 141
+    except (OSError, UnicodeError, ValueError, OverflowError, MemoryError) as e:
+        if os.environ.get("RLLAMA_DEBUG"):
+            raise
+        print(f"rllama: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

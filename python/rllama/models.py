@@ -151,6 +151,8 @@ def resolve(spec: str | os.PathLike[str] | None) -> Path:
     p = Path(s).expanduser()
     if p.is_file():
         return p
+    if p.is_dir():
+        raise ModelLoadError(f"{s}: is a directory, not a regular file")
     if p.exists():
-        raise ModelLoadError(f"{s}: not a regular file")
+        raise ModelLoadError(f"{s}: is not a regular file (a FIFO, socket or device), not a GGUF model file")
     raise ModelLoadError(f"{s}: no such file, and not a built-in model ({', '.join(BUILTIN)})")

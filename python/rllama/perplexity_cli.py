@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from rllama.model_args import add_model_args, model_kwargs
+from rllama.model_args import Parser, add_model_args, int_in, model_kwargs, read_text_file
+from rllama.validate import N_CTX_MAX, perplexity_args
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rllama perplexity", description=__doc__)
-    add_model_args(ap, n_ctx=512)
+    ap = Parser(prog="python -m rllama perplexity", description=__doc__)
+    # Each chunk of -c tokens scores its second half: a chunk needs a few tokens.
+    add_model_args(ap, n_ctx=512, ctx_type=int_in(4, N_CTX_MAX, " (tokens per chunk)"))
     ap.add_argument("-f", "--file", required=True)
-    ap.add_argument("--chunks", type=int, default=-1)
+    ap.add_argument("--chunks", type=int_in(-1, None, " (-1: all)"), default=-1)
     args = ap.parse_args(argv)
+    perplexity_args(args.ctx_size, args.chunks)
+    text = read_text_file(args.file, "text file")
 
     from rllama.model import Model
 
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
     model = Model(args.model, **model_kwargs(args))
 
     def progress(i: int, n: int, ppl: float) -> None:

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from rllama.model_args import add_model_args, model_kwargs
+from rllama.model_args import Parser, add_model_args, int_in, model_kwargs, read_text_file
+from rllama.validate import INT32_MAX
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rllama run", description=__doc__)
+    ap = Parser(prog="python -m rllama run", description=__doc__)
     add_model_args(ap, n_ctx=4096)
     ap.add_argument("-p", "--prompt", default=None, help="prompt text (default: read stdin)")
     ap.add_argument("-f", "--file", default=None, help="read the prompt from a file")
-    ap.add_argument("-n", "--n-predict", type=int, default=128)
+    ap.add_argument("-n", "--n-predict", type=int_in(-1, INT32_MAX, " (-1: until the end)"), default=128)
     ap.add_argument("--temp", type=float, default=0.8)
-    ap.add_argument("--top-k", type=int, default=40)
+    ap.add_argument("--top-k", type=int_in(0, INT32_MAX), default=40)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--min-p", type=float, default=0.05)
     ap.add_argument("--repeat-penalty", type=float, default=1.0)
-    ap.add_argument("-s", "--seed", type=int, default=-1)
+    ap.add_argument("-s", "--seed", type=int_in(-1, 2**32 - 1), default=-1)
     ap.add_argument("--grammar", default=None)
     ap.add_argument("--chat", action="store_true", help="wrap the prompt as one user message with the chat template")
     args = ap.parse_args(argv)
@@ -27,8 +27,7 @@ def main(argv: list[str]) -> int:
     from rllama.model import Model
 
     if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            prompt = f.read()
+        prompt = read_text_file(args.file, "prompt file")
     elif args.prompt is not None:
         prompt = args.prompt
     else:

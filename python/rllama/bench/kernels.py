@@ -5,12 +5,13 @@ type) instead of random ones. Prints JSON lines."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 
 from rllama import _core
+from rllama.model_args import Parser, int_in, int_list
+from rllama.validate import N_THREADS_MAX
 
 SHAPES = [(4096, 4096), (1536, 576), (49152, 576)]  # (rows = n_out, cols = n_in)
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"]
@@ -55,12 +56,12 @@ def random_matrices(types: list[str], rng):
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rllama bench kernels", description=__doc__)
-    ap.add_argument("-t", "--threads", default="1,2")
+    ap = Parser(prog="python -m rllama bench kernels", description=__doc__)
+    ap.add_argument("-t", "--threads", type=int_list(1, N_THREADS_MAX), default=[1, 2])
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("-m", "--model", help="time this model's weight matrices (a path or a known name)")
-    ap.add_argument("--gemm-tokens", type=int, default=512)
-    ap.add_argument("-r", "--repetitions", type=int, default=5)
+    ap.add_argument("--gemm-tokens", type=int_in(1, 65536), default=512)
+    ap.add_argument("-r", "--repetitions", type=int_in(1, 10_000), default=5)
     args = ap.parse_args(argv)
 
     types = args.types.split(",")
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
     if not args.model and (bad := [t for t in types if t not in known]):
         raise SystemExit(f"error: no random weights for type {', '.join(bad)} (known: {', '.join(known)})")
     rng = np.random.default_rng(0)
-    threads = [int(t) for t in args.threads.split(",")]
+    threads = args.threads
     bw = {}
     for nt in threads:
         bw[nt] = _core.read_bandwidth(1 << 30, nt, 3)

@@ -4,7 +4,6 @@ process that loads the model with a `--rss-ctx` context and generates (0 skips i
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -13,24 +12,24 @@ import time
 
 import numpy as np
 
-
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
+from rllama.model_args import Parser, int_in, int_list
+from rllama.validate import N_CTX_MAX, N_THREADS_MAX
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rllama bench", description=__doc__)
+    ap = Parser(prog="python -m rllama bench", description=__doc__)
     ap.add_argument("-m", "--model", default="smollm2")
-    ap.add_argument("-p", "--n-prompt", type=_ints, default=[512])
-    ap.add_argument("-n", "--n-gen", type=_ints, default=[128])
-    ap.add_argument("-t", "--threads", type=_ints, default=[2])
-    ap.add_argument("-b", "--batch-size", type=int, default=512)
-    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("-p", "--n-prompt", type=int_list(0, N_CTX_MAX), default=[512])
+    ap.add_argument("-n", "--n-gen", type=int_list(0, N_CTX_MAX), default=[128])
+    ap.add_argument("-t", "--threads", type=int_list(1, N_THREADS_MAX), default=[2])
+    ap.add_argument("-b", "--batch-size", type=int_in(1, N_CTX_MAX), default=512)
+    ap.add_argument("-r", "--repetitions", type=int_in(1, 10_000), default=3)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--rss-ctx", type=int, default=2048, help="context of the peak-RSS run (0: skip it)")
+    ap.add_argument("--rss-ctx", type=int_in(0, N_CTX_MAX), default=2048,
+                    help="context of the peak-RSS run (0: skip it)")
     args = ap.parse_args(argv)
 
-    from rllama import _core
+    from rllama import Model
     from rllama.gguf import GgufReader
     from rllama.models import resolve
 
@@ -46,7 +45,8 @@ def main(argv: list[str]) -> int:
         print(f"| {'model':<16} | {'size':>10} | {'params':>8} | {'threads':>7} | {'test':>6} | {'t/s':>18} |")
         print(f"| {'-' * 16} | {'-' * 10}: | {'-' * 8}: | {'-' * 7}: | {'-' * 6}: | {'-' * 18}: |")
     for nt in args.threads:
-        model = _core.Model(str(path), n_threads=nt)
+        # The engine's own slots are not used: pp and tg run as engine jobs in scratch caches.
+        model = Model(str(path), n_threads=nt, n_ctx=256, n_batch=args.batch_size, n_ubatch=args.batch_size)
         vocab = model.n_vocab
         tests = [("pp", n) for n in args.n_prompt if n > 0] + [("tg", n) for n in args.n_gen if n > 0]
         for kind, n in tests:
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
                 toks = rng.integers(100, vocab - 100, size=n).tolist()
                 t0 = time.perf_counter()
                 if kind == "pp":
-                    model.eval(toks, n + 1, n_batch=args.batch_size)
+                    model.logits(toks)
                 else:
                     model.decode_bench(toks)
                 speeds.append(n / (time.perf_counter() - t0))

@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from rllama.model_args import Parser, int_in
+
 ENGLISH = (
     "The quick brown fox jumps over the lazy dog. Tokenizers turn text into integers, and "
     "the integers back into text; a good one is fast, exact and never loses a byte. "
@@ -62,11 +64,21 @@ def _pin_one_core() -> None:
         pass
 
 
+def _megabytes(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1024:
+        raise argparse.ArgumentTypeError(f"{v:g} is out of range: must be > 0 and <= 1024")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rllama bench tokenizer", description=__doc__)
+    ap = Parser(prog="python -m rllama bench tokenizer", description=__doc__)
     ap.add_argument("--models", default="smollm2,gemma3", help="comma-separated names or GGUF paths")
-    ap.add_argument("--mb", type=float, default=1.0, help="corpus size in MB")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per model; the best is reported")
+    ap.add_argument("--mb", type=_megabytes, default=1.0, help="corpus size in MB")
+    ap.add_argument("--repeat", type=int_in(1, 10_000), default=3, help="runs per model; the best is reported")
     args = ap.parse_args(argv)
 
     import rllama.models
