@@ -128,6 +128,8 @@ def parse_completion(body: Mapping[str, Any], *, default_n_predict: int = -1) ->
     if "prompt" not in body:
         raise _bad('"prompt" is required')
     prompt = body["prompt"]
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
+        prompt = prompt[0]  # OpenAI's array of token arrays, with one prompt in it
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         if len(prompt) != 1:
             raise _bad('"prompt": one prompt per request (an array of several strings is not supported)')

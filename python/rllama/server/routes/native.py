@@ -163,6 +163,16 @@ async def infill():
 
 
 # Tokens ------------------------------------------------------------------------------------------------
+LARGE_TEXT = 1 << 16
+
+
+async def tokenize_text(st: State, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    """Tokenize; a large text off the event loop, so other requests keep being served."""
+    if len(text) < LARGE_TEXT:
+        return st.model.tokenize(text, add_special=add_special, parse_special=parse_special)
+    return await asyncio.to_thread(st.model.tokenize, text, add_special, parse_special)
+
+
 @bp.post("/tokenize")
 async def tokenize():
     st = ready_state()
@@ -172,8 +182,8 @@ async def tokenize():
         raise invalid('"content" must be a string')
     for k in ("add_special", "with_pieces", "parse_special"):
         validate.check_bool(body, k)
-    ids = st.model.tokenize(content, add_special=bool(body.get("add_special", False)),
-                            parse_special=body.get("parse_special", True) is not False)
+    ids = await tokenize_text(st, content, add_special=bool(body.get("add_special", False)),
+                              parse_special=body.get("parse_special", True) is not False)
     if not body.get("with_pieces"):
         return jsonify({"tokens": ids})
     out = []
