@@ -135,3 +135,21 @@ def test_errors_through_client(client):
         client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=2, n=2)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="x", messages=MESSAGES, response_format={"type": "xml"})
+
+
+def test_chat_stream_logprobs_and_bias(client):
+    full = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True,
+                                          top_logprobs=2)
+    chunks = list(client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, temperature=0,
+                                                 logprobs=True, top_logprobs=2, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in full.choices[0].logprobs.content]
+    assert all(len(t.top_logprobs) == 2 for t in streamed)
+    # OpenAI's logit_bias form ({"token id": bias}) bans the greedy first token.
+    first = full.choices[0].logprobs.content[0].token
+    import httpx
+
+    ids = httpx.post(str(client.base_url).replace("/v1/", "/tokenize"), json={"content": first}).json()["tokens"]
+    banned = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=4, temperature=0,
+                                            logit_bias={str(ids[0]): -100})
+    assert not banned.choices[0].message.content.startswith(first)
