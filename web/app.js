@@ -762,7 +762,7 @@ $("completion-form").addEventListener("submit", async (e) => {
   tokens.length = 0;
   activeTok = -1;
   hideTip();
-  out.replaceChildren();
+  out.replaceChildren(el("span", { class: "prompt-echo" }, prompt));
   out.setAttribute("aria-busy", "true");
   $("complete-append-btn").disabled = true;
   const t0 = performance.now();

@@ -314,7 +314,7 @@ def test_api_key_protected_server_prompts_for_the_key(browser, model_path):
             send(page, "Hello")
         assert req.value.headers["authorization"] == "Bearer sesame"
         reply = wait_reply(page)
-        assert reply.locator(".body").inner_text().strip()
+        assert reply.locator(".body").inner_text().strip(), reply.inner_text()
         assert not reply.locator(".note.error").count()
         ctx.close()
     finally:
