@@ -489,3 +489,20 @@ def test_the_page_works_under_its_own_content_security_policy(browser, server):
     assert page.locator("#token-tip").is_visible()
     assert not problems, problems
     ctx.close()
+
+
+def test_readme_example_with_path_dir(browser, model_path, tmp_path):
+    """The README's way: `--path ./your-directory` holding the page, which imports /completion.js."""
+    (tmp_path / "index.html").write_text(README_EXAMPLE)
+    server = Server(model_path, "--path", str(tmp_path))
+    try:
+        if httpx.get(server.url + "/completion.js", timeout=10).status_code == 404:
+            pytest.xfail("server: with --path, /completion.js is not served from the built-in UI "
+                         "(llama.cpp serves its own completion.js beside the --path files)")
+        ctx = open_context(browser)
+        page = ctx.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_function("document.body && document.body.innerText.trim().length > 40", timeout=60000)
+        ctx.close()
+    finally:
+        server.stop()
