@@ -857,6 +857,29 @@ $("sidebar").addEventListener("keydown", (e) => {
 
 // ---------------------------------------------------------------- start
 
+// What another tab saved (or a hand-edited store) is taken only in a shape we can show.
+function validConvs(v) {
+  if (!Array.isArray(v)) return [];
+  return v.filter((c) => c && typeof c.id === "string" && Array.isArray(c.messages)).map((c) => ({
+    ...c,
+    title: String(c.title || "Conversation"),
+    updated: Number(c.updated) || 0,
+    messages: c.messages.filter((m) => m && (m.role === "user" || m.role === "assistant") && typeof m.content === "string"),
+  }));
+}
+state.convs = validConvs(state.convs);
+if (!state.settings || typeof state.settings !== "object" || Array.isArray(state.settings)) state.settings = {};
+if (typeof state.apiKey !== "string") state.apiKey = "";
+
+// Another tab changed the conversations: show them, unless this one is writing a reply.
+window.addEventListener("storage", (e) => {
+  if (e.key !== K.convs || state.busy?.kind === "chat") return;
+  state.convs = validConvs(store.get(K.convs, []));
+  if (!currentConv()) state.currentId = state.convs[0]?.id || null;
+  renderConvList();
+  renderMessages();
+});
+
 applyTheme(currentTheme());
 if (!currentConv()) {
   state.currentId = state.convs[0]?.id || null;

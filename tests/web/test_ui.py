@@ -506,3 +506,17 @@ def test_readme_example_with_path_dir(browser, model_path, tmp_path):
         ctx.close()
     finally:
         server.stop()
+
+
+def test_corrupt_storage_does_not_break_the_page(browser, server):
+    ctx = open_context(browser, storage={"rllama.conversations": {"not": "a list"}, "rllama.settings": None,
+                                         "rllama.apiKey": 42})
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#server-state[data-state='ok']")
+    send(page, "Hi")
+    assert wait_reply(page).locator(".body").inner_text().strip()
+    assert not errors, errors
+    ctx.close()
