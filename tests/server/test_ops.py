@@ -148,6 +148,8 @@ def test_sigint_idle_exits_zero(start_server):
 
 
 def test_static_path(start_server, tmp_path):
+    from pathlib import Path
+
     root = tmp_path / "www"
     (root / "sub").mkdir(parents=True)
     (root / "index.html").write_text("<h1>hello static</h1>")
@@ -165,6 +167,11 @@ def test_static_path(start_server, tmp_path):
             assert r.status_code in (401, 404), (path, r.status_code)
             assert "do not serve" not in r.text
         assert c.get("/props").status_code == 401
+        # The built-in UI's files are served beside --path's own, which take precedence.
+        builtin = Path(__file__).resolve().parents[2] / "web" / "completion.js"
+        if builtin.is_file():
+            r = c.get("/completion.js")
+            assert r.status_code == 200 and r.text == builtin.read_text()
 
 
 def test_builtin_web_ui(server):

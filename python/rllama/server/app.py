@@ -58,10 +58,16 @@ def key_ok(given: str, keys: list[str]) -> bool:
 
 
 def static_file(st: State, path: str) -> Path | None:
-    """The file a GET for `path` names inside the static dir, or None (nothing escapes the dir)."""
-    root = st.static_dir
-    if root is None:
-        return None
+    """The file a GET for `path` names: in --path DIR, else in the built-in UI (llama.cpp serves its
+    own completion.js beside the --path files), or None. Nothing escapes either dir."""
+    for root in st.static_dirs:
+        f = _file_in(root, path)
+        if f is not None:
+            return f
+    return None
+
+
+def _file_in(root: Path, path: str) -> Path | None:
     rel = path.lstrip("/") or "index.html"
     joined = safe_join(str(root), rel)
     if joined is None:
@@ -81,10 +87,8 @@ def static_file(st: State, path: str) -> Path | None:
 def create_app(settings: Any, model: Any = None) -> Quart:
     app = Quart("rllama.server", static_folder=None)
     st = State(settings=settings, api_keys=load_api_keys(settings))
-    if settings.path:
-        st.static_dir = Path(settings.path).resolve()
-    else:
-        st.static_dir = builtin_web_dir()
+    builtin = builtin_web_dir()
+    st.static_dirs = [d.resolve() for d in (Path(settings.path) if settings.path else None, builtin) if d is not None]
     if model is not None:
         st.set_model(model)
     app.config.update(

@@ -21,7 +21,7 @@ class State:
     backend: Backend | None = None
     load_error: str | None = None
     api_keys: list[str] = field(default_factory=list)
-    static_dir: Path | None = None
+    static_dirs: list[Path] = field(default_factory=list)  # --path DIR first, then the built-in UI
     started: float = field(default_factory=time.time)
     shutting_down: bool = False
     system_prompt: dict[str, str] = field(default_factory=dict)
