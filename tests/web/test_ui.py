@@ -520,3 +520,17 @@ def test_corrupt_storage_does_not_break_the_page(browser, server):
     assert wait_reply(page).locator(".body").inner_text().strip()
     assert not errors, errors
     ctx.close()
+
+
+def test_copy_buttons_copy_the_code_and_the_reply(browser, server):
+    ctx = open_context(browser, storage={"rllama.conversations": SHOWCASE, "rllama.current": "cshow"})
+    ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = ctx.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_selector("article.msg.assistant .code-block")
+    page.click("article.msg.assistant .code-block .copy-btn")
+    page.wait_for_selector("article.msg.assistant .code-block .copy-btn:has-text('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == 'def add(a, b):\n    """Return a + b."""\n    return a + b'
+    page.locator("article.msg.assistant .meta button:has-text('Copy')").last.click()
+    assert page.evaluate("navigator.clipboard.readText()") == SHOWCASE[0]["messages"][3]["content"]
+    ctx.close()
