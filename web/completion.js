@@ -18,9 +18,10 @@
 //   llamaModelInfo(config)                    GET /props, cached
 //   sseEvents(response)                       async generator parsing any text/event-stream body
 //
-// `config` may hold: api_url (default: this page's origin), api_key (sent as a Bearer token),
-// controller (an AbortController; abort() stops the generation and the server frees the slot),
-// endpoint (default "/completion").
+// `config` may hold: api_url (default: this page's origin), api_key (sent as a Bearer token;
+// params.api_key works too), controller (an AbortController: abort() stops the generation and the
+// server frees the slot), endpoint (default "/completion"). Failures throw a LlamaError with the
+// HTTP status and the server's message (llamaEventTarget fires "error" instead).
 
 const paramDefaults = {
   stream: true,
@@ -134,11 +135,13 @@ export async function* llama(prompt, params = {}, config = {}) {
   const controller = config.controller || new AbortController();
   const base = config.api_url || "";
   const endpoint = config.endpoint || "/completion";
-  const body = { ...paramDefaults, ...params, prompt, stream: true };
+  // the key may come in config (ours) or in params (older pages): it is a header, never a field
+  const { api_key: paramsKey, ...rest } = params;
+  const body = { ...paramDefaults, ...rest, prompt, stream: true };
   const response = await fetch(`${base}${endpoint}`, {
     method: "POST",
     body: JSON.stringify(body),
-    headers: headersFor(config),
+    headers: headersFor({ ...config, api_key: config.api_key || paramsKey }),
     signal: controller.signal,
   });
   if (!response.ok) throw await errorFrom(response);

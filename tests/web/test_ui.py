@@ -316,6 +316,16 @@ def test_api_key_protected_server_prompts_for_the_key(browser, model_path):
         reply = wait_reply(page)
         assert reply.locator(".body").inner_text().strip(), reply.inner_text()
         assert not reply.locator(".note.error").count()
+        # completion.js: the key as config or as a param; without it, a LlamaError with status 401
+        r = page.evaluate("""async () => {
+            const m = await import('/completion.js');
+            const a = await m.llamaPromise('Hi', { n_predict: 3 }, { api_key: 'sesame' });
+            const b = await m.llamaPromise('Hi', { n_predict: 3, api_key: 'sesame' });
+            let status = null;
+            try { await m.llamaPromise('Hi', { n_predict: 3 }); } catch (e) { status = e.status; }
+            return { a, b, status };
+        }""")
+        assert r["a"] and r["b"] and r["status"] == 401
         ctx.close()
     finally:
         server.stop()
