@@ -302,6 +302,7 @@ def test_api_key_protected_server_prompts_for_the_key(browser, model_path):
         banner = page.locator("#auth-banner")
         banner.wait_for(state="visible", timeout=10000)
         assert page.locator("#auth-key").is_visible()
+        page.screenshot(path=str(ARTIFACTS / "api-key-prompt.png"))
         page.fill("#auth-key", "wrong")
         page.press("#auth-key", "Enter")
         banner.wait_for(state="visible", timeout=10000)
