@@ -95,7 +95,6 @@ def test_serve_every_flag_spelling():
     (["--numa", "isolate"], "--numa"), (["--lora", "a.gguf"], "--lora"), (["--lora-base", "b"], "--lora-base"),
     (["--mmproj", "p"], "--mmproj"), (["--grp-attn-n", "4"], "--grp-attn-n"), (["--grp-attn-w", "8"], "--grp-attn-w"),
     (["-spf", "s.json"], "-spf"),
-    (["--spm-infill"], "--spm-infill"), (["--ssl-key-file", "k"], "--ssl"), (["--ssl-cert-file", "c"], "--ssl"),
 ])
 def test_serve_refuses_unbuilt_features(flags, name):
     r = run("serve", *flags)
@@ -111,12 +110,6 @@ def test_serve_bad_flags():
     assert r.returncode == 2
     r = run("serve", "-hfr", "only-repo")
     assert r.returncode == 1 and "together" in r.stderr
-
-
-def test_serve_default_model_resolves_then_reports_missing_server(smollm2_path):
-    r = run("serve")
-    assert r.returncode == 1
-    assert "not supported yet: the HTTP server" in r.stderr and "SmolLM2" in r.stderr
 
 
 def test_pull_prints_cached_path(smollm2_path):

@@ -11,6 +11,24 @@ import numpy as np
 import pytest
 from rllama import _core
 
+
+class CoreModel:
+    """The native model with its engine started (a vocabulary of placeholder pieces: these
+    files have no tokenizer), evaluating logits as an engine job."""
+
+    def __init__(self, path: str, **kwargs):
+        self.m = _core.Model(path, **kwargs)
+        self.m.start_engine(_core.SamplerVocab([b"x"] * self.m.n_vocab, []), n_ctx=64)
+
+    def eval(self, tokens, n_ctx, n_batch=512, all_logits=False):
+        rid = self.m.submit_logits(tokens, n_ctx=n_ctx, n_batch=n_batch, all_logits=all_logits)
+        while True:
+            for i, kind, payload in self.m.wait_events(1000):
+                assert i == rid
+                if kind == "error":
+                    raise payload
+                return payload[0]
+
 N_VOCAB, N_EMBD, N_FF, N_HEAD, N_KV, N_LAYER, EPS, BASE = 64, 64, 96, 4, 2, 2, 1e-5, 10000.0
 HD = N_EMBD // N_HEAD
 
@@ -150,7 +168,7 @@ def test_synthetic_forward_matches_numpy(tmp_path, arch):
     write_model(path, arch, w)
     tokens = rng.integers(0, N_VOCAB, 12).tolist()
     want = reference_forward(arch, w, tokens)
-    m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
+    m = CoreModel(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
     for n_batch in (len(tokens), 1, 5):  # one batch; token by token; batches through the cache
         got = np.frombuffer(m.eval(tokens, 32, n_batch=n_batch, all_logits=True), dtype=np.float32)
         np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3,
@@ -166,7 +184,7 @@ def test_phi3_fused_matrices_and_rope_factors(tmp_path):
     tokens = rng.integers(0, N_VOCAB, 12).tolist()
     path = tmp_path / "phi3.gguf"
     write_model(path, "phi3", fuse_phi3(w))
-    m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
+    m = CoreModel(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
     want = reference_forward("phi3", w, tokens)
     for n_batch in (len(tokens), 1, 5):
         got = np.frombuffer(m.eval(tokens, 32, n_batch=n_batch, all_logits=True), dtype=np.float32)
@@ -177,7 +195,7 @@ def test_phi3_fused_matrices_and_rope_factors(tmp_path):
     path = tmp_path / "phi3-long.gguf"
     write_model(path, "phi3", fuse_phi3(w) | {"rope_factors_short.weight": short, "rope_factors_long.weight": long},
                 attn_factor=1.2, orig_ctx=64)
-    m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
+    m = CoreModel(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32")
     for n_ctx, factors in ((64, short), (128, long)):
         want = reference_forward("phi3", w, tokens, factors=factors, attn_factor=1.2)
         got = np.frombuffer(m.eval(tokens, n_ctx, n_batch=5, all_logits=True), dtype=np.float32)
@@ -197,7 +215,7 @@ def test_flash_attention_paths(tmp_path):
     want = reference_forward("llama", w, tokens)
     got = {}
     for fa in ("on", "off", "auto"):
-        m = _core.Model(str(path), n_threads=2, flash_attn=fa)
+        m = CoreModel(str(path), n_threads=2, flash_attn=fa)
         for n_batch in (80, 1):
             out = m.eval(tokens, 128, n_batch=n_batch, all_logits=True)
             got[fa, n_batch] = out
@@ -222,7 +240,7 @@ def test_yarn_from_metadata_and_rope_overrides(tmp_path):
              ({"rope_scaling": "none"}, {})]
     for kwargs, ref in cases:
         want = reference_forward("llama", w, tokens, **ref)
-        m = _core.Model(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32", **kwargs)
+        m = CoreModel(str(path), n_threads=2, cache_type_k="f32", cache_type_v="f32", **kwargs)
         got = np.frombuffer(m.eval(tokens, 64, n_batch=16, all_logits=True), dtype=np.float32)
         np.testing.assert_allclose(got.reshape(len(tokens), N_VOCAB), want, rtol=1e-3, atol=1e-3, err_msg=str(kwargs))
     assert np.abs(reference_forward("llama", w, tokens, yarn=yarn) - reference_forward("llama", w, tokens)).max() > 0.05
@@ -239,7 +257,7 @@ def test_thread_counts_do_not_change_results(tmp_path):
     tokens = rng.integers(0, N_VOCAB, 20).tolist()
     outs = []
     for t, tb in [(1, 1), (2, 2), (1, 3), (3, 1)]:
-        m = _core.Model(str(path), n_threads=t, n_threads_batch=tb)
+        m = CoreModel(str(path), n_threads=t, n_threads_batch=tb)
         outs.append(m.eval(tokens, 32, n_batch=8, all_logits=True) + m.eval(tokens, 32, n_batch=1, all_logits=True))
     assert all(o == outs[0] for o in outs)
 

@@ -39,4 +39,21 @@ impl Error {
     pub fn load(msg: impl Into<String>) -> Self {
         Error::ModelLoad(msg.into())
     }
+    /// The same kind of error with the same message (for failing several requests at once).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Error::Io { path, source } => Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Format { offset, msg } => Error::Format {
+                offset: *offset,
+                msg: msg.clone(),
+            },
+            Error::ModelLoad(m) => Error::ModelLoad(m.clone()),
+            Error::InvalidRequest(m) => Error::InvalidRequest(m.clone()),
+            Error::Grammar(m) => Error::Grammar(m.clone()),
+            Error::ContextFull(m) => Error::ContextFull(m.clone()),
+        }
+    }
 }

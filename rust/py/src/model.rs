@@ -1,38 +1,22 @@
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
-use rllama_core::engine::{generate, GenerateParams, Generation, Sequence, StopReason, TokenEvent};
+use pyo3::types::{PyBytes, PyDict, PyList};
+use rllama_core::engine::{Engine, EngineConfig, Event, GenerateParams, Job, StopReason};
 use rllama_core::gguf::{GgufFile, LoadOptions};
 use rllama_core::kv::CacheTypes;
-use rllama_core::model::{BatchToken, FlashAttn, Model, RopeOverrides};
+use rllama_core::model::{FlashAttn, Model, RopeOverrides};
 
 use crate::errors::to_py;
 use crate::sampling::{PySamplerVocab, PySamplingParams};
 
-/// A loaded model (weights mmap'd), its thread pool, and one cached sequence for in-process use.
+/// A loaded model (weights mmap'd) and the engine that runs every request on it: one scheduler
+/// thread with its slots. Submissions return an id; `wait_events` hands back what happened.
 #[pyclass(name = "Model", module = "rllama._core", frozen)]
 pub struct PyModel {
     inner: Arc<Model>,
-    slot: Arc<Mutex<Option<Sequence>>>,
-}
-
-enum Event {
-    Token(TokenEvent),
-    Done(Generation),
-    Failed(rllama_core::Error),
-}
-
-/// A running generation: iterate to receive ("token", id, text, logprob, top) tuples and finally
-/// ("done", summary). Dropping it (or calling cancel) stops the generation at the next token.
-#[pyclass(name = "Generation", module = "rllama._core")]
-pub struct PyGeneration {
-    rx: Mutex<Option<Receiver<Event>>>,
-    cancel: Arc<AtomicBool>,
-    finished: bool,
+    engine: OnceLock<Engine>,
 }
 
 fn stop_fields(s: &StopReason) -> (&'static str, Option<String>) {
@@ -44,71 +28,66 @@ fn stop_fields(s: &StopReason) -> (&'static str, Option<String>) {
     }
 }
 
-#[pymethods]
-impl PyGeneration {
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        if self.finished {
-            return Err(PyStopIteration::new_err(()));
-        }
-        let poisoned = |_| pyo3::exceptions::PyRuntimeError::new_err("generation state poisoned");
-        let rx = self.rx.lock().map_err(poisoned)?.take();
-        let Some(rx) = rx else {
-            return Err(PyStopIteration::new_err(()));
-        };
-        let (rx, ev) = py.detach(move || {
-            let ev = rx.recv();
-            (rx, ev)
-        });
-        *self.rx.lock().map_err(poisoned)? = Some(rx);
-        match ev {
-            Ok(Event::Token(t)) => {
-                let top: Vec<(u32, f32)> = t.top;
-                Ok(("token", t.token, t.text, t.logprob, top)
-                    .into_pyobject(py)?
-                    .into_any())
-            }
-            Ok(Event::Done(g)) => {
-                self.finished = true;
-                let d = PyDict::new(py);
-                let (kind, word) = stop_fields(&g.stop);
-                d.set_item("tokens", g.tokens)?;
-                d.set_item("content", g.content)?;
-                d.set_item("stop_type", kind)?;
-                d.set_item("stopping_word", word.unwrap_or_default())?;
-                d.set_item("n_prompt", g.n_prompt)?;
-                d.set_item("n_prompt_evaluated", g.n_prompt_evaluated)?;
-                d.set_item("prompt_ms", g.prompt_ms)?;
-                d.set_item("gen_ms", g.gen_ms)?;
-                d.set_item("truncated", g.truncated)?;
-                d.set_item("seed", g.seed)?;
-                d.set_item("n_cached", g.n_cached)?;
-                Ok(("done", d).into_pyobject(py)?.into_any())
-            }
-            Ok(Event::Failed(e)) => {
-                self.finished = true;
-                Err(to_py(e))
-            }
-            Err(_) => {
-                self.finished = true;
-                Err(pyo3::exceptions::PyRuntimeError::new_err(
-                    "generation thread ended unexpectedly",
-                ))
-            }
-        }
-    }
-
-    fn cancel(&self) {
-        self.cancel.store(true, Ordering::Relaxed);
-    }
+fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    PyBytes::new(py, &bytes)
 }
 
-impl Drop for PyGeneration {
-    fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
+/// One event as a Python tuple: (id, kind, payload).
+fn event_to_py<'py>(py: Python<'py>, id: u64, ev: Event) -> PyResult<Bound<'py, PyAny>> {
+    let obj: Bound<'py, PyAny> = match ev {
+        Event::Token(t) => (id, "token", (t.token, t.text, t.logprob, t.top))
+            .into_pyobject(py)?
+            .into_any(),
+        Event::Done(g) => {
+            let d = PyDict::new(py);
+            let (kind, word) = stop_fields(&g.stop);
+            d.set_item("tokens", g.tokens)?;
+            d.set_item("content", g.content)?;
+            d.set_item("stop_type", kind)?;
+            d.set_item("stopping_word", word.unwrap_or_default())?;
+            d.set_item("id_slot", g.id_slot)?;
+            d.set_item("n_prompt", g.n_prompt)?;
+            d.set_item("n_prompt_evaluated", g.n_prompt_evaluated)?;
+            d.set_item("prompt_ms", g.prompt_ms)?;
+            d.set_item("gen_ms", g.gen_ms)?;
+            d.set_item("truncated", g.truncated)?;
+            d.set_item("seed", g.seed)?;
+            d.set_item("n_cached", g.n_cached)?;
+            (id, "done", d).into_pyobject(py)?.into_any()
+        }
+        Event::Failed(e) => (id, "error", to_py(e).into_value(py))
+            .into_pyobject(py)?
+            .into_any(),
+        Event::Floats(arrays) => {
+            let l = PyList::empty(py);
+            for a in &arrays {
+                l.append(f32_bytes(py, a))?;
+            }
+            (id, "floats", l).into_pyobject(py)?.into_any()
+        }
+        Event::SlotOp(r) => {
+            let d = PyDict::new(py);
+            d.set_item("n_tokens", r.n_tokens)?;
+            d.set_item("n_bytes", r.n_bytes)?;
+            d.set_item("ms", r.ms)?;
+            (id, "slot", d).into_pyobject(py)?.into_any()
+        }
+        Event::Dead(msg) => (id, "dead", msg).into_pyobject(py)?.into_any(),
+    };
+    Ok(obj)
+}
+
+impl PyModel {
+    fn engine(&self) -> PyResult<&Engine> {
+        self.engine
+            .get()
+            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("the engine is not started"))
+    }
+
+    fn submit(&self, py: Python<'_>, job: Job) -> PyResult<u64> {
+        let e = self.engine()?;
+        py.detach(|| e.submit(job)).map_err(to_py)
     }
 }
 
@@ -169,137 +148,190 @@ impl PyModel {
             .map_err(to_py)?;
         Ok(Self {
             inner: Arc::new(m),
-            slot: Arc::new(Mutex::new(None)),
+            engine: OnceLock::new(),
         })
     }
 
-    /// Final-normed hidden states (f32 bytes, n_tokens × n_embd) of `tokens` evaluated from position 0.
-    #[pyo3(signature = (tokens, n_batch = 512))]
-    fn hidden<'py>(
-        &self,
-        py: Python<'py>,
-        tokens: Vec<u32>,
-        n_batch: usize,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let m = self.inner.clone();
-        let out = py
-            .detach(move || -> rllama_core::Result<Vec<f32>> {
-                let mut cache = m.new_cache(tokens.len().max(1))?;
-                let mut hidden = Vec::with_capacity(tokens.len() * m.cfg.n_embd);
-                let nb = n_batch.max(1);
-                for (c, chunk) in tokens.chunks(nb).enumerate() {
-                    let batch: Vec<BatchToken> = chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &t)| BatchToken {
-                            token: t,
-                            pos: c * nb + i,
-                            seq: 0,
-                            logits: false,
-                        })
-                        .collect();
-                    let o = m.forward(&batch, &mut [&mut cache], true)?;
-                    hidden.extend_from_slice(&o.hidden.unwrap_or_default());
-                }
-                Ok(hidden)
-            })
-            .map_err(to_py)?;
-        let bytes: Vec<u8> = out.iter().flat_map(|x| x.to_le_bytes()).collect();
-        Ok(PyBytes::new(py, &bytes))
-    }
-
-    /// Benchmark helper: decode `tokens` one at a time from position 0 (llama-bench's tg test).
-    fn decode_bench(&self, py: Python<'_>, tokens: Vec<u32>) -> PyResult<()> {
-        let m = self.inner.clone();
-        py.detach(move || -> rllama_core::Result<()> {
-            let mut cache = m.new_cache(tokens.len().max(1))?;
-            for (pos, &t) in tokens.iter().enumerate() {
-                let b = [BatchToken {
-                    token: t,
-                    pos,
-                    seq: 0,
-                    logits: true,
-                }];
-                m.forward(&b, &mut [&mut cache], false)?;
-            }
-            Ok(())
-        })
-        .map_err(to_py)
-    }
-
-    /// Start generating from `prompt` on this model's cached sequence (created with `n_ctx`).
-    #[pyo3(signature = (prompt, vocab, sampling, n_ctx, n_predict = -1, stop = Vec::new(), n_batch = 512,
-                        cache_prompt = true, n_keep = 0, post_sampling_probs = false))]
+    /// Allocate the slots' caches and start the scheduler thread.
+    #[pyo3(signature = (vocab, n_parallel = 1, n_ctx = 4096, kv_unified = false, n_ubatch = 512,
+                        context_shift = true, slot_prompt_similarity = 0.5))]
     #[allow(clippy::too_many_arguments)]
-    fn generate(
+    fn start_engine(
         &self,
-        prompt: Vec<u32>,
+        py: Python<'_>,
         vocab: &PySamplerVocab,
-        sampling: &PySamplingParams,
+        n_parallel: usize,
         n_ctx: usize,
+        kv_unified: bool,
+        n_ubatch: usize,
+        context_shift: bool,
+        slot_prompt_similarity: f32,
+    ) -> PyResult<()> {
+        let cfg = EngineConfig {
+            n_parallel,
+            n_ctx,
+            kv_unified,
+            n_ubatch,
+            context_shift,
+            slot_prompt_similarity,
+        };
+        let (m, v) = (self.inner.clone(), vocab.inner.clone());
+        let engine = py.detach(move || Engine::start(m, v, cfg)).map_err(to_py)?;
+        self.engine
+            .set(engine)
+            .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the engine is already started"))
+    }
+
+    /// Queue a generation; returns its id. Bad options and grammars raise here.
+    #[pyo3(signature = (prompt, sampling, n_predict = -1, stop = Vec::new(), cache_prompt = true,
+                        n_keep = 0, post_sampling_probs = false, id_slot = -1))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit_generate(
+        &self,
+        py: Python<'_>,
+        prompt: Vec<u32>,
+        sampling: &PySamplingParams,
         n_predict: i64,
         stop: Vec<String>,
-        n_batch: usize,
         cache_prompt: bool,
         n_keep: i64,
         post_sampling_probs: bool,
-    ) -> PyResult<PyGeneration> {
-        if vocab.inner.n_vocab() != self.inner.cfg.n_vocab {
-            return Err(crate::errors::InvalidRequestError::new_err(format!(
-                "vocabulary has {} tokens, the model {}",
-                vocab.inner.n_vocab(),
-                self.inner.cfg.n_vocab
-            )));
-        }
+        id_slot: i64,
+    ) -> PyResult<u64> {
         let params = GenerateParams {
             n_predict,
             stop,
-            n_batch,
             cache_prompt,
             n_keep,
             sampling: sampling.inner.clone(),
             post_sampling_probs,
+            id_slot,
         };
-        let (tx, rx) = channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (model, slot, vocab, flag) = (
-            self.inner.clone(),
-            self.slot.clone(),
-            vocab.inner.clone(),
-            cancel.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut guard = match slot.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let mut run = || -> rllama_core::Result<Generation> {
-                if guard.as_ref().is_none_or(|s| s.n_ctx() != n_ctx) {
-                    *guard = Some(Sequence::new(&model, n_ctx)?);
-                }
-                let seq = guard.as_mut().expect("sequence was just created");
-                generate(&model, &vocab, seq, &prompt, &params, &mut |ev| {
-                    let _ = tx.send(Event::Token(ev.clone()));
-                    !flag.load(Ordering::Relaxed)
-                })
-            };
-            let result = run();
-            if result.is_err() {
-                // A failed evaluation leaves the cache in an unknown state: forget its tokens.
-                if let Some(s) = guard.as_mut() {
-                    s.tokens.clear();
-                }
-            }
-            let _ = tx.send(match result {
-                Ok(g) => Event::Done(g),
-                Err(e) => Event::Failed(e),
-            });
-        });
-        Ok(PyGeneration {
-            rx: Mutex::new(Some(rx)),
-            cancel,
-            finished: false,
-        })
+        let e = self.engine()?;
+        py.detach(|| e.submit_generate(&prompt, params))
+            .map_err(to_py)
+    }
+
+    /// Queue an evaluation of `tokens` from position 0: its result is the f32 logits of the last
+    /// position, or of every position from `logits_from` on when `all_logits`.
+    #[pyo3(signature = (tokens, n_ctx = 0, n_batch = 512, all_logits = false, logits_from = 0))]
+    fn submit_logits(
+        &self,
+        py: Python<'_>,
+        tokens: Vec<u32>,
+        n_ctx: usize,
+        n_batch: usize,
+        all_logits: bool,
+        logits_from: usize,
+    ) -> PyResult<u64> {
+        self.submit(
+            py,
+            Job::Logits {
+                tokens,
+                n_ctx,
+                n_batch,
+                all: all_logits,
+                logits_from,
+            },
+        )
+    }
+
+    /// Queue hidden states (embeddings) of each input: one f32 array (n_tokens × n_embd) each.
+    #[pyo3(signature = (inputs, n_batch = 512))]
+    fn submit_hidden(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<Vec<u32>>,
+        n_batch: usize,
+    ) -> PyResult<u64> {
+        self.submit(py, Job::Hidden { inputs, n_batch })
+    }
+
+    /// Queue llama-bench's tg test: decode `tokens` one at a time from position 0.
+    fn submit_decode_bench(&self, py: Python<'_>, tokens: Vec<u32>) -> PyResult<u64> {
+        self.submit(py, Job::DecodeBench { tokens })
+    }
+
+    fn submit_slot_save(
+        &self,
+        py: Python<'_>,
+        slot: usize,
+        path: std::path::PathBuf,
+    ) -> PyResult<u64> {
+        self.submit(py, Job::SlotSave { slot, path })
+    }
+
+    fn submit_slot_restore(
+        &self,
+        py: Python<'_>,
+        slot: usize,
+        path: std::path::PathBuf,
+    ) -> PyResult<u64> {
+        self.submit(py, Job::SlotRestore { slot, path })
+    }
+
+    fn submit_slot_erase(&self, py: Python<'_>, slot: usize) -> PyResult<u64> {
+        self.submit(py, Job::SlotErase { slot })
+    }
+
+    /// Stop request `id` at the next step (its final event still comes).
+    fn cancel(&self, id: u64) -> PyResult<()> {
+        self.engine()?.cancel(id);
+        Ok(())
+    }
+
+    /// Every event since the last call as (id, kind, payload) tuples, waiting up to
+    /// `timeout_ms` for the first (GIL released while waiting).
+    fn wait_events<'py>(&self, py: Python<'py>, timeout_ms: u64) -> PyResult<Bound<'py, PyList>> {
+        let e = self.engine()?;
+        let events = py.detach(|| e.wait_events(Duration::from_millis(timeout_ms)));
+        let out = PyList::empty(py);
+        for (id, ev) in events {
+            out.append(event_to_py(py, id, ev)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Counters and the slots' state (for /metrics, /slots, /health).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.engine()?.stats();
+        let d = PyDict::new(py);
+        d.set_item("prompt_tokens_total", s.prompt_tokens_total)?;
+        d.set_item("prompt_seconds_total", s.prompt_ms_total / 1e3)?;
+        d.set_item("tokens_predicted_total", s.predicted_tokens_total)?;
+        d.set_item("tokens_predicted_seconds_total", s.predicted_ms_total / 1e3)?;
+        d.set_item("n_decode_total", s.n_decode_total)?;
+        d.set_item("n_busy_slots_total", s.n_busy_slots_total)?;
+        d.set_item("kv_cache_tokens", s.kv_cache_tokens)?;
+        d.set_item("kv_cache_cells", s.kv_cache_cells)?;
+        d.set_item("requests_processing", s.requests_processing)?;
+        d.set_item("requests_deferred", s.requests_deferred)?;
+        let slots = PyList::empty(py);
+        for st in &s.slots {
+            let sd = PyDict::new(py);
+            sd.set_item("id", st.id)?;
+            sd.set_item("n_ctx", st.n_ctx)?;
+            sd.set_item("id_task", st.id_task)?;
+            sd.set_item("n_past", st.n_past)?;
+            sd.set_item("n_prompt", st.n_prompt)?;
+            sd.set_item("n_decoded", st.n_decoded)?;
+            sd.set_item("n_remain", st.n_remain)?;
+            slots.append(sd)?;
+        }
+        d.set_item("slots", slots)?;
+        Ok(d)
+    }
+
+    /// Cancel every request, send their final events and join the scheduler thread.
+    fn shutdown(&self, py: Python<'_>) {
+        if let Some(e) = self.engine.get() {
+            py.detach(|| e.shutdown());
+        }
+    }
+
+    #[getter]
+    fn n_ctx_slot(&self) -> PyResult<usize> {
+        Ok(self.engine()?.n_ctx_slot())
     }
 
     #[getter]
@@ -314,53 +346,9 @@ impl PyModel {
     fn n_ctx_train(&self) -> usize {
         self.inner.cfg.n_ctx_train
     }
-
-    /// Evaluate `tokens` (one sequence from position 0) in batches of `n_batch`; returns f32 logits
-    /// bytes for every position when `all_logits`, else only for the last.
-    #[pyo3(signature = (tokens, n_ctx, n_batch = 512, all_logits = false, logits_from = 0))]
-    fn eval<'py>(
-        &self,
-        py: Python<'py>,
-        tokens: Vec<u32>,
-        n_ctx: usize,
-        n_batch: usize,
-        all_logits: bool,
-        logits_from: usize,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let m = self.inner.clone();
-        let out = py
-            .detach(move || -> rllama_core::Result<Vec<f32>> {
-                let mut cache = m.new_cache(n_ctx)?;
-                let mut logits = Vec::new();
-                let n = tokens.len();
-                for (c, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
-                    let batch: Vec<BatchToken> = chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &t)| {
-                            let pos = c * n_batch.max(1) + i;
-                            let want = (all_logits && pos >= logits_from) || pos + 1 == n;
-                            BatchToken {
-                                token: t,
-                                pos,
-                                seq: 0,
-                                logits: want,
-                            }
-                        })
-                        .collect();
-                    let o = m.forward(&batch, &mut [&mut cache], false)?;
-                    logits.extend_from_slice(&o.logits);
-                }
-                Ok(logits)
-            })
-            .map_err(to_py)?;
-        let bytes: Vec<u8> = out.iter().flat_map(|x| x.to_le_bytes()).collect();
-        Ok(PyBytes::new(py, &bytes))
-    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
-    m.add_class::<PyGeneration>()?;
     Ok(())
 }

@@ -1,7 +1,10 @@
-//! KV cache of one sequence: per layer, keys and values by position, each position one row of
+//! KV cache of one slot: per layer, keys and values by position, each position one row of
 //! `kv_dim` values stored as a GGUF block type (llama.cpp's `-ctk/-ctv`: f16 by default; f32,
-//! q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1). The Engine issue turns this into a paged cache shared
-//! by slots.
+//! q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1). Each slot of the engine owns one, allocated when the
+//! engine starts; `slot_file` saves and restores one. (A paged pool shared by every slot, with
+//! prefix blocks reused across slots, is the design's next step: see DESIGN.md.)
+
+pub mod slot_file;
 
 use crate::error::{Error, Result};
 use crate::quant::quantize::quantize_row;
@@ -74,11 +77,38 @@ impl Store {
             .checked_mul(row_bytes)
             .filter(|&n| n <= (1usize << 38))
             .ok_or_else(|| Error::invalid("KV cache too large"))?;
+        // Fallible: a context that does not fit in memory is an error, never an abort.
+        let mut data = Vec::new();
+        data.try_reserve_exact(n).map_err(|_| {
+            Error::load(format!(
+                "cannot allocate {} MiB for the KV cache: use a smaller context (-c / n_ctx) or a smaller cache type",
+                n >> 20
+            ))
+        })?;
+        data.resize(n, 0);
         Ok(Self {
             ty,
             row_bytes,
-            data: vec![0u8; n],
+            data,
         })
+    }
+
+    fn get(&self, row: usize, dst: &mut [f32]) {
+        self.widen(row, 1, dst)
+    }
+
+    fn rows(&self, row0: usize, n_rows: usize) -> &[u8] {
+        &self.data[row0 * self.row_bytes..(row0 + n_rows) * self.row_bytes]
+    }
+
+    fn rows_mut(&mut self, row0: usize, n_rows: usize) -> &mut [u8] {
+        &mut self.data[row0 * self.row_bytes..(row0 + n_rows) * self.row_bytes]
+    }
+
+    /// Move `n` rows from `from` to `to` (ranges may overlap).
+    fn move_rows(&mut self, from: usize, to: usize, n: usize) {
+        let rb = self.row_bytes;
+        self.data.copy_within(from * rb..(from + n) * rb, to * rb);
     }
 
     fn put(&mut self, row: usize, x: &[f32]) {
@@ -147,6 +177,58 @@ impl KvCache {
         let r = self.row(layer, pos);
         self.k.put(r, k);
         self.v.put(r, v);
+    }
+
+    /// Bytes per position of the keys and of the values (one layer).
+    pub fn row_bytes(&self) -> (usize, usize) {
+        (self.k.row_bytes, self.v.row_bytes)
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    /// Raw key and value bytes of `layer` at positions [0, n_pos) (for slot files).
+    pub fn raw(&self, layer: usize, n_pos: usize) -> (&[u8], &[u8]) {
+        let r = self.row(layer, 0);
+        (self.k.rows(r, n_pos), self.v.rows(r, n_pos))
+    }
+
+    /// Writable raw key and value bytes of `layer` at positions [0, n_pos).
+    pub fn raw_mut(&mut self, layer: usize, n_pos: usize) -> (&mut [u8], &mut [u8]) {
+        let r = self.row(layer, 0);
+        (self.k.rows_mut(r, n_pos), self.v.rows_mut(r, n_pos))
+    }
+
+    /// Drop positions [n_keep, n_keep + n_discard) of every layer and move the `n_past` -
+    /// `n_keep` - `n_discard` positions after them down (context shift). The moved keys still
+    /// carry their old RoPE rotation; `rotate_key` re-rotates them.
+    pub fn discard(&mut self, n_keep: usize, n_discard: usize, n_past: usize) {
+        debug_assert!(n_keep + n_discard <= n_past && n_past <= self.n_ctx);
+        let n_move = n_past - n_keep - n_discard;
+        for layer in 0..self.n_layer {
+            let r = self.row(layer, 0);
+            self.k.move_rows(r + n_keep + n_discard, r + n_keep, n_move);
+            self.v.move_rows(r + n_keep + n_discard, r + n_keep, n_move);
+        }
+    }
+
+    /// Apply `f` to the key row of `layer` at `pos` (widened to f32 and stored back).
+    pub fn update_key(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        buf: &mut [f32],
+        f: impl FnOnce(&mut [f32]),
+    ) {
+        let r = self.row(layer, pos);
+        self.k.get(r, buf);
+        f(buf);
+        self.k.put(r, buf);
     }
 
     /// Keys of `layer` at positions [0, n_pos) as f32, row-major [pos][kv_dim], into `dst`.

@@ -282,6 +282,94 @@ impl Model {
         KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_dim(), self.cache_types)
     }
 
+    /// A hash of what a KV row depends on (architecture, shapes, every tensor's name, type and
+    /// place, the RoPE settings): slot files record it so a file from another model is refused.
+    pub fn fingerprint(&self) -> u64 {
+        use crate::kv::slot_file::{fnv1a, FNV_OFFSET};
+        let c = &self.cfg;
+        let mut h = fnv1a(c.arch_name.as_bytes(), FNV_OFFSET);
+        for v in [
+            c.n_layer,
+            c.n_embd,
+            c.n_head,
+            c.n_head_kv,
+            c.head_dim,
+            c.n_vocab,
+            c.n_rot,
+        ] {
+            h = fnv1a(&(v as u64).to_le_bytes(), h);
+        }
+        for v in [c.rope_base, c.rope_base_swa, c.rope_scale] {
+            h = fnv1a(&v.to_le_bytes(), h);
+        }
+        for t in &self.file.tensors {
+            h = fnv1a(t.name.as_bytes(), h);
+            h = fnv1a(&t.ggml_type.id().to_le_bytes(), h);
+            h = fnv1a(&t.offset.to_le_bytes(), h);
+        }
+        h
+    }
+
+    /// Context shift: drop positions [n_keep, n_keep + n_discard) of `cache` (filled up to
+    /// `n_past`), move the rest down and re-rotate their keys by -n_discard positions, as
+    /// llama.cpp's K-shift does (RoPE rotations compose, so rotating the stored key by the
+    /// difference gives the key at its new position, up to the cache type's rounding).
+    pub fn shift_cache(&self, cache: &mut KvCache, n_keep: usize, n_discard: usize, n_past: usize) {
+        let cfg = &self.cfg;
+        if n_discard == 0 || n_keep + n_discard > n_past {
+            return;
+        }
+        cache.discard(n_keep, n_discard, n_past);
+        let n_moved = n_past - n_keep - n_discard;
+        let neox = cfg.rope_style == RopeStyle::Neox;
+        let factors = self.rope_factors.as_ref().map(|[short, long]| {
+            if cache.n_ctx() > cfg.n_ctx_orig {
+                long.as_slice()
+            } else {
+                short.as_slice()
+            }
+        });
+        let table = |theta_scale: f32, base: f32| {
+            let yarn = cfg.yarn.map(|y| ops::YarnTable {
+                ext_factor: y.ext_factor,
+                // The magnitude was scaled when the key was stored: only rotate now.
+                mscale: 1.0,
+                corr_dims: ops::yarn_corr_dims(
+                    cfg.n_rot,
+                    y.n_ctx_orig,
+                    base,
+                    y.beta_fast,
+                    y.beta_slow,
+                ),
+            });
+            let mut t = Vec::new();
+            ops::rope_cache(
+                -(n_discard as f32),
+                cfg.rope_scale,
+                theta_scale,
+                cfg.n_rot,
+                yarn,
+                1.0,
+                factors,
+                &mut t,
+            );
+            t
+        };
+        let global = table(self.theta_scale, cfg.rope_base);
+        let swa = table(self.theta_scale_swa, cfg.rope_base_swa);
+        let mut buf = vec![0f32; cfg.kv_dim()];
+        for layer in 0..cfg.n_layer {
+            let t = if cfg.swa_layers[layer] { &swa } else { &global };
+            for pos in n_keep..n_keep + n_moved {
+                cache.update_key(layer, pos, &mut buf, |row| {
+                    for h in row.chunks_exact_mut(cfg.head_dim) {
+                        ops::rope(&mut h[..cfg.n_rot], t, neox);
+                    }
+                });
+            }
+        }
+    }
+
     pub fn pool(&self) -> &ThreadPool {
         &self.pool
     }

@@ -1,0 +1,602 @@
+//! The scheduler thread: takes jobs and cancellations from the inbox, places generations in
+//! slots, and runs steps — one forward pass over one token of every generating slot plus the
+//! next prompt chunk of every slot still reading its prompt — until there is nothing to do.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::slot::{Active, Outcome, Slot};
+use super::{
+    lock, prompt_batches, EngineConfig, Event, GenerateJob, Job, Shared, SlotOpResult, SlotState,
+    StopReason,
+};
+use crate::error::{Error, Result};
+use crate::kv::{slot_file, KvCache};
+use crate::model::{BatchToken, Model};
+use crate::sampling::SamplerVocab;
+
+pub struct Scheduler {
+    model: Arc<Model>,
+    vocab: Arc<SamplerVocab>,
+    cfg: EngineConfig,
+    slots: Vec<Slot>,
+    /// Generations waiting for a slot, in arrival order.
+    queue: VecDeque<(u64, Box<GenerateJob>)>,
+    shared: Arc<Shared>,
+    swa: bool,
+    clock: u64,
+    /// Rotates which slot's prompt goes first when chunks compete for a step's budget.
+    rr: usize,
+}
+
+/// One entry of a step's batch: which slot, and how many of its tokens.
+struct Part {
+    slot: usize,
+    /// Prompt range evaluated (prefill), or None for the one decode token.
+    prompt: Option<(usize, usize)>,
+    wants_logits: bool,
+}
+
+/// Length of the common prefix of two token lists.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Pick the slot for `prompt` among the idle ones (`pinned` forces one): the one whose cached
+/// tokens share the longest prefix, when it covers at least `similarity` of the prompt, else the
+/// least recently used. `None`: wait.
+pub fn choose_slot(
+    idle: &[(usize, &[u32], u64)],
+    prompt: &[u32],
+    pinned: Option<usize>,
+    similarity: f32,
+) -> Option<usize> {
+    if let Some(p) = pinned {
+        return idle
+            .iter()
+            .find(|(id, _, _)| *id == p)
+            .map(|(id, _, _)| *id);
+    }
+    let best = idle
+        .iter()
+        .map(|(id, toks, _)| (*id, common_prefix(toks, prompt)))
+        .max_by_key(|&(id, n)| (n, std::cmp::Reverse(id)));
+    if let Some((id, n)) = best {
+        if similarity > 0.0 && n > 0 && n as f32 >= similarity * prompt.len() as f32 {
+            return Some(id);
+        }
+    }
+    idle.iter()
+        .min_by_key(|(id, _, used)| (*used, *id))
+        .map(|(id, _, _)| *id)
+}
+
+impl Scheduler {
+    pub fn new(
+        model: Arc<Model>,
+        vocab: Arc<SamplerVocab>,
+        cfg: EngineConfig,
+        caches: Vec<KvCache>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let swa = model.cfg.swa_layers.iter().any(|&s| s);
+        let slots = caches
+            .into_iter()
+            .enumerate()
+            .map(|(id, cache)| Slot {
+                id,
+                cache,
+                tokens: Vec::new(),
+                last_used: 0,
+                active: None,
+            })
+            .collect();
+        let s = Self {
+            model,
+            vocab,
+            cfg,
+            slots,
+            queue: VecDeque::new(),
+            shared,
+            swa,
+            clock: 0,
+            rr: 0,
+        };
+        s.publish();
+        s
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let (jobs, cancels, shutdown) = {
+                let mut inbox = lock(&self.shared.inbox);
+                while inbox.jobs.is_empty()
+                    && inbox.cancels.is_empty()
+                    && !inbox.shutdown
+                    && !self.has_work()
+                {
+                    inbox = self
+                        .shared
+                        .wake
+                        .wait(inbox)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                (
+                    std::mem::take(&mut inbox.jobs),
+                    std::mem::take(&mut inbox.cancels),
+                    inbox.shutdown,
+                )
+            };
+            let mut events = Vec::new();
+            for (id, job) in jobs {
+                self.take_job(id, job, &mut events);
+            }
+            for id in cancels {
+                self.cancel(id, &mut events);
+            }
+            if shutdown {
+                let ids: Vec<u64> = self
+                    .queue
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .chain(
+                        self.slots
+                            .iter()
+                            .filter_map(|s| s.active.as_ref().map(|a| a.id)),
+                    )
+                    .collect();
+                for id in ids {
+                    self.cancel(id, &mut events);
+                }
+                self.publish();
+                self.shared.emit(events);
+                return;
+            }
+            self.assign();
+            if self.busy() {
+                self.step(&mut events);
+            }
+            // Counters first, so a caller that has its final event sees them up to date.
+            self.publish();
+            self.shared.emit(events);
+        }
+    }
+
+    /// Something to run now: a slot generating, or a queued request an idle slot can take.
+    fn has_work(&self) -> bool {
+        self.busy()
+            || self.queue.iter().any(|(_, j)| {
+                let idle = |s: &Slot| s.active.is_none();
+                match j.params.id_slot {
+                    -1 => self.slots.iter().any(idle),
+                    k => self.slots.get(k as usize).is_some_and(idle),
+                }
+            })
+    }
+
+    fn busy(&self) -> bool {
+        self.slots.iter().any(|s| s.active.is_some())
+    }
+
+    fn take_job(&mut self, id: u64, job: Job, events: &mut Vec<(u64, Event)>) {
+        let model = self.model.clone();
+        let result = match job {
+            Job::Generate(g) => {
+                self.queue.push_back((id, g));
+                return;
+            }
+            Job::Logits {
+                tokens,
+                n_ctx,
+                n_batch,
+                all,
+                logits_from,
+            } => logits(&model, &tokens, n_ctx, n_batch, all, logits_from)
+                .map(|v| Event::Floats(vec![v])),
+            Job::Hidden { inputs, n_batch } => inputs
+                .iter()
+                .map(|t| hidden(&model, t, n_batch))
+                .collect::<Result<Vec<_>>>()
+                .map(Event::Floats),
+            Job::DecodeBench { tokens } => {
+                decode_bench(&model, &tokens).map(|_| Event::Floats(Vec::new()))
+            }
+            Job::SlotSave { slot, path } => self.idle_slot(slot).and_then(|s| {
+                let t0 = Instant::now();
+                let n = slot_file::save(&path, model.fingerprint(), &s.cache, &s.tokens)?;
+                Ok(Event::SlotOp(SlotOpResult {
+                    n_tokens: s.tokens.len(),
+                    n_bytes: n,
+                    ms: ms(t0),
+                }))
+            }),
+            Job::SlotRestore { slot, path } => self.idle_slot(slot).and_then(|s| {
+                let t0 = Instant::now();
+                let (tokens, n) = slot_file::restore(&path, model.fingerprint(), &mut s.cache)?;
+                s.tokens = tokens;
+                Ok(Event::SlotOp(SlotOpResult {
+                    n_tokens: s.tokens.len(),
+                    n_bytes: n,
+                    ms: ms(t0),
+                }))
+            }),
+            Job::SlotErase { slot } => self.idle_slot(slot).map(|s| {
+                let n = s.tokens.len();
+                s.tokens.clear();
+                Event::SlotOp(SlotOpResult {
+                    n_tokens: n,
+                    n_bytes: 0,
+                    ms: 0.0,
+                })
+            }),
+        };
+        events.push((id, result.unwrap_or_else(Event::Failed)));
+    }
+
+    fn idle_slot(&mut self, slot: usize) -> Result<&mut Slot> {
+        let n = self.slots.len();
+        let s = self.slots.get_mut(slot).ok_or_else(|| {
+            Error::invalid(format!("slot {slot} does not exist (0 to {})", n - 1))
+        })?;
+        if s.active.is_some() {
+            return Err(Error::invalid(format!("slot {slot} is busy")));
+        }
+        Ok(s)
+    }
+
+    fn cancel(&mut self, id: u64, events: &mut Vec<(u64, Event)>) {
+        if let Some(i) = self.queue.iter().position(|(q, _)| *q == id) {
+            let (_, job) = self.queue.remove(i).expect("index from position");
+            let a = Active::new(id, *job, VecDeque::new(), 0);
+            a.finish(StopReason::Cancelled, 0, 0, events);
+            return;
+        }
+        if let Some(si) = self
+            .slots
+            .iter()
+            .position(|s| s.active.as_ref().is_some_and(|a| a.id == id))
+        {
+            self.finish(si, StopReason::Cancelled, events);
+        }
+    }
+
+    /// Place queued generations in idle slots, first come first served (one pinned to a busy
+    /// slot waits without holding up the others).
+    fn assign(&mut self) {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let idle: Vec<(usize, &[u32], u64)> = self
+                .slots
+                .iter()
+                .filter(|s| s.active.is_none())
+                .map(|s| (s.id, s.tokens.as_slice(), s.last_used))
+                .collect();
+            if idle.is_empty() {
+                break;
+            }
+            let (_, job) = &self.queue[i];
+            let pinned = (job.params.id_slot >= 0).then_some(job.params.id_slot as usize);
+            let Some(si) = choose_slot(&idle, &job.prompt, pinned, self.cfg.slot_prompt_similarity)
+            else {
+                i += 1;
+                continue;
+            };
+            let (id, job) = self.queue.remove(i).expect("index in range");
+            let slot = &mut self.slots[si];
+            let n = job.prompt.len();
+            let reuse = if job.params.cache_prompt {
+                common_prefix(&slot.tokens, &job.prompt).min(n - 1)
+            } else {
+                0
+            };
+            slot.tokens.truncate(reuse);
+            let pending = prompt_batches(n - reuse, self.cfg.n_ubatch, self.swa)
+                .into_iter()
+                .map(|(s, e)| (s + reuse, e + reuse))
+                .collect();
+            slot.active = Some(Active::new(id, *job, pending, reuse));
+        }
+    }
+
+    /// One forward pass over every active slot's next tokens, then sampling.
+    fn step(&mut self, events: &mut Vec<(u64, Event)>) {
+        let n_ctx = self.cfg.n_ctx_slot();
+        let budget = self.cfg.n_ubatch.max(1);
+        // Generating slots whose cache is full shift their context first (or stop).
+        for si in 0..self.slots.len() {
+            let full = {
+                let s = &self.slots[si];
+                s.active.as_ref().is_some_and(|a| a.next.is_some()) && s.tokens.len() + 1 > n_ctx
+            };
+            if full && !self.shift(si) {
+                self.finish(si, StopReason::Limit, events);
+            }
+        }
+        let mut batch: Vec<BatchToken> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
+        for (si, s) in self.slots.iter().enumerate() {
+            if let Some(t) = s.active.as_ref().and_then(|a| a.next) {
+                batch.push(BatchToken {
+                    token: t,
+                    pos: s.tokens.len(),
+                    seq: si,
+                    logits: true,
+                });
+                parts.push(Part {
+                    slot: si,
+                    prompt: None,
+                    wants_logits: true,
+                });
+            }
+        }
+        let n_slots = self.slots.len();
+        for k in 0..n_slots {
+            let si = (self.rr + k) % n_slots;
+            let left = budget.saturating_sub(batch.len());
+            if left == 0 {
+                break;
+            }
+            let Some(a) = self.slots[si].active.as_mut() else {
+                continue;
+            };
+            let Some(&(s, e)) = a.pending.front() else {
+                continue;
+            };
+            let take = (e - s).min(left);
+            if take < e - s {
+                a.pending[0] = (s + take, e);
+            } else {
+                a.pending.pop_front();
+            }
+            let n = a.prompt().len();
+            let last = s + take == n;
+            for pos in s..s + take {
+                batch.push(BatchToken {
+                    token: a.prompt()[pos],
+                    pos,
+                    seq: si,
+                    logits: last && pos + 1 == n,
+                });
+            }
+            parts.push(Part {
+                slot: si,
+                prompt: Some((s, s + take)),
+                wants_logits: last,
+            });
+        }
+        self.rr = (self.rr + 1) % n_slots.max(1);
+        if batch.is_empty() {
+            return;
+        }
+        let out = {
+            let mut caches: Vec<&mut KvCache> =
+                self.slots.iter_mut().map(|s| &mut s.cache).collect();
+            self.model.forward(&batch, &mut caches, false)
+        };
+        {
+            let mut st = lock(&self.shared.stats);
+            st.n_decode_total += 1;
+            st.n_busy_slots_total +=
+                self.slots.iter().filter(|s| s.active.is_some()).count() as u64;
+        }
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                // The caches of the batch's slots are in an unknown state: forget them.
+                for p in &parts {
+                    let s = &mut self.slots[p.slot];
+                    s.tokens.clear();
+                    if let Some(a) = s.active.take() {
+                        events.push((a.id, Event::Failed(e.duplicate())));
+                    }
+                }
+                return;
+            }
+        };
+        // The batch's tokens are in the caches now.
+        for p in &parts {
+            let s = &mut self.slots[p.slot];
+            let Some(a) = s.active.as_mut() else { continue };
+            match p.prompt {
+                Some((from, to)) => s.tokens.extend_from_slice(&a.prompt()[from..to]),
+                None => s
+                    .tokens
+                    .push(a.next.take().expect("decode part has a token")),
+            }
+        }
+        let n_vocab = self.model.cfg.n_vocab;
+        let mut row = 0;
+        for p in parts.iter().filter(|p| p.wants_logits) {
+            let logits = &out.logits[row * n_vocab..(row + 1) * n_vocab];
+            row += 1;
+            let s = &mut self.slots[p.slot];
+            let n_cached = s.tokens.len();
+            let Some(a) = s.active.as_mut() else { continue };
+            let id = a.id;
+            let outcome = a.on_logits(
+                logits,
+                &self.vocab,
+                n_cached,
+                n_ctx,
+                self.cfg.context_shift,
+                events,
+            );
+            if let Outcome::Finished(stop) = outcome {
+                let failed = events
+                    .last()
+                    .is_some_and(|(i, e)| *i == id && matches!(e, Event::Failed(_)));
+                if failed {
+                    s.active = None;
+                } else {
+                    self.finish(p.slot, stop, events);
+                }
+            }
+        }
+    }
+
+    /// Context shift of slot `si`: keep n_keep tokens, drop half of the rest. False when it
+    /// cannot (disabled, or nothing left to drop).
+    fn shift(&mut self, si: usize) -> bool {
+        if !self.cfg.context_shift {
+            return false;
+        }
+        let s = &mut self.slots[si];
+        let Some(a) = s.active.as_mut() else {
+            return false;
+        };
+        let n_past = s.tokens.len();
+        let n_keep = match a.job.params.n_keep {
+            k if k < 0 => a.job.prompt.len(),
+            k => k as usize,
+        }
+        .min(n_past.saturating_sub(2));
+        let n_discard = (n_past - n_keep) / 2;
+        if n_discard == 0 {
+            return false;
+        }
+        self.model
+            .shift_cache(&mut s.cache, n_keep, n_discard, n_past);
+        s.tokens.drain(n_keep..n_keep + n_discard);
+        a.job.truncated = true;
+        true
+    }
+
+    fn finish(&mut self, si: usize, stop: StopReason, events: &mut Vec<(u64, Event)>) {
+        self.clock += 1;
+        let s = &mut self.slots[si];
+        let Some(a) = s.active.take() else { return };
+        let n_eval = a.n_prompt_evaluated as u64;
+        let (prompt_ms, gen_ms, n_gen) = a.finish(stop, si, s.tokens.len(), events);
+        s.last_used = self.clock;
+        let mut st = lock(&self.shared.stats);
+        st.prompt_tokens_total += n_eval;
+        st.prompt_ms_total += prompt_ms;
+        st.predicted_tokens_total += n_gen as u64;
+        st.predicted_ms_total += gen_ms;
+    }
+
+    /// Copy the slots' state and the queue length into the shared stats.
+    fn publish(&self) {
+        let n_ctx = self.cfg.n_ctx_slot();
+        let mut st = lock(&self.shared.stats);
+        st.slots = self
+            .slots
+            .iter()
+            .map(|s| SlotState {
+                id: s.id,
+                n_ctx,
+                id_task: s.active.as_ref().map(|a| a.id),
+                n_past: s.tokens.len(),
+                n_prompt: s.active.as_ref().map_or(0, |a| a.prompt().len()),
+                n_decoded: s.active.as_ref().map_or(0, |a| a.out_tokens.len()),
+                n_remain: s.active.as_ref().map_or(-1, |a| {
+                    let n = a.job.params.n_predict;
+                    if n < 0 {
+                        -1
+                    } else {
+                        n - a.out_tokens.len() as i64
+                    }
+                }),
+            })
+            .collect();
+        st.kv_cache_tokens = self.slots.iter().map(|s| s.tokens.len() as u64).sum();
+        st.kv_cache_cells = (n_ctx * self.slots.len()) as u64;
+        st.requests_processing = self.slots.iter().filter(|s| s.active.is_some()).count() as u64;
+        st.requests_deferred = self.queue.len() as u64;
+    }
+}
+
+fn ms(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+/// Logits of `tokens` from position 0 in a scratch cache (perplexity, `Model.logits`).
+fn logits(
+    model: &Model,
+    tokens: &[u32],
+    n_ctx: usize,
+    n_batch: usize,
+    all: bool,
+    from: usize,
+) -> Result<Vec<f32>> {
+    let mut cache = model.new_cache(tokens.len().max(n_ctx).max(1))?;
+    let nb = n_batch.max(1);
+    let n = tokens.len();
+    let mut out = Vec::new();
+    for (c, chunk) in tokens.chunks(nb).enumerate() {
+        let batch: Vec<BatchToken> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let pos = c * nb + i;
+                BatchToken {
+                    token: t,
+                    pos,
+                    seq: 0,
+                    logits: (all && pos >= from) || pos + 1 == n,
+                }
+            })
+            .collect();
+        let o = model.forward(&batch, &mut [&mut cache], false)?;
+        out.extend_from_slice(&o.logits);
+    }
+    Ok(out)
+}
+
+/// Final-normed hidden states of `tokens` from position 0 (embeddings).
+fn hidden(model: &Model, tokens: &[u32], n_batch: usize) -> Result<Vec<f32>> {
+    let mut cache = model.new_cache(tokens.len().max(1))?;
+    let nb = n_batch.max(1);
+    let mut out = Vec::with_capacity(tokens.len() * model.cfg.n_embd);
+    for (c, chunk) in tokens.chunks(nb).enumerate() {
+        let batch: Vec<BatchToken> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| BatchToken {
+                token: t,
+                pos: c * nb + i,
+                seq: 0,
+                logits: false,
+            })
+            .collect();
+        let o = model.forward(&batch, &mut [&mut cache], true)?;
+        out.extend_from_slice(&o.hidden.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+fn decode_bench(model: &Model, tokens: &[u32]) -> Result<()> {
+    let mut cache = model.new_cache(tokens.len().max(1))?;
+    for (pos, &t) in tokens.iter().enumerate() {
+        let b = [BatchToken {
+            token: t,
+            pos,
+            seq: 0,
+            logits: true,
+        }];
+        model.forward(&b, &mut [&mut cache], false)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose_slot;
+
+    #[test]
+    fn slots_are_chosen_by_prefix_then_least_recently_used() {
+        let a = [1u32, 2, 3, 4];
+        let b = [9u32, 9];
+        let idle: Vec<(usize, &[u32], u64)> = vec![(0, &a, 5), (1, &b, 2), (2, &[], 7)];
+        // Shares 3 of 4 tokens with slot 0.
+        assert_eq!(choose_slot(&idle, &[1, 2, 3, 7], None, 0.5), Some(0));
+        // Below the similarity threshold: least recently used.
+        assert_eq!(choose_slot(&idle, &[1, 5, 6, 7], None, 0.5), Some(1));
+        assert_eq!(choose_slot(&idle, &[1, 2, 3, 7], None, 0.0), Some(1));
+        // Pinned: that slot or wait.
+        assert_eq!(choose_slot(&idle, &[1], Some(2), 0.5), Some(2));
+        assert_eq!(choose_slot(&idle, &[1], Some(3), 0.5), None);
+        assert_eq!(choose_slot(&[], &[1], None, 0.5), None);
+    }
+}
