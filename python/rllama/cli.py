@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"rllama: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+        print(f"rllama: unknown command {cmd!r} (commands: {', '.join(COMMANDS)}; see --help)", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[cmd][0])
     from rllama.errors import RllamaError

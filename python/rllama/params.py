@@ -107,10 +107,10 @@ def parse_prompt(prompt: Any, tokenize: Callable[[str, bool], Sequence[int]] | N
         return parse_prompt(inner, tokenize)
     if all(_is_token(x) for x in prompt):
         return _token_ids(list(prompt))
-    bad = next((x for x in prompt if not (_is_token(x) or isinstance(x, str))), None)
-    if bad is not None:
+    bad = [x for x in prompt if not (_is_token(x) or isinstance(x, str))]
+    if bad:
         raise InvalidRequestError(
-            f'"prompt": an array of token ids may mix in strings, but not {type(bad).__name__} values')
+            f'"prompt": an array of token ids may mix in strings, but not {type(bad[0]).__name__} values')
     if tokenize is None:
         raise InvalidRequestError('"prompt" mixing strings and token ids needs a tokenizer')
     ids: list[int] = []
