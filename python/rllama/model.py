@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from rllama import _core, params, sampling
+from rllama import _core, params, sampling, validate
 from rllama.chat import apply_template, resolve_template
 from rllama.errors import InvalidRequestError, RllamaError
 from rllama.gguf import GgufReader
 from rllama.models import resolve
 from rllama.tokenizer import Tokenizer
-
 
 # Options `Model.complete` knows (the HTTP server passes only known fields; the library refuses
 # a misspelled one instead of silently ignoring it).
@@ -63,7 +62,7 @@ class _Pump:
         while not self._closed:
             try:
                 events = self._core.wait_events(100)
-            except Exception as e:  # the engine is gone: fail everything still waiting
+            except Exception as e:  # noqa: BLE001 -- the engine is gone: fail everything still waiting
                 events = [(0, "dead", f"the engine stopped: {e}")]
             if not events:
                 continue
@@ -116,7 +115,7 @@ class Model:
 
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
                  n_parallel: int = 1, kv_unified: bool = False, context_shift: bool = True,
-                 slot_prompt_similarity: float = 0.5,
+                 slot_prompt_similarity: float = 0.5, n_probs_max: int = params.N_PROBS_MAX,
                  n_threads: int | None = None, n_threads_batch: int | None = None, n_batch: int = 2048,
                  n_ubatch: int = 512,
                  no_mmap: bool = False, mlock: bool = False, chat_template: str | None = None,
@@ -126,21 +125,19 @@ class Model:
                  yarn_ext_factor: float | None = None, yarn_attn_factor: float | None = None,
                  yarn_beta_fast: float | None = None, yarn_beta_slow: float | None = None,
                  flash_attn: str = "auto"):
-        for name, v in (("n_ctx", n_ctx), ("n_parallel", n_parallel), ("n_batch", n_batch), ("n_ubatch", n_ubatch),
-                        ("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-                raise InvalidRequestError(f"{name} must be an integer, got {v!r}")
-        if n_parallel < 1 or n_parallel > 256:
+        validate.model_args(n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch, n_batch=n_batch,
+                            n_ubatch=n_ubatch, n_parallel=n_parallel, rope_freq_base=rope_freq_base,
+                            rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx,
+                            yarn_ext_factor=yarn_ext_factor, yarn_attn_factor=yarn_attn_factor,
+                            yarn_beta_fast=yarn_beta_fast, yarn_beta_slow=yarn_beta_slow, chat_template=chat_template,
+                            alias=alias, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                            rope_scaling=rope_scaling, flash_attn=flash_attn)
+        validate.integer(n_probs_max, "n_probs_max", 0, 1 << 20)
+        if not 1 <= n_parallel <= 256:
             raise InvalidRequestError(f"n_parallel must be between 1 and 256, got {n_parallel}")
-        if not 0 <= n_ctx <= 1 << 24:
-            raise InvalidRequestError(f"n_ctx must be between 0 (the model's) and {1 << 24}, got {n_ctx}")
-        for name, v in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
-            if v is not None and not 1 <= v <= 1024:
-                raise InvalidRequestError(f"{name} must be between 1 and 1024, got {v}")
-        if not 1 <= n_batch <= 1 << 20 or not 1 <= n_ubatch <= 1 << 20:
-            raise InvalidRequestError("n_batch and n_ubatch must be between 1 and 1048576")
         if not 0.0 <= slot_prompt_similarity <= 1.0:
             raise InvalidRequestError("slot_prompt_similarity must be between 0 and 1")
+        self.n_probs_max = n_probs_max
         self.path = Path(resolve(path_or_name))
         self._gguf = GgufReader(self.path, no_mmap=no_mmap, mlock=mlock)
         self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
@@ -176,10 +173,10 @@ class Model:
         """Cancel every request and stop the engine (also done when the model is collected)."""
         self._finalizer()
 
-    def __enter__(self) -> Model:
+    def __enter__(self) -> Model:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # Vocabulary ---------------------------------------------------------------------------
@@ -232,7 +229,8 @@ class Model:
         if unknown:
             raise InvalidRequestError(f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
         req = params.parse({"prompt": prompt, **options}, tokenize=lambda s: self.tokenize(s),
-                           n_vocab=self.n_vocab, n_ctx=self.n_ctx_slot)
+                           n_vocab=self.n_vocab, n_ctx=self.n_ctx_slot, n_probs_max=self.n_probs_max,
+                           tokenize_prompt=lambda s, special: self.tokenize(s, add_special=special))
         id_slot = options.get("id_slot", options.get("slot_id", -1))
         if id_slot is None:
             id_slot = -1
@@ -244,7 +242,7 @@ class Model:
                                                cache_prompt=req.cache_prompt, n_keep=req.n_keep,
                                                post_sampling_probs=req.post_sampling_probs, id_slot=id_slot),
             sink)
-        self._requests[rid] = (prompt, req)
+        self._requests[rid] = (req.prompt, req)
         return rid, req
 
     def complete(self, prompt: str | list[int], **options: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
@@ -265,7 +263,7 @@ class Model:
 
     def _sync_stream(self, rid: int, req: params.CompletionRequest, prompt: Any,
                      q: queue.SimpleQueue[Any]) -> Iterator[dict[str, Any]]:
-        shaper = _Shaper(self, req, prompt)
+        shaper = _Shaper(self, req, req.prompt)
         finished = False
         try:
             while not finished:
@@ -286,7 +284,7 @@ class Model:
         aq: asyncio.Queue[Any] = asyncio.Queue()
         rid, req = self._start(prompt, {**options, "stream": True},
                                lambda evs: loop.call_soon_threadsafe(aq.put_nowait, evs))
-        shaper = _Shaper(self, req, prompt)
+        shaper = _Shaper(self, req, req.prompt)
         finished = False
         try:
             while not finished:
@@ -441,6 +439,7 @@ class Model:
                    progress: Any = None) -> dict[str, Any]:
         """llama.cpp's perplexity: split the tokenized text into chunks of `n_ctx` tokens, score the
         second half of each chunk (first token replaced by BOS when the model adds one)."""
+        validate.perplexity_args(n_ctx, n_chunks)
         tokens = self.tokenize(text, add_special=True, parse_special=False)
         if len(tokens) < 2 * n_ctx:
             raise InvalidRequestError(f"need at least {2 * n_ctx} tokens for a context of {n_ctx}, got {len(tokens)}")

@@ -362,8 +362,8 @@ def _complete_forms(stream: bool) -> None:
         assert final["tokens_predicted"] >= 1, (p, final)
 
 
-case("prompt", needs=NEEDS_PROMPT, timeout=120, name="prompt_forms_complete")(lambda: _complete_forms(False))
-case("prompt", needs=NEEDS_PROMPT, timeout=120, name="prompt_forms_stream")(lambda: _complete_forms(True))
+case("prompt", timeout=120, name="prompt_forms_complete")(lambda: _complete_forms(False))
+case("prompt", timeout=120, name="prompt_forms_stream")(lambda: _complete_forms(True))
 
 
 # json_schema -------------------------------------------------------------------------------------
@@ -746,7 +746,7 @@ many("ranges", {
     "model_n_ctx_2_64": lambda: model(n_ctx=2**64),
     "model_n_threads_2_64": lambda: model(n_threads=2**64),
     "model_n_ubatch_zero": lambda: model(n_ubatch=0),
-}, "InvalidRequestError", r"n_threads|n_ctx|n_ubatch", needs=NEEDS_MODEL_ARGS)
+}, "InvalidRequestError", r"n_threads|n_ctx|n_ubatch")
 
 
 def _perplexity(n_ctx: int) -> None:
@@ -757,7 +757,7 @@ many("ranges", {
     "perplexity_n_ctx_0": lambda: _perplexity(0),
     "perplexity_n_ctx_1": lambda: _perplexity(1),
     "perplexity_n_ctx_negative": lambda: _perplexity(-4),
-}, "InvalidRequestError", "n_ctx", needs=NEEDS_PERPLEXITY)
+}, "InvalidRequestError", "n_ctx")
 
 
 @case("ranges", "InvalidRequestError", "n_ctx")
@@ -876,11 +876,11 @@ def tokenize_bytes_argument():
 
 
 # Engine (fixed in the engine rewrite; tested here) -----------------------------------------------
-@case("engine", "ModelLoadError", "memory|context|bytes", needs=NEEDS_ENGINE, timeout=60)
+@case("engine", "ModelLoadError", "memory|context|bytes", timeout=60)
 def n_ctx_4_000_000():
     model(n_ctx=4_000_000).complete("Hi", n_predict=1)
 
 
-@case("engine", "InvalidRequestError", "empty", needs=NEEDS_ENGINE)
+@case("engine", "InvalidRequestError", "empty")
 def embed_empty_list():
     model().embed([])

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 import rllama
 
 
@@ -75,9 +74,7 @@ def test_queue_beyond_the_slots_and_every_request_finishes():
 
 def test_cancelling_a_stream_frees_its_slot(model):
     it = model.complete("Tell me a long story.", n_predict=400, temperature=0.7, ignore_eos=True, stream=True)
-    n = 0
-    for chunk in it:
-        n += 1
+    for n, _chunk in enumerate(it, 1):
         if n == 3:
             break
     it.close()
@@ -187,7 +184,7 @@ def test_many_threads_mixed_requests_stress(model):
     def worker(k):
         try:
             for j in range(4):
-                opts = dict(n_predict=3 + (k + j) % 7, temperature=0.8, seed=k * 10 + j, return_tokens=True)
+                opts = {"n_predict": 3 + (k + j) % 7, "temperature": 0.8, "seed": k * 10 + j, "return_tokens": True}
                 if (k + j) % 3 == 0:
                     toks = []
                     final = None
@@ -208,7 +205,7 @@ def test_many_threads_mixed_requests_stress(model):
                 assert r["tokens_predicted"] == len(r["tokens"]) <= opts["n_predict"]
                 with lock:
                     done.append(r)
-        except BaseException as e:  # reported below
+        except BaseException as e:  # noqa: BLE001 -- reported below
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(10)]

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {"kernels": "rllama.bench.kernels", "tokenizer": "rllama.bench.tokenizer",
-               "load": "rllama.bench.load"}
+               "load": "rllama.bench.load", "serve": "rllama.bench.serve"}
 
 
 def main(argv: list[str]) -> int:
