@@ -49,6 +49,9 @@ class ServerSettings:
     api_key_file: str | None = None
     embeddings: bool = False
     parallel: int = 1
+    kv_unified: bool = False
+    context_shift: bool = True
+    slot_prompt_similarity: float = 0.5
     cont_batching: bool = False
     system_prompt_file: str | None = None
     mmproj: str | None = None
@@ -116,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--api-key-file", default=None)
     a("--embeddings", "--embedding", action="store_true")
     a("-np", "--parallel", type=int, default=d.parallel)
+    a("-kvu", "--kv-unified", action="store_true", help="every slot may use the whole context")
+    a("--context-shift", dest="context_shift", action="store_true", default=True)
+    a("--no-context-shift", dest="context_shift", action="store_false",
+      help="stop a generation that fills its slot's context instead of shifting it")
+    a("-sps", "--slot-prompt-similarity", type=float, default=d.slot_prompt_similarity)
     a("-cb", "--cont-batching", action="store_true")
     a("-spf", "--system-prompt-file", default=None)
     a("--mmproj", default=None)
@@ -216,10 +224,8 @@ def model_kwargs(s: ServerSettings) -> dict:
         if getattr(s, name) != getattr(d, name):  # the defaults mean "from the model"
             kw[name] = getattr(s, name)
     accepted = inspect.signature(Model.__init__).parameters
-    if "n_parallel" in accepted:
-        kw["n_parallel"] = s.parallel
-    elif s.parallel != 1:
-        raise NotSupportedYet("not supported yet: -np/--parallel above 1 (this engine has one slot)")
+    kw.update(n_parallel=s.parallel, kv_unified=s.kv_unified, context_shift=s.context_shift,
+              slot_prompt_similarity=s.slot_prompt_similarity)
     if "embeddings" in accepted:
         kw["embeddings"] = s.embeddings
     if "pooling" in accepted and s.pooling is not None:
