@@ -406,10 +406,11 @@ impl Scheduler {
             }
         }
         let n_vocab = self.model.cfg.n_vocab;
-        let mut row = 0;
-        for p in parts.iter().filter(|p| p.wants_logits) {
-            let logits = &out.logits[row * n_vocab..(row + 1) * n_vocab];
-            row += 1;
+        for (p, logits) in parts
+            .iter()
+            .filter(|p| p.wants_logits)
+            .zip(out.logits.chunks_exact(n_vocab))
+        {
             let s = &mut self.slots[p.slot];
             let n_cached = s.tokens.len();
             let Some(a) = s.active.as_mut() else { continue };

@@ -123,21 +123,13 @@ impl Active {
         }
         self.out_tokens.push(token);
         let ignore_eos = p.sampling.ignore_eos;
-        if vocab.is_eog(token) && !ignore_eos {
-            let text = self.stops.finish(&self.dec.finish());
-            events.push((
-                self.id,
-                Event::Token(TokenEvent {
-                    token,
-                    text,
-                    logprob,
-                    top,
-                }),
-            ));
-            return Outcome::Finished(StopReason::Eos);
-        }
-        let fresh = self.dec.push(vocab.text_piece(token));
-        let (text, hit) = self.stops.push(&fresh);
+        let eos = vocab.is_eog(token) && !ignore_eos;
+        let (text, hit) = if eos {
+            (self.stops.finish(&self.dec.finish()), None)
+        } else {
+            let fresh = self.dec.push(vocab.text_piece(token));
+            self.stops.push(&fresh)
+        };
         events.push((
             self.id,
             Event::Token(TokenEvent {
@@ -147,6 +139,9 @@ impl Active {
                 top,
             }),
         ));
+        if eos {
+            return Outcome::Finished(StopReason::Eos);
+        }
         if let Some(word) = hit {
             return Outcome::Finished(StopReason::Word(word));
         }

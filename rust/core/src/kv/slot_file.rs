@@ -39,9 +39,7 @@ pub fn save(path: &Path, fingerprint: u64, cache: &KvCache, tokens: &[u32]) -> R
     buf.try_reserve_exact(total)
         .map_err(|_| Error::invalid("not enough memory to write the slot file"))?;
     buf.extend_from_slice(MAGIC);
-    for v in [VERSION] {
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
+    buf.extend_from_slice(&VERSION.to_le_bytes());
     buf.extend_from_slice(&fingerprint.to_le_bytes());
     for v in [
         types.k.id(),

@@ -310,6 +310,28 @@ impl Model {
         h
     }
 
+    /// The RoPE frequency factors for a cache of `n_ctx` positions (phi3's long factors beyond
+    /// the original context).
+    fn rope_factors_for(&self, n_ctx: usize) -> Option<&[f32]> {
+        self.rope_factors.as_ref().map(|[short, long]| {
+            if n_ctx > self.cfg.n_ctx_orig {
+                long.as_slice()
+            } else {
+                short.as_slice()
+            }
+        })
+    }
+
+    /// YaRN's table for RoPE base `base`; `mscale` overrides the configured attention factor.
+    fn yarn_table(&self, base: f32, mscale: Option<f32>) -> Option<ops::YarnTable> {
+        let cfg = &self.cfg;
+        cfg.yarn.map(|y| ops::YarnTable {
+            ext_factor: y.ext_factor,
+            mscale: mscale.unwrap_or(y.attn_factor),
+            corr_dims: ops::yarn_corr_dims(cfg.n_rot, y.n_ctx_orig, base, y.beta_fast, y.beta_slow),
+        })
+    }
+
     /// Context shift: drop positions [n_keep, n_keep + n_discard) of `cache` (filled up to
     /// `n_past`), move the rest down and re-rotate their keys by -n_discard positions, as
     /// llama.cpp's K-shift does (RoPE rotations compose, so rotating the stored key by the
@@ -322,26 +344,10 @@ impl Model {
         cache.discard(n_keep, n_discard, n_past);
         let n_moved = n_past - n_keep - n_discard;
         let neox = cfg.rope_style == RopeStyle::Neox;
-        let factors = self.rope_factors.as_ref().map(|[short, long]| {
-            if cache.n_ctx() > cfg.n_ctx_orig {
-                long.as_slice()
-            } else {
-                short.as_slice()
-            }
-        });
+        let factors = self.rope_factors_for(cache.n_ctx());
         let table = |theta_scale: f32, base: f32| {
-            let yarn = cfg.yarn.map(|y| ops::YarnTable {
-                ext_factor: y.ext_factor,
-                // The magnitude was scaled when the key was stored: only rotate now.
-                mscale: 1.0,
-                corr_dims: ops::yarn_corr_dims(
-                    cfg.n_rot,
-                    y.n_ctx_orig,
-                    base,
-                    y.beta_fast,
-                    y.beta_slow,
-                ),
-            });
+            // The magnitude was scaled when the key was stored: only rotate now.
+            let yarn = self.yarn_table(base, Some(1.0));
             let mut t = Vec::new();
             ops::rope_cache(
                 -(n_discard as f32),
@@ -482,27 +488,11 @@ impl Model {
         // RoPE tables, one per position and base (they do not change from layer to layer).
         let rope_tables = |theta_scale: f32, base: f32| -> Vec<(f32, f32)> {
             let half = cfg.n_rot / 2;
-            let yarn = cfg.yarn.map(|y| ops::YarnTable {
-                ext_factor: y.ext_factor,
-                mscale: y.attn_factor,
-                corr_dims: ops::yarn_corr_dims(
-                    cfg.n_rot,
-                    y.n_ctx_orig,
-                    base,
-                    y.beta_fast,
-                    y.beta_slow,
-                ),
-            });
+            let yarn = self.yarn_table(base, None);
             let mut all = Vec::with_capacity(n * half);
             let mut rc = Vec::with_capacity(half);
             for t in batch {
-                let factors = self.rope_factors.as_ref().map(|[short, long]| {
-                    if caches[t.seq].n_ctx() > cfg.n_ctx_orig {
-                        long.as_slice()
-                    } else {
-                        short.as_slice()
-                    }
-                });
+                let factors = self.rope_factors_for(caches[t.seq].n_ctx());
                 ops::rope_cache(
                     t.pos as f32,
                     cfg.rope_scale,
