@@ -13,6 +13,7 @@ import asyncio
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -36,34 +37,95 @@ _OPTIONS = set(sampling.DEFAULTS) | {
 _FINAL = ("done", "error", "floats", "slot", "dead")
 
 
+class _Channel:
+    """One request's event buffer between the pump thread and its consumer, bounded.
+
+    The pump `put`s each step's events; the consumer reports what it `took`. Past `HIGH`
+    events not yet taken the request is paused in the engine (only its own sequence waits, the
+    other slots keep their steps) and below `LOW` it resumes; one paused for longer than
+    `timeout` seconds is cancelled (its final event still arrives). `deliver(events)` hands the
+    events over: a `queue.SimpleQueue.put`, or a `call_soon_threadsafe` into an event loop."""
+
+    HIGH = 256
+    LOW = 64
+
+    def __init__(self, core: Any, deliver: Any, timeout: float):
+        self.rid: int | None = None
+        self._core, self._deliver, self._timeout = core, deliver, timeout
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._paused_at: float | None = None
+        self._cancelled = False
+
+    def put(self, evs: list[tuple[str, Any]]) -> None:
+        with self._lock:
+            self._pending += len(evs)
+            pause = self._paused_at is None and self._pending >= self.HIGH and not self._cancelled
+            if pause:
+                self._paused_at = time.monotonic()
+        if pause:
+            self._core.pause(self.rid, True)
+        try:
+            self._deliver(evs)
+        except RuntimeError:  # an event loop that has closed: its requests were cancelled
+            pass
+
+    def took(self, n: int) -> None:
+        with self._lock:
+            self._pending -= n
+            resume = self._paused_at is not None and self._pending <= self.LOW and not self._cancelled
+            if resume:
+                self._paused_at = None
+        if resume:
+            self._core.pause(self.rid, False)
+
+    def expire(self, now: float) -> None:
+        """Cancel the request if it has been paused for longer than the timeout."""
+        with self._lock:
+            late = self._paused_at is not None and not self._cancelled and now - self._paused_at > self._timeout
+            if late:
+                self._cancelled = True
+        if late:
+            self._core.cancel(self.rid)
+
+
 class _Pump:
-    """The one thread that waits on the engine's events and hands them to each request's sink."""
+    """The one thread that waits on the engine's events and hands them to each request's channel."""
 
     def __init__(self, core: Any):
         self._core = core
-        self._sinks: dict[int, Any] = {}
+        self._sinks: dict[int, _Channel] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._dead: str | None = None
         self._thread = threading.Thread(target=self._run, name="rllama-pump", daemon=True)
         self._thread.start()
 
-    def submit(self, start: Any, sink: Any) -> int:
-        """`start()` queues the request and returns its id; `sink(events)` receives its events
-        (a list of (kind, payload) per step) on the pump thread."""
+    def submit(self, start: Any, chan: _Channel) -> int:
+        """`start()` queues the request and returns its id; `chan` receives its events (a list
+        of (kind, payload) per step) on the pump thread."""
         with self._lock:
             if self._dead is not None:
                 raise RllamaError(self._dead)
             rid = start()
-            self._sinks[rid] = sink
+            chan.rid = rid
+            self._sinks[rid] = chan
         return rid
 
     def _run(self) -> None:
+        last_check = time.monotonic()
         while not self._closed:
             try:
                 events = self._core.wait_events(100)
             except Exception as e:  # noqa: BLE001 -- the engine is gone: fail everything still waiting
                 events = [(0, "dead", f"the engine stopped: {e}")]
+            now = time.monotonic()
+            if now - last_check > 0.5:
+                last_check = now
+                with self._lock:
+                    chans = list(self._sinks.values())
+                for chan in chans:
+                    chan.expire(now)
             if not events:
                 continue
             per: dict[int, list[tuple[str, Any]]] = {}
@@ -72,8 +134,8 @@ class _Pump:
                     self._dead = payload
                     with self._lock:
                         sinks, self._sinks = self._sinks, {}
-                    for sink in sinks.values():
-                        _deliver(sink, [("error", RllamaError(payload))])
+                    for chan in sinks.values():
+                        chan.put([("error", RllamaError(payload))])
                     return
                 per.setdefault(rid, []).append((kind, payload))
             with self._lock:
@@ -81,19 +143,12 @@ class _Pump:
                 for rid, evs in per.items():
                     if evs[-1][0] in _FINAL:
                         self._sinks.pop(rid, None)
-            for sink, evs in targets:
-                if sink is not None:
-                    _deliver(sink, evs)
+            for chan, evs in targets:
+                if chan is not None:
+                    chan.put(evs)
 
     def close(self) -> None:
         self._closed = True
-
-
-def _deliver(sink: Any, evs: list[tuple[str, Any]]) -> None:
-    try:
-        sink(evs)
-    except RuntimeError:  # an event loop that has closed: its requests were cancelled
-        pass
 
 
 def _shutdown(core: Any, pump: _Pump) -> None:
@@ -110,12 +165,15 @@ class Model:
     generation, `n_threads_batch` those for prompts (default: `n_threads`; one pool of the larger
     size). `flash_attn` ("on", "off", "auto") picks the attention path like llama.cpp's
     `--flash-attn`. Every method is safe to call from many threads at once; concurrent
-    generations are batched together.
+    generations are batched together. A stream whose consumer falls more than a few hundred
+    events behind is paused (only its own sequence waits) and cancelled after `stream_timeout`
+    seconds without being read.
     """
 
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
                  n_parallel: int = 1, kv_unified: bool = False, context_shift: bool = True,
                  slot_prompt_similarity: float = 0.5, n_probs_max: int = params.N_PROBS_MAX,
+                 stream_timeout: float = 600.0,
                  n_threads: int | None = None, n_threads_batch: int | None = None, n_batch: int = 2048,
                  n_ubatch: int = 512,
                  no_mmap: bool = False, mlock: bool = False, chat_template: str | None = None,
@@ -137,6 +195,9 @@ class Model:
             raise InvalidRequestError(f"n_parallel must be between 1 and 256, got {n_parallel}")
         if not 0.0 <= slot_prompt_similarity <= 1.0:
             raise InvalidRequestError("slot_prompt_similarity must be between 0 and 1")
+        if isinstance(stream_timeout, bool) or not isinstance(stream_timeout, (int, float)) or not stream_timeout > 0:
+            raise InvalidRequestError(f"stream_timeout must be a positive number of seconds, got {stream_timeout!r}")
+        self.stream_timeout = float(stream_timeout)
         self.n_probs_max = n_probs_max
         self.path = Path(resolve(path_or_name))
         self._gguf = GgufReader(self.path, no_mmap=no_mmap, mlock=mlock)
@@ -224,7 +285,7 @@ class Model:
             raise InvalidRequestError(f"prompt token id {bad[0]} out of range (vocab {self.n_vocab})")
         return list(req.prompt)
 
-    def _start(self, prompt: Any, options: dict[str, Any], sink: Any) -> tuple[int, params.CompletionRequest]:
+    def _start(self, prompt: Any, options: dict[str, Any], chan: _Channel) -> tuple[int, params.CompletionRequest]:
         unknown = sorted(k for k in options if k not in _OPTIONS)
         if unknown:
             raise InvalidRequestError(f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
@@ -241,7 +302,7 @@ class Model:
             lambda: self._core.submit_generate(ids, req.sampling, n_predict=req.n_predict, stop=req.stop,
                                                cache_prompt=req.cache_prompt, n_keep=req.n_keep,
                                                post_sampling_probs=req.post_sampling_probs, id_slot=id_slot),
-            sink)
+            chan)
         self._requests[rid] = (req.prompt, req)
         return rid, req
 
@@ -252,8 +313,9 @@ class Model:
         false), ending with the full final object (`stop` true). Closing the iterator (or
         dropping it) cancels the generation at the engine's next step."""
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        rid, req = self._start(prompt, options, q.put)
-        events = self._sync_stream(rid, req, prompt, q)
+        chan = _Channel(self._core, q.put, self.stream_timeout)
+        rid, req = self._start(prompt, options, chan)
+        events = self._sync_stream(rid, req, chan, q)
         if req.stream:
             return events
         final: dict[str, Any] = {}
@@ -261,13 +323,15 @@ class Model:
             final = ev
         return final
 
-    def _sync_stream(self, rid: int, req: params.CompletionRequest, prompt: Any,
+    def _sync_stream(self, rid: int, req: params.CompletionRequest, chan: _Channel,
                      q: queue.SimpleQueue[Any]) -> Iterator[dict[str, Any]]:
         shaper = _Shaper(self, req, req.prompt)
         finished = False
         try:
             while not finished:
-                for kind, payload in q.get():
+                evs = q.get()
+                chan.took(len(evs))
+                for kind, payload in evs:
                     finished = finished or kind in _FINAL
                     yield from shaper.feed(kind, payload)
         finally:
@@ -282,13 +346,15 @@ class Model:
         step. Closing the iterator (or the task being cancelled) cancels the generation."""
         loop = asyncio.get_running_loop()
         aq: asyncio.Queue[Any] = asyncio.Queue()
-        rid, req = self._start(prompt, {**options, "stream": True},
-                               lambda evs: loop.call_soon_threadsafe(aq.put_nowait, evs))
+        chan = _Channel(self._core, lambda evs: loop.call_soon_threadsafe(aq.put_nowait, evs), self.stream_timeout)
+        rid, req = self._start(prompt, {**options, "stream": True}, chan)
         shaper = _Shaper(self, req, req.prompt)
         finished = False
         try:
             while not finished:
-                for kind, payload in await aq.get():
+                evs = await aq.get()
+                chan.took(len(evs))
+                for kind, payload in evs:
                     finished = finished or kind in _FINAL
                     for chunk in shaper.feed(kind, payload):
                         yield chunk
@@ -318,7 +384,7 @@ class Model:
     def _call(self, start: Any) -> Any:
         """Run one engine job to its end and return its result (raising its error)."""
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._pump.submit(start, q.put)
+        self._pump.submit(start, _Channel(self._core, q.put, self.stream_timeout))
         while True:
             for kind, payload in q.get():
                 if kind == "error":

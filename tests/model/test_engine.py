@@ -105,6 +105,58 @@ def test_similar_prompt_prefers_the_slot_that_holds_it(model):
     assert second["timings"]["prompt_n"] < second["tokens_evaluated"]
 
 
+def test_prefix_is_reused_across_slots(model):
+    """A prompt whose prefix another slot holds starts from a copy of that slot's keys and
+    values: only the suffix is evaluated, and the continuation is the one computed from scratch."""
+    prefix = "A long shared preamble about gardening, soil and the seasons. " * 10
+    first = greedy(model, prefix + "What grows in spring?", n=6, id_slot=0)
+    copied = model.metrics()["prefix_copied_tokens_total"]
+    second = greedy(model, prefix + "What grows in autumn?", n=6, id_slot=1)
+    assert second["id_slot"] == 1
+    n_prompt = second["tokens_evaluated"]
+    assert second["timings"]["prompt_n"] < n_prompt - 100, second["timings"]
+    assert model.metrics()["prefix_copied_tokens_total"] - copied >= n_prompt - second["timings"]["prompt_n"]
+    fresh = greedy(model, prefix + "What grows in autumn?", n=6, id_slot=1, cache_prompt=False)
+    assert fresh["timings"]["prompt_n"] == n_prompt
+    assert fresh["tokens"] == second["tokens"]
+    assert first["timings"]["prompt_n"] == first["tokens_evaluated"] or first["timings"]["prompt_n"] > 100
+
+
+def test_unread_stream_pauses_only_itself_and_times_out(smollm2_path):
+    """A stream nobody reads stops generating once its buffer is full (bounded memory), the
+    other requests keep running, reading it resumes it, and one left unread past the timeout
+    is cancelled."""
+    m = rllama.Model(smollm2_path, n_ctx=2048, n_parallel=2, n_threads=2, stream_timeout=1.0)
+    try:
+        it = m.complete("Once upon a time", n_predict=900, ignore_eos=True, stream=True)
+        next(it)
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until it is held: its decoded count stops moving
+            a = max(s["next_token"]["n_decoded"] for s in m.slots())
+            time.sleep(0.3)
+            b = max(s["next_token"]["n_decoded"] for s in m.slots())
+            if a == b and a > 0:
+                break
+        assert 0 < b < 900 and b <= rllama.model._Channel.HIGH + 4, b
+        other = m.complete("The capital of France is", n_predict=8, temperature=0)
+        assert other["tokens_predicted"] == 8
+        time.sleep(1.5)
+        rest = list(it)
+        assert rest[-1]["stop"] and rest[-1]["stop_type"] == "none"
+        assert rest[-1]["tokens_predicted"] < 900
+        # Read while it runs: paused and resumed as the reader catches up, every token arrives.
+        it = m.complete("Once upon a time", n_predict=700, ignore_eos=True, stream=True)
+        n = 0
+        for k, chunk in enumerate(it):
+            if k in (1, 400):
+                time.sleep(0.3)  # stays under the timeout; the engine holds the sequence meanwhile
+            n += 1
+        assert chunk["tokens_predicted"] == 700 and n == 701
+        assert all(s["id_task"] == -1 for s in m.slots())
+    finally:
+        m.close()
+
+
 def test_context_shift_and_no_context_shift(smollm2_path):
     m = rllama.Model(smollm2_path, n_ctx=64, n_parallel=1, n_threads=2)
     try:

@@ -280,6 +280,13 @@ impl PyModel {
         Ok(())
     }
 
+    /// Hold request `id` after its current token (`paused`), or let it continue (flow control
+    /// for a consumer that has fallen behind; the other requests keep running).
+    fn pause(&self, id: u64, paused: bool) -> PyResult<()> {
+        self.engine()?.pause(id, paused);
+        Ok(())
+    }
+
     /// Every event since the last call as (id, kind, payload) tuples, waiting up to
     /// `timeout_ms` for the first (GIL released while waiting).
     fn wait_events<'py>(&self, py: Python<'py>, timeout_ms: u64) -> PyResult<Bound<'py, PyList>> {
@@ -306,6 +313,7 @@ impl PyModel {
         d.set_item("kv_cache_cells", s.kv_cache_cells)?;
         d.set_item("requests_processing", s.requests_processing)?;
         d.set_item("requests_deferred", s.requests_deferred)?;
+        d.set_item("prefix_copied_tokens_total", s.prefix_copied_tokens_total)?;
         let slots = PyList::empty(py);
         for st in &s.slots {
             let sd = PyDict::new(py);

@@ -236,6 +236,8 @@ pub struct Stats {
     pub kv_cache_cells: u64,
     pub requests_processing: u64,
     pub requests_deferred: u64,
+    /// Prompt tokens whose keys and values were copied from another slot instead of evaluated.
+    pub prefix_copied_tokens_total: u64,
     pub slots: Vec<SlotState>,
 }
 
@@ -243,6 +245,8 @@ pub struct Stats {
 struct Inbox {
     jobs: VecDeque<(u64, Job)>,
     cancels: Vec<u64>,
+    /// (request, paused): flow control from a consumer that has fallen behind.
+    pauses: Vec<(u64, bool)>,
     shutdown: bool,
 }
 
@@ -411,6 +415,13 @@ impl Engine {
     /// Stop request `id` at the next step (its final event is still sent).
     pub fn cancel(&self, id: u64) {
         lock(&self.shared.inbox).cancels.push(id);
+        self.shared.wake.notify_all();
+    }
+
+    /// Hold request `id` after its current token (`paused`) or let it go on: a consumer whose
+    /// buffer is full pauses only its own sequence; the others keep their steps.
+    pub fn pause(&self, id: u64, paused: bool) {
+        lock(&self.shared.inbox).pauses.push((id, paused));
         self.shared.wake.notify_all();
     }
 

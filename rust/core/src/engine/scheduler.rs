@@ -2,7 +2,7 @@
 //! slots, and runs steps — one forward pass over one token of every generating slot plus the
 //! next prompt chunk of every slot still reading its prompt — until there is nothing to do.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,6 +28,8 @@ pub struct Scheduler {
     clock: u64,
     /// Rotates which slot's prompt goes first when chunks compete for a step's budget.
     rr: usize,
+    /// Requests whose consumer asked to hold them: they take no decode step until resumed.
+    paused: HashSet<u64>,
 }
 
 /// One entry of a step's batch: which slot, and how many of its tokens.
@@ -102,6 +104,7 @@ impl Scheduler {
             swa,
             clock: 0,
             rr: 0,
+            paused: HashSet::new(),
         };
         s.publish();
         s
@@ -109,10 +112,11 @@ impl Scheduler {
 
     pub fn run(mut self) {
         loop {
-            let (jobs, cancels, shutdown) = {
+            let (jobs, cancels, pauses, shutdown) = {
                 let mut inbox = lock(&self.shared.inbox);
                 while inbox.jobs.is_empty()
                     && inbox.cancels.is_empty()
+                    && inbox.pauses.is_empty()
                     && !inbox.shutdown
                     && !self.has_work()
                 {
@@ -125,12 +129,22 @@ impl Scheduler {
                 (
                     std::mem::take(&mut inbox.jobs),
                     std::mem::take(&mut inbox.cancels),
+                    std::mem::take(&mut inbox.pauses),
                     inbox.shutdown,
                 )
             };
             let mut events = Vec::new();
             for (id, job) in jobs {
                 self.take_job(id, job, &mut events);
+            }
+            for (id, paused) in pauses {
+                let open = self.queue.iter().any(|(q, _)| *q == id)
+                    || self.slots.iter().any(|s| s.active.as_ref().is_some_and(|a| a.id == id));
+                if paused && open {
+                    self.paused.insert(id);
+                } else {
+                    self.paused.remove(&id);
+                }
             }
             for id in cancels {
                 self.cancel(id, &mut events);
@@ -175,8 +189,19 @@ impl Scheduler {
             })
     }
 
+    /// A slot that can run a step: reading its prompt, or generating and not paused.
     fn busy(&self) -> bool {
-        self.slots.iter().any(|s| s.active.is_some())
+        self.slots.iter().any(|s| {
+            s.active
+                .as_ref()
+                .is_some_and(|a| a.next.is_none() || !self.paused.contains(&a.id))
+        })
+    }
+
+    fn held(&self, s: &Slot) -> bool {
+        s.active
+            .as_ref()
+            .is_some_and(|a| a.next.is_some() && self.paused.contains(&a.id))
     }
 
     fn take_job(&mut self, id: u64, job: Job, events: &mut Vec<(u64, Event)>) {
@@ -246,6 +271,7 @@ impl Scheduler {
     }
 
     fn cancel(&mut self, id: u64, events: &mut Vec<(u64, Event)>) {
+        self.paused.remove(&id);
         if let Some(i) = self.queue.iter().position(|(q, _)| *q == id) {
             let (_, job) = self.queue.remove(i).expect("index from position");
             let a = Active::new(id, *job, VecDeque::new(), 0);
@@ -283,13 +309,13 @@ impl Scheduler {
                 continue;
             };
             let (id, job) = self.queue.remove(i).expect("index in range");
-            let slot = &mut self.slots[si];
             let n = job.prompt.len();
             let reuse = if job.params.cache_prompt {
-                common_prefix(&slot.tokens, &job.prompt).min(n - 1)
+                self.reuse_prefix(si, &job.prompt)
             } else {
                 0
             };
+            let slot = &mut self.slots[si];
             slot.tokens.truncate(reuse);
             let pending = prompt_batches(n - reuse, self.cfg.n_ubatch, self.swa)
                 .into_iter()
@@ -297,6 +323,34 @@ impl Scheduler {
                 .collect();
             slot.active = Some(Active::new(id, *job, pending, reuse));
         }
+    }
+
+    /// Cached prompt tokens slot `si` can start from: its own common prefix with `prompt`, or a
+    /// longer one held by any other slot (idle or busy), whose keys and values are copied in —
+    /// a copy costs far less than evaluating the tokens again. At most all but the last token
+    /// (its logits are needed).
+    fn reuse_prefix(&mut self, si: usize, prompt: &[u32]) -> usize {
+        let limit = prompt.len() - 1;
+        let own = common_prefix(&self.slots[si].tokens, prompt).min(limit);
+        let best = (0..self.slots.len())
+            .filter(|&j| j != si)
+            .map(|j| (j, common_prefix(&self.slots[j].tokens, prompt).min(limit)))
+            .max_by_key(|&(j, k)| (k, std::cmp::Reverse(j)));
+        let Some((j, k)) = best.filter(|&(_, k)| k > own) else {
+            return own;
+        };
+        let (dst, src) = if si < j {
+            let (a, b) = self.slots.split_at_mut(j);
+            (&mut a[si], &b[0])
+        } else {
+            let (a, b) = self.slots.split_at_mut(si);
+            (&mut b[0], &a[j])
+        };
+        dst.cache.copy_prefix_from(&src.cache, k);
+        dst.tokens.clear();
+        dst.tokens.extend_from_slice(&prompt[..k]);
+        lock(&self.shared.stats).prefix_copied_tokens_total += k as u64;
+        k
     }
 
     /// One forward pass over every active slot's next tokens, then sampling.
@@ -307,7 +361,9 @@ impl Scheduler {
         for si in 0..self.slots.len() {
             let full = {
                 let s = &self.slots[si];
-                s.active.as_ref().is_some_and(|a| a.next.is_some()) && s.tokens.len() + 1 > n_ctx
+                s.active.as_ref().is_some_and(|a| a.next.is_some())
+                    && !self.held(s)
+                    && s.tokens.len() + 1 > n_ctx
             };
             if full && !self.shift(si) {
                 self.finish(si, StopReason::Limit, events);
@@ -316,6 +372,9 @@ impl Scheduler {
         let mut batch: Vec<BatchToken> = Vec::new();
         let mut parts: Vec<Part> = Vec::new();
         for (si, s) in self.slots.iter().enumerate() {
+            if self.held(s) {
+                continue;
+            }
             if let Some(t) = s.active.as_ref().and_then(|a| a.next) {
                 batch.push(BatchToken {
                     token: t,
@@ -467,6 +526,7 @@ impl Scheduler {
         self.clock += 1;
         let s = &mut self.slots[si];
         let Some(a) = s.active.take() else { return };
+        self.paused.remove(&a.id);
         let n_eval = a.n_prompt_evaluated as u64;
         let (prompt_ms, gen_ms, n_gen) = a.finish(stop, si, s.tokens.len(), events);
         s.last_used = self.clock;

@@ -204,6 +204,22 @@ impl KvCache {
         (self.k.rows_mut(r, n_pos), self.v.rows_mut(r, n_pos))
     }
 
+    /// Copy positions [0, n_pos) of every layer from `src`, a cache of the same shape and types
+    /// (prefix reuse across slots: the keys and values of a prompt another slot has evaluated).
+    pub fn copy_prefix_from(&mut self, src: &KvCache, n_pos: usize) {
+        assert!(
+            src.types() == self.types() && src.kv_dim == self.kv_dim && src.n_layer == self.n_layer,
+            "prefix copied between caches of different shapes"
+        );
+        let n_pos = n_pos.min(self.n_ctx).min(src.n_ctx);
+        for layer in 0..self.n_layer {
+            let (sk, sv) = src.raw(layer, n_pos);
+            let (dk, dv) = self.raw_mut(layer, n_pos);
+            dk.copy_from_slice(sk);
+            dv.copy_from_slice(sv);
+        }
+    }
+
     /// Drop positions [n_keep, n_keep + n_discard) of every layer and move the `n_past` -
     /// `n_keep` - `n_discard` positions after them down (context shift). The moved keys still
     /// carry their old RoPE rotation; `rotate_key` re-rotates them.
@@ -268,6 +284,15 @@ mod tests {
         }
         assert!(CacheTypes::parse("q8_0", "Q4_1").is_ok());
         assert!(CacheTypes::parse("q4_k", "f16").is_err());
+        let t = CacheTypes::parse("q8_0", "f16").unwrap();
+        let mut a = KvCache::new(2, 4, kv_dim, t).unwrap();
+        let mut b = KvCache::new(2, 4, kv_dim, t).unwrap();
+        a.store(1, 0, &k, &v);
+        a.store(1, 1, &v, &k);
+        a.store(1, 2, &k, &k);
+        b.copy_prefix_from(&a, 2);
+        assert_eq!(b.raw(1, 2), a.raw(1, 2));
+        assert_ne!(b.raw(1, 3), a.raw(1, 3), "only the prefix is copied");
         let bad = CacheTypes::parse("q8_0", "f16").unwrap();
         assert!(KvCache::new(1, 4, 48, bad).is_err());
     }
