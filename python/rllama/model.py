@@ -214,16 +214,17 @@ class Model:
                                  flash_attn=flash_attn)
         self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
         self.tokenizer = Tokenizer(_core.Tokenizer.from_file(self._gguf._file))
-        self.n_ctx = n_ctx if n_ctx > 0 else self._core.n_ctx_train
         self.n_parallel = n_parallel
         self.n_batch = n_batch
         self.n_ubatch = max(1, min(n_ubatch, n_batch))
         self.alias = alias or str(self.path)
         self._template = resolve_template(chat_template, self._gguf.get("tokenizer.chat_template"))
         self._vocab = _core.SamplerVocab.from_tokenizer(self.tokenizer._t)
-        self._core.start_engine(self._vocab, n_parallel=n_parallel, n_ctx=self.n_ctx, kv_unified=kv_unified,
+        # n_ctx 0: the training context, or as much of it as fits in half the available memory.
+        self._core.start_engine(self._vocab, n_parallel=n_parallel, n_ctx=n_ctx, kv_unified=kv_unified,
                                 n_ubatch=self.n_ubatch, context_shift=context_shift,
                                 slot_prompt_similarity=slot_prompt_similarity)
+        self.n_ctx = self._core.n_ctx
         self.n_ctx_slot = self._core.n_ctx_slot
         self._pump = _Pump(self._core)
         # Requests running or queued: id -> (prompt, parsed request), for /slots.

@@ -54,6 +54,7 @@ class ServerSettings:
     slot_prompt_similarity: float = 0.5
     cont_batching: bool = False
     system_prompt_file: str | None = None
+    n_probs_max: int = 100
     mmproj: str | None = None
     grp_attn_n: int = 1
     grp_attn_w: int = 512
@@ -125,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="stop a generation that fills its slot's context instead of shifting it")
     a("-sps", "--slot-prompt-similarity", type=float, default=d.slot_prompt_similarity)
     a("-cb", "--cont-batching", action="store_true")
-    a("-spf", "--system-prompt-file", default=None)
+    a("-spf", "--system-prompt-file", default=None,
+      help="JSON file with prompt, anti_prompt, assistant_name: a prompt prefix shared by every slot")
+    a("--n-probs-max", type=int, default=d.n_probs_max,
+      help="largest n_probs a request may ask for (more is clamped); bounds the memory per token")
     a("--mmproj", default=None)
     a("--grp-attn-n", type=int, default=d.grp_attn_n)
     a("--grp-attn-w", type=int, default=d.grp_attn_w)
@@ -173,7 +177,6 @@ def unsupported(s: ServerSettings) -> list[str]:
         (s.mmproj is not None, "--mmproj (multimodal)"),
         (s.grp_attn_n != d.grp_attn_n, "--grp-attn-n (self-extend)"),
         (s.grp_attn_w != d.grp_attn_w, "--grp-attn-w (self-extend)"),
-        (s.system_prompt_file is not None, "-spf/--system-prompt-file"),
     ]
     return [name for bad, name in checks if bad]
 
@@ -193,7 +196,36 @@ def check(s: ServerSettings) -> str | None:
         return f"--port {s.port}: out of range"
     if s.threads_http is not None and s.threads_http < 1:
         return "--threads-http must be at least 1"
+    if s.timeout < 1:
+        return "-to/--timeout must be at least 1 second"
+    if not 0 <= s.n_probs_max <= 1 << 20:
+        return "--n-probs-max must be between 0 and 1048576"
+    if s.system_prompt_file is not None:
+        try:
+            load_system_prompt(s.system_prompt_file)
+        except ValueError as e:
+            return str(e)
     return None
+
+
+def load_system_prompt(path: str) -> dict[str, str]:
+    """The -spf file: a JSON object with a string `prompt` and optional `anti_prompt` and
+    `assistant_name` (the seed README's `system_prompt` object). ValueError says what is wrong."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 24))
+    except OSError as e:
+        raise ValueError(f"-spf {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"-spf {path}: not valid JSON ({e})") from None
+    keys = ("prompt", "anti_prompt", "assistant_name")
+    if not isinstance(data, dict) or not isinstance(data.get("prompt"), str) \
+            or not all(isinstance(data.get(k, ""), str) for k in keys):
+        raise ValueError(f"-spf {path}: expected an object with a string \"prompt\" (and optional string "
+                         "\"anti_prompt\", \"assistant_name\")")
+    return {k: data.get(k, "") for k in keys}
 
 
 def resolve_model(s: ServerSettings) -> str:
@@ -225,7 +257,8 @@ def model_kwargs(s: ServerSettings) -> dict:
             kw[name] = getattr(s, name)
     accepted = inspect.signature(Model.__init__).parameters
     kw.update(n_parallel=s.parallel, kv_unified=s.kv_unified, context_shift=s.context_shift,
-              slot_prompt_similarity=s.slot_prompt_similarity)
+              slot_prompt_similarity=s.slot_prompt_similarity, n_probs_max=s.n_probs_max,
+              stream_timeout=float(s.timeout))
     if "embeddings" in accepted:
         kw["embeddings"] = s.embeddings
     if "pooling" in accepted and s.pooling is not None:

@@ -544,7 +544,8 @@ N_VOCAB, N_EMBD, N_FF, N_HEAD, N_KV, N_LAYER = 32, 32, 48, 4, 2, 1
 
 def _write_synthetic(path: Path, *, rope_base: float = 10000.0, rope_base_swa: float | None = None,
                      eps: float = 1e-5, vocab_key: int | None = N_VOCAB, tokens: int | None = None,
-                     embd_rows: int = N_VOCAB, arch: str = "llama") -> None:
+                     embd_rows: int = N_VOCAB, arch: str = "llama", ctx_len: int = 128,
+                     spm: bool = False) -> None:
     import gguf
     import numpy as np
 
@@ -556,7 +557,7 @@ def _write_synthetic(path: Path, *, rope_base: float = 10000.0, rope_base_swa: f
     hd = N_EMBD // N_HEAD
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(N_LAYER)
-    w.add_context_length(128)
+    w.add_context_length(ctx_len)
     w.add_embedding_length(N_EMBD)
     w.add_feed_forward_length(N_FF)
     w.add_head_count(N_HEAD)
@@ -567,7 +568,14 @@ def _write_synthetic(path: Path, *, rope_base: float = 10000.0, rope_base_swa: f
         w.add_float32(f"{arch}.rope.freq_base_swa", rope_base_swa)
     if vocab_key is not None:
         w.add_vocab_size(vocab_key)
-    if tokens is not None:
+    if tokens is not None and spm:  # a SentencePiece vocabulary: byte pieces, no merges needed
+        w.add_tokenizer_model("llama")
+        w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(tokens - 3)])
+        w.add_token_scores([0.0] * tokens)
+        w.add_token_types([2, 3, 3] + [6] * (tokens - 3))
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    elif tokens is not None:
         w.add_tokenizer_model("gpt2")
         w.add_token_list([f"t{i}" for i in range(tokens)])
         w.add_token_types([1] * tokens)
@@ -879,6 +887,18 @@ def tokenize_bytes_argument():
 @case("engine", "ModelLoadError", "memory|context|bytes", timeout=60)
 def n_ctx_4_000_000():
     model(n_ctx=4_000_000).complete("Hi", n_predict=1)
+
+
+@case("engine", timeout=60)
+def n_ctx_0_on_a_2_31_context_model_picks_what_fits():
+    import rllama
+
+    p = tmpdir() / "long.gguf"
+    _write_synthetic(p, tokens=N_VOCAB, ctx_len=2**31, spm=True)
+    m = rllama.Model(str(p), n_ctx=0, n_threads=1)
+    # Half of what the 4 GiB address-space limit leaves, in multiples of 256.
+    _check(256 <= m.n_ctx < 2**31 and m.n_ctx % 256 == 0)
+    _check(m.complete([1, 5, 6], n_predict=2, ignore_eos=True)["tokens_predicted"] == 2)
 
 
 @case("engine", "InvalidRequestError", "empty")

@@ -101,6 +101,27 @@ def test_system_prompt(start_server):
         assert again["tokens_evaluated"] == base["tokens_evaluated"] and again["content"] == base["content"]
 
 
+def test_system_prompt_file_is_evaluated_once_for_every_slot(start_server, tmp_path):
+    """-spf: the file's prompt prefixes every string prompt, its names are in /props, and the
+    slots after the first start from a copy of its keys and values (tokens evaluated: the suffix)."""
+    spf = tmp_path / "system.json"
+    spf.write_text(json.dumps({"prompt": "Transcript of a never ending dialog between a User and a helpful "
+                               "Assistant who answers briefly and precisely. " * 6 + "\n",
+                               "anti_prompt": "User:", "assistant_name": "Assistant:"}))
+    s = start_server("-np", "3", "-spf", str(spf), "--metrics")
+    with s.client() as c:
+        props = c.get("/props").json()
+        assert props["user_name"] == "User:" and props["assistant_name"] == "Assistant:"
+        outs = [c.post("/completion", json={"prompt": f"User: question {i}?\nAssistant:", "n_predict": 2,
+                                            "id_slot": i}).json() for i in range(3)]
+    n_prompt = outs[0]["tokens_evaluated"]
+    assert n_prompt > 100
+    assert outs[0]["timings"]["prompt_n"] == n_prompt
+    for o in outs[1:]:
+        assert o["timings"]["prompt_n"] < 20, o["timings"]  # only the question after the shared prefix
+    assert [o["id_slot"] for o in outs] == [0, 1, 2]
+
+
 def test_cli_refusals(server_env, tmp_path):
     import subprocess
     import sys
@@ -117,3 +138,7 @@ def test_cli_refusals(server_env, tmp_path):
     assert r.returncode == 2 and "not a directory" in r.stderr
     r = serve("--port", "99999")
     assert r.returncode == 2 and "out of range" in r.stderr
+    (tmp_path / "bad.json").write_text('{"prompt": 3}')
+    for spf, why in ((tmp_path / "none.json", "No such file"), (tmp_path / "bad.json", "string")):
+        r = serve("-spf", str(spf))
+        assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -94,7 +94,6 @@ def test_serve_every_flag_spelling():
     (["-ngl", "10"], "-ngl"), (["-ts", "3,2"], "-ts"), (["-mg", "1"], "-mg"), (["--numa"], "--numa"),
     (["--numa", "isolate"], "--numa"), (["--lora", "a.gguf"], "--lora"), (["--lora-base", "b"], "--lora-base"),
     (["--mmproj", "p"], "--mmproj"), (["--grp-attn-n", "4"], "--grp-attn-n"), (["--grp-attn-w", "8"], "--grp-attn-w"),
-    (["-spf", "s.json"], "-spf"),
 ])
 def test_serve_refuses_unbuilt_features(flags, name):
     r = run("serve", *flags)

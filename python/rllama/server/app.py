@@ -87,6 +87,11 @@ def _file_in(root: Path, path: str) -> Path | None:
 def create_app(settings: Any, model: Any = None) -> Quart:
     app = Quart("rllama.server", static_folder=None)
     st = State(settings=settings, api_keys=load_api_keys(settings))
+    spf = getattr(settings, "system_prompt_file", None)
+    if spf:
+        from rllama.serve_cli import load_system_prompt
+
+        st.system_prompt = load_system_prompt(spf)
     builtin = builtin_web_dir()
     st.static_dirs = [d.resolve() for d in (Path(settings.path) if settings.path else None, builtin) if d is not None]
     if model is not None:

@@ -354,6 +354,12 @@ impl PyModel {
     fn n_ctx_train(&self) -> usize {
         self.inner.cfg.n_ctx_train
     }
+
+    /// The engine's whole context (`n_ctx` as given, or what 0 resolved to).
+    #[getter]
+    fn n_ctx(&self) -> PyResult<usize> {
+        Ok(self.engine()?.config().n_ctx)
+    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

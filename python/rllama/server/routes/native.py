@@ -70,7 +70,7 @@ def completion_request(st: State, body: dict[str, Any]) -> dict[str, Any]:
         validate.check_int({"id_slot": id_slot}, "id_slot", -1, 2**31 - 1)
         if not -1 <= id_slot < st.backend.n_parallel:
             raise invalid(f'"id_slot" must be -1 or a slot id below {st.backend.n_parallel}, got {id_slot}')
-        if st.backend.engine_slots and id_slot >= 0:
+        if id_slot >= 0:
             opts["id_slot"] = int(id_slot)
     return opts
 

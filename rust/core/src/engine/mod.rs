@@ -286,9 +286,32 @@ pub struct Engine {
 impl Engine {
     /// Allocate every slot's cache (so a context that does not fit fails here, not at the first
     /// request) and start the scheduler thread.
-    pub fn start(model: Arc<Model>, vocab: Arc<SamplerVocab>, cfg: EngineConfig) -> Result<Self> {
+    /// `cfg.n_ctx` 0 means the model's training context, or the largest multiple of 256 whose
+    /// cache fits in half the memory available when that does not.
+    pub fn start(model: Arc<Model>, vocab: Arc<SamplerVocab>, mut cfg: EngineConfig) -> Result<Self> {
         if cfg.n_parallel == 0 {
             return Err(Error::invalid("n_parallel must be at least 1"));
+        }
+        let per_pos = model.cache_bytes_per_pos();
+        let avail = crate::kv::available_memory();
+        if cfg.n_ctx == 0 {
+            let train = model.cfg.n_ctx_train.max(1);
+            let fit = avail.map_or(usize::MAX, |a| (a / 2 / per_pos.max(1)) / 256 * 256);
+            cfg.n_ctx = train.min(fit.max(256));
+        }
+        // Checked against the memory there is before anything is allocated: an allocation the
+        // system grants but cannot back would be killed later, not refused now.
+        let copies = if cfg.kv_unified { cfg.n_parallel } else { 1 };
+        let need = per_pos.saturating_mul(cfg.n_ctx).saturating_mul(copies);
+        if let Some(a) = avail {
+            if need > a {
+                return Err(Error::load(format!(
+                    "the KV cache for a context of {} positions needs {} MiB, but only {} MiB of memory is available: use a smaller context (-c / n_ctx) or a smaller cache type (-ctk/-ctv)",
+                    cfg.n_ctx,
+                    need >> 20,
+                    a >> 20
+                )));
+            }
         }
         if vocab.n_vocab() != model.cfg.n_vocab {
             return Err(Error::invalid(format!(

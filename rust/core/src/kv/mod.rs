@@ -128,6 +128,29 @@ impl Store {
     }
 }
 
+/// Bytes of memory this process can still get (Linux: MemAvailable, and under an address-space
+/// limit what is left of it), None where unknown.
+pub fn available_memory() -> Option<usize> {
+    let field = |text: &str, key: &str| -> Option<usize> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let mut avail = field(&meminfo, "MemAvailable:")?.checked_mul(1024)?;
+    // "Max address space  <soft> <hard> bytes" when a limit is set.
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| field(&t, "Max address space"));
+    let used = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| field(&t, "VmSize:"))
+        .and_then(|kib| kib.checked_mul(1024));
+    if let (Some(limit), Some(used)) = (limit, used) {
+        avail = avail.min(limit.saturating_sub(used));
+    }
+    Some(avail)
+}
+
 pub struct KvCache {
     n_layer: usize,
     n_ctx: usize,
@@ -152,6 +175,13 @@ impl KvCache {
 
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
+    }
+
+    /// Bytes a cache of these dimensions takes (None: a width the types cannot hold, or too
+    /// many to count).
+    pub fn bytes_for(n_layer: usize, n_ctx: usize, kv_dim: usize, types: CacheTypes) -> Option<usize> {
+        let per_pos = types.k.row_bytes(kv_dim)?.checked_add(types.v.row_bytes(kv_dim)?)?;
+        per_pos.checked_mul(n_layer)?.checked_mul(n_ctx)
     }
 
     pub fn types(&self) -> CacheTypes {

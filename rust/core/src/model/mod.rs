@@ -278,6 +278,11 @@ impl Model {
         self.cache_types
     }
 
+    /// Bytes of KV cache per context position (every layer, keys and values).
+    pub fn cache_bytes_per_pos(&self) -> usize {
+        KvCache::bytes_for(self.cfg.n_layer, 1, self.cfg.kv_dim(), self.cache_types).unwrap_or(usize::MAX)
+    }
+
     pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache> {
         KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_dim(), self.cache_types)
     }
