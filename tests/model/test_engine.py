@@ -122,6 +122,30 @@ def test_prefix_is_reused_across_slots(model):
     assert first["timings"]["prompt_n"] == first["tokens_evaluated"] or first["timings"]["prompt_n"] > 100
 
 
+def test_shared_prefix_arriving_at_once_is_evaluated_once(smollm2_path):
+    """Requests that arrive together with the same long prefix: one slot evaluates it, the
+    others wait for it and copy it, so the prefix is computed once, not once per slot; each
+    continuation is the one computed alone."""
+    m = rllama.Model(smollm2_path, n_ctx=4096, n_parallel=4, n_threads=2)
+    try:
+        prefix = "Shared instructions for every request: be brief, be kind, be exact. " * 25
+        prompts = [prefix + f"Request number {i}:" for i in range(4)]
+        out: dict[int, dict] = {}
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, greedy(m, prompts[i], n=4)))
+                   for i in range(4)]
+        [t.start() for t in threads]
+        [t.join(120) for t in threads]
+        n_prefix = len(m.tokenize(prefix, add_special=True))
+        evaluated = sum(o["timings"]["prompt_n"] for o in out.values())
+        assert evaluated < n_prefix + 4 * 40, (evaluated, n_prefix)
+        assert len({o["id_slot"] for o in out.values()}) == 4
+        for i, o in out.items():
+            alone = greedy(m, prompts[i], n=4, cache_prompt=False)
+            assert o["tokens"] == alone["tokens"]
+    finally:
+        m.close()
+
+
 def test_unread_stream_pauses_only_itself_and_times_out(smollm2_path):
     """A stream nobody reads stops generating once its buffer is full (bounded memory), the
     other requests keep running, reading it resumes it, and one left unread past the timeout

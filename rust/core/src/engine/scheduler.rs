@@ -353,6 +353,44 @@ impl Scheduler {
         k
     }
 
+    /// For slot `si` still reading its prompt: start from a longer prefix another slot holds
+    /// (copied), and say whether it should wait this step because a slot further ahead is
+    /// evaluating at least `SHARE_MIN` more tokens of the same prefix. The slot furthest ahead
+    /// (ties: the lowest id) never waits, so every prompt progresses.
+    fn catch_up(&mut self, si: usize) -> bool {
+        const SHARE_MIN: usize = 32;
+        let Some(a) = self.slots[si].active.as_ref() else {
+            return false;
+        };
+        if a.pending.is_empty() || !a.job.params.cache_prompt {
+            return false;
+        }
+        let prompt = a.job.prompt.clone();
+        let n = prompt.len();
+        let c = self.slots[si].tokens.len();
+        let k = self.reuse_prefix(si, &prompt);
+        if k > c {
+            let s = &mut self.slots[si];
+            let a = s.active.as_mut().expect("checked above");
+            a.pending = prompt_batches(n - k, self.cfg.n_ubatch, self.swa)
+                .into_iter()
+                .map(|(from, to)| (from + k, to + k))
+                .collect();
+            a.n_prompt_evaluated = a.n_prompt_evaluated.saturating_sub(k - c);
+        }
+        let c = self.slots[si].tokens.len();
+        let me = (c, std::cmp::Reverse(si));
+        self.slots.iter().enumerate().any(|(j, o)| {
+            j != si
+                && o.active.as_ref().is_some_and(|b| {
+                    !b.pending.is_empty()
+                        && b.job.params.cache_prompt
+                        && common_prefix(&b.job.prompt, &prompt) >= c + SHARE_MIN
+                        && (o.tokens.len(), std::cmp::Reverse(j)) > me
+                })
+        })
+    }
+
     /// One forward pass over every active slot's next tokens, then sampling.
     fn step(&mut self, events: &mut Vec<(u64, Event)>) {
         let n_ctx = self.cfg.n_ctx_slot();
@@ -368,6 +406,13 @@ impl Scheduler {
             if full && !self.shift(si) {
                 self.finish(si, StopReason::Limit, events);
             }
+        }
+        // Prompts that share a prefix with another slot's: take what that slot has evaluated,
+        // and wait while a slot ahead of them is still evaluating the shared part (so a prefix
+        // that many requests bring at once is computed once).
+        let mut waiting = vec![false; self.slots.len()];
+        for si in 0..self.slots.len() {
+            waiting[si] = self.catch_up(si);
         }
         let mut batch: Vec<BatchToken> = Vec::new();
         let mut parts: Vec<Part> = Vec::new();
@@ -395,6 +440,9 @@ impl Scheduler {
             let left = budget.saturating_sub(batch.len());
             if left == 0 {
                 break;
+            }
+            if waiting[si] {
+                continue;
             }
             let Some(a) = self.slots[si].active.as_mut() else {
                 continue;
