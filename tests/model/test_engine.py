@@ -251,16 +251,20 @@ def test_library_refuses_misspelled_options_and_empty_embeddings(model):
 
 
 def test_many_threads_mixed_requests_stress(model):
-    """A few dozen mixed requests from many threads: every one finishes with the tokens it
-    reported streamed, none lost or duplicated, and every slot ends idle."""
+    """A few hundred mixed requests from many threads (streamed, cancelled, pinned, sharing a
+    prefix, plain): every one finishes with the tokens it reported streamed, none lost or
+    duplicated, and every slot ends idle."""
     errors: list[BaseException] = []
     done = []
     lock = threading.Lock()
 
     def worker(k):
         try:
-            for j in range(4):
+            shared = "A preamble several requests share, long enough to be copied between slots. " * 4
+            for j in range(15):
                 opts = {"n_predict": 3 + (k + j) % 7, "temperature": 0.8, "seed": k * 10 + j, "return_tokens": True}
+                if j % 4 == 1:
+                    opts["id_slot"] = (k + j) % 4
                 if (k + j) % 3 == 0:
                     toks = []
                     final = None
@@ -276,19 +280,23 @@ def test_many_threads_mixed_requests_stress(model):
                     next(it)
                     it.close()
                     continue
+                elif j % 2:
+                    r = model.complete(shared + f"Worker {k} item {j}", **opts)
                 else:
                     r = model.complete(f"Worker {k} item {j}", **opts)
+                if "id_slot" in opts:
+                    assert r["id_slot"] == opts["id_slot"]
                 assert r["tokens_predicted"] == len(r["tokens"]) <= opts["n_predict"]
                 with lock:
                     done.append(r)
         except BaseException as e:  # noqa: BLE001 -- reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(10)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
     [t.start() for t in threads]
     [t.join(300) for t in threads]
     assert not errors, errors
-    assert len(done) >= 25
+    assert len(done) >= 160
     for _ in range(100):
         if not any(s["is_processing"] for s in model.slots()):
             break
