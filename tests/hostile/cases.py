@@ -901,6 +901,27 @@ def n_ctx_0_on_a_2_31_context_model_picks_what_fits():
     _check(m.complete([1, 5, 6], n_predict=2, ignore_eos=True)["tokens_predicted"] == 2)
 
 
+@case("engine", timeout=90)
+def stream_never_read_stays_bounded_and_others_run():
+    import time
+
+    m = model(n_ctx=4096, n_parallel=2, stream_timeout=2.0)
+    it = m.complete("Once upon a time", n_predict=1500, ignore_eos=True, stream=True, n_probs=2)
+    next(it)
+    held, before = 0, -1
+    for _ in range(160):  # unread: held once its buffer fills (its decoded count stops moving)
+        time.sleep(0.5)
+        held = max(s["next_token"]["n_decoded"] for s in m.slots())
+        if held == before:
+            break
+        before = held
+    _check(0 < held < 400)
+    _check(m.complete("Hi", n_predict=4)["tokens_predicted"] == 4)
+    time.sleep(3)  # then cancelled by the timeout
+    rest = list(it)
+    _check(rest[-1]["stop_type"] == "none" and rest[-1]["tokens_predicted"] < 400)
+
+
 @case("engine", "InvalidRequestError", "empty")
 def embed_empty_list():
     model().embed([])
