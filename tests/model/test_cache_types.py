@@ -21,8 +21,9 @@ def f16_out(smollm2):
 
 
 # 4- and 5-bit keys move this small model's probabilities by up to about a third (how far depends
-# on rounding anywhere upstream of the cache); 8-bit and wider caches stay within a few hundredths.
-@pytest.mark.parametrize("k,v,tol", [("f32", "f32", 0.03), ("q8_0", "q8_0", 0.03), ("q8_0", "f16", 0.03),
+# on rounding anywhere upstream of the cache); 8-bit and wider caches stay within a few hundredths
+# (llama.cpp's own q8_0/q8_0 cache moves the second token's "." by 0.035 from its f16 cache's).
+@pytest.mark.parametrize("k,v,tol", [("f32", "f32", 0.03), ("q8_0", "q8_0", 0.05), ("q8_0", "f16", 0.03),
                                      ("q4_0", "q4_1", 0.35), ("q5_0", "q5_1", 0.35), ("iq4_nl", "q8_0", 0.35)])
 def test_cache_types_generate(smollm2_path, f16_out, k, v, tol):
     m = Model(smollm2_path, n_ctx=256, n_threads=2, cache_type_k=k, cache_type_v=v)

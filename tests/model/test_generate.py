@@ -73,6 +73,20 @@ def test_strict_golden_rule(results, name):
     assert not any(bad for bad, _ in r) and max(d for _, d in r) <= PROB_TOL
 
 
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+@pytest.mark.parametrize("item", range(8))
+def test_long_prompts_strict_golden_rule(request, golden, name, item):
+    """generate_long_*.json, one case per prompt (37-652 tokens), under the README's rule: prompt
+    batches of 64 tokens and more take llama.cpp's tiled flash attention, tokens over 512 cache
+    cells its split-KV path, and the 652-token prompts cross a 512-token ubatch. Measured max
+    probability difference: smollm2 0.0002, gemma3 0.0013."""
+    ref = golden(f"generate_long_{name}.json")
+    assert len(ref["items"]) == 8
+    it = ref["items"][item]
+    [(bad, diff)] = compare(request.getfixturevalue(name), {"items": [it]}, PROB_TOL)
+    assert not bad and diff <= PROB_TOL, (it["n_prompt_tokens"], bad, diff)
+
+
 def test_completion_response_shape(smollm2):
     out = smollm2.complete("The capital of France is", n_predict=8, temperature=0, n_probs=3)
     for key in ("content", "stop", "generation_settings", "model", "prompt", "stopped_eos", "stopped_limit",

@@ -6,6 +6,8 @@
 
 pub mod slot_file;
 
+use std::ops::Range;
+
 use crate::error::{Error, Result};
 use crate::quant::quantize::quantize_row;
 use crate::quant::{dequantize, GgmlType};
@@ -119,11 +121,48 @@ impl Store {
     }
 
     fn widen(&self, row0: usize, n_rows: usize, dst: &mut [f32]) {
-        let src = &self.data[row0 * self.row_bytes..(row0 + n_rows) * self.row_bytes];
+        self.widen_bytes(
+            &self.data[row0 * self.row_bytes..(row0 + n_rows) * self.row_bytes],
+            dst,
+        );
+    }
+
+    fn widen_bytes(&self, src: &[u8], dst: &mut [f32]) {
         if self.ty == GgmlType::F16 {
             crate::quant::f16::widen_f16(src, dst);
         } else {
             dequantize(self.ty, src, dst).expect("cache rows are whole blocks of a known type");
+        }
+    }
+
+    /// Values `cols` of `kv_dim`-wide rows [row0, row0 + n_rows), row-major into `dst`.
+    fn widen_cols(
+        &self,
+        row0: usize,
+        n_rows: usize,
+        kv_dim: usize,
+        cols: Range<usize>,
+        dst: &mut [f32],
+    ) {
+        let w = cols.len();
+        // Byte offsets of the columns when they fall on block boundaries (one head of a cache
+        // whose head size is a multiple of the block size: every case but odd quantized ones).
+        let span = self
+            .ty
+            .row_bytes(cols.start)
+            .zip(self.ty.row_bytes(cols.end));
+        let mut full = Vec::new();
+        for r in 0..n_rows {
+            let row = &self.data[(row0 + r) * self.row_bytes..][..self.row_bytes];
+            let out = &mut dst[r * w..(r + 1) * w];
+            match span {
+                Some((b0, b1)) => self.widen_bytes(&row[b0..b1], out),
+                None => {
+                    full.resize(kv_dim, 0.0);
+                    self.widen_bytes(row, &mut full);
+                    out.copy_from_slice(&full[cols.clone()]);
+                }
+            }
         }
     }
 }
@@ -179,8 +218,16 @@ impl KvCache {
 
     /// Bytes a cache of these dimensions takes (None: a width the types cannot hold, or too
     /// many to count).
-    pub fn bytes_for(n_layer: usize, n_ctx: usize, kv_dim: usize, types: CacheTypes) -> Option<usize> {
-        let per_pos = types.k.row_bytes(kv_dim)?.checked_add(types.v.row_bytes(kv_dim)?)?;
+    pub fn bytes_for(
+        n_layer: usize,
+        n_ctx: usize,
+        kv_dim: usize,
+        types: CacheTypes,
+    ) -> Option<usize> {
+        let per_pos = types
+            .k
+            .row_bytes(kv_dim)?
+            .checked_add(types.v.row_bytes(kv_dim)?)?;
         per_pos.checked_mul(n_layer)?.checked_mul(n_ctx)
     }
 
@@ -277,14 +324,33 @@ impl KvCache {
         self.k.put(r, buf);
     }
 
-    /// Keys of `layer` at positions [0, n_pos) as f32, row-major [pos][kv_dim], into `dst`.
-    pub fn widen_keys(&self, layer: usize, n_pos: usize, dst: &mut [f32]) {
-        self.k.widen(self.row(layer, 0), n_pos, dst);
+    /// Keys of `layer` at positions [pos0, pos0 + n_pos), values `cols` of each (one head's), as
+    /// f32 row-major [pos][cols] into `dst`: attention reads the cache one tile at a time.
+    pub fn widen_keys(
+        &self,
+        layer: usize,
+        pos0: usize,
+        n_pos: usize,
+        cols: Range<usize>,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(pos0 + n_pos <= self.n_ctx && cols.end <= self.kv_dim);
+        self.k
+            .widen_cols(self.row(layer, pos0), n_pos, self.kv_dim, cols, dst);
     }
 
     /// Values, as `widen_keys`.
-    pub fn widen_values(&self, layer: usize, n_pos: usize, dst: &mut [f32]) {
-        self.v.widen(self.row(layer, 0), n_pos, dst);
+    pub fn widen_values(
+        &self,
+        layer: usize,
+        pos0: usize,
+        n_pos: usize,
+        cols: Range<usize>,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(pos0 + n_pos <= self.n_ctx && cols.end <= self.kv_dim);
+        self.v
+            .widen_cols(self.row(layer, pos0), n_pos, self.kv_dim, cols, dst);
     }
 }
 
@@ -301,7 +367,7 @@ mod tests {
             let mut c = KvCache::new(2, 4, kv_dim, CacheTypes { k: ty, v: ty }).unwrap();
             c.store(1, 2, &k, &v);
             let mut out = vec![0f32; 3 * kv_dim];
-            c.widen_keys(1, 3, &mut out);
+            c.widen_keys(1, 0, 3, 0..kv_dim, &mut out);
             let err = out[2 * kv_dim..]
                 .iter()
                 .zip(&k)
@@ -309,8 +375,18 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(err < 0.25, "{ty}: {err}");
             assert!(out[..2 * kv_dim].iter().all(|&x| x == 0.0));
-            c.widen_values(1, 3, &mut out);
+            c.widen_values(1, 0, 3, 0..kv_dim, &mut out);
             assert!((out[2 * kv_dim + 3] - v[3]).abs() < 0.25);
+            // One head's columns of one position: block-aligned, and not (widened whole).
+            for cols in [32..64, 8..24] {
+                let mut head = vec![0f32; cols.len()];
+                c.widen_values(1, 2, 1, cols.clone(), &mut head);
+                assert_eq!(
+                    head,
+                    out[2 * kv_dim + cols.start..2 * kv_dim + cols.end],
+                    "{ty} {cols:?}"
+                );
+            }
         }
         assert!(CacheTypes::parse("q8_0", "Q4_1").is_ok());
         assert!(CacheTypes::parse("q4_k", "f16").is_err());

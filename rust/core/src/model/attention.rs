@@ -1,17 +1,26 @@
-//! Causal grouped-query attention of one layer over the KV caches.
+//! Causal grouped-query attention of one layer over the KV caches, in the arithmetic of
+//! llama.cpp's CPU flash attention (ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`), so that
+//! tokens and probabilities match its. It has three paths, and so do we:
 //!
-//! The keys and values a batch needs are widened to f32 once per layer and sequence (with F16C
-//! where the CPU has it). The loops are generic Rust compiled per SIMD level (see
-//! `tensor::simd_level`).
+//! - Batches of at least `TILE` tokens (llama.cpp's tiled path): per query head, tiles of up to
+//!   64 query rows against 64 cache cells at a time; scores in f32, each one fused multiply-add
+//!   chain over the head's values; an online softmax per key tile (ggml's vectorized exp, each
+//!   sixteen weights summed in `_mm512_reduce_add_ps`'s order and the tile's sums in f64); values
+//!   accumulated in f32, each output one fused multiply-add chain over the tile's cells.
+//! - Smaller batches (its one-row path): one pass per (token, head), the query and the value
+//!   accumulator rounded to f16, rescaled at each new maximum.
+//! - A single token over at least `SPLIT_KV_MIN` cells (its split-KV path): the cells cut in one
+//!   chunk per thread, each chunk as above, the partial results then combined in f32.
 //!
-//! Two paths (`FlashAttn` picks): llama.cpp's flash-attention numerics, so tokens match its —
-//! one task per (token, head), the query and the value accumulator rounded to f16, rescaled at
-//! each new maximum (an online softmax in one pass) — for f16 caches and small batches; and an
-//! f32 path in tiles of up to `TILE_TOKENS` tokens per KV head, which shares every key and value
-//! row among the tile's query rows (prompts, and caches of other types).
+//! Which cells llama.cpp looks at (and so where the split falls) follows its padded KV view
+//! (`viewed_cells`). Keys and values are read from the cache one tile of one head at a time and
+//! widened to f32 there. Caches of other types than f16 (and `--flash-attn off`) take the tiled
+//! path for every batch: f32 throughout.
 
 // Kernels index several arrays by the same counter.
 #![allow(clippy::needless_range_loop)]
+
+use std::ops::Range;
 
 use crate::kv::{CacheTypes, KvCache};
 use crate::quant::f16::round_f16;
@@ -21,15 +30,15 @@ use crate::tensor::{simd_level, SendPtr, ThreadPool};
 
 use super::BatchToken;
 
-/// Batches of at least this many tokens take llama.cpp's tiled f32 attention path; smaller ones
-/// (and single-token decode) its f16-accumulating path.
-pub const F32_ATTENTION_MIN_TOKENS: usize = 64;
+/// Query rows and cache cells per tile (llama.cpp's GGML_FA_TILE_Q and GGML_FA_TILE_KV); batches
+/// of at least this many tokens take the tiled path.
+pub const TILE: usize = 64;
 
-/// `--flash-attn`: which attention path runs. `On` is one pass per (token, head) with an online
-/// softmax (llama.cpp's flash attention: no score row, f16 query and accumulator over an f16
-/// cache); `Off` computes every score row, then the softmax, then the weighted values, in f32;
-/// `Auto` takes the first for batches under `F32_ATTENTION_MIN_TOKENS` (token generation) and
-/// the second for larger ones (llama.cpp's tiled path).
+/// A single token whose view of the cache has at least this many cells takes the split-KV path.
+const SPLIT_KV_MIN: usize = 512;
+
+/// `--flash-attn`. llama.cpp's CPU backend runs flash attention for `on` and `auto` alike (the
+/// paths above); `off` here is the tiled f32 path for every batch size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FlashAttn {
     #[default]
@@ -62,6 +71,39 @@ pub struct AttnParams {
     pub flash: FlashAttn,
 }
 
+/// Cells of llama.cpp's KV view for a sequence whose last position is `top`: the used cells
+/// padded to a multiple of 256 (at least 256), at most the cache's size.
+fn viewed_cells(top: usize, n_ctx: usize) -> usize {
+    (top + 1).next_multiple_of(256).min(n_ctx)
+}
+
+/// One KV head of one layer of a cache, read a tile at a time.
+struct HeadKv<'a> {
+    cache: &'a KvCache,
+    layer: usize,
+    cols: Range<usize>,
+}
+
+impl HeadKv<'_> {
+    fn keys(&self, pos0: usize, n: usize, dst: &mut [f32]) {
+        self.cache
+            .widen_keys(self.layer, pos0, n, self.cols.clone(), dst)
+    }
+    fn values(&self, pos0: usize, n: usize, dst: &mut [f32]) {
+        self.cache
+            .widen_values(self.layer, pos0, n, self.cols.clone(), dst)
+    }
+}
+
+/// One query row: its vector, the positions it attends to ([lo, hi]) and where its `head_dim`
+/// outputs go.
+struct Row<'a> {
+    q: &'a [f32],
+    lo: usize,
+    hi: usize,
+    out: *mut f32,
+}
+
 /// att[i, h] = softmax(q[i, h] · K[seq_i, lo..=pos_i]) · V[...] for every token i of `batch` and
 /// query head h, with keys/values of `layer` taken from `caches[seq]`.
 pub fn attention(
@@ -73,340 +115,402 @@ pub fn attention(
     layer: usize,
     att: &mut [f32],
 ) {
-    let (hd, kvd, qd) = (p.head_dim, p.n_head_kv * p.head_dim, p.n_head * p.head_dim);
+    let (hd, qd) = (p.head_dim, p.n_head * p.head_dim);
     let n = batch.len();
-    debug_assert!(q.len() == n * qd && att.len() == n * qd);
-    // Widen each sequence's keys and values [0, max pos] to f32 once.
-    let mut wide: Vec<Option<(Vec<f32>, Vec<f32>)>> = (0..caches.len()).map(|_| None).collect();
-    for (s, slot) in wide.iter_mut().enumerate() {
-        let Some(top) = batch.iter().filter(|t| t.seq == s).map(|t| t.pos).max() else {
-            continue;
-        };
-        let mut kf = vec![0f32; (top + 1) * kvd];
-        let mut vf = vec![0f32; (top + 1) * kvd];
-        caches[s].widen_keys(layer, top + 1, &mut kf);
-        caches[s].widen_values(layer, top + 1, &mut vf);
-        *slot = Some((kf, vf));
-    }
-    // llama.cpp's f16-accumulating path exists for f16 caches; other cache types work in f32.
-    let f16_cache = |s: usize| caches[s].types() == CacheTypes::default();
-    let one_pass = match p.flash {
-        FlashAttn::Auto => n < F32_ATTENTION_MIN_TOKENS,
-        FlashAttn::On => true,
-        FlashAttn::Off => false,
-    };
+    assert!(q.len() == n * qd && att.len() == n * qd);
     let group = p.n_head / p.n_head_kv;
     let out = SendPtr(att.as_mut_ptr());
-    let window_lo = |pos: usize| {
-        if p.window > 0 {
-            (pos + 1).saturating_sub(p.window)
-        } else {
-            0
+    let head_kv = |seq: usize, h: usize| HeadKv {
+        cache: caches[seq],
+        layer,
+        cols: (h / group) * hd..(h / group + 1) * hd,
+    };
+    let row = |i: usize, h: usize| {
+        let t = batch[i];
+        let at = i * qd + h * hd;
+        Row {
+            q: &q[at..at + hd],
+            lo: if p.window > 0 {
+                (t.pos + 1).saturating_sub(p.window)
+            } else {
+                0
+            },
+            hi: t.pos,
+            out: out.get().wrapping_add(at),
         }
     };
-    let widened = |s: usize| -> (&[f32], &[f32]) {
-        let Some((kf, vf)) = &wide[s] else {
-            unreachable!("every token's sequence was widened")
-        };
-        (kf, vf)
-    };
-    if one_pass && batch.iter().all(|t| f16_cache(t.seq)) {
-        // llama.cpp's f16 path: one task per (token, head).
-        let n_tasks = n * p.n_head;
-        let per = n_tasks
-            .div_ceil((pool.n_threads() * 16).min(n_tasks).max(1))
-            .max(1);
-        pool.run(n_tasks.div_ceil(per), &|c| {
-            let mut scratch = Vec::new();
-            for task in c * per..((c + 1) * per).min(n_tasks) {
-                let (i, h) = (task / p.n_head, task % p.n_head);
-                let t = batch[i];
-                let (keys, vals) = widened(t.seq);
-                let head = Head {
-                    dim: hd,
-                    keys,
-                    vals,
-                    stride: kvd,
-                    off: (h / group) * hd,
-                    lo: window_lo(t.pos),
-                    hi: t.pos,
-                    scale: p.scale,
-                };
-                let at = i * qd + h * hd;
-                // SAFETY: each (token, head) slice of `att` is written by exactly one task, and
-                // `att` outlives the pool call.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.get().wrapping_add(at), hd) };
-                head_dispatch(&head, &q[at..at + hd], &mut scratch, o);
+    let f16_cache = batch
+        .iter()
+        .all(|t| caches[t.seq].types() == CacheTypes::default());
+    if p.flash == FlashAttn::Off || !f16_cache || n >= TILE {
+        // Tiles of up to TILE batch-adjacent tokens of one sequence, one task per (tile, head).
+        let mut tiles: Vec<(usize, usize)> = Vec::new();
+        for (i, t) in batch.iter().enumerate() {
+            match tiles.last_mut() {
+                Some((s, e)) if *e - *s < TILE && batch[*s].seq == t.seq => *e += 1,
+                _ => tiles.push((i, i + 1)),
             }
+        }
+        pool.run(tiles.len() * p.n_head, &|task| {
+            let ((t0, t1), h) = (tiles[task / p.n_head], task % p.n_head);
+            let rows: Vec<Row> = (t0..t1).map(|i| row(i, h)).collect();
+            // SAFETY: each row's output (one token and head) belongs to this task only.
+            unsafe { tile_rows(&head_kv(batch[t0].seq, h), hd, &rows, p.scale) };
         });
         return;
     }
-    // f32: tiles of up to TILE_TOKENS batch-adjacent tokens of one sequence, one task per (tile,
-    // KV head); its query rows (tokens × the KV head's query heads) share every key and value.
-    let mut tiles: Vec<(usize, usize)> = Vec::new();
-    for (i, t) in batch.iter().enumerate() {
-        match tiles.last_mut() {
-            Some((s, e))
-                if *e == i && e.wrapping_sub(*s) < TILE_TOKENS && batch[*s].seq == t.seq =>
-            {
-                *e += 1
-            }
-            _ => tiles.push((i, i + 1)),
+    let single = batch[0];
+    let n_kv = viewed_cells(single.pos, caches[single.seq].n_ctx());
+    let n_chunks = pool.n_threads();
+    if n == 1 && n_kv >= SPLIT_KV_MIN && n_chunks > 1 {
+        // Split-KV: chunk c covers cells [c·size, (c+1)·size) of the view, for every head.
+        let size = n_kv.div_ceil(n_chunks);
+        let stride = 2 + hd;
+        let mut partials = vec![0f32; p.n_head * n_chunks * stride];
+        let parts = SendPtr(partials.as_mut_ptr());
+        pool.run(p.n_head * n_chunks, &|task| {
+            let (h, c) = (task / n_chunks, task % n_chunks);
+            let r = row(0, h);
+            let lo = r.lo.max(c * size);
+            let hi = r.hi.min((c + 1) * size - 1);
+            // SAFETY: each (head, chunk) owns its `stride` values of `partials`.
+            let part = unsafe {
+                std::slice::from_raw_parts_mut(parts.get().wrapping_add(task * stride), stride)
+            };
+            let (m, s) = one_chunk(
+                &head_kv(single.seq, h),
+                r.q,
+                lo,
+                hi,
+                p.scale,
+                &mut part[2..],
+            );
+            (part[0], part[1]) = (m, s);
+        });
+        for h in 0..p.n_head {
+            // SAFETY: the head's output slice lies inside `att`, which nothing else touches now.
+            let o = unsafe { std::slice::from_raw_parts_mut(row(0, h).out, hd) };
+            let own = &partials[h * n_chunks * stride..(h + 1) * n_chunks * stride];
+            reduce_partials(own.chunks_exact(stride), o);
         }
+        return;
     }
-    let n_tasks = tiles.len() * p.n_head_kv;
-    pool.run(n_tasks, &|task| {
-        let ((t0, t1), kvh) = (tiles[task / p.n_head_kv], task % p.n_head_kv);
-        let (keys, vals) = widened(batch[t0].seq);
-        let mut rows = Vec::with_capacity((t1 - t0) * group);
-        for i in t0..t1 {
-            let t = batch[i];
-            for h in kvh * group..(kvh + 1) * group {
-                let at = i * qd + h * hd;
-                rows.push(TileRow {
-                    q: &q[at..at + hd],
-                    lo: window_lo(t.pos),
-                    hi: t.pos,
-                    out: out.get().wrapping_add(at),
-                });
-            }
+    let n_tasks = n * p.n_head;
+    let per = n_tasks
+        .div_ceil((pool.n_threads() * 16).min(n_tasks).max(1))
+        .max(1);
+    pool.run(n_tasks.div_ceil(per), &|c| {
+        for task in c * per..((c + 1) * per).min(n_tasks) {
+            let (i, h) = (task / p.n_head, task % p.n_head);
+            let r = row(i, h);
+            // SAFETY: each (token, head) slice of `att` is written by exactly one task.
+            let o = unsafe { std::slice::from_raw_parts_mut(r.out, hd) };
+            let (_, s) = one_chunk(&head_kv(batch[i].seq, h), r.q, r.lo, r.hi, p.scale, o);
+            let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+            o.iter_mut().for_each(|v| *v *= inv);
         }
-        let kv = KvView {
-            dim: hd,
-            keys,
-            vals,
-            stride: kvd,
-            off: kvh * hd,
-        };
-        // SAFETY: each row's output slice (one token and head) belongs to this task only.
-        unsafe { tile_dispatch(&kv, &rows, p.scale) };
     });
 }
 
-/// Tokens per f32 attention tile: each key and value row is read once for all of their query rows.
-const TILE_TOKENS: usize = 16;
-
-/// One KV head's keys and values in the widened cache (`stride` values per position, this head's
-/// at `off`).
-struct KvView<'a> {
-    dim: usize,
-    keys: &'a [f32],
-    vals: &'a [f32],
-    stride: usize,
-    off: usize,
+/// Combine the split-KV partials (max, sum, unnormalized values) of one head in chunk order, as
+/// `ggml_flash_attn_ext_reduce_partials` does (its build contracts both updates into one fused
+/// multiply-add each: a·so + (b·sn)), into `out`.
+fn reduce_partials<'a>(parts: impl Iterator<Item = &'a [f32]>, out: &mut [f32]) {
+    let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
+    out.fill(0.0);
+    for part in parts {
+        let (mc, sc, vc) = (part[0], part[1], &part[2..]);
+        if sc == 0.0 {
+            continue;
+        }
+        let mn = m.max(mc);
+        let (so, sn) = ((m - mn).exp(), (mc - mn).exp());
+        for (o, &v) in out.iter_mut().zip(vc) {
+            *o = o.mul_add(so, v * sn);
+        }
+        s = s.mul_add(so, sc * sn);
+        m = mn;
+    }
+    if s != 0.0 {
+        let inv = 1.0 / s;
+        out.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
-/// One query row of a tile: its vector, the positions it attends to ([lo, hi]) and where its
-/// `dim` outputs go.
-struct TileRow<'a> {
-    q: &'a [f32],
-    lo: usize,
-    hi: usize,
-    out: *mut f32,
-}
-
-/// Keys per score block, and query rows per register tile.
-const KB: usize = 16;
-const RB: usize = 4;
-
-/// softmax(q·K^T · scale) · V for every row of a tile, in f32: scores sixteen keys at a time
-/// against four query rows (keys transposed once per block so each step is a broadcast query
-/// value times sixteen keys), a masked softmax per row, then the weighted values four rows and
-/// up to 64 values at a time.
+/// softmax(q·K^T · scale) · V for one head's query rows (llama.cpp's tiled path; see the module
+/// comment), written to each row's `out`.
 ///
 /// # Safety
-/// Every row's `out` points to `kv.dim` writable values that nothing else accesses.
-#[inline(always)]
-unsafe fn tile_kernel(kv: &KvView, rows: &[TileRow], scale: f32) {
-    let hd = kv.dim;
+/// Every row's `out` points to `hd` writable values that nothing else accesses.
+unsafe fn tile_rows(kv: &HeadKv, hd: usize, rows: &[Row], scale: f32) {
+    let nr = rows.len();
+    let mut qs = vec![0f32; nr * hd];
+    for (r, row) in rows.iter().enumerate() {
+        qs[r * hd..(r + 1) * hd].copy_from_slice(row.q);
+    }
+    let mut keys = vec![0f32; TILE * hd];
+    let mut kt = vec![0f32; hd * TILE];
+    let mut vals = vec![0f32; TILE * hd];
+    let mut s = vec![0f32; nr * TILE];
+    let mut acc = vec![0f32; nr * hd];
+    let mut mx = vec![f32::NEG_INFINITY; nr];
+    let mut sum = vec![0f32; nr];
     let klo = rows.iter().map(|r| r.lo).min().unwrap_or(0);
     let khi = rows.iter().map(|r| r.hi).max().unwrap_or(0);
-    let nk = khi + 1 - klo;
-    let nr = rows.len();
-    let mut s = vec![0f32; nr * nk];
-    let mut kt = vec![0f32; hd * KB];
-    let key = |j: usize| &kv.keys[(klo + j) * kv.stride + kv.off..][..hd];
-    let val = |j: usize| &kv.vals[(klo + j) * kv.stride + kv.off..][..hd];
-    for j0 in (0..nk).step_by(KB) {
-        let w = (nk - j0).min(KB);
-        for l in 0..KB {
-            let k = key(j0 + l.min(w - 1));
+    // Cell tiles start at multiples of TILE, like llama.cpp's over its view of the cache.
+    let mut c0 = klo / TILE * TILE;
+    while c0 <= khi {
+        let w = (khi + 1 - c0).min(TILE);
+        let c1 = c0 + w - 1;
+        if rows.iter().all(|r| r.lo > c1 || r.hi < c0) {
+            c0 += TILE;
+            continue;
+        }
+        // Keys transposed ([value][cell]), cells past the last zero.
+        kv.keys(c0, w, &mut keys[..w * hd]);
+        kt.fill(0.0);
+        for j in 0..w {
             for d in 0..hd {
-                kt[d * KB + l] = k[d];
+                kt[d * TILE + j] = keys[j * hd + d];
             }
         }
-        for r0 in (0..nr).step_by(RB) {
-            // Missing rows of the last group repeat the last row; their results are dropped.
-            let qs: [&[f32]; RB] = std::array::from_fn(|r| &rows[(r0 + r).min(nr - 1)].q[..hd]);
-            let mut acc = [[0f32; KB]; RB];
-            #[cfg(target_arch = "x86_64")]
-            match simd_level() {
-                SimdLevel::Avx512 => x86::scores_512(&kt, qs, hd, &mut acc),
-                SimdLevel::Avx2 => x86::scores_avx2(&kt, qs, hd, &mut acc),
-                _ => scores(&kt, qs, hd, &mut acc),
+        s.fill(0.0);
+        gemm_acc(&mut s, TILE, &qs, hd, &kt, TILE, nr, hd, TILE);
+        for (r, row) in rows.iter().enumerate() {
+            let sr: &mut [f32; TILE] = (&mut s[r * TILE..(r + 1) * TILE]).try_into().unwrap();
+            let (a, b) = (row.lo.max(c0), row.hi.min(c1));
+            if a > b {
+                // No cell of this tile is visible to the row: it adds nothing.
+                sr.fill(0.0);
+                continue;
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            scores(&kt, qs, hd, &mut acc);
-            for r in 0..RB.min(nr - r0) {
-                for l in 0..w {
-                    s[(r0 + r) * nk + j0 + l] = acc[r][l] * scale;
-                }
+            for (j, v) in sr.iter_mut().enumerate() {
+                *v = if (a - c0..=b - c0).contains(&j) {
+                    *v * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
+            let tile_max = sr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let m = mx[r].max(tile_max);
+            if m > mx[r] {
+                let ms = (mx[r] - m).exp();
+                acc[r * hd..(r + 1) * hd].iter_mut().for_each(|v| *v *= ms);
+                sum[r] *= ms;
+            }
+            mx[r] = m;
+            sum[r] = (sum[r] as f64 + softmax_tile(sr, m)) as f32;
         }
+        kv.values(c0, w, &mut vals[..w * hd]);
+        gemm_acc(&mut acc, hd, &s, TILE, &vals, hd, nr, w, hd);
+        c0 += TILE;
     }
-    let mut inv = vec![0f32; nr];
     for (r, row) in rows.iter().enumerate() {
-        let sr = &mut s[r * nk..(r + 1) * nk];
-        let (a, b) = (row.lo - klo, row.hi - klo);
-        let m = sr[a..=b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in &mut sr[a..=b] {
-            *v = (*v - m).exp();
-            sum += *v;
-        }
-        sr[..a].fill(0.0);
-        sr[b + 1..].fill(0.0);
-        inv[r] = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    }
-    for r0 in (0..nr).step_by(RB) {
-        let m = RB.min(nr - r0);
-        let ps: [&[f32]; RB] = std::array::from_fn(|r| &s[(r0 + r.min(m - 1)) * nk..][..nk]);
-        let mut d0 = 0;
-        while d0 + 64 <= hd {
-            pv_block::<4>(&val, &ps, nk, d0, &rows[r0..r0 + m], &inv[r0..r0 + m]);
-            d0 += 64;
-        }
-        while d0 + 16 <= hd {
-            pv_block::<1>(&val, &ps, nk, d0, &rows[r0..r0 + m], &inv[r0..r0 + m]);
-            d0 += 16;
-        }
-        for d in d0..hd {
-            for (r, row) in rows[r0..r0 + m].iter().enumerate() {
-                let mut a = 0f32;
-                for j in 0..nk {
-                    a = ps[r][j].mul_add(val(j)[d], a);
-                }
-                *row.out.add(d) = a * inv[r0 + r];
-            }
+        let inv = if sum[r] == 0.0 { 0.0 } else { 1.0 / sum[r] };
+        for d in 0..hd {
+            *row.out.add(d) = acc[r * hd + d] * inv;
         }
     }
 }
 
-/// Values [d0, d0 + 16·C) of up to RB rows: Σ_j p[r][j] · V[j], scaled by the row's 1/Σp.
-///
-/// # Safety
-/// As `tile_kernel`.
-#[inline(always)]
-unsafe fn pv_block<'a, const C: usize>(
-    val: &impl Fn(usize) -> &'a [f32],
-    ps: &[&[f32]; RB],
-    nk: usize,
-    d0: usize,
-    rows: &[TileRow],
-    inv: &[f32],
+/// c[i][j] += Σ_k a[i][k] · b[k][j] over row-major matrices (leading dimensions `ldc`, `lda`,
+/// `ldb`), each element one fused multiply-add chain in k order (ggml's `simd_gemm`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_acc(
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    m: usize,
+    k: usize,
+    n: usize,
 ) {
-    let mut acc = [[[0f32; 16]; C]; RB];
-    #[cfg(target_arch = "x86_64")]
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        c.len() >= (m - 1) * ldc + n
+            && a.len() >= (m - 1) * lda + k
+            && b.len() >= (k - 1) * ldb + n
+    );
     match simd_level() {
-        SimdLevel::Avx512 => x86::pv_512(val, ps, nk, d0, &mut acc),
-        SimdLevel::Avx2 => x86::pv_avx2(val, ps, nk, d0, &mut acc),
-        _ => pv(val, ps, nk, d0, &mut acc),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    pv(val, ps, nk, d0, &mut acc);
-    for (r, row) in rows.iter().enumerate() {
-        for c in 0..C {
-            for l in 0..16 {
-                *row.out.add(d0 + 16 * c + l) = acc[r][c][l] * inv[r];
-            }
-        }
+        // SAFETY: the level is only chosen when the CPU has these features; the lengths are
+        // checked above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::gemm_acc_512(c, ldc, a, lda, b, ldb, m, k, n) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::gemm_acc_avx2(c, ldc, a, lda, b, ldb, m, k, n) },
+        _ => gemm_portable(c, ldc, a, lda, b, ldb, m, k, n, 0),
     }
 }
 
-/// acc[r][l] = Σ_d q[r][d] · kt[d][l] (keys transposed in blocks of KB).
+/// `gemm_acc` for the columns from `j0` on, one element at a time.
 #[inline(always)]
-fn scores(kt: &[f32], qs: [&[f32]; RB], hd: usize, acc: &mut [[f32; KB]; RB]) {
-    for d in 0..hd {
-        let k: &[f32; KB] = kt[d * KB..(d + 1) * KB].try_into().unwrap();
-        for r in 0..RB {
-            let qv = qs[r][d];
-            for l in 0..KB {
-                acc[r][l] = qv.mul_add(k[l], acc[r][l]);
-            }
-        }
-    }
-}
-
-/// acc[r][c][l] = Σ_j p[r][j] · V[j][d0 + 16c + l].
-#[inline(always)]
-fn pv<'a, const C: usize>(
-    val: &impl Fn(usize) -> &'a [f32],
-    ps: &[&[f32]; RB],
-    nk: usize,
-    d0: usize,
-    acc: &mut [[[f32; 16]; C]; RB],
+#[allow(clippy::too_many_arguments)]
+fn gemm_portable(
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    j0: usize,
 ) {
-    for j in 0..nk {
-        let v = &val(j)[d0..d0 + 16 * C];
-        for r in 0..RB {
-            let p = ps[r][j];
-            for c in 0..C {
-                for l in 0..16 {
-                    acc[r][c][l] = p.mul_add(v[16 * c + l], acc[r][c][l]);
-                }
+    for i in 0..m {
+        for kk in 0..k {
+            let x = a[i * lda + kk];
+            let br = &b[kk * ldb + j0..kk * ldb + n];
+            for (cv, &bv) in c[i * ldc + j0..i * ldc + n].iter_mut().zip(br) {
+                *cv = x.mul_add(bv, *cv);
             }
         }
+    }
+}
+
+/// ggml's vectorized exp (`ggml_v_expf`, its AVX-512 form) of one value: a degree-5 polynomial
+/// after range reduction, scaled by 2^n (0 or infinity beyond |n| > 192).
+#[inline(always)]
+fn expf_ggml(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000);
+    let n = x.mul_add(f32::from_bits(0x3fb8_aa3b), r) - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // scalef: j·2^n rounded once (exact in f64, then one rounding to f32, subnormals included).
+    (j as f64 * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
+}
+
+/// Sixteen values summed in the order of GCC's `_mm512_reduce_add_ps`.
+#[inline(always)]
+fn reduce16(a: &[f32]) -> f32 {
+    let t: [f32; 8] = std::array::from_fn(|i| a[8 + i] + a[i]);
+    let u: [f32; 4] = std::array::from_fn(|i| t[4 + i] + t[i]);
+    (u[0] + u[2]) + (u[1] + u[3])
+}
+
+/// s[j] = exp(s[j] − m) for a tile's scores; their sum, sixteen at a time in f64
+/// (`ggml_vec_soft_max_f32`).
+fn softmax_tile(s: &mut [f32; TILE], m: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx512 {
+        // SAFETY: the AVX-512 level is only chosen when the CPU has it.
+        return unsafe { x86::softmax_tile_512(s, m) };
+    }
+    let mut sum = 0f64;
+    for g in s.chunks_exact_mut(16) {
+        g.iter_mut().for_each(|v| *v = expf_ggml(*v - m));
+        sum += reduce16(g) as f64;
+    }
+    sum
+}
+
+/// llama.cpp's one-row pass of query `q` (rounded to f16) over positions [lo, hi] of one head:
+/// an online softmax, the value accumulator rounded to f16 at each step. Leaves the
+/// unnormalized values in `acc` and returns (max, sum); (-inf, 0) when lo > hi.
+fn one_chunk(
+    kv: &HeadKv,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    acc: &mut [f32],
+) -> (f32, f32) {
+    match simd_level() {
+        // SAFETY: the level is only chosen when the CPU reports these features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { one_chunk_avx512(kv, q, lo, hi, scale, acc) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { one_chunk_avx2(kv, q, lo, hi, scale, acc) },
+        _ => one_chunk_kernel(kv, q, lo, hi, scale, acc),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2(kv: &KvView, rows: &[TileRow], scale: f32) {
-    tile_kernel(kv, rows, scale)
+unsafe fn one_chunk_avx2(
+    kv: &HeadKv,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    acc: &mut [f32],
+) -> (f32, f32) {
+    one_chunk_kernel(kv, q, lo, hi, scale, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn tile_avx512(kv: &KvView, rows: &[TileRow], scale: f32) {
-    tile_kernel(kv, rows, scale)
-}
-
-/// # Safety
-/// As `tile_kernel`.
-unsafe fn tile_dispatch(kv: &KvView, rows: &[TileRow], scale: f32) {
-    match simd_level() {
-        // SAFETY: the level is only chosen when the CPU reports these features.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => tile_avx512(kv, rows, scale),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => tile_avx2(kv, rows, scale),
-        _ => tile_kernel(kv, rows, scale),
-    }
-}
-
-/// One query head's view of the widened cache: rows [lo, hi], `stride` values per position, this
-/// head's slice at `off`.
-struct Head<'a> {
-    /// Values per head.
-    dim: usize,
-    keys: &'a [f32],
-    vals: &'a [f32],
-    stride: usize,
-    off: usize,
+unsafe fn one_chunk_avx512(
+    kv: &HeadKv,
+    q: &[f32],
     lo: usize,
     hi: usize,
     scale: f32,
+    acc: &mut [f32],
+) -> (f32, f32) {
+    one_chunk_kernel(kv, q, lo, hi, scale, acc)
 }
 
-impl Head<'_> {
-    #[inline(always)]
-    fn key(&self, p: usize, hd: usize) -> &[f32] {
-        &self.keys[p * self.stride + self.off..p * self.stride + self.off + hd]
+#[inline(always)]
+fn one_chunk_kernel(
+    kv: &HeadKv,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    acc: &mut [f32],
+) -> (f32, f32) {
+    let hd = q.len();
+    let mut qr = q.to_vec();
+    round_f16_slice(&mut qr);
+    acc.fill(0.0);
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
+    let mut keys = vec![0f32; TILE.min(hi.wrapping_sub(lo).wrapping_add(1)) * hd];
+    let mut vals = keys.clone();
+    let mut c0 = lo;
+    while c0 <= hi {
+        let w = (hi + 1 - c0).min(TILE);
+        kv.keys(c0, w, &mut keys[..w * hd]);
+        kv.values(c0, w, &mut vals[..w * hd]);
+        for j in 0..w {
+            let s = dot_f16_order(&qr, &keys[j * hd..(j + 1) * hd]) * scale;
+            let mut ms = 1.0;
+            let mut vs = 1.0;
+            if s > m {
+                ms = (m - s).exp();
+                m = s;
+                acc.iter_mut().for_each(|a| *a *= ms);
+                round_f16_slice(acc);
+            } else {
+                vs = (s - m).exp();
+            }
+            for (a, &v) in acc.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
+                *a = v.mul_add(vs, *a);
+            }
+            round_f16_slice(acc);
+            // ggml's build contracts this into one fused multiply-add; so do we, to round alike.
+            sum = sum.mul_add(ms, vs);
+        }
+        c0 += w;
     }
-    #[inline(always)]
-    fn val(&self, p: usize, hd: usize) -> &[f32] {
-        &self.vals[p * self.stride + self.off..p * self.stride + self.off + hd]
-    }
+    (m, sum)
 }
 
 /// q·k for f16-valued inputs in the order of ggml's AVX-512 `ggml_vec_dot_f16`: four 16-lane
@@ -443,71 +547,6 @@ fn dot_f16_order(q: &[f32], k: &[f32]) -> f32 {
     sum as f32
 }
 
-/// One query head against its keys and values, llama.cpp's f16 way: one pass with an online
-/// softmax, the query and the value accumulator rounded to f16.
-#[inline(always)]
-fn head_kernel(h: &Head, q: &[f32], scratch: &mut Vec<f32>, out: &mut [f32]) {
-    let hd = h.dim;
-    // One pass, online softmax, query and accumulator rounded to f16 like llama.cpp.
-    scratch.clear();
-    scratch.resize(2 * hd, 0.0);
-    let (qr, acc) = scratch.split_at_mut(hd);
-    qr.copy_from_slice(q);
-    round_f16_slice(qr);
-    let mut m = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    for p in h.lo..=h.hi {
-        let s = dot_f16_order(qr, h.key(p, hd)) * h.scale;
-        let mut ms = 1.0;
-        let mut vs = 1.0;
-        if s > m {
-            ms = if m == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (m - s).exp()
-            };
-            m = s;
-            acc.iter_mut().for_each(|a| *a *= ms);
-            round_f16_slice(acc);
-        } else {
-            vs = (s - m).exp();
-        }
-        for (a, &v) in acc.iter_mut().zip(h.val(p, hd)) {
-            *a = v.mul_add(vs, *a);
-        }
-        round_f16_slice(acc);
-        // ggml's build contracts this into one fused multiply-add; so do we, to round alike.
-        sum = sum.mul_add(ms, vs);
-    }
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a * inv;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn head_avx2(h: &Head, q: &[f32], scratch: &mut Vec<f32>, out: &mut [f32]) {
-    head_kernel(h, q, scratch, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn head_avx512(h: &Head, q: &[f32], scratch: &mut Vec<f32>, out: &mut [f32]) {
-    head_kernel(h, q, scratch, out)
-}
-
-fn head_dispatch(h: &Head, q: &[f32], scratch: &mut Vec<f32>, out: &mut [f32]) {
-    match simd_level() {
-        // SAFETY: the level is only chosen when the CPU reports these features.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { head_avx512(h, q, scratch, out) },
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { head_avx2(h, q, scratch, out) },
-        _ => head_kernel(h, q, scratch, out),
-    }
-}
-
 /// Round every value to the nearest f16 (ties to even), in place.
 #[inline(always)]
 fn round_f16_slice(x: &mut [f32]) {
@@ -520,122 +559,239 @@ fn round_f16_slice(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = round_f16(*v));
 }
 
-/// f16 → f32 for a whole slice.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-
     use std::arch::x86_64::*;
 
     use crate::quant::f16::round_f16;
 
-    use super::{KB, RB};
+    use super::{gemm_portable, reduce16, TILE};
 
-    /// `super::scores` with sixteen-lane registers (same sums, same order per lane).
-    #[inline(always)]
-    pub fn scores_512(kt: &[f32], qs: [&[f32]; RB], hd: usize, acc: &mut [[f32; KB]; RB]) {
-        assert!(kt.len() >= hd * KB && qs.iter().all(|q| q.len() >= hd));
-        // SAFETY: the AVX-512 level is only chosen when the CPU has it; every index is below the
-        // lengths asserted above.
-        unsafe {
-            let mut a = [_mm512_setzero_ps(); RB];
-            for d in 0..hd {
-                let k = _mm512_loadu_ps(kt.as_ptr().add(d * KB));
-                for r in 0..RB {
-                    a[r] = _mm512_fmadd_ps(_mm512_set1_ps(*qs[r].get_unchecked(d)), k, a[r]);
-                }
-            }
-            for r in 0..RB {
-                _mm512_storeu_ps(acc[r].as_mut_ptr(), a[r]);
-            }
-        }
-    }
-
-    /// `super::scores` with eight-lane registers (same sums, same order per lane).
-    #[inline(always)]
-    pub fn scores_avx2(kt: &[f32], qs: [&[f32]; RB], hd: usize, acc: &mut [[f32; KB]; RB]) {
-        assert!(kt.len() >= hd * KB && qs.iter().all(|q| q.len() >= hd));
-        // SAFETY: the AVX2 level is only chosen when the CPU has AVX2 and FMA; every index is
-        // below the lengths asserted above.
-        unsafe {
-            let mut a = [[_mm256_setzero_ps(); 2]; RB];
-            for d in 0..hd {
-                let k0 = _mm256_loadu_ps(kt.as_ptr().add(d * KB));
-                let k1 = _mm256_loadu_ps(kt.as_ptr().add(d * KB + 8));
-                for r in 0..RB {
-                    let q = _mm256_set1_ps(*qs[r].get_unchecked(d));
-                    a[r][0] = _mm256_fmadd_ps(q, k0, a[r][0]);
-                    a[r][1] = _mm256_fmadd_ps(q, k1, a[r][1]);
-                }
-            }
-            for r in 0..RB {
-                _mm256_storeu_ps(acc[r].as_mut_ptr(), a[r][0]);
-                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), a[r][1]);
-            }
-        }
-    }
-
-    /// `super::pv` with eight-lane registers, one sixteen-value chunk at a time.
-    #[inline(always)]
-    pub fn pv_avx2<'a, const C: usize>(
-        val: &impl Fn(usize) -> &'a [f32],
-        ps: &[&[f32]; RB],
-        nk: usize,
-        d0: usize,
-        acc: &mut [[[f32; 16]; C]; RB],
+    /// `super::gemm_acc` with sixteen-lane registers: blocks of four rows by 64 columns, then by
+    /// 16, the last columns one at a time (the same chains either way).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the slices hold the matrices (`super::gemm_acc` checks).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_acc_512(
+        c: &mut [f32],
+        ldc: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        m: usize,
+        k: usize,
+        n: usize,
     ) {
-        assert!(ps.iter().all(|p| p.len() >= nk));
-        // SAFETY: as in `scores_avx2`; each value row slice is bounds-checked once.
-        unsafe {
-            for c in 0..C {
-                let mut a = [[_mm256_setzero_ps(); 2]; RB];
-                for j in 0..nk {
-                    let v = &val(j)[d0 + 16 * c..d0 + 16 * c + 16];
-                    let v0 = _mm256_loadu_ps(v.as_ptr());
-                    let v1 = _mm256_loadu_ps(v.as_ptr().add(8));
-                    for r in 0..RB {
-                        let p = _mm256_set1_ps(*ps[r].get_unchecked(j));
-                        a[r][0] = _mm256_fmadd_ps(p, v0, a[r][0]);
-                        a[r][1] = _mm256_fmadd_ps(p, v1, a[r][1]);
-                    }
-                }
-                for r in 0..RB {
-                    _mm256_storeu_ps(acc[r][c].as_mut_ptr(), a[r][0]);
-                    _mm256_storeu_ps(acc[r][c].as_mut_ptr().add(8), a[r][1]);
-                }
-            }
+        let mut j0 = 0;
+        while j0 + 64 <= n {
+            block_512::<4>(
+                c.as_mut_ptr().add(j0),
+                ldc,
+                a.as_ptr(),
+                lda,
+                b.as_ptr().add(j0),
+                ldb,
+                m,
+                k,
+            );
+            j0 += 64;
         }
+        while j0 + 16 <= n {
+            block_512::<1>(
+                c.as_mut_ptr().add(j0),
+                ldc,
+                a.as_ptr(),
+                lda,
+                b.as_ptr().add(j0),
+                ldb,
+                m,
+                k,
+            );
+            j0 += 16;
+        }
+        gemm_portable(c, ldc, a, lda, b, ldb, m, k, n, j0);
     }
 
-    /// `super::pv` with sixteen-lane registers (same sums, same order per lane).
     #[inline(always)]
-    pub fn pv_512<'a, const C: usize>(
-        val: &impl Fn(usize) -> &'a [f32],
-        ps: &[&[f32]; RB],
-        nk: usize,
-        d0: usize,
-        acc: &mut [[[f32; 16]; C]; RB],
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_512<const RN: usize>(
+        c: *mut f32,
+        ldc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        m: usize,
+        k: usize,
     ) {
-        assert!(ps.iter().all(|p| p.len() >= nk));
-        // SAFETY: as in `scores_512`; each value row slice is bounds-checked once.
-        unsafe {
-            let mut a = [[_mm512_setzero_ps(); C]; RB];
-            for j in 0..nk {
-                let v = &val(j)[d0..d0 + 16 * C];
-                let vs: [__m512; C] =
-                    std::array::from_fn(|c| _mm512_loadu_ps(v.as_ptr().add(16 * c)));
-                for r in 0..RB {
-                    let p = _mm512_set1_ps(*ps[r].get_unchecked(j));
-                    for c in 0..C {
-                        a[r][c] = _mm512_fmadd_ps(p, vs[c], a[r][c]);
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(4);
+            let mut acc = [[_mm512_setzero_ps(); RN]; 4];
+            let mut ar = [a; 4];
+            for i in 0..4 {
+                // Missing rows of the last block repeat its last row; their results are dropped.
+                ar[i] = a.add((i0 + i.min(rows - 1)) * lda);
+            }
+            for i in 0..rows {
+                for r in 0..RN {
+                    acc[i][r] = _mm512_loadu_ps(c.add((i0 + i) * ldc + 16 * r));
+                }
+            }
+            for kk in 0..k {
+                let mut bv = [_mm512_setzero_ps(); RN];
+                for r in 0..RN {
+                    bv[r] = _mm512_loadu_ps(b.add(kk * ldb + 16 * r));
+                }
+                for i in 0..4 {
+                    let x = _mm512_set1_ps(*ar[i].add(kk));
+                    for r in 0..RN {
+                        acc[i][r] = _mm512_fmadd_ps(x, bv[r], acc[i][r]);
                     }
                 }
             }
-            for r in 0..RB {
-                for c in 0..C {
-                    _mm512_storeu_ps(acc[r][c].as_mut_ptr(), a[r][c]);
+            for i in 0..rows {
+                for r in 0..RN {
+                    _mm512_storeu_ps(c.add((i0 + i) * ldc + 16 * r), acc[i][r]);
                 }
             }
+            i0 += 4;
         }
+    }
+
+    /// `super::gemm_acc` with eight-lane registers: blocks of four rows by 16 columns, then by
+    /// 8, the last columns one at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the slices hold the matrices (`super::gemm_acc` checks).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_acc_avx2(
+        c: &mut [f32],
+        ldc: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        let mut j0 = 0;
+        while j0 + 16 <= n {
+            block_avx2::<2>(
+                c.as_mut_ptr().add(j0),
+                ldc,
+                a.as_ptr(),
+                lda,
+                b.as_ptr().add(j0),
+                ldb,
+                m,
+                k,
+            );
+            j0 += 16;
+        }
+        while j0 + 8 <= n {
+            block_avx2::<1>(
+                c.as_mut_ptr().add(j0),
+                ldc,
+                a.as_ptr(),
+                lda,
+                b.as_ptr().add(j0),
+                ldb,
+                m,
+                k,
+            );
+            j0 += 8;
+        }
+        gemm_portable(c, ldc, a, lda, b, ldb, m, k, n, j0);
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_avx2<const RN: usize>(
+        c: *mut f32,
+        ldc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        m: usize,
+        k: usize,
+    ) {
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(4);
+            let mut acc = [[_mm256_setzero_ps(); RN]; 4];
+            let mut ar = [a; 4];
+            for i in 0..4 {
+                ar[i] = a.add((i0 + i.min(rows - 1)) * lda);
+            }
+            for i in 0..rows {
+                for r in 0..RN {
+                    acc[i][r] = _mm256_loadu_ps(c.add((i0 + i) * ldc + 8 * r));
+                }
+            }
+            for kk in 0..k {
+                let mut bv = [_mm256_setzero_ps(); RN];
+                for r in 0..RN {
+                    bv[r] = _mm256_loadu_ps(b.add(kk * ldb + 8 * r));
+                }
+                for i in 0..4 {
+                    let x = _mm256_set1_ps(*ar[i].add(kk));
+                    for r in 0..RN {
+                        acc[i][r] = _mm256_fmadd_ps(x, bv[r], acc[i][r]);
+                    }
+                }
+            }
+            for i in 0..rows {
+                for r in 0..RN {
+                    _mm256_storeu_ps(c.add((i0 + i) * ldc + 8 * r), acc[i][r]);
+                }
+            }
+            i0 += 4;
+        }
+    }
+
+    /// `super::softmax_tile` with `ggml_v_expf`'s own AVX-512 instructions.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn softmax_tile_512(s: &mut [f32; TILE], m: f32) -> f64 {
+        let ps = |v: u32| _mm512_set1_ps(f32::from_bits(v));
+        let mut sum = 0f64;
+        for g in s.chunks_exact_mut(16) {
+            let x = _mm512_sub_ps(_mm512_loadu_ps(g.as_ptr()), _mm512_set1_ps(m));
+            let r = ps(0x4b40_0000);
+            let z = _mm512_fmadd_ps(x, ps(0x3fb8_aa3b), r);
+            let n = _mm512_sub_ps(z, r);
+            let b = _mm512_fnmadd_ps(n, ps(0x35bf_be8e), _mm512_fnmadd_ps(n, ps(0x3f31_7200), x));
+            let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+            let u = _mm512_mul_ps(b, b);
+            let j = _mm512_fmadd_ps(
+                _mm512_fmadd_ps(
+                    _mm512_fmadd_ps(ps(0x3c07_2010), b, ps(0x3d2b_9f17)),
+                    u,
+                    _mm512_fmadd_ps(ps(0x3e2a_af33), b, ps(0x3eff_fedb)),
+                ),
+                u,
+                _mm512_fmadd_ps(ps(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+            );
+            let mut v = _mm512_scalef_ps(j, n);
+            if d != 0 {
+                let le0 = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+                let alt =
+                    _mm512_mask_blend_ps(le0, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+                v = _mm512_mask_blend_ps(d, v, alt);
+            }
+            _mm512_storeu_ps(g.as_mut_ptr(), v);
+            sum += reduce16(g) as f64;
+        }
+        sum
     }
 
     #[target_feature(enable = "avx,f16c")]
@@ -655,8 +811,6 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::f16::widen_f16;
-    use half::f16;
 
     /// Softmax attention in f64 of `q` over positions [lo, hi] of the widened cache.
     fn reference(
@@ -690,112 +844,209 @@ mod tests {
     }
 
     #[test]
-    fn both_paths_match_softmax_and_levels_agree() {
-        // 80 values per head: two sixteen-value chunks after the 64-value block, so every part
-        // of the value loop runs.
-        let (hd, n_pos) = (80, 37);
-        let keys: Vec<f16> = (0..n_pos * hd)
-            .map(|i| f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 40.0))
-            .collect();
-        let vals: Vec<f16> = (0..n_pos * hd)
-            .map(|i| f16::from_f32(((i * 53 % 97) as f32 - 48.0) / 30.0))
-            .collect();
-        let (mut kf, mut vf) = (vec![0f32; keys.len()], vec![0f32; vals.len()]);
-        let bytes = |v: &[f16]| -> Vec<u8> { v.iter().flat_map(|h| h.to_le_bytes()).collect() };
-        widen_f16(&bytes(&keys), &mut kf);
-        widen_f16(&bytes(&vals), &mut vf);
-        for (a, b) in kf.iter().zip(&keys) {
-            assert_eq!(*a, b.to_f32());
-        }
-        let close = |got: &[f32], want: &[f64], tol: f64, what: &str| {
-            for d in 0..hd {
-                assert!(
-                    (got[d] as f64 - want[d]).abs() <= tol * want[d].abs().max(0.1),
-                    "{what} d {d}: {} vs {}",
-                    got[d],
-                    want[d]
-                );
-            }
-        };
-        // Query rows with their own ranges: five rows (a full group of four and one more), as a
-        // tile of tokens at different positions with a window would have.
-        let ranges = [(3, n_pos - 1), (0, 20), (5, 5), (10, 30), (0, n_pos - 1)];
-        let qs: Vec<Vec<f32>> = (0..ranges.len())
-            .map(|r| {
-                (0..hd)
-                    .map(|i| ((i * 7 + 3 * r) % 13) as f32 / 5.0 - 1.2)
-                    .collect()
-            })
-            .collect();
-
-        // llama.cpp's f16 path, one head at a time.
-        for (q, &(lo, hi)) in qs.iter().zip(&ranges) {
-            let h = Head {
-                dim: hd,
-                keys: &kf,
-                vals: &vf,
-                stride: hd,
-                off: 0,
-                lo,
-                hi,
-                scale: 0.125,
-            };
-            let mut out = vec![0f32; hd];
-            head_dispatch(&h, q, &mut Vec::new(), &mut out);
-            let mut portable = vec![0f32; hd];
-            head_kernel(&h, q, &mut Vec::new(), &mut portable);
-            assert_eq!(out, portable, "f16 path: SIMD and portable differ");
-            close(
-                &out,
-                &reference(q, &kf, &vf, hd, lo, hi, 0.125),
-                2e-2,
-                "f16 path",
+    fn exp_and_gemm_levels_agree_with_portable() {
+        // ggml's exp: close to exp, 0 far below, and the AVX-512 form gives the same bits.
+        for i in 0..2000 {
+            let x = -100.0 + i as f32 * 0.0517;
+            let e = expf_ggml(x);
+            assert!(
+                (e as f64 - (x as f64).exp()).abs() <= 1e-6 * (x as f64).exp() + 1e-44,
+                "{x}"
             );
         }
+        assert_eq!(expf_ggml(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf_ggml(-200.0), 0.0);
+        let mut tile = [0f32; TILE];
+        for (j, v) in tile.iter_mut().enumerate() {
+            *v = if j % 7 == 3 {
+                f32::NEG_INFINITY
+            } else {
+                (j as f32 * 0.37).sin() * 30.0 - 90.0
+            };
+        }
+        let mut portable = tile;
+        let mut want = 0f64;
+        for g in portable.chunks_exact_mut(16) {
+            g.iter_mut().for_each(|v| *v = expf_ggml(*v + 60.0));
+            want += reduce16(g) as f64;
+        }
+        let got = softmax_tile(&mut tile, -60.0);
+        assert_eq!(got, want);
+        assert_eq!(tile.map(f32::to_bits), portable.map(f32::to_bits));
 
-        // The f32 tile path, all rows together.
-        let kv = KvView {
-            dim: hd,
-            keys: &kf,
-            vals: &vf,
-            stride: hd,
-            off: 0,
-        };
-        let run = |portable: bool| -> Vec<Vec<f32>> {
-            let mut outs = vec![vec![0f32; hd]; qs.len()];
-            let rows: Vec<TileRow> = qs
-                .iter()
-                .zip(&ranges)
-                .zip(outs.iter_mut())
-                .map(|((q, &(lo, hi)), o)| TileRow {
-                    q,
-                    lo,
-                    hi,
-                    out: o.as_mut_ptr(),
-                })
+        // Every shape's blocks and column tails give each element the same chain.
+        let (m, k, n) = (7, 37, 83);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0)
+            .collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 * 0.25).collect();
+        let mut want = c0.clone();
+        gemm_portable(&mut want, n, &a, k, &b, n, m, k, n, 0);
+        let mut got = c0;
+        gemm_acc(&mut got, n, &a, k, &b, n, m, k, n);
+        assert_eq!(got, want);
+    }
+
+    /// A cache of one layer whose keys and values at each position are deterministic.
+    fn cache(n_ctx: usize, kvd: usize, types: CacheTypes) -> KvCache {
+        let mut c = KvCache::new(1, n_ctx, kvd, types).unwrap();
+        for p in 0..n_ctx {
+            let k: Vec<f32> = (0..kvd)
+                .map(|i| (((p * kvd + i) * 37 % 101) as f32 - 50.0) / 40.0)
                 .collect();
-            // SAFETY: each row writes its own vector of hd values.
-            unsafe {
-                if portable {
-                    tile_kernel(&kv, &rows, 0.125)
-                } else {
-                    tile_dispatch(&kv, &rows, 0.125)
-                }
+            let v: Vec<f32> = (0..kvd)
+                .map(|i| (((p * kvd + i) * 53 % 97) as f32 - 48.0) / 30.0)
+                .collect();
+            c.store(0, p, &k, &v);
+        }
+        c
+    }
+
+    #[test]
+    fn every_path_matches_softmax() {
+        // Two KV heads of 80 values (a 64-value block and a 16-value tail), three query heads
+        // each, a window on one layer: batches on the tiled path (70 tokens), the one-row path (5)
+        // and single tokens whose view splits (at position 700 of 1024 cells) or not.
+        let (n_head, n_head_kv, hd, n_ctx) = (6, 2, 80, 1024);
+        let kvd = n_head_kv * hd;
+        let pool = ThreadPool::new(2);
+        for types in [
+            CacheTypes::default(),
+            CacheTypes::parse("f32", "f32").unwrap(),
+            CacheTypes::parse("q8_0", "q4_1").unwrap(),
+        ] {
+            let c = cache(n_ctx, kvd, types);
+            let (mut kf, mut vf) = (vec![0f32; n_ctx * kvd], vec![0f32; n_ctx * kvd]);
+            c.widen_keys(0, 0, n_ctx, 0..kvd, &mut kf);
+            c.widen_values(0, 0, n_ctx, 0..kvd, &mut vf);
+            let head_of = |x: &[f32], g: usize| -> Vec<f32> {
+                x.chunks_exact(kvd)
+                    .flat_map(|r| r[g * hd..(g + 1) * hd].to_vec())
+                    .collect()
             };
-            outs
+            for (window, tokens) in [
+                (0, 600..670),
+                (100, 130..200),
+                (0, 40..45),
+                (50, 300..305),
+                (0, 700..701),
+                (0, 200..201),
+                (300, 900..901),
+            ] {
+                for flash in [FlashAttn::Auto, FlashAttn::Off] {
+                    let batch: Vec<BatchToken> = tokens
+                        .clone()
+                        .map(|pos| BatchToken {
+                            token: 0,
+                            pos,
+                            seq: 0,
+                            logits: false,
+                        })
+                        .collect();
+                    let n = batch.len();
+                    let q: Vec<f32> = (0..n * n_head * hd)
+                        .map(|i| ((i * 7 % 13) as f32 / 5.0 - 1.2) * 0.5)
+                        .collect();
+                    let mut att = vec![0f32; q.len()];
+                    let p = AttnParams {
+                        n_head,
+                        n_head_kv,
+                        head_dim: hd,
+                        scale: 0.125,
+                        window,
+                        flash,
+                    };
+                    attention(&pool, &p, &batch, &q, &[&c], 0, &mut att);
+                    // The f16 path rounds the query and the accumulator to f16.
+                    let tiled =
+                        n >= TILE || flash == FlashAttn::Off || types != CacheTypes::default();
+                    let tol = if tiled { 1e-5 } else { 2e-2 };
+                    for (i, t) in batch.iter().enumerate() {
+                        for h in 0..n_head {
+                            let g = h / (n_head / n_head_kv);
+                            let lo = if window > 0 {
+                                (t.pos + 1).saturating_sub(window)
+                            } else {
+                                0
+                            };
+                            let at = i * n_head * hd + h * hd;
+                            let want = reference(
+                                &q[at..at + hd],
+                                &head_of(&kf, g),
+                                &head_of(&vf, g),
+                                hd,
+                                lo,
+                                t.pos,
+                                0.125,
+                            );
+                            for d in 0..hd {
+                                let got = att[at + d] as f64;
+                                assert!(
+                                    (got - want[d]).abs() <= tol * want[d].abs().max(0.1),
+                                    "{types:?} {flash:?} window {window} pos {} head {h} d {d}: {got} vs {}",
+                                    t.pos,
+                                    want[d]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_decode_combines_like_one_pass() {
+        // One chunk per thread, then combined: within f16 rounding of the unsplit pass, and one
+        // thread is the unsplit pass bit for bit.
+        let (n_head, hd, n_ctx) = (2, 64, 1024);
+        let c = cache(n_ctx, n_head * hd, CacheTypes::default());
+        let batch = [BatchToken {
+            token: 0,
+            pos: 777,
+            seq: 0,
+            logits: true,
+        }];
+        let q: Vec<f32> = (0..n_head * hd)
+            .map(|i| ((i * 5 % 11) as f32 / 4.0 - 1.0) * 0.7)
+            .collect();
+        let p = AttnParams {
+            n_head,
+            n_head_kv: n_head,
+            head_dim: hd,
+            scale: 0.125,
+            window: 0,
+            flash: FlashAttn::Auto,
         };
-        let (simd, portable) = (run(false), run(true));
-        for (r, (q, &(lo, hi))) in qs.iter().zip(&ranges).enumerate() {
-            assert_eq!(
-                simd[r], portable[r],
-                "tile path: SIMD and portable differ (row {r})"
+        let run = |threads: usize| {
+            let mut att = vec![0f32; q.len()];
+            attention(
+                &ThreadPool::new(threads),
+                &p,
+                &batch,
+                &q,
+                &[&c],
+                0,
+                &mut att,
             );
-            close(
-                &simd[r],
-                &reference(q, &kf, &vf, hd, lo, hi, 0.125),
-                1e-5,
-                "tile path",
-            );
+            att
+        };
+        let (one, two) = (run(1), run(2));
+        let kv = HeadKv {
+            cache: &c,
+            layer: 0,
+            cols: 0..hd,
+        };
+        let mut acc = vec![0f32; hd];
+        let (_, s) = one_chunk(&kv, &q[..hd], 0, 777, 0.125, &mut acc);
+        let unsplit: Vec<f32> = acc.iter().map(|a| a * (1.0 / s)).collect();
+        assert_eq!(one[..hd], unsplit[..]);
+        assert_ne!(one, two);
+        for (a, b) in one.iter().zip(&two) {
+            assert!((a - b).abs() <= 1e-2 * a.abs().max(0.1), "{a} vs {b}");
         }
     }
 }

@@ -263,10 +263,6 @@ pub fn kblock_combine(fold: bool, d: f32, dmin: f32, xd: f32, sumi: i32, summ: i
     }
 }
 
-/// Batches from this size on are not reproduced bit for bit (llama.cpp's flash attention tiles
-/// them, `model::attention::F32_ATTENTION_MIN_TOKENS`), so they may take faster sums.
-pub const EXACT_BATCH_MAX: usize = 64;
-
 /// How a K-quant row's super-blocks are summed in f32, as llama.cpp's x86 kernels do (so tokens
 /// and probabilities match its). Which kernel llama.cpp runs depends on the batch (`for_batch`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -298,14 +294,10 @@ impl KOrder {
 
     /// The order of token `t` of an `n`-token matmul over `rows` rows: llama.cpp repacks Q4_K
     /// matrices of a multiple of 8 rows and runs their tokens in groups of four through its gemm,
-    /// the last n % 4 through its gemv; Q6_K takes its tiled matmul from 8 tokens. From
-    /// `EXACT_BATCH_MAX` tokens on, where llama.cpp's attention takes a tiled path we do not
-    /// reproduce, Q4_K keeps its cheaper per-super-block order.
+    /// the last n % 4 through its gemv; Q6_K takes its tiled matmul from 8 tokens.
     pub fn for_batch(ty: GgmlType, rows: usize, n: usize, t: usize) -> Self {
         match ty {
-            GgmlType::Q4_K if rows.is_multiple_of(8) && n < EXACT_BATCH_MAX && t < n - n % 4 => {
-                Self::Split64
-            }
+            GgmlType::Q4_K if rows.is_multiple_of(8) && t < n - n % 4 => Self::Split64,
             GgmlType::Q6_K if n >= 8 => Self::Tiled,
             _ => Self::of(ty),
         }
