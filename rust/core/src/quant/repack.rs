@@ -105,6 +105,10 @@ impl<'a> Tile<'a> {
         self.nb
     }
 
+    pub fn words_per_block(&self) -> usize {
+        self.n_words
+    }
+
     /// Block `b` (< `n_blocks`): word k at `words + 64k`, the f16s at `half` (when the type
     /// has one).
     #[inline(always)]
@@ -128,24 +132,21 @@ impl<'a> Tile<'a> {
     }
 }
 
-/// A cache line, so tiles start on one.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// A whole matrix in tiles, owned.
+/// A whole matrix in tiles, owned: anonymous pages (tiles start on a cache line; zeroed by the
+/// OS as first touched, not written twice), transparent huge pages where Linux grants them (a
+/// gemv streams the whole buffer: fewer TLB misses).
 pub struct Tiles {
     ty: GgmlType,
     nb: usize,
     tile_bytes: usize,
     n_tiles: usize,
-    buf: Vec<Line>,
+    buf: memmap2::MmapMut,
 }
 
 impl Tiles {
     /// Repack `rows` rows of `nb` blocks each from `data` (GGUF layout). `done(bytes)` is told
     /// how many leading bytes of `data` have been read and will not be read again (the caller
-    /// may drop those pages). None for a type with no tile layout.
+    /// may drop those pages). None for a type with no tile layout, or when the OS has no memory.
     pub fn pack(
         ty: GgmlType,
         data: &[u8],
@@ -160,30 +161,27 @@ impl Tiles {
         }
         let tb = tile_bytes(ty, nb);
         let n_tiles = rows.div_ceil(TILE);
-        let mut buf = vec![Line([0; 64]); n_tiles * tb / 64];
-        let mut t = Self {
+        let mut buf = memmap2::MmapMut::map_anon(n_tiles.checked_mul(tb)?).ok()?;
+        #[cfg(target_os = "linux")]
+        let _ = buf.advise(memmap2::Advice::HugePage);
+        let mut last_done = 0;
+        for i in 0..n_tiles {
+            let (r0, r1) = (i * TILE, ((i + 1) * TILE).min(rows));
+            let rs: Vec<&[u8]> = (r0..r1).map(|r| &data[r * rb..(r + 1) * rb]).collect();
+            pack_tile(ty, &rs, nb, &mut buf[i * tb..(i + 1) * tb]);
+            // Tell the caller in steps of about a megabyte.
+            if r1 * rb - last_done >= 1 << 20 || r1 == rows {
+                last_done = r1 * rb;
+                done(last_done);
+            }
+        }
+        Some(Self {
             ty,
             nb,
             tile_bytes: tb,
             n_tiles,
-            buf: Vec::new(),
-        };
-        {
-            let out = lines_bytes_mut(&mut buf);
-            let mut last_done = 0;
-            for i in 0..n_tiles {
-                let (r0, r1) = (i * TILE, ((i + 1) * TILE).min(rows));
-                let rs: Vec<&[u8]> = (r0..r1).map(|r| &data[r * rb..(r + 1) * rb]).collect();
-                pack_tile(ty, &rs, nb, &mut out[i * tb..(i + 1) * tb]);
-                // Tell the caller in steps of about a megabyte.
-                if r1 * rb - last_done >= 1 << 20 || r1 == rows {
-                    last_done = r1 * rb;
-                    done(last_done);
-                }
-            }
-        }
-        t.buf = buf;
-        Some(t)
+            buf,
+        })
     }
 
     pub fn ty(&self) -> GgmlType {
@@ -196,28 +194,9 @@ impl Tiles {
 
     /// Tile `i`: rows 16i .. 16i + 16.
     pub fn tile(&self, i: usize) -> Tile<'_> {
-        let b = lines_bytes(&self.buf);
-        Tile::new(
-            self.ty,
-            &b[i * self.tile_bytes..(i + 1) * self.tile_bytes],
-            self.nb,
-        )
+        let b = &self.buf[i * self.tile_bytes..(i + 1) * self.tile_bytes];
+        Tile::new(self.ty, b, self.nb)
     }
-
-    /// Bytes held.
-    pub fn len_bytes(&self) -> usize {
-        self.buf.len() * 64
-    }
-}
-
-fn lines_bytes(l: &[Line]) -> &[u8] {
-    // SAFETY: `Line` is 64 plain bytes with no padding.
-    unsafe { std::slice::from_raw_parts(l.as_ptr() as *const u8, l.len() * 64) }
-}
-
-fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
-    // SAFETY: as above.
-    unsafe { std::slice::from_raw_parts_mut(l.as_mut_ptr() as *mut u8, l.len() * 64) }
 }
 
 #[cfg(test)]

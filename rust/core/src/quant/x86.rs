@@ -130,6 +130,20 @@ pub unsafe fn dot_unpacked(blocks: &[Block], x: &Q8Row) -> f32 {
 
 // ---- AVX-512 (VNNI): sixteen rows per pass, one per 32-bit lane, read from tiles.
 
+/// How far ahead of the block in use a gemv asks for tile bytes.
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Ask for the tile's bytes `PREFETCH_AHEAD` past block `b`'s words, as many lines as a block
+/// has words: a gemv streams its weights once, and the hardware prefetcher alone leaves it at
+/// about 60% of the read bandwidth (it stops at page boundaries). Past the tile's end this
+/// reaches into the next tile (a chunk's tiles are consecutive) or nowhere (a hint, never read).
+#[inline(always)]
+pub(crate) unsafe fn prefetch_tile(tile: &Tile, b: usize) {
+    for k in 0..tile.words_per_block() {
+        _mm_prefetch::<_MM_HINT_T0>(tile.ahead(b, PREFETCH_AHEAD + 64 * k) as *const i8);
+    }
+}
+
 /// The legacy types with the AVX-512 kernels (`dot16_512`, `gemm16_512`).
 pub fn has_dot16_512(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
@@ -259,6 +273,7 @@ pub unsafe fn dot16_512(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32
     let mut acc = [_mm512_setzero_ps(); 8];
     let mut accm = _mm512_setzero_ps();
     for b in 0..nb {
+        prefetch_tile(tile, b);
         let blk = load16(ty, tile.block(b));
         add_block(&blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
     }

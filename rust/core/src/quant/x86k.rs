@@ -571,6 +571,7 @@ pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let mut acc = _mm512_setzero_ps();
     let mut accm = _mm512_setzero_ps();
     for b in 0..nb {
+        super::x86::prefetch_tile(tile, b);
         let p = tile.block(b);
         let word = |o: usize| word_at(p, o);
         let dm = word(0);
@@ -605,6 +606,89 @@ pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     }
     let mut out = [0f32; 16];
     _mm512_storeu_ps(out.as_mut_ptr(), _mm512_sub_ps(acc, accm));
+    out
+}
+
+/// A tile of sixteen Q6_K rows against one Q8_K row in `KOrder::Lanes` (llama.cpp's gemv), one
+/// row per lane, streaming the tile: ggml's integer lane g of a row (values 4g.. of every 32,
+/// see `kquant::q6k_lanes`) is formed word by word, each word's four-value sum (below 2^15, so
+/// one i16) times its group's scale by `vpdpwssd`, less 32·(the scaled activation sums of groups
+/// 2g, 2g + 1); then acc_g = fma(xd·d, lane, acc_g), folded as `hsum_float_8`. The same bits as
+/// every other level.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_q6k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
+    let nb = tile.n_blocks();
+    check_x(x, nb);
+    let (lo4, hi2, low) = (
+        _mm512_set1_epi8(0x0f),
+        _mm512_set1_epi8(0x30),
+        _mm512_set1_epi32(0xffff),
+    );
+    let yp = x.q.as_ptr() as *const i32;
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for b in 0..nb {
+        super::x86::prefetch_tile(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize| word_at(p, o);
+        // Scale G (sign-extended to 16 bits, the high half zero) and the pairs (2p | 2p + 1).
+        let sw = [word(192), word(196), word(200), word(204)];
+        let sc: [__m512i; 16] = std::array::from_fn(|g| {
+            let v = _mm512_srav_epi32(
+                _mm512_sllv_epi32(sw[g / 4], _mm512_set1_epi32(24 - 8 * (g % 4) as i32)),
+                _mm512_set1_epi32(24),
+            );
+            _mm512_and_si512(v, low)
+        });
+        let bs = x.bsums.as_ptr().add(16 * b) as *const i32;
+        let dd = _mm512_mul_ps(_mm512_set1_ps(*x.d.get_unchecked(b)), half16(p));
+        for g in 0..8 {
+            let mut lane = _mm512_setzero_si512();
+            for h in 0..2 {
+                let a = word(64 * h + 4 * g);
+                let c = word(64 * h + 32 + 4 * g);
+                let hb = word(128 + 32 * h + 4 * g);
+                // Values 128h + 32k + 4g.. (k = 0..4), as `KRow::unpack` builds them:
+                // (quants & 0x0f) | high bits.
+                let q = [
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        a,
+                        _mm512_and_si512(_mm512_slli_epi16::<4>(hb), hi2),
+                        lo4,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        c,
+                        _mm512_and_si512(_mm512_slli_epi16::<2>(hb), hi2),
+                        lo4,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        _mm512_srli_epi16::<4>(a),
+                        _mm512_and_si512(hb, hi2),
+                        lo4,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        _mm512_srli_epi16::<4>(c),
+                        _mm512_and_si512(_mm512_srli_epi16::<2>(hb), hi2),
+                        lo4,
+                    ),
+                ];
+                for (k, q) in q.into_iter().enumerate() {
+                    let y = _mm512_set1_epi32(yp.add(b * 64 + 32 * h + 8 * k + g).read_unaligned());
+                    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+                    lane = _mm512_dpwssd_epi32(lane, s, sc[8 * h + 2 * k + g / 4]);
+                }
+            }
+            let pair = _mm512_or_si512(sc[2 * g], _mm512_slli_epi32::<16>(sc[2 * g + 1]));
+            let mins = _mm512_dpwssd_epi32(
+                _mm512_setzero_si512(),
+                pair,
+                _mm512_set1_epi32(bs.add(g).read_unaligned()),
+            );
+            let lane = _mm512_sub_epi32(lane, _mm512_slli_epi32::<5>(mins));
+            acc[g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lane), acc[g]);
+        }
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), super::x86::fold8_16(&acc));
     out
 }
 

@@ -457,7 +457,7 @@ fn rows_k(
     if level == SimdLevel::Avx512 && repack::layout(w.ty).is_some() {
         use crate::quant::x86k;
         // A tile of sixteen rows at a time (r0 is on a tile boundary), one row per lane: a Q4_K
-        // token alone (`Split`) streams the tile; batches of Q4_K (`Split`, `Split64`), Q5_K and
+        // (`Split`) or Q6_K (`Lanes`) token alone streams the tile; batches of Q4_K (`Split`, `Split64`), Q5_K and
         // Q3_K (`Combine`, single tokens too) and Q6_K (`Tiled`, `Lanes`) unpack it once, then
         // take every token against it.
         let (mut scratch, mut b4, mut b6) = (Vec::new(), Vec::new(), Vec::new());
@@ -473,6 +473,7 @@ fn rows_k(
             unsafe {
                 match w.ty {
                     GgmlType::Q4_K if n == 1 => emit(0, &x86k::dot16_q4k_512(&tile, &xs[0])),
+                    GgmlType::Q6_K if n == 1 => emit(0, &x86k::dot16_q6k_512(&tile, &xs[0])),
                     GgmlType::Q4_K | GgmlType::Q5_K => {
                         let q5 = w.ty == GgmlType::Q5_K;
                         x86k::gemm16_k45_512(&tile, q5, xs, &mut b4, order, emit)
