@@ -44,14 +44,15 @@ impl PyKernelMatrix {
         let ty = GgmlType::from_name(type_name)
             .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
         let w = QMatrix::new(ty, &data, rows, cols).map_err(to_py)?;
-        let tiles = pack_tiles(&w, |_| {});
+        let pool = ThreadPool::new(n_threads);
+        let tiles = pack_tiles(&pool, &w, &|_| {});
         Ok(Self {
             ty,
             data,
             rows,
             cols,
             tiles,
-            pool: ThreadPool::new(n_threads),
+            pool,
         })
     }
 

@@ -85,11 +85,11 @@ pub struct ForwardOutput {
     pub hidden: Option<Vec<f32>>,
 }
 
-/// Repack the matrices `ts` for the kernels in use (see `tensor::pack_tiles`), each once. The
-/// file's pages of a repacked tensor are given back as packing goes, about a megabyte at a time,
-/// so memory holds one copy of the weights plus a megabyte, not two. (The token embeddings are
-/// still read from the file; only the rows looked up come back in.)
-fn pack_weights(file: &GgufFile, ts: &[&TensorInfo]) -> HashMap<u64, Tiles> {
+/// Repack the matrices `ts` for the kernels in use (see `tensor::pack_tiles`), each once, on
+/// `pool`. The file's pages of a repacked tensor are given back as packing goes, sixteen tiles
+/// at a time, so memory holds one copy of the weights (and a little), not two. (The token
+/// embeddings are still read from the file; only the rows looked up come back in.)
+fn pack_weights(pool: &ThreadPool, file: &GgufFile, ts: &[&TensorInfo]) -> HashMap<u64, Tiles> {
     let mut out = HashMap::new();
     for t in ts {
         if out.contains_key(&t.offset) {
@@ -99,12 +99,10 @@ fn pack_weights(file: &GgufFile, ts: &[&TensorInfo]) -> HashMap<u64, Tiles> {
         let Ok(w) = QMatrix::new(t.ggml_type, file.tensor_data(t), rows, cols) else {
             continue; // shapes were checked; a type without blocks of `cols` has no tiles
         };
-        let mut released = 0;
-        let tiles = pack_tiles(&w, |done| {
-            file.release(t, released..done);
-            released = done;
-        });
-        if let Some(tiles) = tiles {
+        if let Some(tiles) = pack_tiles(pool, &w, &|range| file.release(t, range)) {
+            // Once more as a whole: a page fault maps the pages around it too (fault-around), so
+            // a task's first reads brought some of the previous task's pages back.
+            file.release(t, 0..t.nbytes);
             out.insert(t.offset, tiles);
         }
     }
@@ -262,7 +260,8 @@ impl Model {
             matrices.extend([&l.wo, &l.ffn_up, &l.ffn_down]);
             matrices.extend(&l.ffn_gate);
         }
-        let tiles = pack_weights(&file, &matrices);
+        let pool = ThreadPool::new(n_threads);
+        let tiles = pack_weights(&pool, &file, &matrices);
         Ok(Model {
             file,
             cfg,
@@ -274,7 +273,7 @@ impl Model {
             rope_factors,
             theta_scale,
             theta_scale_swa,
-            pool: ThreadPool::new(n_threads),
+            pool,
             threads: n_threads.max(1),
             threads_batch: n_threads.max(1),
             cache_types: CacheTypes::default(),

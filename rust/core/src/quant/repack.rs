@@ -51,25 +51,26 @@ pub fn tile_bytes(ty: GgmlType, nb: usize) -> usize {
     (TILE * ty.type_size() * nb).div_ceil(64) * 64
 }
 
-/// Pack `rows` (1 to 16 rows of `nb` blocks each; missing lanes repeat the last row) into `out`
-/// (`tile_bytes` long).
-pub fn pack_tile(ty: GgmlType, rows: &[&[u8]], nb: usize, out: &mut [u8]) {
+/// Pack `rows` (1 to 16 consecutive rows of `nb` blocks each, GGUF layout; missing lanes repeat
+/// the last row) into `out` (`tile_bytes` long).
+pub fn pack_tile(ty: GgmlType, rows: &[u8], nb: usize, out: &mut [u8]) {
     let l = layout(ty).expect("a type with a tile layout");
-    let ts = ty.type_size();
-    assert!(!rows.is_empty() && rows.len() <= TILE && out.len() >= tile_bytes(ty, nb));
-    assert!(rows.iter().all(|r| r.len() == nb * ts));
-    let halves = nb * l.n_words * 64;
-    for lane in 0..TILE {
-        let row = rows[lane.min(rows.len() - 1)];
-        for (b, blk) in row.chunks_exact(ts).enumerate() {
-            for k in 0..l.n_words {
-                let src = l.words_from + 4 * k;
-                let dst = (b * l.n_words + k) * 64 + 4 * lane;
-                out[dst..dst + 4].copy_from_slice(&blk[src..src + 4]);
+    let (ts, nw) = (ty.type_size(), l.n_words);
+    let rb = nb * ts;
+    let m = rows.len() / rb.max(1);
+    assert!((1..=TILE).contains(&m) && rows.len() == m * rb && out.len() >= tile_bytes(ty, nb));
+    let (words, halves) = out.split_at_mut(nb * nw * 64);
+    for (b, wblk) in words.chunks_exact_mut(nw * 64).enumerate() {
+        for lane in 0..TILE {
+            let r = lane.min(m - 1);
+            let blk = &rows[r * rb + b * ts..r * rb + (b + 1) * ts];
+            let src = &blk[l.words_from..l.words_from + 4 * nw];
+            for (k, w) in src.chunks_exact(4).enumerate() {
+                wblk[64 * k + 4 * lane..64 * k + 4 * lane + 4].copy_from_slice(w);
             }
             if let Some(h) = l.half {
-                let dst = halves + b * 32 + 2 * lane;
-                out[dst..dst + 2].copy_from_slice(&blk[h..h + 2]);
+                let at = 32 * b + 2 * lane;
+                halves[at..at + 2].copy_from_slice(&blk[h..h + 2]);
             }
         }
     }
@@ -143,16 +144,33 @@ pub struct Tiles {
     buf: memmap2::MmapMut,
 }
 
+/// Tiles packed per task of `pack`, and the rows given back after each.
+const GROUP: usize = 16;
+
+/// The tiles' bytes, written by `pack`'s tasks at disjoint places.
+struct Out(*mut u8);
+// SAFETY: each task writes only its own group's tiles (see `Tiles::pack`).
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn at(&self, offset: usize) -> *mut u8 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 impl Tiles {
-    /// Repack `rows` rows of `nb` blocks each from `data` (GGUF layout). `done(bytes)` is told
-    /// how many leading bytes of `data` have been read and will not be read again (the caller
-    /// may drop those pages). None for a type with no tile layout, or when the OS has no memory.
+    /// Repack `rows` rows of `nb` blocks each from `data` (GGUF layout), sixteen tiles per task:
+    /// `run(n, task)` must call `task(g)` once for every g in 0..n, from any threads. After
+    /// task g, `done(range)` is told the bytes of `data` it read (no later task reads them but
+    /// at the ends: the caller may drop those pages). None for a type with no tile layout, or
+    /// when the OS has no memory.
     pub fn pack(
         ty: GgmlType,
         data: &[u8],
         rows: usize,
         nb: usize,
-        mut done: impl FnMut(usize),
+        run: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
+        done: &(dyn Fn(std::ops::Range<usize>) + Sync),
     ) -> Option<Self> {
         layout(ty)?;
         let rb = nb * ty.type_size();
@@ -164,17 +182,19 @@ impl Tiles {
         let mut buf = memmap2::MmapMut::map_anon(n_tiles.checked_mul(tb)?).ok()?;
         #[cfg(target_os = "linux")]
         let _ = buf.advise(memmap2::Advice::HugePage);
-        let mut last_done = 0;
-        for i in 0..n_tiles {
-            let (r0, r1) = (i * TILE, ((i + 1) * TILE).min(rows));
-            let rs: Vec<&[u8]> = (r0..r1).map(|r| &data[r * rb..(r + 1) * rb]).collect();
-            pack_tile(ty, &rs, nb, &mut buf[i * tb..(i + 1) * tb]);
-            // Tell the caller in steps of about a megabyte.
-            if r1 * rb - last_done >= 1 << 20 || r1 == rows {
-                last_done = r1 * rb;
-                done(last_done);
+        let out = Out(buf.as_mut_ptr());
+        run(n_tiles.div_ceil(GROUP), &|g| {
+            let tiles = g * GROUP..((g + 1) * GROUP).min(n_tiles);
+            let bytes = tiles.start * TILE * rb..(tiles.end * TILE).min(rows) * rb;
+            for i in tiles {
+                let src = &data[i * TILE * rb..((i + 1) * TILE).min(rows) * rb];
+                // SAFETY: tile i lies inside the buffer, and only this task (of group g) writes
+                // it; the buffer outlives `run`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(i * tb), tb) };
+                pack_tile(ty, src, nb, dst);
             }
-        }
+            done(bytes);
+        });
         Some(Self {
             ty,
             nb,
@@ -212,9 +232,12 @@ mod tests {
             let l = layout(ty).unwrap();
             let (rows, nb, ts) = (21, 3, ty.type_size());
             let data: Vec<u8> = (0..rows * nb * ts).map(|i| (i * 7 % 251) as u8).collect();
-            let mut seen = 0;
-            let t = Tiles::pack(ty, &data, rows, nb, |d| seen = d).unwrap();
-            assert_eq!(seen, data.len());
+            let seen = std::sync::atomic::AtomicUsize::new(0);
+            let add = |r: std::ops::Range<usize>| {
+                seen.fetch_add(r.len(), std::sync::atomic::Ordering::Relaxed);
+            };
+            let t = Tiles::pack(ty, &data, rows, nb, |n, f| (0..n).for_each(f), &add).unwrap();
+            assert_eq!(seen.into_inner(), data.len());
             assert_eq!(t.n_tiles(), 2);
             for i in 0..2 {
                 let tile = t.tile(i);

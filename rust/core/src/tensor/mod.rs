@@ -536,19 +536,29 @@ fn tile_at<'t>(w: &QMatrix<'t>, r: usize, scratch: &'t mut Vec<u8>) -> Tile<'t> 
     if let Some(t) = w.tiles {
         return t.tile(r / TILE);
     }
-    let rows: Vec<&[u8]> = (r..(r + TILE).min(w.rows)).map(|i| w.row(i)).collect();
+    let rb = w.row_bytes();
     scratch.resize(repack::tile_bytes(w.ty, nb), 0);
-    repack::pack_tile(w.ty, &rows, nb, scratch);
+    repack::pack_tile(
+        w.ty,
+        &w.data[r * rb..(r + TILE).min(w.rows) * rb],
+        nb,
+        scratch,
+    );
     Tile::new(w.ty, scratch, nb)
 }
 
-/// Repack `w` for the sixteen-row kernels when they are in use and have a layout for its type
-/// (`done` as for `Tiles::pack`).
-pub fn pack_tiles(w: &QMatrix, done: impl FnMut(usize)) -> Option<Tiles> {
+/// Repack `w` on `pool` for the sixteen-row kernels when they are in use and have a layout for
+/// its type (`done` as for `Tiles::pack`).
+pub fn pack_tiles(
+    pool: &ThreadPool,
+    w: &QMatrix,
+    done: &(dyn Fn(std::ops::Range<usize>) + Sync),
+) -> Option<Tiles> {
     if simd_level() != SimdLevel::Avx512 {
         return None;
     }
-    Tiles::pack(w.ty, w.data, w.rows, w.cols / w.ty.block_size(), done)
+    let nb = w.cols / w.ty.block_size();
+    Tiles::pack(w.ty, w.data, w.rows, nb, |n, f| pool.run(n, f), done)
 }
 
 /// Per token, −offset·(sum of every four activations): what the AVX-512 sixteen-row kernels
@@ -842,7 +852,7 @@ mod tests {
         for ty in LEGACY {
             let raw = legacy_blocks(ty, rows * cols / 32, &mut rng);
             let w = QMatrix::new(ty, &raw, rows, cols).unwrap();
-            let tiles = Tiles::pack(ty, &raw, rows, cols / 32, |_| {});
+            let tiles = Tiles::pack(ty, &raw, rows, cols / 32, serial, &|_| {});
             let x: Vec<f32> = (0..5 * cols).map(|_| rng.unit()).collect();
             for n in [1, 5] {
                 let mut want = vec![0f32; n * rows];
@@ -879,6 +889,10 @@ mod tests {
         }
     }
 
+    fn serial(n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).for_each(f)
+    }
+
     fn levels() -> Vec<SimdLevel> {
         [
             SimdLevel::Scalar,
@@ -911,7 +925,7 @@ mod tests {
         {
             let data = random_k(ty, rows, cols, i as u64 + 1);
             let w = QMatrix::new(ty, &data, rows, cols).unwrap();
-            let tiles = Tiles::pack(ty, &data, rows, cols / 256, |_| {});
+            let tiles = Tiles::pack(ty, &data, rows, cols / 256, serial, &|_| {});
             let packed = w.with_tiles(tiles.as_ref());
             for n in [1, 5, 7, 65] {
                 let x: Vec<f32> = (0..n * cols)
