@@ -1,6 +1,7 @@
 """`python -m rllama bench -m MODEL -p 64,512 -n 128 -t 1,2 -r 3 [--json]`: llama-bench-like
 prompt processing (ppN) and generation (tgN) throughput, then the peak resident memory of a fresh
-process that loads the model with a `--rss-ctx` context and generates (0 skips it)."""
+process that loads the model with a `--rss-ctx` context and generates (0 skips it). Every figure says the CPU model and SIMD level it
+came from; the load time is the seconds `Model(...)` took (repacking the weights included)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from rllama import Model
+    from rllama._core import simd
+    from rllama.bench.serve import cpu_model
     from rllama.gguf import GgufReader
     from rllama.models import resolve
 
@@ -41,12 +44,17 @@ def main(argv: list[str]) -> int:
     name = f"{arch} {info.get('general.size_label', '')}".strip()
     rng = np.random.default_rng(0)
     rows = []
+    where = {"cpu": cpu_model(), "simd": simd()}
     if not args.json:
+        print(f"cpu: {where['cpu']}, simd: {where['simd']}")
         print(f"| {'model':<16} | {'size':>10} | {'params':>8} | {'threads':>7} | {'test':>6} | {'t/s':>18} |")
         print(f"| {'-' * 16} | {'-' * 10}: | {'-' * 8}: | {'-' * 7}: | {'-' * 6}: | {'-' * 18}: |")
     for nt in args.threads:
         # The engine's own slots are not used: pp and tg run as engine jobs in scratch caches.
+        model = None  # the previous thread count's model goes first (its memory too)
+        t0 = time.perf_counter()
         model = Model(str(path), n_threads=nt, n_ctx=256, n_batch=args.batch_size, n_ubatch=args.batch_size)
+        load_s = time.perf_counter() - t0
         vocab = model.n_vocab
         tests = [("pp", n) for n in args.n_prompt if n > 0] + [("tg", n) for n in args.n_gen if n > 0]
         for kind, n in tests:
@@ -64,7 +72,7 @@ def main(argv: list[str]) -> int:
             row = {"model_filename": str(path), "model_type": name, "model_size": size, "model_n_params": n_params,
                    "n_threads": nt, "n_batch": args.batch_size, "n_prompt": n if kind == "pp" else 0,
                    "n_gen": n if kind == "tg" else 0, "test": f"{kind}{n}", "avg_ts": avg, "stddev_ts": sd,
-                   "samples_ts": speeds}
+                   "samples_ts": speeds, "load_s": load_s, **where}
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
@@ -75,20 +83,28 @@ def main(argv: list[str]) -> int:
         n_gen = max(args.n_gen + [16])
         rss = peak_rss(str(path), args.rss_ctx, max(args.threads), n_gen)
         row = {"model_filename": str(path), "test": "peak_rss", "n_ctx": args.rss_ctx, "n_gen": n_gen,
-               "peak_rss_bytes": rss}
+               "peak_rss_bytes": rss, **where}
         if args.json:
             print(json.dumps(row), flush=True)
         else:
             print(f"peak RSS loading at -c {args.rss_ctx} and generating {n_gen} tokens: {rss / 1e6:.0f} MB")
+    if not args.json:
+        print(f"load: {load_s:.2f} s (at -t {args.threads[-1]})")
     return 0
 
 
+# The child's own high-water mark: VmHWM where Linux has it (ru_maxrss would also count the
+# parent's memory, which `exec` carries over into it when the child was spawned by vfork).
 _RSS_CODE = """
 import resource, sys
 import rllama
 m = rllama.Model(sys.argv[1], n_ctx=int(sys.argv[2]), n_threads=int(sys.argv[3]))
 m.complete("Once upon a time", n_predict=int(sys.argv[4]), temperature=0, ignore_eos=True)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+try:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+    print(int(hwm[0].split()[1]) * 1024)
+except (OSError, IndexError):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 

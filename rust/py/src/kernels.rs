@@ -5,19 +5,22 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use rllama_core::quant::repack::Tiles;
 use rllama_core::quant::GgmlType;
-use rllama_core::tensor::{matmul, simd_level, QMatrix, ThreadPool};
+use rllama_core::tensor::{matmul, pack_tiles, simd_level, QMatrix, ThreadPool};
 use rllama_core::Error;
 
 use crate::errors::to_py;
 
-/// A weight matrix held in Rust with its own pool, to time or check `matmul`.
+/// A weight matrix held in Rust with its own pool, to time or check `matmul` (repacked as a
+/// model's are).
 #[pyclass(name = "KernelMatrix", module = "rllama._core", frozen)]
 pub struct PyKernelMatrix {
     ty: GgmlType,
     data: Vec<u8>,
     rows: usize,
     cols: usize,
+    tiles: Option<Tiles>,
     pool: ThreadPool,
 }
 
@@ -40,13 +43,16 @@ impl PyKernelMatrix {
     ) -> PyResult<Self> {
         let ty = GgmlType::from_name(type_name)
             .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
-        QMatrix::new(ty, &data, rows, cols).map_err(to_py)?;
+        let w = QMatrix::new(ty, &data, rows, cols).map_err(to_py)?;
+        let pool = ThreadPool::new(n_threads);
+        let tiles = pack_tiles(&pool, &w, &|_| {});
         Ok(Self {
             ty,
             data,
             rows,
             cols,
-            pool: ThreadPool::new(n_threads),
+            tiles,
+            pool,
         })
     }
 
@@ -60,7 +66,8 @@ impl PyKernelMatrix {
         let x = f32s(x);
         let y = py
             .detach(|| {
-                let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?;
+                let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?
+                    .with_tiles(self.tiles.as_ref());
                 let mut y = vec![0f32; n_tokens * self.rows];
                 matmul(&self.pool, &w, &x, n_tokens, &mut y).map(|_| y)
             })
@@ -72,7 +79,8 @@ impl PyKernelMatrix {
     /// Seconds per matmul of `n_tokens` random activations, best of `iters`.
     fn time(&self, py: Python<'_>, n_tokens: usize, iters: usize) -> PyResult<f64> {
         py.detach(|| {
-            let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?;
+            let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?
+                .with_tiles(self.tiles.as_ref());
             let x: Vec<f32> = (0..n_tokens * self.cols)
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
                 .collect();

@@ -77,6 +77,8 @@ pub struct GgufFile {
     meta_index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
     storage: Storage,
+    /// Whether the mapping is locked in memory (`--mlock`): its pages stay.
+    locked: bool,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -134,6 +136,7 @@ impl GgufFile {
                 Storage::Mapped(m) => m.lock(),
                 Storage::Owned(_) => Ok(()),
             };
+            gguf.locked = locked.is_ok();
             if let Err(e) = locked {
                 gguf.warnings.push(format!(
                     "warning: failed to mlock {} bytes: {e} (try raising `ulimit -l`)",
@@ -172,6 +175,7 @@ impl GgufFile {
             file_size: storage.bytes().len() as u64,
             warnings: Vec::new(),
             storage,
+            locked: false,
         })
     }
 
@@ -206,6 +210,26 @@ impl GgufFile {
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;
         &self.storage.bytes()[start..start + info.nbytes]
+    }
+
+    /// Let the OS take back the resident pages of bytes `range` of tensor `info` (a copy of them
+    /// is kept elsewhere): a later read faults them in from the file again. Nothing happens for
+    /// a file read into memory or locked there.
+    pub fn release(&self, info: &TensorInfo, range: std::ops::Range<usize>) {
+        let Storage::Mapped(m) = &self.storage else {
+            return;
+        };
+        if self.locked || range.start >= range.end || range.end > info.nbytes {
+            return;
+        }
+        let start = (self.data_offset + info.offset) as usize + range.start;
+        // SAFETY: the mapping is private and read-only, so its pages are never dirty: dropping
+        // them discards nothing, and every later access (through any slice still borrowed)
+        // reads the file's bytes again, as the first access did. Failure is harmless (the
+        // pages stay).
+        let _ = unsafe {
+            m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, range.len())
+        };
     }
 
     /// The whole file's bytes.

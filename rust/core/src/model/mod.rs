@@ -8,6 +8,7 @@ mod attention;
 mod config;
 pub mod ops;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use attention::FlashAttn;
@@ -17,8 +18,9 @@ pub use config::{Arch, ModelConfig, RopeOverrides, RopeStyle, Yarn};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::{CacheTypes, KvCache};
+use crate::quant::repack::Tiles;
 use crate::quant::{dequantize, GgmlType};
-use crate::tensor::{matmul_acts, simd_dispatch, Activations, QMatrix, ThreadPool};
+use crate::tensor::{matmul_acts, pack_tiles, simd_dispatch, Activations, QMatrix, ThreadPool};
 
 /// The Q, K and V projections: three matrices, or one whose output rows are [Q | K | V] (phi3).
 enum Qkv {
@@ -50,6 +52,9 @@ pub struct Model {
     tok_embd: TensorInfo,
     output: TensorInfo,
     output_norm: Vec<f32>,
+    /// The matrices repacked for the kernels in use, by tensor offset (their mapped pages are
+    /// given back: see `pack_weights`).
+    tiles: HashMap<u64, Tiles>,
     /// RoPE frequency factors for contexts up to `cfg.n_ctx_orig` and beyond it (the same
     /// vector twice for a single `rope_freqs` tensor).
     rope_factors: Option<[Vec<f32>; 2]>,
@@ -78,6 +83,30 @@ pub struct ForwardOutput {
     pub logits: Vec<f32>,
     /// Final-normed hidden states of every token (only when asked for: embeddings).
     pub hidden: Option<Vec<f32>>,
+}
+
+/// Repack the matrices `ts` for the kernels in use (see `tensor::pack_tiles`), each once, on
+/// `pool`. The file's pages of a repacked tensor are given back as packing goes, sixteen tiles
+/// at a time, so memory holds one copy of the weights (and a little), not two. (The token
+/// embeddings are still read from the file; only the rows looked up come back in.)
+fn pack_weights(pool: &ThreadPool, file: &GgufFile, ts: &[&TensorInfo]) -> HashMap<u64, Tiles> {
+    let mut out = HashMap::new();
+    for t in ts {
+        if out.contains_key(&t.offset) {
+            continue;
+        }
+        let (cols, rows) = t.rows();
+        let Ok(w) = QMatrix::new(t.ggml_type, file.tensor_data(t), rows, cols) else {
+            continue; // shapes were checked; a type without blocks of `cols` has no tiles
+        };
+        if let Some(tiles) = pack_tiles(pool, &w, &|range| file.release(t, range)) {
+            // Once more as a whole: a page fault maps the pages around it too (fault-around), so
+            // a task's first reads brought some of the previous task's pages back.
+            file.release(t, 0..t.nbytes);
+            out.insert(t.offset, tiles);
+        }
+    }
+    out
 }
 
 fn expect_shape(t: &TensorInfo, dims: &[usize]) -> Result<()> {
@@ -222,6 +251,17 @@ impl Model {
         }
         let theta_scale = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base);
         let theta_scale_swa = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base_swa);
+        let mut matrices: Vec<&TensorInfo> = vec![&output];
+        for l in &layers {
+            match &l.qkv {
+                Qkv::Separate(qkv) => matrices.extend(qkv),
+                Qkv::Fused(t) => matrices.push(t),
+            }
+            matrices.extend([&l.wo, &l.ffn_up, &l.ffn_down]);
+            matrices.extend(&l.ffn_gate);
+        }
+        let pool = ThreadPool::new(n_threads);
+        let tiles = pack_weights(&pool, &file, &matrices);
         Ok(Model {
             file,
             cfg,
@@ -229,10 +269,11 @@ impl Model {
             tok_embd,
             output,
             output_norm,
+            tiles,
             rope_factors,
             theta_scale,
             theta_scale_swa,
-            pool: ThreadPool::new(n_threads),
+            pool,
             threads: n_threads.max(1),
             threads_batch: n_threads.max(1),
             cache_types: CacheTypes::default(),
@@ -393,6 +434,7 @@ impl Model {
             data: self.file.tensor_data(t),
             rows,
             cols,
+            tiles: self.tiles.get(&t.offset),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod kquant;
 pub mod neon;
 pub mod q8;
 pub mod quantize;
+pub mod repack;
 #[cfg(test)]
 pub mod testing;
 mod types;

@@ -10,6 +10,7 @@ use std::arch::x86_64::*;
 
 use super::dot::Block;
 use super::q8::Q8Row;
+use super::repack::{Tile, TileBlock};
 
 #[inline(always)]
 pub(crate) unsafe fn hsum_f32_8(x: __m256) -> f32 {
@@ -127,92 +128,23 @@ pub unsafe fn dot_unpacked(blocks: &[Block], x: &Q8Row) -> f32 {
     hsum_f32_8(acc) + summs
 }
 
-// ---- AVX-512 (VNNI): two blocks per 512-bit register for the integer work, then one 8-lane FMA
-// per block in block order, so the float rounding is the same as the AVX2 code above.
+// ---- AVX-512 (VNNI): sixteen rows per pass, one per 32-bit lane, read from tiles.
 
-/// Sixteen i32 lanes of Σ_{k<4} w[4j+k]·y[4j+k] for signed w and y (|w|, y with w's sign).
+/// How far ahead of the block in use a gemv asks for tile bytes.
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Ask for the tile's bytes `PREFETCH_AHEAD` past block `b`'s words, as many lines as a block
+/// has words: a gemv streams its weights once, and the hardware prefetcher alone leaves it at
+/// about 60% of the read bandwidth (it stops at page boundaries). Past the tile's end this
+/// reaches into the next tile (a chunk's tiles are consecutive) or nowhere (a hint, never read).
 #[inline(always)]
-unsafe fn dot_i8x64(w: __m512i, y: __m512i) -> __m512 {
-    let neg = _mm512_movepi8_mask(w);
-    let ys = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
-        _mm512_setzero_si512(),
-        _mm512_abs_epi8(w),
-        ys,
-    ))
-}
-
-/// Sixteen i32 lanes of Σ u[4j+k]·y[4j+k] for unsigned u.
-#[inline(always)]
-unsafe fn dot_u8x64(u: __m512i, y: __m512i) -> __m512 {
-    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y))
-}
-
-/// The low nibbles then the high nibbles of 16 bytes at `a`, then the same for `b`: 64 values in
-/// value order of two consecutive 32-blocks.
-#[inline(always)]
-unsafe fn nibbles_x2(a: *const u8, b: *const u8) -> __m512i {
-    let t = _mm256_inserti128_si256::<1>(
-        _mm256_castsi128_si256(_mm_loadu_si128(a as *const __m128i)),
-        _mm_loadu_si128(b as *const __m128i),
-    );
-    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(t), _mm256_srli_epi16::<4>(t));
-    let z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
-    _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z)
-}
-
-#[inline(always)]
-unsafe fn lo8(f: __m512) -> __m256 {
-    _mm512_castps512_ps256(f)
-}
-
-#[inline(always)]
-unsafe fn hi8(f: __m512) -> __m256 {
-    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(f)))
-}
-
-/// One weight row of a type accepted by `has_dot16_512` against Q8 activations (ggml's order).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_row_512(ty: super::GgmlType, w: &[u8], x: &Q8Row) -> f32 {
-    dot_rows_512(ty, [w], x)[0]
-}
-
-/// `R` weight rows (of equal length) against the same activations: each row summed in exactly
-/// `dot_row_512`'s order, the activations loaded once for all of them.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_rows_512<const R: usize>(
-    ty: super::GgmlType,
-    ws: [&[u8]; R],
-    x: &Q8Row,
-) -> [f32; R] {
-    use super::GgmlType::*;
-    match ty {
-        Q8_0 => rows_512::<34, false, R>(ws, x, |pa, pb| {
-            let w = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_loadu_si256(pa.add(2) as *const __m256i)),
-                _mm256_loadu_si256(pb.add(2) as *const __m256i),
-            );
-            (w, true)
-        }),
-        Q4_1 => rows_512::<20, true, R>(ws, x, |pa, pb| (nibbles_x2(pa.add(4), pb.add(4)), false)),
-        Q4_0 => rows_512::<18, false, R>(ws, x, |pa, pb| {
-            let w = _mm512_sub_epi8(nibbles_x2(pa.add(2), pb.add(2)), _mm512_set1_epi8(8));
-            (w, true)
-        }),
-        Q5_0 => rows_512::<22, false, R>(ws, x, |pa, pb| {
-            // The fifth bit set gives nibble + 16 - 16; clear gives nibble - 16.
-            let qa = (pa.add(2) as *const u32).read_unaligned();
-            let qb = (pb.add(2) as *const u32).read_unaligned();
-            let bits: __mmask64 = qa as u64 | ((qb as u64) << 32);
-            let nib = nibbles_x2(pa.add(6), pb.add(6));
-            let hi = _mm512_or_si512(nib, _mm512_set1_epi8(0xF0u8 as i8));
-            (_mm512_mask_blend_epi8(bits, hi, nib), true)
-        }),
-        _ => unreachable!("has_avx512_dot is checked by the caller"),
+pub(crate) unsafe fn prefetch_tile(tile: &Tile, b: usize) {
+    for k in 0..tile.words_per_block() {
+        _mm_prefetch::<_MM_HINT_T0>(tile.ahead(b, PREFETCH_AHEAD + 64 * k) as *const i8);
     }
 }
 
-/// The legacy types with the AVX-512 kernels (`dot16_512`, `gemm16_512`, `dot_rows_512`).
+/// The legacy types with the AVX-512 kernels (`dot16_512`, `gemm16_512`).
 pub fn has_dot16_512(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
     matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
@@ -227,43 +159,30 @@ pub struct Block16 {
     m: __m512,
 }
 
-/// Byte offsets of sixteen rows `row_bytes` apart, rows past `m` repeating the last one.
+/// Block `blk` of a sixteen-row tile (see `quant::repack`), unpacked one row per lane.
 #[inline(always)]
-pub(crate) unsafe fn row_offsets(row_bytes: usize, m: usize) -> __m512i {
-    assert!(
-        row_bytes
-            .checked_mul(15)
-            .is_some_and(|v| v < i32::MAX as usize)
-            && m >= 1
-    );
-    let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    let last = _mm512_set1_epi32(m as i32 - 1);
-    _mm512_mullo_epi32(
-        _mm512_min_epi32(lane, last),
-        _mm512_set1_epi32(row_bytes as i32),
-    )
-}
-
-/// Block `p` (its address in row 0) of sixteen rows at offsets `idx`, gathered 4 bytes at a time.
-#[inline(always)]
-unsafe fn gather16(ty: super::GgmlType, p: *const u8, idx: __m512i) -> Block16 {
+unsafe fn load16(ty: super::GgmlType, blk: TileBlock) -> Block16 {
     use super::GgmlType::*;
-    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
+    let word = |k: usize| _mm512_loadu_si512(blk.words.add(64 * k) as *const __m512i);
     let scale = |v: __m512i| _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
     let nib = _mm512_set1_epi8(0x0f);
     let mut w = [_mm512_setzero_si512(); 8];
     let mut m = _mm512_setzero_ps();
-    let dm = gather(p);
+    let d = match ty {
+        // d and m are word 0.
+        Q4_1 => scale(word(0)),
+        _ => _mm512_cvtph_ps(_mm256_loadu_si256(blk.half as *const __m256i)),
+    };
     match ty {
         Q4_1 | Q4_0 => {
-            let qs = if ty == Q4_1 { 4 } else { 2 };
+            let qs = if ty == Q4_1 { 1 } else { 0 };
             for g in 0..4 {
-                let q = gather(p.add(qs + 4 * g));
+                let q = word(qs + g);
                 w[g] = _mm512_and_si512(q, nib);
                 w[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib);
             }
             if ty == Q4_1 {
-                m = scale(_mm512_srli_epi32::<16>(dm));
+                m = scale(_mm512_srli_epi32::<16>(word(0)));
             }
         }
         Q5_0 => {
@@ -274,12 +193,12 @@ unsafe fn gather16(ty: super::GgmlType, p: *const u8, idx: __m512i) -> Block16 {
                 0x10000000, 0x00101010, 0x00101000, 0x00100010, 0x00100000, 0x00001010, 0x00001000,
                 0x00000010, 0,
             );
-            let qh = gather(p.add(2));
+            let qh = word(0);
             let hb = |shift: i32| {
                 _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(shift)), fifth)
             };
             for g in 0..4 {
-                let q = gather(p.add(6 + 4 * g));
+                let q = word(1 + g);
                 w[g] = _mm512_or_si512(_mm512_and_si512(q, nib), hb(4 * g as i32));
                 w[g + 4] = _mm512_or_si512(
                     _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
@@ -290,12 +209,12 @@ unsafe fn gather16(ty: super::GgmlType, p: *const u8, idx: __m512i) -> Block16 {
         Q8_0 => {
             let flip = _mm512_set1_epi8(-128);
             for (g, wg) in w.iter_mut().enumerate() {
-                *wg = _mm512_xor_si512(gather(p.add(2 + 4 * g)), flip);
+                *wg = _mm512_xor_si512(word(g), flip);
             }
         }
         _ => unreachable!("has_dot16_512 is checked by the caller"),
     }
-    Block16 { w, d: scale(dm), m }
+    Block16 { w, d, m }
 }
 
 /// Add block `b` of one token to a sixteen-row accumulator set in ggml's order: per 4-value group
@@ -321,14 +240,18 @@ unsafe fn add_block(
     *accm = _mm512_fmadd_ps(blk.m, _mm512_set1_ps(*x.s.get_unchecked(b)), *accm);
 }
 
-/// The eight accumulators folded as ggml's `hsum_float_8` folds its lanes, then the mins' term.
+/// Eight accumulators (ggml's eight lanes, sixteen rows each) folded as ggml's `hsum_float_8`
+/// folds its lanes.
+#[inline(always)]
+pub(crate) unsafe fn fold8_16(acc: &[__m512; 8]) -> __m512 {
+    let t: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[4 + i], acc[i]));
+    _mm512_add_ps(_mm512_add_ps(t[0], t[2]), _mm512_add_ps(t[1], t[3]))
+}
+
+/// The eight accumulators folded, then the mins' term.
 #[inline(always)]
 unsafe fn finish16(acc: &[__m512; 8], accm: __m512) -> __m512 {
-    let t: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[4 + i], acc[i]));
-    _mm512_add_ps(
-        _mm512_add_ps(_mm512_add_ps(t[0], t[2]), _mm512_add_ps(t[1], t[3])),
-        accm,
-    )
+    _mm512_add_ps(fold8_16(acc), accm)
 }
 
 /// −offset·(sum of each four activations), the offset's share of a group's integer sum.
@@ -336,37 +259,22 @@ pub fn offset_shares(x: &Q8Row, offset: u8) -> Vec<i32> {
     x.sum4.iter().map(|&s| -(offset as i32) * s).collect()
 }
 
-/// Sixteen weight rows (`row_bytes` apart from `base`, `nb` blocks each) against one activation
-/// row, one row per lane: each 4-byte group of a block is gathered from all sixteen rows, so a
-/// single VNNI instruction multiplies sixteen rows by one broadcast group of activations. The
-/// sums follow ggml's AVX2 dots exactly (so tokens and probabilities match llama.cpp's): eight
-/// accumulators, one per 4-value group of a block (ggml's eight lanes), each group's exact integer
-/// sum scaled and fused-multiply-added in block order, folded as `hsum_f32_8` folds its lanes,
-/// the mins' term added last.
+/// One tile of sixteen weight rows against one activation row, one row per lane: each 4-byte
+/// group of a block is one 64-byte load of the tile (all sixteen rows), so a single VNNI
+/// instruction multiplies sixteen rows by one broadcast group of activations. The sums follow
+/// ggml's AVX2 dots exactly (so tokens and probabilities match llama.cpp's): eight accumulators,
+/// one per 4-value group of a block (ggml's eight lanes), each group's exact integer sum scaled
+/// and fused-multiply-added in block order, folded as `hsum_f32_8` folds its lanes, the mins'
+/// term added last.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot16_512(
-    ty: super::GgmlType,
-    base: *const u8,
-    row_bytes: usize,
-    nb: usize,
-    x: &Q8Row,
-    corr: &[i32],
-) -> [f32; 16] {
+pub unsafe fn dot16_512(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32]) -> [f32; 16] {
+    let nb = tile.n_blocks();
     assert!(x.d.len() >= nb && x.s.len() >= nb && corr.len() >= 8 * nb && x.q.len() >= nb * 32);
-    let idx = row_offsets(row_bytes, 16);
-    let ts = ty.type_size();
     let mut acc = [_mm512_setzero_ps(); 8];
     let mut accm = _mm512_setzero_ps();
-    // The next sixteen rows are the next 16·row_bytes bytes: ask for as many of them per block
-    // as this group reads (prefetching is a hint; an address past the matrix is not read).
-    let next = base.wrapping_add(16 * row_bytes);
     for b in 0..nb {
-        let mut o = 0;
-        while o < 16 * ts {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 16 * ts + o) as *const i8);
-            o += 64;
-        }
-        let blk = gather16(ty, base.add(b * ts), idx);
+        prefetch_tile(tile, b);
+        let blk = load16(ty, tile.block(b));
         add_block(&blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
     }
     let mut out = [0f32; 16];
@@ -374,32 +282,26 @@ pub unsafe fn dot16_512(
     out
 }
 
-/// Prefill: `m` ≤ 16 weight rows (`row_bytes` apart from `base`, `nb` blocks each) against every
-/// token of `xs` (`corrs[t]` from `offset_shares`), in exactly `dot16_512`'s order per row and
-/// token. The rows are gathered once into `buf` (reused between calls); tokens then go two at a
-/// time, each block's weights loaded once for both. `out(t, lanes)` receives token t's sixteen
-/// lanes (those past `m` are to be ignored).
+/// Prefill: one tile of sixteen weight rows against every token of `xs` (`corrs[t]` from
+/// `offset_shares`), in exactly `dot16_512`'s order per row and token. The tile is unpacked
+/// once into `buf` (reused between calls); tokens then go two at a time, each block's weights
+/// loaded once for both. `out(t, lanes)` receives token t's sixteen lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm16_512(
     ty: super::GgmlType,
-    base: *const u8,
-    row_bytes: usize,
-    m: usize,
-    nb: usize,
+    tile: &Tile,
     xs: &[Q8Row],
     corrs: &[Vec<i32>],
     buf: &mut Vec<Block16>,
     mut out: impl FnMut(usize, &[f32; 16]),
 ) {
+    let nb = tile.n_blocks();
     assert!(corrs.len() == xs.len());
     for (x, c) in xs.iter().zip(corrs) {
         assert!(x.d.len() >= nb && x.s.len() >= nb && c.len() >= 8 * nb && x.q.len() >= nb * 32);
     }
-    let idx = row_offsets(row_bytes, m);
-    let ts = ty.type_size();
     buf.clear();
-    buf.extend((0..nb).map(|b| gather16(ty, base.add(b * ts), idx)));
+    buf.extend((0..nb).map(|b| load16(ty, tile.block(b))));
     let mut lanes = [0f32; 16];
     let mut t = 0;
     while t + 2 <= xs.len() {
@@ -432,95 +334,6 @@ pub unsafe fn gemm16_512(
         _mm512_storeu_ps(lanes.as_mut_ptr(), finish16(&acc, accm));
         out(t, &lanes);
     }
-}
-
-/// The two f16 values at `a` and `b` as f32 lanes 0 and 1 (one conversion, no partial-register
-/// dependency on earlier values).
-#[inline(always)]
-unsafe fn f16_pair(a: *const u8, b: *const u8) -> __m128 {
-    let ha = (a as *const u16).read_unaligned() as u32;
-    let hb = (b as *const u16).read_unaligned() as u32;
-    _mm_cvtph_ps(_mm_cvtsi32_si128((ha | (hb << 16)) as i32))
-}
-
-/// The row loop shared by the legacy types: `TS` bytes per block, a min at byte 2 when `MIN`;
-/// `load(a, b)` gives the 64 weights of blocks a, b and whether they are signed. `R` rows of the
-/// same length side by side, each with its own accumulator.
-#[inline(always)]
-unsafe fn rows_512<const TS: usize, const MIN: bool, const R: usize>(
-    ws: [&[u8]; R],
-    x: &Q8Row,
-    load: impl Fn(*const u8, *const u8) -> (__m512i, bool),
-) -> [f32; R] {
-    let nb = ws[0].len() / TS;
-    assert!(ws.iter().all(|w| w.len() == nb * TS));
-    assert!(x.d.len() >= nb && x.s.len() >= nb && x.q.len() >= nb * 32);
-    let (yp, xd, xs) = (x.q.as_ptr(), x.d.as_ptr(), x.s.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut summs = [0f32; R];
-    let mut b = 0;
-    while b + 2 <= nb {
-        let y = _mm512_loadu_si512(yp.add(b * 32) as *const __m512i);
-        let xdd = _mm_castsi128_ps(_mm_loadl_epi64(xd.add(b) as *const __m128i));
-        let xss = _mm_castsi128_ps(_mm_loadl_epi64(xs.add(b) as *const __m128i));
-        for r in 0..R {
-            let wp = ws[r].as_ptr();
-            let (pa, pb) = (wp.add(b * TS), wp.add((b + 1) * TS));
-            let (q, signed) = load(pa, pb);
-            let f = if signed {
-                dot_i8x64(q, y)
-            } else {
-                dot_u8x64(q, y)
-            };
-            let dd = _mm_mul_ps(f16_pair(pa, pb), xdd);
-            if MIN {
-                let ms = _mm_mul_ps(f16_pair(pa.add(2), pb.add(2)), xss);
-                summs[r] += _mm_cvtss_f32(ms);
-                summs[r] += _mm_cvtss_f32(_mm_movehdup_ps(ms));
-            }
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), lo8(f), acc[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), hi8(f), acc[r]);
-        }
-        b += 2;
-    }
-    let ty = match (TS, MIN) {
-        (34, _) => super::GgmlType::Q8_0,
-        (20, _) => super::GgmlType::Q4_1,
-        (18, _) => super::GgmlType::Q4_0,
-        _ => super::GgmlType::Q5_0,
-    };
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = hsum_f32_8_tail(ty, &ws[r][b * TS..], x, b, acc[r], summs[r]);
-    }
-    out
-}
-
-/// Finish a row from block `b0` on with the AVX2 code (at most one block is left), adding the
-/// accumulator so far in the same order.
-#[inline(always)]
-unsafe fn hsum_f32_8_tail(
-    ty: super::GgmlType,
-    w: &[u8],
-    x: &Q8Row,
-    b0: usize,
-    acc: __m256,
-    summs: f32,
-) -> f32 {
-    use super::GgmlType::*;
-    let (mut acc, mut summs) = (acc, summs);
-    for (k, blk) in w.chunks_exact(ty.type_size()).enumerate() {
-        let b = b0 + k;
-        let u = super::dot::unpack_block(ty, blk);
-        if ty == Q4_1 {
-            summs += f16le(blk, 2) * x.s[b];
-        }
-        let dv = _mm256_set1_ps(u.d * x.d[b]);
-        let qx = _mm256_loadu_si256(u.q.as_ptr() as *const __m256i);
-        let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
-        acc = _mm256_fmadd_ps(dv, mul_sum_i8(qx, qy), acc);
-    }
-    hsum_f32_8(acc) + summs
 }
 
 /// The offset that makes a legacy type's values unsigned bytes (VNNI multiplies unsigned by

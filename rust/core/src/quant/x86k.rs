@@ -7,9 +7,11 @@
 //! portable code forms (Q6_K keeps ggml's eight lanes), and the f32 steps after them are
 //! `kquant::KAcc`'s, in block order: every level returns bit-identical results.
 //!
-//! Single token: `dot_q4k_*` / `dot_q6k_*` read the packed blocks directly (gemv streams weights).
-//! Several tokens: `gemm_k_*` take a row unpacked once (`KRow`) and run four tokens per weight
-//! load.
+//! AVX2: a single token dots Q4_K / Q6_K rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`);
+//! several tokens take a row unpacked once (`KRow`) and run four tokens per weight load
+//! (`gemm_k_avx2`, and `gemm_k_512` for the types without tiles). AVX-512, Q3_K..Q6_K: sixteen
+//! rows per pass from tiles (`quant::repack`), one row per lane (`dot16_q4k_512`,
+//! `gemm16_k45_512`, `gemm16_k36_512`).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -17,6 +19,7 @@ use std::arch::x86_64::*;
 
 use super::kquant::{k4_scales_mins, KAcc, KOrder, KRow};
 use super::q8::Q8KRow;
+use super::repack::{Tile, TileBlock};
 use super::x86::hsum_f32_8;
 
 #[inline(always)]
@@ -415,21 +418,6 @@ static IDX16: [[i16; 32]; 4] = {
     t
 };
 
-/// Q4_K: i16 lane i of vector n takes the scale of sub-block 2n + i/16 (32 values each).
-static IDX32: [[i16; 32]; 4] = {
-    let mut t = [[0i16; 32]; 4];
-    let mut v = 0;
-    while v < 4 {
-        let mut i = 0;
-        while i < 32 {
-            t[v][i] = (2 * v + i / 16) as i16;
-            i += 1;
-        }
-        v += 1;
-    }
-    t
-};
-
 #[inline(always)]
 unsafe fn idx(t: &[[i16; 32]; 4], v: usize) -> __m512i {
     _mm512_loadu_si512(t[v].as_ptr() as *const __m512i)
@@ -438,93 +426,6 @@ unsafe fn idx(t: &[[i16; 32]; 4], v: usize) -> __m512i {
 #[inline(always)]
 unsafe fn fold512(a: __m512i) -> __m256i {
     _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a))
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_q4k_512(w: &[u8], x: &Q8KRow) -> f32 {
-    let nb = w.len() / 144;
-    check_x(x, nb);
-    let m4 = _mm512_set1_epi8(0x0f);
-    let ix = [
-        idx(&IDX32, 0),
-        idx(&IDX32, 1),
-        idx(&IDX32, 2),
-        idx(&IDX32, 3),
-    ];
-    let mut acc = KAcc::new(KOrder::Split, false);
-    for (b, blk) in w.chunks_exact(144).enumerate() {
-        let sm = k4_scales_mins(&blk[4..16]);
-        let smv = _mm_loadu_si128(sm.as_ptr() as *const __m128i);
-        let sc512 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(smv));
-        let qs = blk.as_ptr().add(16);
-        let xq = x.q.as_ptr().add(256 * b);
-        let mut iacc = _mm512_setzero_si512();
-        for (n, ixn) in ix.iter().enumerate() {
-            let t = _mm256_loadu_si256(qs.add(32 * n) as *const __m256i);
-            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(t), _mm256_srli_epi16::<4>(t));
-            let z = _mm512_and_si512(z, m4);
-            let y = _mm512_loadu_si512(xq.add(64 * n) as *const __m512i);
-            let scv = _mm512_permutexvar_epi16(*ixn, sc512);
-            iacc = _mm512_dpwssd_epi32(iacc, _mm512_maddubs_epi16(z, y), scv);
-        }
-        let mv = k4_mins_term(smv, x.bsums.as_ptr().add(16 * b));
-        let (sumi, summ) = hsum2(fold512(iacc), mv);
-        acc.add(f16le(blk, 0), f16le(blk, 2), x.d[b], sumi, summ, &[0; 8]);
-    }
-    acc.finish()
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_q6k_512(w: &[u8], x: &Q8KRow) -> f32 {
-    let nb = w.len() / 210;
-    check_x(x, nb);
-    let m4 = _mm512_set1_epi8(0x0f);
-    let m3 = _mm512_set1_epi8(0x03);
-    let m30 = _mm512_set1_epi8(0x30);
-    let ix = [
-        idx(&IDX16, 0),
-        idx(&IDX16, 1),
-        idx(&IDX16, 2),
-        idx(&IDX16, 3),
-    ];
-    let mut accf = _mm256_setzero_ps();
-    for (b, blk) in w.chunks_exact(210).enumerate() {
-        let p = blk.as_ptr();
-        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
-        let sc512 = _mm512_castsi256_si512(sc16);
-        let xq = x.q.as_ptr().add(256 * b);
-        let mut acc = _mm512_setzero_si512();
-        for h in 0..2 {
-            let l = _mm512_loadu_si512(p.add(64 * h) as *const __m512i);
-            let hb = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-            let h2 =
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hb), _mm256_srli_epi16::<2>(hb));
-            // (a & c) | b, with b's bits only in 0x30.
-            let lo = _mm512_ternarylogic_epi32::<0xEC>(
-                l,
-                _mm512_slli_epi16::<4>(_mm512_and_si512(h2, m3)),
-                m4,
-            );
-            let hi = _mm512_ternarylogic_epi32::<0xEC>(
-                _mm512_srli_epi16::<4>(l),
-                _mm512_and_si512(h2, m30),
-                m4,
-            );
-            for (k, q) in [lo, hi].into_iter().enumerate() {
-                let v = 2 * h + k;
-                let y = _mm512_loadu_si512(xq.add(64 * v) as *const __m512i);
-                let scv = _mm512_permutexvar_epi16(ix[v], sc512);
-                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q, y), scv);
-            }
-        }
-        let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * b) as *const __m256i);
-        let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
-        // ggml's eight lanes (`kquant::q6k_lanes`), each fused into its own accumulator.
-        let dd = _mm256_set1_ps(x.d[b] * f16le(blk, 208));
-        let lanes = _mm256_sub_epi32(fold512(acc), off);
-        accf = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes), accf);
-    }
-    hsum_f32_8(accf)
 }
 
 #[inline(always)]
@@ -599,7 +500,7 @@ pub unsafe fn gemm_k_512(
 }
 
 /// The scale and min of sub-block `j` of sixteen Q4_K/Q5_K super-blocks, one per lane, from
-/// their 12 packed bytes gathered as three 4-byte words (six bits each, as `k4_scales_mins`).
+/// their 12 packed bytes as three 4-byte words (six bits each, as `k4_scales_mins`).
 #[inline(always)]
 unsafe fn k4_scale_min16(packed: [__m512i; 3], j: u32) -> (__m512i, __m512i) {
     let [s0, s1, s2] = packed;
@@ -644,30 +545,37 @@ unsafe fn emit16(r: &[__m512], t: usize, out: &mut impl FnMut(usize, &[f32; 16])
     r.len()
 }
 
-/// Sixteen Q4_K rows (`row_bytes` apart from `base`, `nb` super-blocks each) against one Q8_K
-/// row, one row per lane, as `x86::dot16_512` does for the legacy types: each 4-byte group of
-/// quants gathered from the sixteen rows, one VNNI per group and half against broadcast
-/// activations, the sub-block scales and mins unpacked sixteen rows at a time. The integer sums
-/// are exact and the float steps are `KOrder::Split`'s, so results equal `dot_q4k_512`'s.
+/// The 4-byte word at byte `o` (a multiple of 4) of each of a tile block's sixteen rows.
+#[inline(always)]
+unsafe fn word_at(blk: TileBlock, o: usize) -> __m512i {
+    _mm512_loadu_si512(blk.words.add(16 * o) as *const __m512i)
+}
+
+/// The sixteen rows' f16 kept apart in a tile (Q3_K's and Q6_K's d), as f32.
+#[inline(always)]
+unsafe fn half16(blk: TileBlock) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(blk.half as *const __m256i))
+}
+
+/// A tile of sixteen Q4_K rows against one Q8_K row, one row per lane, as `x86::dot16_512`
+/// does for the legacy types: each 4-byte group of quants one load of the tile (all sixteen
+/// rows), one VNNI per group and half against broadcast activations, the sub-block scales and
+/// mins unpacked sixteen rows at a time. The integer sums are exact and the float steps are
+/// `KOrder::Split`'s, so results equal `dot_q4k_512`'s.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8KRow) -> [f32; 16] {
+pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
+    let nb = tile.n_blocks();
     check_x(x, nb);
-    let idx = super::x86::row_offsets(row_bytes, 16);
-    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
     let nib = _mm512_set1_epi8(0x0f);
     let yp = x.q.as_ptr() as *const i32;
-    let next = base.wrapping_add(16 * row_bytes);
     let mut acc = _mm512_setzero_ps();
     let mut accm = _mm512_setzero_ps();
     for b in 0..nb {
-        let p = base.add(b * 144);
-        let mut off = 0;
-        while off < 16 * 144 {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 16 * 144 + off) as *const i8);
-            off += 64;
-        }
-        let dm = gather(p);
-        let packed = [gather(p.add(4)), gather(p.add(8)), gather(p.add(12))];
+        super::x86::prefetch_tile(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize| word_at(p, o);
+        let dm = word(0);
+        let packed = [word(4), word(8), word(12)];
         let scale_min = |j: u32| k4_scale_min16(packed, j);
         let bs = x.bsums.as_ptr().add(16 * b);
         let mut sumi = _mm512_setzero_si512();
@@ -677,7 +585,7 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
             let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
             let y0 = b * 64 + c as usize * 16;
             for g in 0..8 {
-                let q = gather(p.add(16 + 32 * c as usize + 4 * g));
+                let q = word(16 + 32 * c as usize + 4 * g);
                 let ylo = _mm512_set1_epi32(yp.add(y0 + g).read_unaligned());
                 let yhi = _mm512_set1_epi32(yp.add(y0 + 8 + g).read_unaligned());
                 lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(q, nib), ylo);
@@ -701,6 +609,89 @@ pub unsafe fn dot16_q4k_512(base: *const u8, row_bytes: usize, nb: usize, x: &Q8
     out
 }
 
+/// A tile of sixteen Q6_K rows against one Q8_K row in `KOrder::Lanes` (llama.cpp's gemv), one
+/// row per lane, streaming the tile: ggml's integer lane g of a row (values 4g.. of every 32,
+/// see `kquant::q6k_lanes`) is formed word by word, each word's four-value sum (below 2^15, so
+/// one i16) times its group's scale by `vpdpwssd`, less 32·(the scaled activation sums of groups
+/// 2g, 2g + 1); then acc_g = fma(xd·d, lane, acc_g), folded as `hsum_float_8`. The same bits as
+/// every other level.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_q6k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
+    let nb = tile.n_blocks();
+    check_x(x, nb);
+    let (lo4, hi2, low) = (
+        _mm512_set1_epi8(0x0f),
+        _mm512_set1_epi8(0x30),
+        _mm512_set1_epi32(0xffff),
+    );
+    let yp = x.q.as_ptr() as *const i32;
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for b in 0..nb {
+        super::x86::prefetch_tile(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize| word_at(p, o);
+        // Scale G (sign-extended to 16 bits, the high half zero) and the pairs (2p | 2p + 1).
+        let sw = [word(192), word(196), word(200), word(204)];
+        let sc: [__m512i; 16] = std::array::from_fn(|g| {
+            let v = _mm512_srav_epi32(
+                _mm512_sllv_epi32(sw[g / 4], _mm512_set1_epi32(24 - 8 * (g % 4) as i32)),
+                _mm512_set1_epi32(24),
+            );
+            _mm512_and_si512(v, low)
+        });
+        let bs = x.bsums.as_ptr().add(16 * b) as *const i32;
+        let dd = _mm512_mul_ps(_mm512_set1_ps(*x.d.get_unchecked(b)), half16(p));
+        for g in 0..8 {
+            let mut lane = _mm512_setzero_si512();
+            for h in 0..2 {
+                let a = word(64 * h + 4 * g);
+                let c = word(64 * h + 32 + 4 * g);
+                let hb = word(128 + 32 * h + 4 * g);
+                // Values 128h + 32k + 4g.. (k = 0..4), as `KRow::unpack` builds them:
+                // (quants & 0x0f) | high bits.
+                let q = [
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        a,
+                        _mm512_and_si512(_mm512_slli_epi16::<4>(hb), hi2),
+                        lo4,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        c,
+                        _mm512_and_si512(_mm512_slli_epi16::<2>(hb), hi2),
+                        lo4,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        _mm512_srli_epi16::<4>(a),
+                        _mm512_and_si512(hb, hi2),
+                        lo4,
+                    ),
+                    _mm512_ternarylogic_epi32::<0xEC>(
+                        _mm512_srli_epi16::<4>(c),
+                        _mm512_and_si512(_mm512_srli_epi16::<2>(hb), hi2),
+                        lo4,
+                    ),
+                ];
+                for (k, q) in q.into_iter().enumerate() {
+                    let y = _mm512_set1_epi32(yp.add(b * 64 + 32 * h + 8 * k + g).read_unaligned());
+                    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+                    lane = _mm512_dpwssd_epi32(lane, s, sc[8 * h + 2 * k + g / 4]);
+                }
+            }
+            let pair = _mm512_or_si512(sc[2 * g], _mm512_slli_epi32::<16>(sc[2 * g + 1]));
+            let mins = _mm512_dpwssd_epi32(
+                _mm512_setzero_si512(),
+                pair,
+                _mm512_set1_epi32(bs.add(g).read_unaligned()),
+            );
+            let lane = _mm512_sub_epi32(lane, _mm512_slli_epi32::<5>(mins));
+            acc[g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lane), acc[g]);
+        }
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), super::x86::fold8_16(&acc));
+    out
+}
+
 /// `gemm16_k45_512`'s float steps (`KOrder::Split`, `Split64`, `Combine`).
 const SPLIT: u8 = 0;
 const SPLIT64: u8 = 1;
@@ -719,38 +710,33 @@ pub struct K4Block16 {
     dmin: __m512,
 }
 
-/// Prefill: `m` ≤ 16 Q4_K rows, or Q5_K rows when `q5` (`row_bytes` apart from `base`, `nb`
-/// super-blocks each), against every token of `xs`, token t in `order(t)`: `Split` (exactly
-/// `dot16_q4k_512`'s order), `Split64` or `Combine`, as `KAcc` steps them, so the bits of every
-/// other level. The rows are gathered and unpacked once into `buf` (reused between calls); tokens
-/// then go two at a time. `out(t, lanes)` receives token t's sixteen lanes (those past `m` are to
-/// be ignored).
+/// Prefill: a tile of sixteen Q4_K rows, or Q5_K rows when `q5`, against every token of `xs`,
+/// token t in `order(t)`: `Split` (exactly `dot16_q4k_512`'s order), `Split64` or `Combine`, as
+/// `KAcc` steps them, so the bits of every other level. The tile is unpacked once into `buf`
+/// (reused between calls); tokens then go two at a time. `out(t, lanes)` receives token t's
+/// sixteen lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm16_k45_512(
-    base: *const u8,
-    row_bytes: usize,
+    tile: &Tile,
     q5: bool,
-    m: usize,
-    nb: usize,
     xs: &[Q8KRow],
     buf: &mut Vec<K4Block16>,
     order: impl Fn(usize) -> KOrder,
     mut out: impl FnMut(usize, &[f32; 16]),
 ) {
+    let nb = tile.n_blocks();
     for x in xs {
         check_x(x, nb);
     }
-    let idx = super::x86::row_offsets(row_bytes, m);
-    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
     let nib = _mm512_set1_epi8(0x0f);
-    let (one, (block, quants)) = (_mm512_set1_epi8(1), if q5 { (176, 48) } else { (144, 16) });
+    let (one, quants) = (_mm512_set1_epi8(1), if q5 { 48 } else { 16 });
     buf.clear();
     buf.extend((0..nb).map(|b| {
-        let p = base.add(b * block);
-        let packed = [gather(p.add(4)), gather(p.add(8)), gather(p.add(12))];
+        let p = tile.block(b);
+        let word = |o: usize| word_at(p, o);
+        let packed = [word(4), word(8), word(12)];
         let scale_min = |j: u32| k4_scale_min16(packed, j);
-        let (d, dmin) = k4_d_dmin16(gather(p));
+        let (d, dmin) = k4_d_dmin16(word(0));
         let mut blk = K4Block16 {
             q: [[_mm512_setzero_si512(); 8]; 8],
             sc: [_mm512_setzero_si512(); 8],
@@ -762,13 +748,13 @@ pub unsafe fn gemm16_k45_512(
             // Q5_K's fifth bits of values 4g.. of every 32: bit 2c (low nibbles of chunk c) and
             // 2c + 1 (high nibbles) of qh[l].
             let h = if q5 {
-                gather(p.add(16 + 4 * g))
+                word(16 + 4 * g)
             } else {
                 _mm512_setzero_si512()
             };
             // 32 bytes of quants per chunk c: low nibbles are sub-block 2c, high nibbles 2c + 1.
             for c in 0..4 {
-                let q = gather(p.add(quants + 32 * c + 4 * g));
+                let q = word(quants + 32 * c + 4 * g);
                 let (mut lo, mut hi) = (
                     _mm512_and_si512(q, nib),
                     _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
@@ -900,28 +886,25 @@ pub struct K6Block16 {
     d: __m512,
 }
 
-/// `m` ≤ 16 Q6_K rows in `KOrder::Tiled` (llama.cpp's Q6_K order from 8 tokens), or Q3_K rows when
-/// `q3` (in `Combine`, its order at every batch size), against every token of `xs`: per row and
-/// token the integer sums of `kblock_sums`, then acc = fma(f32(sumi − summ)·d, xd, acc) (Tiled)
-/// or acc += d·xd·f32(sumi − summ) (Combine with the mins folded), the same bits as every other
-/// level. Layout and calling as `gemm16_k45_512`.
+/// A tile of sixteen Q6_K rows in `order`: `KOrder::Tiled` (llama.cpp's Q6_K order from 8
+/// tokens) or `Lanes` (its gemv's, below), or Q3_K rows when `q3` (in `Combine`, its order at
+/// every batch size), against every token of `xs`: per row and token the integer sums of
+/// `kblock_sums`, then acc = fma(f32(sumi − summ)·d, xd, acc) (Tiled), acc += d·xd·f32(sumi −
+/// summ) (Combine with the mins folded) or ggml's eight lanes (Lanes), the same bits as every
+/// other level. Calling as `gemm16_k45_512`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm16_k36_512(
-    base: *const u8,
-    row_bytes: usize,
+    tile: &Tile,
     q3: bool,
-    m: usize,
-    nb: usize,
+    order: KOrder,
     xs: &[Q8KRow],
     buf: &mut Vec<K6Block16>,
     mut out: impl FnMut(usize, &[f32; 16]),
 ) {
+    let nb = tile.n_blocks();
     for x in xs {
         check_x(x, nb);
     }
-    let idx = super::x86::row_offsets(row_bytes, m);
-    let gather = |p: *const u8| _mm512_i32gather_epi32::<1>(idx, p as *const i32);
     let (lo4, hi2) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
     let low = _mm512_set1_epi32(0xffff);
     let pairs = |sc: &[__m512i; 16]| -> [__m512i; 8] {
@@ -932,9 +915,10 @@ pub unsafe fn gemm16_k36_512(
             )
         })
     };
-    let q3_block = |p: *const u8| -> K6Block16 {
+    let q3_block = |p: TileBlock| -> K6Block16 {
+        let word = |o: usize| word_at(p, o);
         // The sixteen scales, six bits each less 32 (`q3k_scales` lane by lane).
-        let (a0, a1, t) = (gather(p.add(96)), gather(p.add(100)), gather(p.add(104)));
+        let (a0, a1, t) = (word(96), word(100), word(104));
         let (k1, k2) = (
             _mm512_set1_epi32(0x0303_0303),
             _mm512_set1_epi32(0x0f0f_0f0f),
@@ -961,16 +945,13 @@ pub unsafe fn gemm16_k36_512(
             q: [[_mm512_setzero_si512(); 4]; 16],
             scp: pairs(&sc),
             sc,
-            // d is the f16 at 108: read from 106 so the gather stays inside the 110-byte block.
-            d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(gather(
-                p.add(106),
-            )))),
+            d: half16(p),
         };
         let (three, one) = (_mm512_set1_epi8(3), _mm512_set1_epi8(1));
         for g in 0..8 {
-            let hm = gather(p.add(4 * g));
+            let hm = word(4 * g);
             for n in 0..2 {
-                let qs = gather(p.add(32 + 32 * n + 4 * g));
+                let qs = word(32 + 32 * n + 4 * g);
                 for j in 0..4 {
                     // Values 128n + 32j + 4g..: two bits of qs, the third from hmask bit 4n + j.
                     let shr =
@@ -983,26 +964,23 @@ pub unsafe fn gemm16_k36_512(
         }
         blk
     };
-    buf.clear();
-    buf.extend((0..nb).map(|b| {
+    let unpack = |b: usize| -> K6Block16 {
+        let p = tile.block(b);
         if q3 {
-            return q3_block(base.add(b * 110));
+            return q3_block(p);
         }
-        let p = base.add(b * 210);
+        let word = |o: usize| word_at(p, o);
         let mut blk = K6Block16 {
             q: [[_mm512_setzero_si512(); 4]; 16],
             sc: [_mm512_setzero_si512(); 16],
             scp: [_mm512_setzero_si512(); 8],
-            // d is the f16 at 208: read from 206 so the gather stays inside the block.
-            d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(gather(
-                p.add(206),
-            )))),
+            d: half16(p),
         };
         for h in 0..2 {
             for g in 0..8 {
-                let a = gather(p.add(64 * h + 4 * g));
-                let c = gather(p.add(64 * h + 32 + 4 * g));
-                let hb = gather(p.add(128 + 32 * h + 4 * g));
+                let a = word(64 * h + 4 * g);
+                let c = word(64 * h + 32 + 4 * g);
+                let hb = word(128 + 32 * h + 4 * g);
                 // Values 128h + 32k + 4g.. (k = 0..4), as `KRow::unpack` builds them.
                 let q = [
                     _mm512_or_si512(
@@ -1028,7 +1006,7 @@ pub unsafe fn gemm16_k36_512(
             }
         }
         for k in 0..4 {
-            let s = gather(p.add(192 + 4 * k));
+            let s = word(192 + 4 * k);
             // Sign-extend byte j of each lane: scale 4k + j.
             blk.sc[4 * k] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(s));
             blk.sc[4 * k + 1] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(s));
@@ -1037,16 +1015,21 @@ pub unsafe fn gemm16_k36_512(
         }
         blk.scp = pairs(&blk.sc);
         blk
-    }));
+    };
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     #[inline]
-    unsafe fn run<const T: usize, const Q3: bool>(
+    unsafe fn run<const T: usize, const MODE: u8>(
         buf: &[K6Block16],
+        b0: usize,
         xs: [&Q8KRow; T],
-    ) -> [__m512; T] {
-        let mut acc = [_mm512_setzero_ps(); T];
+        acc: &mut [[__m512; 8]; T],
+    ) {
         let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-        for (b, blk) in buf.iter().enumerate() {
+        for (b, blk) in (b0..).zip(buf) {
+            if MODE == LANES {
+                lanes_block(blk, b, &xs, &yp, acc);
+                continue;
+            }
             let mut sumi = [_mm512_setzero_si512(); T];
             for j in 0..16 {
                 let mut s = [_mm512_setzero_si512(); T];
@@ -1062,37 +1045,122 @@ pub unsafe fn gemm16_k36_512(
                 }
             }
             for k in 0..T {
-                let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
-                let mut summ = _mm512_setzero_si512();
-                for (p, &scp) in blk.scp.iter().enumerate() {
-                    // bsums 2p and 2p + 1 as one i16 pair.
-                    let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
-                    summ = _mm512_dpwssd_epi32(summ, scp, pair);
-                }
+                let summ = scaled_bsums(blk, xs[k], b);
                 let xd = _mm512_set1_ps(*xs[k].d.get_unchecked(b));
-                if Q3 {
+                if MODE == Q3 {
                     // mins are 4·scale (the −4 of the three-bit values); Combine, folded.
                     let diff = _mm512_sub_epi32(sumi[k], _mm512_slli_epi32::<2>(summ));
                     let dd = _mm512_mul_ps(blk.d, xd);
-                    acc[k] = _mm512_add_ps(acc[k], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(diff)));
+                    acc[k][0] =
+                        _mm512_add_ps(acc[k][0], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(diff)));
                 } else {
                     // mins are 32·scale: summ = 32·Σ scale·bsum; Tiled.
                     let diff = _mm512_sub_epi32(sumi[k], _mm512_slli_epi32::<5>(summ));
                     let r = _mm512_mul_ps(_mm512_cvtepi32_ps(diff), blk.d);
-                    acc[k] = _mm512_fmadd_ps(r, xd, acc[k]);
+                    acc[k][0] = _mm512_fmadd_ps(r, xd, acc[k][0]);
                 }
             }
         }
-        acc
     }
+    let mode = match (q3, order) {
+        (true, _) => Q3,
+        (false, KOrder::Tiled) => TILED,
+        (false, KOrder::Lanes) => LANES,
+        (false, o) => panic!("gemm16_k36_512 does not sum Q6_K in {o:?}"),
+    };
+    let finish = |a: &[__m512; 8]| {
+        if mode == LANES {
+            super::x86::fold8_16(a)
+        } else {
+            a[0]
+        }
+    };
+    if xs.len() == 1 {
+        // One token: each super-block unpacked just before it is used.
+        let mut acc = [[_mm512_setzero_ps(); 8]; 1];
+        for b in 0..nb {
+            buf.clear();
+            buf.push(unpack(b));
+            match mode {
+                Q3 => run::<1, Q3>(buf, b, [&xs[0]], &mut acc),
+                TILED => run::<1, TILED>(buf, b, [&xs[0]], &mut acc),
+                _ => run::<1, LANES>(buf, b, [&xs[0]], &mut acc),
+            }
+        }
+        emit16(&[finish(&acc[0])], 0, &mut out);
+        return;
+    }
+    buf.clear();
+    buf.extend((0..nb).map(unpack));
     let mut t = 0;
     while t < xs.len() {
-        let r: &[__m512] = match (t + 1 < xs.len(), q3) {
-            (true, true) => &run::<2, true>(buf, [&xs[t], &xs[t + 1]]),
-            (true, false) => &run::<2, false>(buf, [&xs[t], &xs[t + 1]]),
-            (false, true) => &run::<1, true>(buf, [&xs[t]]),
-            (false, false) => &run::<1, false>(buf, [&xs[t]]),
-        };
-        t += emit16(r, t, &mut out);
+        if t + 1 < xs.len() {
+            let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+            let x2 = [&xs[t], &xs[t + 1]];
+            match mode {
+                Q3 => run::<2, Q3>(buf, 0, x2, &mut acc),
+                TILED => run::<2, TILED>(buf, 0, x2, &mut acc),
+                _ => run::<2, LANES>(buf, 0, x2, &mut acc),
+            }
+            t += emit16(&[finish(&acc[0]), finish(&acc[1])], t, &mut out);
+        } else {
+            let mut acc = [[_mm512_setzero_ps(); 8]; 1];
+            match mode {
+                Q3 => run::<1, Q3>(buf, 0, [&xs[t]], &mut acc),
+                TILED => run::<1, TILED>(buf, 0, [&xs[t]], &mut acc),
+                _ => run::<1, LANES>(buf, 0, [&xs[t]], &mut acc),
+            }
+            t += emit16(&[finish(&acc[0])], t, &mut out);
+        }
+    }
+}
+
+/// `gemm16_k36_512`'s float steps.
+const TILED: u8 = 0;
+const LANES: u8 = 1;
+const Q3: u8 = 2;
+
+/// Σ over the sixteen 16-value groups of scale·bsum (one i32 per row), in i16 pairs.
+#[inline(always)]
+unsafe fn scaled_bsums(blk: &K6Block16, x: &Q8KRow, b: usize) -> __m512i {
+    let bs = x.bsums.as_ptr().add(16 * b) as *const i32;
+    let mut summ = _mm512_setzero_si512();
+    for (p, &scp) in blk.scp.iter().enumerate() {
+        // bsums 2p and 2p + 1 as one i16 pair.
+        let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
+        summ = _mm512_dpwssd_epi32(summ, scp, pair);
+    }
+    summ
+}
+
+/// Q6_K super-block `b` in `KOrder::Lanes` for every token: ggml's eight integer lanes
+/// (`kquant::q6k_lanes`) per row, lane j of a row holding values 4j.. of every 32 (word j % 4
+/// of the 16-value groups G with G % 2 = j / 4) less 32·(sc[2j]·bsums[2j] + sc[2j+1]·bsums[2j+1]),
+/// each fused into its own accumulator with xd·d.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn lanes_block<const T: usize>(
+    blk: &K6Block16,
+    b: usize,
+    xs: &[&Q8KRow; T],
+    yp: &[*const i32; T],
+    acc: &mut [[__m512; 8]; T],
+) {
+    for k in 0..T {
+        let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
+        let dd = _mm512_mul_ps(_mm512_set1_ps(*xs[k].d.get_unchecked(b)), blk.d);
+        for j in 0..8 {
+            let (half, i) = (j / 4, j % 4);
+            let mut lane = _mm512_setzero_si512();
+            for g in (half..16).step_by(2) {
+                let y = _mm512_set1_epi32(yp[k].add(b * 64 + 4 * g + i).read_unaligned());
+                let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.q[g][i], y);
+                lane = _mm512_add_epi32(lane, _mm512_mullo_epi32(s, blk.sc[g]));
+            }
+            let pair = _mm512_set1_epi32(bs.add(j).read_unaligned());
+            let mins = _mm512_dpwssd_epi32(_mm512_setzero_si512(), blk.scp[j], pair);
+            let lane = _mm512_sub_epi32(lane, _mm512_slli_epi32::<5>(mins));
+            acc[k][j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lane), acc[k][j]);
+        }
     }
 }

@@ -16,15 +16,18 @@ use crate::error::{Error, Result};
 use crate::quant::dot::*;
 use crate::quant::kquant::{dot_k, is_kquant, KOrder, KRow};
 use crate::quant::q8::{quantize_q8, quantize_q8k, Q8KRow, Q8Row};
+use crate::quant::repack::{self, Tile, Tiles, TILE};
 use crate::quant::{dequantize, GgmlType};
 
-/// A row-major weight matrix [rows = n_out] × [cols = n_in] in GGUF layout (each row whole blocks).
-#[derive(Clone, Copy, Debug)]
+/// A row-major weight matrix [rows = n_out] × [cols = n_in] in GGUF layout (each row whole
+/// blocks), with the same rows repacked for the sixteen-row kernels when `tiles` is set.
+#[derive(Clone, Copy)]
 pub struct QMatrix<'a> {
     pub ty: GgmlType,
     pub data: &'a [u8],
     pub rows: usize,
     pub cols: usize,
+    pub tiles: Option<&'a Tiles>,
 }
 
 impl<'a> QMatrix<'a> {
@@ -45,8 +48,18 @@ impl<'a> QMatrix<'a> {
             data,
             rows,
             cols,
+            tiles: None,
         })
     }
+
+    /// `tiles` (made by `pack_tiles` from this matrix) for the kernels to read instead of `data`.
+    pub fn with_tiles(self, tiles: Option<&'a Tiles>) -> Self {
+        if let Some(t) = tiles {
+            assert!(t.ty() == self.ty && t.n_tiles() == self.rows.div_ceil(TILE));
+        }
+        Self { tiles, ..self }
+    }
+
     pub fn row_bytes(&self) -> usize {
         self.data.len() / self.rows.max(1)
     }
@@ -303,61 +316,32 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
             let fast512 = level == SimdLevel::Avx512;
             #[cfg(target_arch = "x86_64")]
             if let (Some(shares), true) = (gemm, fast512) {
-                // AVX-512, types with the sixteen-row kernels: one row per lane, in ggml's order.
+                // AVX-512, types with the sixteen-row kernels: one row per lane, in ggml's order,
+                // a tile of sixteen rows at a time (r0 is on a tile boundary).
                 use crate::quant::x86;
-                let (rb, nb) = (w.row_bytes(), w.cols / 32);
-                let mut r = r0;
-                if n > 1 {
-                    // Prefill: sixteen rows gathered once, then every token against them.
-                    let mut buf = Vec::new();
-                    while r < r1 {
-                        let m = (r1 - r).min(16);
+                let mut scratch = Vec::new();
+                let mut buf = Vec::new();
+                for r in (r0..r1).step_by(TILE) {
+                    let m = (r1 - r).min(TILE);
+                    let tile = tile_at(w, r, &mut scratch);
+                    if n > 1 {
+                        // Prefill: the tile unpacked once, then every token against it.
                         // SAFETY: the AVX-512 level is only chosen when the CPU has these
-                        // features; rows r..r+m lie inside the matrix.
+                        // features.
                         unsafe {
-                            x86::gemm16_512(
-                                w.ty,
-                                w.row(r).as_ptr(),
-                                rb,
-                                m,
-                                nb,
-                                xs,
-                                shares,
-                                &mut buf,
-                                |t, v| {
-                                    for (i, &v) in v[..m].iter().enumerate() {
-                                        put(t, r + i, v);
-                                    }
-                                },
-                            )
+                            x86::gemm16_512(w.ty, &tile, xs, shares, &mut buf, |t, v| {
+                                for (i, &v) in v[..m].iter().enumerate() {
+                                    put(t, r + i, v);
+                                }
+                            })
                         };
-                        r += m;
+                    } else {
+                        // SAFETY: as above.
+                        let v = unsafe { x86::dot16_512(w.ty, &tile, &xs[0], &shares[0]) };
+                        for (i, &v) in v[..m].iter().enumerate() {
+                            put(0, r + i, v);
+                        }
                     }
-                    return;
-                }
-                // Token generation: sixteen rows per pass, then four (the same sums).
-                while r + 16 <= r1 {
-                    // SAFETY: as above, rows r..r+16 lie inside the matrix.
-                    let v = unsafe {
-                        x86::dot16_512(w.ty, w.row(r).as_ptr(), rb, nb, &xs[0], &shares[0])
-                    };
-                    for (i, v) in v.into_iter().enumerate() {
-                        put(0, r + i, v);
-                    }
-                    r += 16;
-                }
-                while r + 4 <= r1 {
-                    let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                    // SAFETY: as above.
-                    let v = unsafe { x86::dot_rows_512(w.ty, rows, &xs[0]) };
-                    for (i, v) in v.into_iter().enumerate() {
-                        put(0, r + i, v);
-                    }
-                    r += 4;
-                }
-                for r in r..r1 {
-                    // SAFETY: as above.
-                    put(0, r, unsafe { x86::dot_row_512(w.ty, w.row(r), &xs[0]) });
                 }
                 return;
             }
@@ -467,59 +451,41 @@ fn rows_k(
     let n = xs.len();
     let mut u = KRow::default();
     let mut col = vec![0f32; n];
-    #[allow(unused_mut)]
-    let mut r0 = r0;
-    #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512 && n == 1 && w.ty == GgmlType::Q4_K {
-        // Token generation: sixteen rows per pass (the rest row by row below).
-        let rb = w.row(0).len();
-        while r0 + 16 <= r1 {
-            // SAFETY: the AVX-512 level is only chosen when the CPU has these features; rows
-            // r0..r0+16 lie inside the matrix.
-            let v = unsafe {
-                crate::quant::x86k::dot16_q4k_512(w.row(r0).as_ptr(), rb, w.cols / 256, &xs[0])
-            };
-            for (i, v) in v.into_iter().enumerate() {
-                put(0, r0 + i, v);
-            }
-            r0 += 16;
-        }
-    }
     // llama.cpp's kernel, and so summation order, for each token (see `KOrder::for_batch`).
     let order = |t: usize| KOrder::for_batch(w.ty, w.rows, n, t);
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512 && (n > 1 || matches!(w.ty, GgmlType::Q5_K | GgmlType::Q3_K)) {
+    if level == SimdLevel::Avx512 && repack::layout(w.ty).is_some() {
         use crate::quant::x86k;
-        // Prefill of Q4_K (`Split`, `Split64`), Q5_K and Q3_K (`Combine`, single tokens too) and
-        // Q6_K (`Tiled`): sixteen rows unpacked once, then every token against them.
-        let (rb, nb) = (w.row(0).len(), w.cols / 256);
-        let q45 = matches!(w.ty, GgmlType::Q4_K | GgmlType::Q5_K);
-        let q36 = w.ty == GgmlType::Q3_K
-            || (w.ty == GgmlType::Q6_K && (0..n).all(|t| order(t) == KOrder::Tiled));
-        if q45 || q36 {
-            let (mut b4, mut b6) = (Vec::new(), Vec::new());
-            while r0 < r1 {
-                let m = (r1 - r0).min(16);
-                let emit = |t: usize, v: &[f32; 16]| {
-                    for (i, &v) in v[..m].iter().enumerate() {
-                        put(t, r0 + i, v);
-                    }
-                };
-                let base = w.row(r0).as_ptr();
-                // SAFETY: as above; rows r0..r0+m lie inside the matrix.
-                unsafe {
-                    if q45 {
+        // A tile of sixteen rows at a time (r0 is on a tile boundary), one row per lane: a Q4_K
+        // (`Split`) or Q6_K (`Lanes`) token alone streams the tile; batches of Q4_K (`Split`, `Split64`), Q5_K and
+        // Q3_K (`Combine`, single tokens too) and Q6_K (`Tiled`, `Lanes`) unpack it once, then
+        // take every token against it.
+        let (mut scratch, mut b4, mut b6) = (Vec::new(), Vec::new(), Vec::new());
+        for r in (r0..r1).step_by(TILE) {
+            let m = (r1 - r).min(TILE);
+            let emit = |t: usize, v: &[f32; 16]| {
+                for (i, &v) in v[..m].iter().enumerate() {
+                    put(t, r + i, v);
+                }
+            };
+            let tile = tile_at(w, r, &mut scratch);
+            // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
+            unsafe {
+                match w.ty {
+                    GgmlType::Q4_K if n == 1 => emit(0, &x86k::dot16_q4k_512(&tile, &xs[0])),
+                    GgmlType::Q6_K if n == 1 => emit(0, &x86k::dot16_q6k_512(&tile, &xs[0])),
+                    GgmlType::Q4_K | GgmlType::Q5_K => {
                         let q5 = w.ty == GgmlType::Q5_K;
-                        x86k::gemm16_k45_512(base, rb, q5, m, nb, xs, &mut b4, order, emit)
-                    } else {
-                        let q3 = w.ty == GgmlType::Q3_K;
-                        x86k::gemm16_k36_512(base, rb, q3, m, nb, xs, &mut b6, emit)
+                        x86k::gemm16_k45_512(&tile, q5, xs, &mut b4, order, emit)
                     }
-                };
-                r0 += m;
+                    _ => {
+                        let q3 = w.ty == GgmlType::Q3_K;
+                        x86k::gemm16_k36_512(&tile, q3, order(0), xs, &mut b6, emit)
+                    }
+                }
             }
-            return;
         }
+        return;
     }
     for r in r0..r1 {
         let row = w.row(r);
@@ -532,8 +498,6 @@ fn rows_k(
                 // SAFETY: `level` is one the CPU supports (see `matmul_at`).
                 unsafe {
                     match (n, w.ty, avx512) {
-                        (1, GgmlType::Q4_K, true) => col[0] = x86k::dot_q4k_512(row, &xs[0]),
-                        (1, GgmlType::Q6_K, true) => col[0] = x86k::dot_q6k_512(row, &xs[0]),
                         (1, GgmlType::Q4_K, false) => col[0] = x86k::dot_q4k_avx2(row, &xs[0]),
                         (1, GgmlType::Q6_K, false) => col[0] = x86k::dot_q6k_avx2(row, &xs[0]),
                         _ => {
@@ -562,6 +526,39 @@ fn rows_k(
             put(t, r, v);
         }
     }
+}
+
+/// The tile of rows r.. (r a multiple of 16): the matrix's own, or its rows packed now into
+/// `scratch`.
+#[cfg(target_arch = "x86_64")]
+fn tile_at<'t>(w: &QMatrix<'t>, r: usize, scratch: &'t mut Vec<u8>) -> Tile<'t> {
+    let nb = w.cols / w.ty.block_size();
+    if let Some(t) = w.tiles {
+        return t.tile(r / TILE);
+    }
+    let rb = w.row_bytes();
+    scratch.resize(repack::tile_bytes(w.ty, nb), 0);
+    repack::pack_tile(
+        w.ty,
+        &w.data[r * rb..(r + TILE).min(w.rows) * rb],
+        nb,
+        scratch,
+    );
+    Tile::new(w.ty, scratch, nb)
+}
+
+/// Repack `w` on `pool` for the sixteen-row kernels when they are in use and have a layout for
+/// its type (`done` as for `Tiles::pack`).
+pub fn pack_tiles(
+    pool: &ThreadPool,
+    w: &QMatrix,
+    done: &(dyn Fn(std::ops::Range<usize>) + Sync),
+) -> Option<Tiles> {
+    if simd_level() != SimdLevel::Avx512 {
+        return None;
+    }
+    let nb = w.cols / w.ty.block_size();
+    Tiles::pack(w.ty, w.data, w.rows, nb, |n, f| pool.run(n, f), done)
 }
 
 /// Per token, −offset·(sum of every four activations): what the AVX-512 sixteen-row kernels
@@ -855,6 +852,7 @@ mod tests {
         for ty in LEGACY {
             let raw = legacy_blocks(ty, rows * cols / 32, &mut rng);
             let w = QMatrix::new(ty, &raw, rows, cols).unwrap();
+            let tiles = Tiles::pack(ty, &raw, rows, cols / 32, serial, &|_| {});
             let x: Vec<f32> = (0..5 * cols).map(|_| rng.unit()).collect();
             for n in [1, 5] {
                 let mut want = vec![0f32; n * rows];
@@ -868,7 +866,9 @@ mod tests {
                 )
                 .unwrap();
                 for level in levels() {
-                    for threads in [1, 2] {
+                    for (threads, packed) in [(1, false), (2, false), (1, true), (2, true)] {
+                        // Tiles made at load, or (without) packed as the kernels go.
+                        let w = w.with_tiles(tiles.as_ref().filter(|_| packed));
                         let mut y = vec![0f32; n * rows];
                         matmul_at(
                             level,
@@ -881,12 +881,16 @@ mod tests {
                         .unwrap();
                         assert!(
                             y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{ty} {level:?} n={n} t={threads}"
+                            "{ty} {level:?} n={n} t={threads} packed={packed}"
                         );
                     }
                 }
             }
         }
+    }
+
+    fn serial(n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).for_each(f)
     }
 
     fn levels() -> Vec<SimdLevel> {
@@ -921,6 +925,8 @@ mod tests {
         {
             let data = random_k(ty, rows, cols, i as u64 + 1);
             let w = QMatrix::new(ty, &data, rows, cols).unwrap();
+            let tiles = Tiles::pack(ty, &data, rows, cols / 256, serial, &|_| {});
+            let packed = w.with_tiles(tiles.as_ref());
             for n in [1, 5, 7, 65] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|j| (((j * 7919 + i * 13) % 1013) as f32 - 506.0) / 300.0)
@@ -932,7 +938,7 @@ mod tests {
                 );
                 let mut first: Option<Vec<f32>> = None;
                 for level in levels() {
-                    for threads in [1, 2, 3] {
+                    for (threads, w) in [(1, w), (2, w), (3, w), (1, packed), (2, packed)] {
                         let mut y = vec![0f32; n * rows];
                         matmul_at(level, &ThreadPool::new(threads), &w, &x, n, &mut y).unwrap();
                         for (a, b) in y.iter().zip(&want) {
@@ -957,7 +963,7 @@ mod tests {
                     (0..n).all(|t| KOrder::for_batch(ty, rows, n, t) == KOrder::of(ty));
                 if n > 1 && same_order {
                     let mut y1 = vec![0f32; rows];
-                    for level in levels() {
+                    for (level, w) in levels().into_iter().flat_map(|l| [(l, w), (l, packed)]) {
                         for t in 0..n {
                             let xt = &x[t * cols..(t + 1) * cols];
                             matmul_at(level, &ThreadPool::new(1), &w, xt, 1, &mut y1).unwrap();

@@ -1,0 +1,267 @@
+//! Weights repacked for the sixteen-row kernels (one row per 32-bit lane of a 512-bit register).
+//!
+//! A tile holds sixteen consecutive rows. Block b of the tile keeps, for each 4-byte word k of
+//! a block (bytes `words_from + 4k ..`), the sixteen rows' words side by side: 64 contiguous
+//! bytes, lane r from row r, which is what a 16-lane gather of that word used to assemble. The
+//! one 2-byte scale a type may have outside its words (`half`) goes to a second plane, sixteen
+//! f16 side by side. So a kernel reads one contiguous stream per tile with plain loads, and
+//! gets exactly the lane values it got before (same arithmetic, same bits). The last tile of a
+//! matrix repeats its last row in the lanes past the end.
+
+use super::GgmlType;
+
+/// Rows per tile.
+pub const TILE: usize = 16;
+
+/// Where a block's fields go in a tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Byte offset in the block of word 0.
+    pub words_from: usize,
+    /// 4-byte words per block.
+    pub n_words: usize,
+    /// Byte offset of the f16 kept apart, if any.
+    pub half: Option<usize>,
+}
+
+/// The layout of `ty`'s tiles, for the types with sixteen-row kernels.
+pub fn layout(ty: GgmlType) -> Option<Layout> {
+    use GgmlType::*;
+    let (words_from, n_words, half) = match ty {
+        Q8_0 => (2, 8, Some(0)),
+        Q4_0 => (2, 4, Some(0)),
+        Q5_0 => (2, 5, Some(0)),
+        Q4_1 => (0, 5, None),
+        Q3_K => (0, 27, Some(108)),
+        Q4_K => (0, 36, None),
+        Q5_K => (0, 44, None),
+        Q6_K => (0, 52, Some(208)),
+        _ => return None,
+    };
+    debug_assert_eq!(4 * n_words + 2 * half.is_some() as usize, ty.type_size());
+    Some(Layout {
+        words_from,
+        n_words,
+        half,
+    })
+}
+
+/// Bytes of one tile of `nb` blocks: the blocks' bytes, rounded up to whole cache lines.
+pub fn tile_bytes(ty: GgmlType, nb: usize) -> usize {
+    (TILE * ty.type_size() * nb).div_ceil(64) * 64
+}
+
+/// Pack `rows` (1 to 16 consecutive rows of `nb` blocks each, GGUF layout; missing lanes repeat
+/// the last row) into `out` (`tile_bytes` long).
+pub fn pack_tile(ty: GgmlType, rows: &[u8], nb: usize, out: &mut [u8]) {
+    let l = layout(ty).expect("a type with a tile layout");
+    let (ts, nw) = (ty.type_size(), l.n_words);
+    let rb = nb * ts;
+    let m = rows.len() / rb.max(1);
+    assert!((1..=TILE).contains(&m) && rows.len() == m * rb && out.len() >= tile_bytes(ty, nb));
+    let (words, halves) = out.split_at_mut(nb * nw * 64);
+    for (b, wblk) in words.chunks_exact_mut(nw * 64).enumerate() {
+        for lane in 0..TILE {
+            let r = lane.min(m - 1);
+            let blk = &rows[r * rb + b * ts..r * rb + (b + 1) * ts];
+            let src = &blk[l.words_from..l.words_from + 4 * nw];
+            for (k, w) in src.chunks_exact(4).enumerate() {
+                wblk[64 * k + 4 * lane..64 * k + 4 * lane + 4].copy_from_slice(w);
+            }
+            if let Some(h) = l.half {
+                let at = 32 * b + 2 * lane;
+                halves[at..at + 2].copy_from_slice(&blk[h..h + 2]);
+            }
+        }
+    }
+}
+
+/// One packed tile of `nb` blocks.
+#[derive(Clone, Copy)]
+pub struct Tile<'a> {
+    bytes: &'a [u8],
+    nb: usize,
+    n_words: usize,
+}
+
+/// Block b of a tile: its words (64 bytes each) and its f16 plane (32 bytes).
+#[derive(Clone, Copy)]
+pub struct TileBlock {
+    pub words: *const u8,
+    pub half: *const u8,
+}
+
+impl<'a> Tile<'a> {
+    pub fn new(ty: GgmlType, bytes: &'a [u8], nb: usize) -> Self {
+        let l = layout(ty).expect("a type with a tile layout");
+        assert!(bytes.len() >= tile_bytes(ty, nb));
+        Self {
+            bytes,
+            nb,
+            n_words: l.n_words,
+        }
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.nb
+    }
+
+    pub fn words_per_block(&self) -> usize {
+        self.n_words
+    }
+
+    /// Block `b` (< `n_blocks`): word k at `words + 64k`, the f16s at `half` (when the type
+    /// has one).
+    #[inline(always)]
+    pub fn block(&self, b: usize) -> TileBlock {
+        assert!(b < self.nb);
+        let p = self.bytes.as_ptr();
+        TileBlock {
+            // In bounds: b·n_words·64 + n_words·64 ≤ nb·n_words·64 ≤ the tile's length, and the
+            // half plane (nb·32 bytes) follows the words.
+            words: p.wrapping_add(b * self.n_words * 64),
+            half: p.wrapping_add(self.nb * self.n_words * 64 + b * 32),
+        }
+    }
+
+    /// The address `ahead` bytes past block `b`'s words (for prefetching; maybe outside).
+    #[inline(always)]
+    pub fn ahead(&self, b: usize, ahead: usize) -> *const u8 {
+        self.bytes
+            .as_ptr()
+            .wrapping_add(b * self.n_words * 64 + ahead)
+    }
+}
+
+/// A whole matrix in tiles, owned: anonymous pages (tiles start on a cache line; zeroed by the
+/// OS as first touched, not written twice), transparent huge pages where Linux grants them (a
+/// gemv streams the whole buffer: fewer TLB misses).
+pub struct Tiles {
+    ty: GgmlType,
+    nb: usize,
+    tile_bytes: usize,
+    n_tiles: usize,
+    buf: memmap2::MmapMut,
+}
+
+/// Tiles packed per task of `pack`, and the rows given back after each.
+const GROUP: usize = 16;
+
+/// The tiles' bytes, written by `pack`'s tasks at disjoint places.
+struct Out(*mut u8);
+// SAFETY: each task writes only its own group's tiles (see `Tiles::pack`).
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn at(&self, offset: usize) -> *mut u8 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+impl Tiles {
+    /// Repack `rows` rows of `nb` blocks each from `data` (GGUF layout), sixteen tiles per task:
+    /// `run(n, task)` must call `task(g)` once for every g in 0..n, from any threads. After
+    /// task g, `done(range)` is told the bytes of `data` it read (no later task reads them but
+    /// at the ends: the caller may drop those pages). None for a type with no tile layout, or
+    /// when the OS has no memory.
+    pub fn pack(
+        ty: GgmlType,
+        data: &[u8],
+        rows: usize,
+        nb: usize,
+        run: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
+        done: &(dyn Fn(std::ops::Range<usize>) + Sync),
+    ) -> Option<Self> {
+        layout(ty)?;
+        let rb = nb * ty.type_size();
+        if rows == 0 || data.len() != rows * rb {
+            return None;
+        }
+        let tb = tile_bytes(ty, nb);
+        let n_tiles = rows.div_ceil(TILE);
+        let mut buf = memmap2::MmapMut::map_anon(n_tiles.checked_mul(tb)?).ok()?;
+        #[cfg(target_os = "linux")]
+        let _ = buf.advise(memmap2::Advice::HugePage);
+        let out = Out(buf.as_mut_ptr());
+        run(n_tiles.div_ceil(GROUP), &|g| {
+            let tiles = g * GROUP..((g + 1) * GROUP).min(n_tiles);
+            let bytes = tiles.start * TILE * rb..(tiles.end * TILE).min(rows) * rb;
+            for i in tiles {
+                let src = &data[i * TILE * rb..((i + 1) * TILE).min(rows) * rb];
+                // SAFETY: tile i lies inside the buffer, and only this task (of group g) writes
+                // it; the buffer outlives `run`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(i * tb), tb) };
+                pack_tile(ty, src, nb, dst);
+            }
+            done(bytes);
+        });
+        Some(Self {
+            ty,
+            nb,
+            tile_bytes: tb,
+            n_tiles,
+            buf,
+        })
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn n_tiles(&self) -> usize {
+        self.n_tiles
+    }
+
+    /// Tile `i`: rows 16i .. 16i + 16.
+    pub fn tile(&self, i: usize) -> Tile<'_> {
+        let b = &self.buf[i * self.tile_bytes..(i + 1) * self.tile_bytes];
+        Tile::new(self.ty, b, self.nb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Word k of lane r is row r's bytes at words_from + 4k; the f16 plane holds each row's
+    /// half field; lanes past the rows repeat the last row.
+    #[test]
+    fn tiles_hold_each_rows_fields() {
+        use GgmlType::*;
+        for ty in [Q8_0, Q4_0, Q5_0, Q4_1, Q3_K, Q4_K, Q5_K, Q6_K] {
+            let l = layout(ty).unwrap();
+            let (rows, nb, ts) = (21, 3, ty.type_size());
+            let data: Vec<u8> = (0..rows * nb * ts).map(|i| (i * 7 % 251) as u8).collect();
+            let seen = std::sync::atomic::AtomicUsize::new(0);
+            let add = |r: std::ops::Range<usize>| {
+                seen.fetch_add(r.len(), std::sync::atomic::Ordering::Relaxed);
+            };
+            let t = Tiles::pack(ty, &data, rows, nb, |n, f| (0..n).for_each(f), &add).unwrap();
+            assert_eq!(seen.into_inner(), data.len());
+            assert_eq!(t.n_tiles(), 2);
+            for i in 0..2 {
+                let tile = t.tile(i);
+                for b in 0..nb {
+                    let blk = tile.block(b);
+                    for lane in 0..TILE {
+                        let r = (16 * i + lane).min(rows - 1);
+                        let src = &data[(r * nb + b) * ts..(r * nb + b + 1) * ts];
+                        for k in 0..l.n_words {
+                            // SAFETY: inside the tile (see `Tile::block`).
+                            let got = unsafe {
+                                std::slice::from_raw_parts(blk.words.add(64 * k + 4 * lane), 4)
+                            };
+                            assert_eq!(got, &src[l.words_from + 4 * k..][..4], "{ty}");
+                        }
+                        if let Some(h) = l.half {
+                            // SAFETY: as above.
+                            let got =
+                                unsafe { std::slice::from_raw_parts(blk.half.add(2 * lane), 2) };
+                            assert_eq!(got, &src[h..h + 2], "{ty}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
