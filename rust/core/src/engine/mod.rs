@@ -288,7 +288,11 @@ impl Engine {
     /// request) and start the scheduler thread.
     /// `cfg.n_ctx` 0 means the model's training context, or the largest multiple of 256 whose
     /// cache fits in half the memory available when that does not.
-    pub fn start(model: Arc<Model>, vocab: Arc<SamplerVocab>, mut cfg: EngineConfig) -> Result<Self> {
+    pub fn start(
+        model: Arc<Model>,
+        vocab: Arc<SamplerVocab>,
+        mut cfg: EngineConfig,
+    ) -> Result<Self> {
         if cfg.n_parallel == 0 {
             return Err(Error::invalid("n_parallel must be at least 1"));
         }

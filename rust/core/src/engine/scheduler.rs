@@ -139,7 +139,10 @@ impl Scheduler {
             }
             for (id, paused) in pauses {
                 let open = self.queue.iter().any(|(q, _)| *q == id)
-                    || self.slots.iter().any(|s| s.active.as_ref().is_some_and(|a| a.id == id));
+                    || self
+                        .slots
+                        .iter()
+                        .any(|s| s.active.as_ref().is_some_and(|a| a.id == id));
                 if paused && open {
                     self.paused.insert(id);
                 } else {
@@ -410,10 +413,7 @@ impl Scheduler {
         // Prompts that share a prefix with another slot's: take what that slot has evaluated,
         // and wait while a slot ahead of them is still evaluating the shared part (so a prefix
         // that many requests bring at once is computed once).
-        let mut waiting = vec![false; self.slots.len()];
-        for si in 0..self.slots.len() {
-            waiting[si] = self.catch_up(si);
-        }
+        let waiting: Vec<bool> = (0..self.slots.len()).map(|si| self.catch_up(si)).collect();
         let mut batch: Vec<BatchToken> = Vec::new();
         let mut parts: Vec<Part> = Vec::new();
         for (si, s) in self.slots.iter().enumerate() {

@@ -321,7 +321,8 @@ impl Model {
 
     /// Bytes of KV cache per context position (every layer, keys and values).
     pub fn cache_bytes_per_pos(&self) -> usize {
-        KvCache::bytes_for(self.cfg.n_layer, 1, self.cfg.kv_dim(), self.cache_types).unwrap_or(usize::MAX)
+        KvCache::bytes_for(self.cfg.n_layer, 1, self.cfg.kv_dim(), self.cache_types)
+            .unwrap_or(usize::MAX)
     }
 
     pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache> {
