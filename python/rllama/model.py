@@ -167,7 +167,10 @@ class Model:
     `--flash-attn`. Every method is safe to call from many threads at once; concurrent
     generations are batched together. A stream whose consumer falls more than a few hundred
     events behind is paused (only its own sequence waits) and cancelled after `stream_timeout`
-    seconds without being read.
+    seconds without being read. `deterministic=True` sums every token in one order whatever shares
+    its batch or however its prompt is cut, so a request's tokens and probabilities are the same
+    bits at any concurrency (the default keeps llama.cpp's batch-size-dependent orders, which
+    reproduce its outputs exactly).
     """
 
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
@@ -182,7 +185,7 @@ class Model:
                  rope_freq_scale: float | None = None, yarn_orig_ctx: int | None = None,
                  yarn_ext_factor: float | None = None, yarn_attn_factor: float | None = None,
                  yarn_beta_fast: float | None = None, yarn_beta_slow: float | None = None,
-                 flash_attn: str = "auto"):
+                 flash_attn: str = "auto", deterministic: bool = False):
         validate.model_args(n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch, n_batch=n_batch,
                             n_ubatch=n_ubatch, n_parallel=n_parallel, rope_freq_base=rope_freq_base,
                             rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx,
@@ -211,7 +214,7 @@ class Model:
                                  rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx,
                                  yarn_ext_factor=yarn_ext_factor, yarn_attn_factor=yarn_attn_factor,
                                  yarn_beta_fast=yarn_beta_fast, yarn_beta_slow=yarn_beta_slow,
-                                 flash_attn=flash_attn)
+                                 flash_attn=flash_attn, deterministic=bool(deterministic))
         self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
         self.tokenizer = Tokenizer(_core.Tokenizer.from_file(self._gguf._file))
         self.n_parallel = n_parallel

@@ -55,6 +55,7 @@ class ServerSettings:
     cont_batching: bool = False
     system_prompt_file: str | None = None
     n_probs_max: int = 100
+    deterministic: bool = False
     mmproj: str | None = None
     grp_attn_n: int = 1
     grp_attn_w: int = 512
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("-cb", "--cont-batching", action="store_true")
     a("-spf", "--system-prompt-file", default=None,
       help="JSON file with prompt, anti_prompt, assistant_name: a prompt prefix shared by every slot")
+    a("--deterministic", action="store_true",
+      help="every token summed in one order whatever shares its batch: the same bits at any concurrency")
     a("--n-probs-max", type=int, default=d.n_probs_max,
       help="largest n_probs a request may ask for (more is clamped); bounds the memory per token")
     a("--mmproj", default=None)
@@ -258,7 +261,7 @@ def model_kwargs(s: ServerSettings) -> dict:
     accepted = inspect.signature(Model.__init__).parameters
     kw.update(n_parallel=s.parallel, kv_unified=s.kv_unified, context_shift=s.context_shift,
               slot_prompt_similarity=s.slot_prompt_similarity, n_probs_max=s.n_probs_max,
-              stream_timeout=float(s.timeout))
+              stream_timeout=float(s.timeout), deterministic=s.deterministic)
     if "embeddings" in accepted:
         kw["embeddings"] = s.embeddings
     if "pooling" in accepted and s.pooling is not None:

@@ -146,6 +146,44 @@ def test_shared_prefix_arriving_at_once_is_evaluated_once(smollm2_path):
         m.close()
 
 
+def test_deterministic_mode_gives_the_same_bits_at_any_concurrency_and_chunking(smollm2_path):
+    """--deterministic: a request's tokens and probabilities are bit-identical alone, among
+    eight concurrent requests, and with its prompt cut into other chunks."""
+    prompts = [f"Item {i}: " + "a few words of context to read first, " * (i + 1) + "then" for i in range(8)]
+
+    def run(m, p):
+        out = m.complete(p, n_predict=6, temperature=0, n_probs=3, return_tokens=True)
+        return out["tokens"], [(e["logprob"], [q["prob"] for q in e["probs"]]) for e in out["completion_probabilities"]]
+
+    m = rllama.Model(smollm2_path, n_ctx=4096, n_parallel=8, n_threads=2, deterministic=True)
+    try:
+        alone = {p: run(m, p) for p in prompts}
+        out: dict[str, tuple] = {}
+        threads = [threading.Thread(target=lambda p=p: out.__setitem__(p, run(m, p))) for p in prompts]
+        [t.start() for t in threads]
+        [t.join(120) for t in threads]
+        assert out == alone
+    finally:
+        m.close()
+    small = rllama.Model(smollm2_path, n_ctx=4096, n_ubatch=16, n_batch=16, n_threads=2, deterministic=True)
+    try:
+        assert run(small, prompts[-1]) == alone[prompts[-1]]
+    finally:
+        small.close()
+    # The default mode keeps llama.cpp's batch-size-dependent sums: the same 8 concurrent
+    # requests are not all bit-identical to running alone.
+    d = rllama.Model(smollm2_path, n_ctx=4096, n_parallel=8, n_threads=2)
+    try:
+        base = {p: run(d, p) for p in prompts}
+        got: dict[str, tuple] = {}
+        threads = [threading.Thread(target=lambda p=p: got.__setitem__(p, run(d, p))) for p in prompts]
+        [t.start() for t in threads]
+        [t.join(120) for t in threads]
+        assert got != base
+    finally:
+        d.close()
+
+
 def test_unread_stream_pauses_only_itself_and_times_out(smollm2_path):
     """A stream nobody reads stops generating once its buffer is full (bounded memory), the
     other requests keep running, reading it resumes it, and one left unread past the timeout

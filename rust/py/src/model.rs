@@ -96,7 +96,7 @@ impl PyModel {
     #[new]
     /// Load the model at `path`, or from `file` (an open `GgufFile`, whose parsed metadata and
     /// mapping are then shared instead of opened again).
-    #[pyo3(signature = (path, n_threads = 1, n_threads_batch = None, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None, rope_scaling = None, rope_freq_base = None, rope_freq_scale = None, yarn_orig_ctx = None, yarn_ext_factor = None, yarn_attn_factor = None, yarn_beta_fast = None, yarn_beta_slow = None, flash_attn = "auto"))]
+    #[pyo3(signature = (path, n_threads = 1, n_threads_batch = None, no_mmap = false, mlock = false, cache_type_k = "f16", cache_type_v = "f16", file = None, rope_scaling = None, rope_freq_base = None, rope_freq_scale = None, yarn_orig_ctx = None, yarn_ext_factor = None, yarn_attn_factor = None, yarn_beta_fast = None, yarn_beta_slow = None, flash_attn = "auto", deterministic = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -117,6 +117,7 @@ impl PyModel {
         yarn_beta_fast: Option<f32>,
         yarn_beta_slow: Option<f32>,
         flash_attn: &str,
+        deterministic: bool,
     ) -> PyResult<Self> {
         let rope = RopeOverrides {
             scaling: rope_scaling,
@@ -143,6 +144,7 @@ impl PyModel {
                 m.set_cache_types(types)?;
                 m.set_rope(&rope)?;
                 m.set_flash_attn(flash);
+                m.set_deterministic(deterministic);
                 Ok::<_, rllama_core::Error>(m)
             })
             .map_err(to_py)?;

@@ -69,6 +69,9 @@ pub struct AttnParams {
     /// Sliding window (0: none) for this layer.
     pub window: usize,
     pub flash: FlashAttn,
+    /// Deterministic mode: the tiled path for every batch (a row's result then depends on its
+    /// own query and cells only).
+    pub fixed: bool,
 }
 
 /// Cells of llama.cpp's KV view for a sequence whose last position is `top`: the used cells
@@ -142,7 +145,7 @@ pub fn attention(
     let f16_cache = batch
         .iter()
         .all(|t| caches[t.seq].types() == CacheTypes::default());
-    if p.flash == FlashAttn::Off || !f16_cache || n >= TILE {
+    if p.fixed || p.flash == FlashAttn::Off || !f16_cache || n >= TILE {
         // Tiles of up to TILE batch-adjacent tokens of one sequence, one task per (tile, head).
         let mut tiles: Vec<(usize, usize)> = Vec::new();
         for (i, t) in batch.iter().enumerate() {
@@ -958,6 +961,7 @@ mod tests {
                         scale: 0.125,
                         window,
                         flash,
+                        fixed: false,
                     };
                     attention(&pool, &p, &batch, &q, &[&c], 0, &mut att);
                     // The f16 path rounds the query and the accumulator to f16.
@@ -1020,6 +1024,7 @@ mod tests {
             scale: 0.125,
             window: 0,
             flash: FlashAttn::Auto,
+            fixed: false,
         };
         let run = |threads: usize| {
             let mut att = vec![0f32; q.len()];

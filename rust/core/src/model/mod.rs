@@ -66,6 +66,8 @@ pub struct Model {
     threads_batch: usize,
     cache_types: CacheTypes,
     flash_attn: FlashAttn,
+    /// Deterministic mode: every token summed in one order whatever shares its batch.
+    deterministic: bool,
 }
 
 /// One token of a batch: which sequence (index into the caches passed to `forward`), its
@@ -278,6 +280,7 @@ impl Model {
             threads_batch: n_threads.max(1),
             cache_types: CacheTypes::default(),
             flash_attn: FlashAttn::default(),
+            deterministic: false,
         })
     }
 
@@ -313,6 +316,18 @@ impl Model {
 
     pub fn flash_attn(&self) -> FlashAttn {
         self.flash_attn
+    }
+
+    /// Deterministic mode (`--deterministic`): matmuls sum every token in the order of a token
+    /// alone and attention takes its tiled path for every batch, so a sequence's logits are the
+    /// same bits whatever else shares its batch and however its prompt is cut. Off: llama.cpp's
+    /// batch-size-dependent orders (its exact outputs).
+    pub fn set_deterministic(&mut self, on: bool) {
+        self.deterministic = on;
+    }
+
+    pub fn deterministic(&self) -> bool {
+        self.deterministic
     }
 
     pub fn cache_types(&self) -> CacheTypes {
@@ -451,7 +466,7 @@ impl Model {
             let w = self.mat(t);
             let a = match acts.take() {
                 Some(a) if a.pairs_with(w.ty) => a,
-                _ => Activations::new(&self.pool, w.ty, x, n)?,
+                _ => Activations::new(&self.pool, w.ty, x, n)?.batch_invariant(self.deterministic),
             };
             let mut y = vec![0f32; n * w.rows];
             matmul_acts(&self.pool, &w, &a, &mut y)?;
@@ -647,6 +662,7 @@ impl Model {
                 scale: if prescale { 1.0 } else { cfg.attn_scale },
                 window: if swa { cfg.n_swa } else { 0 },
                 flash: self.flash_attn,
+                fixed: self.deterministic,
             };
             attention(&self.pool, &params, batch, &q, &caches_ro, il, &mut att);
             let mut o = self.linear(&l.wo, &att, n)?;

@@ -197,9 +197,18 @@ pub struct Activations<'x> {
     /// offset they were made for).
     #[cfg(target_arch = "x86_64")]
     gemm: OnceLock<(u8, Gemm)>,
+    /// Sum every token in the order of a token alone (`KOrder::of`), whatever the batch size:
+    /// a row's bits then do not depend on what else is in the batch (deterministic mode).
+    invariant: bool,
 }
 
 impl<'x> Activations<'x> {
+    /// Sum every token as if it were alone (see `invariant`).
+    pub fn batch_invariant(mut self, on: bool) -> Self {
+        self.invariant = on;
+        self
+    }
+
     /// Quantize `n` rows of `x` for weights of type `ty`.
     pub fn new(pool: &ThreadPool, ty: GgmlType, x: &'x [f32], n: usize) -> Result<Self> {
         if n == 0 || !x.len().is_multiple_of(n) {
@@ -244,6 +253,7 @@ impl<'x> Activations<'x> {
             acts,
             #[cfg(target_arch = "x86_64")]
             gemm: OnceLock::new(),
+            invariant: false,
         })
     }
 
@@ -302,6 +312,7 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
         x,
         n,
         y,
+        invariant,
     } = *job;
     let put = |t: usize, r: usize, v: f32| {
         // SAFETY: t < n and r < w.rows, so the index is inside y (n*rows values); row r belongs to
@@ -386,7 +397,7 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 }
             }
         }
-        Acts::Q8K(xs) => rows_k(level, w, xs, r0, r1, put),
+        Acts::Q8K(xs) => rows_k(level, w, xs, r0, r1, invariant, put),
         Acts::F32 => {
             let mut buf = vec![0f32; w.cols];
             for r in r0..r1 {
@@ -411,6 +422,7 @@ struct Job<'a> {
     x: &'a [f32],
     n: usize,
     y: &'a SendPtr<f32>,
+    invariant: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -446,13 +458,20 @@ fn rows_k(
     xs: &[Q8KRow],
     r0: usize,
     r1: usize,
+    invariant: bool,
     put: impl Fn(usize, usize, f32),
 ) {
     let n = xs.len();
     let mut u = KRow::default();
     let mut col = vec![0f32; n];
     // llama.cpp's kernel, and so summation order, for each token (see `KOrder::for_batch`).
-    let order = |t: usize| KOrder::for_batch(w.ty, w.rows, n, t);
+    let order = |t: usize| {
+        if invariant {
+            KOrder::of(w.ty)
+        } else {
+            KOrder::for_batch(w.ty, w.rows, n, t)
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx512 && repack::layout(w.ty).is_some() {
         use crate::quant::x86k;
@@ -707,6 +726,7 @@ fn matmul_acts_at(
         x: a.x,
         n: n_tokens,
         y: &out,
+        invariant: a.invariant,
     };
     let nt = pool.n_threads();
     // Enough chunks to balance the threads, each big enough to amortize scheduling.
@@ -903,6 +923,47 @@ mod tests {
         .into_iter()
         .filter(|&l| available(l))
         .collect()
+    }
+
+    #[test]
+    fn batch_invariant_matmuls_give_each_token_its_bits_alone() {
+        use GgmlType::*;
+        let cols = 768;
+        for (i, (ty, rows)) in [(Q4_K, 48), (Q4_K, 37), (Q6_K, 48), (Q5_K, 48), (Q3_K, 37)]
+            .into_iter()
+            .enumerate()
+        {
+            let data = random_k(ty, rows, cols, i as u64 + 11);
+            let w = QMatrix::new(ty, &data, rows, cols).unwrap();
+            let tiles = Tiles::pack(ty, &data, rows, cols / 256, serial, &|_| {});
+            let packed = w.with_tiles(tiles.as_ref());
+            for n in [2, 9, 66] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|j| (((j * 7919 + i * 13) % 1013) as f32 - 506.0) / 300.0)
+                    .collect();
+                for level in levels() {
+                    for (threads, w) in [(1, w), (2, w), (2, packed)] {
+                        let pool = ThreadPool::new(threads);
+                        let mut y = vec![0f32; n * rows];
+                        let a = Activations::new(&pool, w.ty, &x, n)
+                            .unwrap()
+                            .batch_invariant(true);
+                        matmul_acts_at(level, &pool, &w, &a, &mut y).unwrap();
+                        for t in 0..n {
+                            let mut y1 = vec![0f32; rows];
+                            let xt = &x[t * cols..(t + 1) * cols];
+                            matmul_at(level, &pool, &w, xt, 1, &mut y1).unwrap();
+                            assert!(
+                                y1.iter()
+                                    .zip(&y[t * rows..])
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{ty} rows {rows} {level:?} n={n} t={threads} token {t}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
