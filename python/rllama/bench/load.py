@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -106,6 +108,36 @@ async def run_level(url: str, api: str, concurrency: int, n: int, rounds: int, p
     return [s for rs in results for s in rs], wall
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of process `pid`, summed by thread name (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended between listing and reading
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_rows(tags: dict[str, Any], before: dict[str, float], after: dict[str, float]) -> list[dict[str, Any]]:
+    """The server's CPU seconds during a level, by thread name. rllama names its compute threads
+    `rllama-*`; every other thread of its process is the HTTP side (Quart, Hypercorn, the pump), so
+    `http_cpu_share` is what serving over HTTP costs next to the model's own work."""
+    used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    rows = [{**tags, "metric": "server_cpu_s", "thread": k, "value": round(v, 2), "unit": "s"}
+            for k, v in sorted(used.items()) if v > 0]
+    total = sum(used.values())
+    http = sum(v for k, v in used.items() if not k.startswith("rllama-"))
+    if total > 0 and any(k.startswith("rllama-") for k in used):
+        rows.append({**tags, "metric": "http_cpu_share", "value": round(http / total, 4), "unit": "ratio"})
+    return rows
+
+
 def emit(row: dict[str, Any]) -> None:
     print(json.dumps(row), flush=True)
 
@@ -122,6 +154,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--warmup", type=int, default=1, help="untimed requests before measuring")
+    ap.add_argument("--server-pid", type=int, default=None,
+                    help="also print the CPU seconds of this local server process's threads per level "
+                         "(Linux), and for rllama the share its HTTP side took")
     args = ap.parse_args(argv)
     try:
         levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -131,6 +166,10 @@ def main(argv: list[str]) -> int:
     if not levels or any(c < 1 for c in levels) or args.n_predict < 1 or args.rounds < 1:
         print("rllama bench load: error: concurrency, -n and --rounds must be positive", file=sys.stderr)
         return 2
+    if args.server_pid is not None and not os.path.isdir(f"/proc/{args.server_pid}/task"):
+        print(f"rllama bench load: error: no process {args.server_pid} to read (--server-pid, Linux)",
+              file=sys.stderr)
+        return 2
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     url = args.url.rstrip("/")
     try:
@@ -138,6 +177,8 @@ def main(argv: list[str]) -> int:
             asyncio.run(run_level(url, args.api, 1, min(8, args.n_predict), args.warmup, args.prompt, headers,
                                   args.timeout))
         for c in levels:
+            cpu0 = thread_cpu(args.server_pid) if args.server_pid is not None else None
+            client0 = resource.getrusage(resource.RUSAGE_SELF)
             samples, wall = asyncio.run(run_level(url, args.api, c, args.n_predict, args.rounds, args.prompt,
                                                   headers, args.timeout))
             tokens = sum(s.tokens for s in samples)
@@ -150,6 +191,12 @@ def main(argv: list[str]) -> int:
             emit({**tags, "metric": "ttft_p95", "value": round(percentile(ttft, 0.95), 1), "unit": "ms"})
             emit({**tags, "metric": "latency_p50", "value": round(percentile(lat, 0.5), 1), "unit": "ms"})
             emit({**tags, "metric": "latency_p95", "value": round(percentile(lat, 0.95), 1), "unit": "ms"})
+            client1 = resource.getrusage(resource.RUSAGE_SELF)
+            client_cpu = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
+            emit({**tags, "metric": "client_cpu_s", "value": round(client_cpu, 2), "unit": "s"})
+            if cpu0 is not None:
+                for row in cpu_rows(tags, cpu0, thread_cpu(args.server_pid)):
+                    emit(row)
     except (httpx.HTTPError, RuntimeError) as e:
         print(f"rllama bench load: error: {e}", file=sys.stderr)
         return 1
