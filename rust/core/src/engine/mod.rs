@@ -118,7 +118,8 @@ pub struct TokenEvent {
     /// Text this token completes that is safe to show now (held back while it could still be
     /// the start of a stop string or an incomplete UTF-8 character).
     pub text: String,
-    /// Log-probability of the token, and the top-n (id, logprob) when n_probs > 0.
+    /// When n_probs > 0: the log-probability of the token, and the top-n (id, logprob); NaN and
+    /// empty otherwise.
     pub logprob: f32,
     pub top: Vec<(u32, f32)>,
 }

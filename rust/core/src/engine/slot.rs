@@ -109,13 +109,12 @@ impl Active {
                     .map(|(t, p)| (t, p.ln()))
                     .collect(),
             )
+        } else if n_probs > 0 {
+            (token_logprob(logits, token), top_logprobs(logits, n_probs))
         } else {
-            let top = if n_probs > 0 {
-                top_logprobs(logits, n_probs)
-            } else {
-                Vec::new()
-            };
-            (token_logprob(logits, token), top)
+            // Nobody asked: a softmax over the whole vocabulary per token is not free (about
+            // half a millisecond on a 49k vocabulary, on the scheduler's serial path).
+            (f32::NAN, Vec::new())
         };
         if let Err(e) = sampler.accept(token) {
             events.push((self.id, Event::Failed(e)));
