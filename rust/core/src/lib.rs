@@ -1,6 +1,7 @@
 //! rllama core: GGUF files, quantized kernels, tokenizers, model forward passes and sampling.
 //! Pure Rust (no pyo3) so it can be tested and benchmarked with cargo alone.
 
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod gguf;

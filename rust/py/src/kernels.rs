@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use rllama_core::cpu::simd_level;
 use rllama_core::quant::repack::Tiles;
 use rllama_core::quant::GgmlType;
-use rllama_core::tensor::{matmul, pack_tiles, simd_level, QMatrix, ThreadPool};
+use rllama_core::tensor::{matmul, pack_tiles, QMatrix, ThreadPool};
 use rllama_core::Error;
 
 use crate::errors::to_py;
@@ -126,10 +127,10 @@ fn type_sizes(type_name: &str) -> PyResult<(usize, usize)> {
 #[pyfunction]
 fn simd() -> &'static str {
     match simd_level() {
-        rllama_core::tensor::SimdLevel::Scalar => "scalar",
-        rllama_core::tensor::SimdLevel::Avx2 => "avx2",
-        rllama_core::tensor::SimdLevel::Avx512 => "avx512",
-        rllama_core::tensor::SimdLevel::Neon => "neon",
+        rllama_core::cpu::SimdLevel::Scalar => "scalar",
+        rllama_core::cpu::SimdLevel::Avx2 => "avx2",
+        rllama_core::cpu::SimdLevel::Avx512 => "avx512",
+        rllama_core::cpu::SimdLevel::Neon => "neon",
     }
 }
 

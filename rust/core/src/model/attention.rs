@@ -22,11 +22,11 @@
 
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::{simd_level, SimdLevel};
 use crate::kv::{CacheTypes, KvCache};
 use crate::quant::f16::round_f16;
-#[cfg(target_arch = "x86_64")]
-use crate::tensor::SimdLevel;
-use crate::tensor::{simd_level, SendPtr, ThreadPool};
+use crate::tensor::{SendPtr, ThreadPool};
 
 use super::BatchToken;
 

@@ -15,12 +15,13 @@ pub use attention::FlashAttn;
 use attention::{attention, AttnParams};
 pub use config::{Arch, ModelConfig, RopeOverrides, RopeStyle, Yarn};
 
+use crate::cpu::simd_dispatch;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::{CacheTypes, KvCache};
 use crate::quant::repack::Tiles;
 use crate::quant::{dequantize, GgmlType};
-use crate::tensor::{matmul_acts, pack_tiles, simd_dispatch, Activations, QMatrix, ThreadPool};
+use crate::tensor::{matmul_acts, pack_tiles, Activations, QMatrix, ThreadPool};
 
 /// The Q, K and V projections: three matrices, or one whose output rows are [Q | K | V] (phi3).
 enum Qkv {

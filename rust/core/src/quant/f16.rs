@@ -69,7 +69,7 @@ pub fn widen_f16(src: &[u8], dst: &mut [f32]) {
     #[allow(unused_mut)]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::tensor::simd_level() != crate::tensor::SimdLevel::Scalar {
+    if crate::cpu::simd_level() != crate::cpu::SimdLevel::Scalar {
         // SAFETY: F16C and AVX are present whenever the level is not Scalar.
         i = unsafe { widen_f16c(&src[..2 * n], &mut dst[..n]) };
     }

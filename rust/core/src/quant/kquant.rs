@@ -203,7 +203,7 @@ pub fn kblock_sums(
     bsums: &[i16],
 ) -> (i32, i32) {
     #[cfg(target_arch = "aarch64")]
-    if crate::tensor::simd_level() == crate::tensor::SimdLevel::Neon {
+    if crate::cpu::simd_level() == crate::cpu::SimdLevel::Neon {
         // Signed or below 64, every value reads the same as a signed byte.
         return super::neon::kblock_sums(q, sc, mn, xq, bsums);
     }
