@@ -106,16 +106,17 @@ def test_similar_prompt_prefers_the_slot_that_holds_it(model):
 
 
 def test_prefix_is_reused_across_slots(model):
-    """A prompt whose prefix another slot holds starts from a copy of that slot's keys and
-    values: only the suffix is evaluated, and the continuation is the one computed from scratch."""
+    """A prompt whose prefix another slot holds starts from that slot's blocks, shared by
+    reference: only the suffix is evaluated, and the continuation is the one computed from
+    scratch."""
     prefix = "A long shared preamble about gardening, soil and the seasons. " * 10
     first = greedy(model, prefix + "What grows in spring?", n=6, id_slot=0)
-    copied = model.metrics()["prefix_copied_tokens_total"]
+    shared = model.metrics()["prefix_shared_tokens_total"]
     second = greedy(model, prefix + "What grows in autumn?", n=6, id_slot=1)
     assert second["id_slot"] == 1
     n_prompt = second["tokens_evaluated"]
     assert second["timings"]["prompt_n"] < n_prompt - 100, second["timings"]
-    assert model.metrics()["prefix_copied_tokens_total"] - copied >= n_prompt - second["timings"]["prompt_n"]
+    assert model.metrics()["prefix_shared_tokens_total"] - shared >= n_prompt - second["timings"]["prompt_n"]
     fresh = greedy(model, prefix + "What grows in autumn?", n=6, id_slot=1, cache_prompt=False)
     assert fresh["timings"]["prompt_n"] == n_prompt
     assert fresh["tokens"] == second["tokens"]

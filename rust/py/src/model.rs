@@ -315,7 +315,10 @@ impl PyModel {
         d.set_item("kv_cache_cells", s.kv_cache_cells)?;
         d.set_item("requests_processing", s.requests_processing)?;
         d.set_item("requests_deferred", s.requests_deferred)?;
-        d.set_item("prefix_copied_tokens_total", s.prefix_copied_tokens_total)?;
+        d.set_item("prefix_shared_tokens_total", s.prefix_shared_tokens_total)?;
+        d.set_item("kv_blocks_used", s.kv_blocks_used)?;
+        d.set_item("kv_blocks_cached", s.kv_blocks_cached)?;
+        d.set_item("kv_blocks_total", s.kv_blocks_total)?;
         let slots = PyList::empty(py);
         for st in &s.slots {
             let sd = PyDict::new(py);

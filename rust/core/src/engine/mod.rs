@@ -1,4 +1,5 @@
-//! The engine: one scheduler thread owns the model's slots (each with its KV cache) and runs
+//! The engine: one scheduler thread owns the model's slots (each with a block table in one KV
+//! pool shared by all of them) and runs
 //! every request — generations, evaluations for logits and embeddings, slot files. Requests are
 //! submitted from any thread; events come back through one queue that a single consumer drains
 //! (`wait_events`), tagged with the request id. Nothing here touches Python.
@@ -23,7 +24,7 @@ pub use stop::StopMatcher;
 pub use utf8::Utf8Decoder;
 
 use crate::error::{Error, Result};
-use crate::kv::KvCache;
+use crate::kv::{blocks_for, BLOCK};
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplerVocab, SamplingParams};
 
@@ -32,8 +33,8 @@ use crate::sampling::{Sampler, SamplerVocab, SamplingParams};
 pub struct EngineConfig {
     /// Slots (`-np`).
     pub n_parallel: usize,
-    /// Total context (`-c`): each slot gets `n_ctx / n_parallel` positions, or all of them with
-    /// `kv_unified`.
+    /// Total context (`-c`), the size of the KV pool: each slot may reach `n_ctx / n_parallel`
+    /// positions, or all of them with `kv_unified`, taking blocks from the pool as it grows.
     pub n_ctx: usize,
     pub kv_unified: bool,
     /// Tokens per forward pass (`-ub`): a step's decode tokens and prompt chunks together.
@@ -237,8 +238,13 @@ pub struct Stats {
     pub kv_cache_cells: u64,
     pub requests_processing: u64,
     pub requests_deferred: u64,
-    /// Prompt tokens whose keys and values were copied from another slot instead of evaluated.
-    pub prefix_copied_tokens_total: u64,
+    /// Prompt tokens whose keys and values were taken by reference from cached blocks (another
+    /// slot's, or an earlier request's) instead of evaluated.
+    pub prefix_shared_tokens_total: u64,
+    /// Blocks of the KV pool: referenced by some slot, and registered for sharing.
+    pub kv_blocks_used: u64,
+    pub kv_blocks_cached: u64,
+    pub kv_blocks_total: u64,
     pub slots: Vec<SlotState>,
 }
 
@@ -285,7 +291,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Allocate every slot's cache (so a context that does not fit fails here, not at the first
+    /// Allocate the KV pool (so a context that does not fit fails here, not at the first
     /// request) and start the scheduler thread.
     /// `cfg.n_ctx` 0 means the model's training context, or the largest multiple of 256 whose
     /// cache fits in half the memory available when that does not.
@@ -304,10 +310,16 @@ impl Engine {
             let fit = avail.map_or(usize::MAX, |a| (a / 2 / per_pos.max(1)) / 256 * 256);
             cfg.n_ctx = train.min(fit.max(256));
         }
+        // The pool: `-c` cells in blocks. Without a unified cache every slot can always reach its
+        // own context at once (its blocks rounded up), as llama.cpp's per-sequence split does.
+        let n_blocks = if cfg.kv_unified {
+            blocks_for(cfg.n_ctx)
+        } else {
+            blocks_for(cfg.n_ctx).max(cfg.n_parallel * blocks_for(cfg.n_ctx_slot()))
+        };
         // Checked against the memory there is before anything is allocated: an allocation the
         // system grants but cannot back would be killed later, not refused now.
-        let copies = if cfg.kv_unified { cfg.n_parallel } else { 1 };
-        let need = per_pos.saturating_mul(cfg.n_ctx).saturating_mul(copies);
+        let need = per_pos.saturating_mul(n_blocks * BLOCK);
         if let Some(a) = avail {
             if need > a {
                 return Err(Error::load(format!(
@@ -332,9 +344,7 @@ impl Engine {
                 cfg.n_ctx, cfg.n_parallel
             )));
         }
-        let caches = (0..cfg.n_parallel)
-            .map(|_| model.new_cache(n_ctx_slot))
-            .collect::<Result<Vec<KvCache>>>()?;
+        let pool = model.new_pool(n_blocks)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             wake: Condvar::new(),
@@ -348,7 +358,7 @@ impl Engine {
             model.clone(),
             vocab.clone(),
             cfg.clone(),
-            caches,
+            pool,
             shared.clone(),
         );
         let sh = shared.clone();

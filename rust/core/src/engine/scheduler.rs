@@ -12,7 +12,7 @@ use super::{
     StopReason,
 };
 use crate::error::{Error, Result};
-use crate::kv::{slot_file, KvCache};
+use crate::kv::{blocks_for, slot_file, BlockTable, KvPool, BLOCK};
 use crate::model::{BatchToken, Model};
 use crate::sampling::SamplerVocab;
 
@@ -21,6 +21,10 @@ pub struct Scheduler {
     vocab: Arc<SamplerVocab>,
     cfg: EngineConfig,
     slots: Vec<Slot>,
+    /// Every slot's keys and values.
+    pool: KvPool,
+    /// The queue's head waits for KV blocks: nothing new is placed until some are released.
+    waiting_for_blocks: bool,
     /// Generations waiting for a slot, in arrival order.
     queue: VecDeque<(u64, Box<GenerateJob>)>,
     shared: Arc<Shared>,
@@ -79,16 +83,14 @@ impl Scheduler {
         model: Arc<Model>,
         vocab: Arc<SamplerVocab>,
         cfg: EngineConfig,
-        caches: Vec<KvCache>,
+        pool: KvPool,
         shared: Arc<Shared>,
     ) -> Self {
         let swa = model.cfg.swa_layers.iter().any(|&s| s);
-        let slots = caches
-            .into_iter()
-            .enumerate()
-            .map(|(id, cache)| Slot {
+        let slots = (0..cfg.n_parallel)
+            .map(|id| Slot {
                 id,
-                cache,
+                table: BlockTable::new(cfg.n_ctx_slot()),
                 tokens: Vec::new(),
                 last_used: 0,
                 active: None,
@@ -99,6 +101,8 @@ impl Scheduler {
             vocab,
             cfg,
             slots,
+            pool,
+            waiting_for_blocks: false,
             queue: VecDeque::new(),
             shared,
             swa,
@@ -170,7 +174,7 @@ impl Scheduler {
                 self.shared.emit(events);
                 return;
             }
-            self.assign();
+            self.assign(&mut events);
             if self.busy() {
                 self.step(&mut events);
             }
@@ -183,13 +187,14 @@ impl Scheduler {
     /// Something to run now: a slot generating, or a queued request an idle slot can take.
     fn has_work(&self) -> bool {
         self.busy()
-            || self.queue.iter().any(|(_, j)| {
-                let idle = |s: &Slot| s.active.is_none();
-                match j.params.id_slot {
-                    -1 => self.slots.iter().any(idle),
-                    k => self.slots.get(k as usize).is_some_and(idle),
-                }
-            })
+            || !self.waiting_for_blocks
+                && self.queue.iter().any(|(_, j)| {
+                    let idle = |s: &Slot| s.active.is_none();
+                    match j.params.id_slot {
+                        -1 => self.slots.iter().any(idle),
+                        k => self.slots.get(k as usize).is_some_and(idle),
+                    }
+                })
     }
 
     /// A slot that can run a step: reading its prompt, or generating and not paused.
@@ -230,18 +235,30 @@ impl Scheduler {
             Job::DecodeBench { tokens } => {
                 decode_bench(&model, &tokens).map(|_| Event::Floats(Vec::new()))
             }
-            Job::SlotSave { slot, path } => self.idle_slot(slot).and_then(|s| {
+            Job::SlotSave { slot, path } => self.idle_slot(slot).and_then(|i| {
                 let t0 = Instant::now();
-                let n = slot_file::save(&path, model.fingerprint(), &s.cache, &s.tokens)?;
+                let s = &self.slots[i];
+                let n =
+                    slot_file::save(&path, model.fingerprint(), &self.pool, &s.table, &s.tokens)?;
                 Ok(Event::SlotOp(SlotOpResult {
                     n_tokens: s.tokens.len(),
                     n_bytes: n,
                     ms: ms(t0),
                 }))
             }),
-            Job::SlotRestore { slot, path } => self.idle_slot(slot).and_then(|s| {
+            Job::SlotRestore { slot, path } => self.idle_slot(slot).and_then(|i| {
                 let t0 = Instant::now();
-                let (tokens, n) = slot_file::restore(&path, model.fingerprint(), &mut s.cache)?;
+                let fp = model.fingerprint();
+                let s = &mut self.slots[i];
+                let mut r = slot_file::restore(&path, fp, &mut self.pool, &mut s.table);
+                if matches!(r, Err(Error::ContextFull(_))) {
+                    // Blocks held by the other idle slots' caches can be had.
+                    while self.reclaim_idle(i) {}
+                    let s = &mut self.slots[i];
+                    r = slot_file::restore(&path, fp, &mut self.pool, &mut s.table);
+                }
+                let (tokens, n) = r?;
+                let s = &mut self.slots[i];
                 s.tokens = tokens;
                 Ok(Event::SlotOp(SlotOpResult {
                     n_tokens: s.tokens.len(),
@@ -249,9 +266,12 @@ impl Scheduler {
                     ms: ms(t0),
                 }))
             }),
-            Job::SlotErase { slot } => self.idle_slot(slot).map(|s| {
+            Job::SlotErase { slot } => self.idle_slot(slot).map(|i| {
+                let s = &mut self.slots[i];
                 let n = s.tokens.len();
                 s.tokens.clear();
+                self.pool.clear(&mut s.table);
+                self.waiting_for_blocks = false;
                 Event::SlotOp(SlotOpResult {
                     n_tokens: n,
                     n_bytes: 0,
@@ -262,15 +282,62 @@ impl Scheduler {
         events.push((id, result.unwrap_or_else(Event::Failed)));
     }
 
-    fn idle_slot(&mut self, slot: usize) -> Result<&mut Slot> {
+    fn idle_slot(&self, slot: usize) -> Result<usize> {
         let n = self.slots.len();
-        let s = self.slots.get_mut(slot).ok_or_else(|| {
+        let s = self.slots.get(slot).ok_or_else(|| {
             Error::invalid(format!("slot {slot} does not exist (0 to {})", n - 1))
         })?;
         if s.active.is_some() {
             return Err(Error::invalid(format!("slot {slot} is busy")));
         }
-        Ok(s)
+        Ok(slot)
+    }
+
+    /// Drop the cache of the least recently used idle slot other than `except` that holds
+    /// blocks (its full blocks stay cached for sharing until evicted). False: none left.
+    fn reclaim_idle(&mut self, except: usize) -> bool {
+        let Some(i) = self
+            .slots
+            .iter()
+            .filter(|s| s.id != except && s.active.is_none() && !s.table.blocks().is_empty())
+            .min_by_key(|s| (s.last_used, s.id))
+            .map(|s| s.id)
+        else {
+            return false;
+        };
+        let s = &mut self.slots[i];
+        s.tokens.clear();
+        self.pool.clear(&mut s.table);
+        true
+    }
+
+    /// Give slot `si` blocks for positions [0, n), taking the caches of idle slots when the
+    /// pool runs short. False when even that is not enough (it keeps what it got).
+    fn grow(&mut self, si: usize, n: usize) -> bool {
+        loop {
+            if self.pool.grow(&mut self.slots[si].table, n) {
+                return true;
+            }
+            if !self.reclaim_idle(si) {
+                return false;
+            }
+        }
+    }
+
+    /// Make the block of slot `si` that holds `pos` its own to write (see
+    /// `KvPool::make_writable`), reclaiming idle slots' caches for the copy if need be.
+    fn writable(&mut self, si: usize, pos: usize) -> bool {
+        loop {
+            if self
+                .pool
+                .make_writable(&mut self.slots[si].table, pos / BLOCK)
+            {
+                return true;
+            }
+            if !self.reclaim_idle(si) {
+                return false;
+            }
+        }
     }
 
     fn cancel(&mut self, id: u64, events: &mut Vec<(u64, Event)>) {
@@ -291,8 +358,12 @@ impl Scheduler {
     }
 
     /// Place queued generations in idle slots, first come first served (one pinned to a busy
-    /// slot waits without holding up the others).
-    fn assign(&mut self) {
+    /// slot waits without holding up the others; one the KV pool has no blocks for yet holds
+    /// up the ones behind it until blocks are released).
+    fn assign(&mut self, events: &mut Vec<(u64, Event)>) {
+        if self.waiting_for_blocks {
+            return;
+        }
         let mut i = 0;
         while i < self.queue.len() {
             let idle: Vec<(usize, &[u32], u64)> = self
@@ -311,15 +382,38 @@ impl Scheduler {
                 i += 1;
                 continue;
             };
-            let (id, job) = self.queue.remove(i).expect("index in range");
             let n = job.prompt.len();
+            if blocks_for(n + 1) > self.pool.n_blocks() {
+                let (id, job) = self.queue.remove(i).expect("index in range");
+                let e = Error::ContextFull(format!(
+                    "the prompt ({n} tokens) needs {} KV blocks of {BLOCK} cells and the pool has {} in all (-c {}): use a larger context",
+                    blocks_for(n + 1),
+                    self.pool.n_blocks(),
+                    self.cfg.n_ctx
+                ));
+                drop(job);
+                events.push((id, Event::Failed(e)));
+                continue;
+            }
             let reuse = if job.params.cache_prompt {
-                self.reuse_prefix(si, &job.prompt)
+                let prompt = job.prompt.clone();
+                self.reuse_prefix(si, &prompt)
             } else {
+                let s = &mut self.slots[si];
+                s.tokens.clear();
+                self.pool.clear(&mut s.table);
                 0
             };
+            // Blocks for the whole prompt now, so a prompt never stalls half way; the block
+            // the first new token goes to must be this slot's own.
+            if !self.writable(si, reuse) || !self.grow(si, n) {
+                let s = &mut self.slots[si];
+                self.pool.truncate(&mut s.table, reuse);
+                self.waiting_for_blocks = true;
+                break;
+            }
+            let (id, job) = self.queue.remove(i).expect("index in range");
             let slot = &mut self.slots[si];
-            slot.tokens.truncate(reuse);
             let pending = prompt_batches(n - reuse, self.cfg.n_ubatch, self.swa)
                 .into_iter()
                 .map(|(s, e)| (s + reuse, e + reuse))
@@ -328,36 +422,59 @@ impl Scheduler {
         }
     }
 
-    /// Cached prompt tokens slot `si` can start from: its own common prefix with `prompt`, or a
-    /// longer one held by any other slot (idle or busy), whose keys and values are copied in —
-    /// a copy costs far less than evaluating the tokens again. At most all but the last token
-    /// (its logits are needed).
+    /// Cached prompt tokens slot `si` can start from (its table and tokens cut to them): its
+    /// own common prefix with `prompt`, or a longer chain of cached full blocks (evaluated by
+    /// any slot, busy or idle, or by an earlier request), which it takes references to — no
+    /// rows are copied. At most all but the last token (its logits are needed).
     fn reuse_prefix(&mut self, si: usize, prompt: &[u32]) -> usize {
         let limit = prompt.len() - 1;
         let own = common_prefix(&self.slots[si].tokens, prompt).min(limit);
-        let best = (0..self.slots.len())
-            .filter(|&j| j != si)
-            .map(|j| (j, common_prefix(&self.slots[j].tokens, prompt).min(limit)))
-            .max_by_key(|&(j, k)| (k, std::cmp::Reverse(j)));
-        let Some((j, k)) = best.filter(|&(_, k)| k > own) else {
-            return own;
-        };
-        let (dst, src) = if si < j {
-            let (a, b) = self.slots.split_at_mut(j);
-            (&mut a[si], &b[0])
-        } else {
-            let (a, b) = self.slots.split_at_mut(si);
-            (&mut b[0], &a[j])
-        };
-        dst.cache.copy_prefix_from(&src.cache, k);
-        dst.tokens.clear();
-        dst.tokens.extend_from_slice(&prompt[..k]);
-        lock(&self.shared.stats).prefix_copied_tokens_total += k as u64;
-        k
+        let m = self.pool.cached_prefix(prompt, limit);
+        if let Some(k) = self.share_from_slot(si, prompt, own.max(m * BLOCK)) {
+            return k;
+        }
+        let s = &mut self.slots[si];
+        if m * BLOCK > own {
+            let k = self.pool.share_prefix(&mut s.table, prompt, m);
+            s.tokens.clear();
+            s.tokens.extend_from_slice(&prompt[..k]);
+            lock(&self.shared.stats).prefix_shared_tokens_total += k as u64;
+            return k;
+        }
+        s.tokens.truncate(own);
+        self.pool.truncate(&mut s.table, own);
+        own
     }
 
-    /// For slot `si` still reading its prompt: start from a longer prefix another slot holds
-    /// (copied), and say whether it should wait this step because a slot further ahead is
+    /// Take references to the blocks of the other slot that holds the longest prefix of
+    /// `prompt`, when it is longer than `than` (its last block maybe partial, copied when slot
+    /// `si` first writes into it). Returns the tokens shared.
+    fn share_from_slot(&mut self, si: usize, prompt: &[u32], than: usize) -> Option<usize> {
+        let limit = prompt.len() - 1;
+        let (j, k) = (0..self.slots.len())
+            .filter(|&j| j != si)
+            .map(|j| {
+                let o = &self.slots[j];
+                let k = common_prefix(&o.tokens, prompt)
+                    .min(limit)
+                    .min(o.table.capacity());
+                (j, k)
+            })
+            .max_by_key(|&(j, k)| (k, std::cmp::Reverse(j)))
+            .filter(|&(_, k)| k > than)?;
+        let src = std::mem::take(&mut self.slots[j].table);
+        let s = &mut self.slots[si];
+        self.pool.share_from(&mut s.table, &src, k);
+        self.slots[j].table = src;
+        let s = &mut self.slots[si];
+        s.tokens.clear();
+        s.tokens.extend_from_slice(&prompt[..k]);
+        lock(&self.shared.stats).prefix_shared_tokens_total += k as u64;
+        Some(k)
+    }
+
+    /// For slot `si` still reading its prompt: start from a longer chain of cached blocks
+    /// another slot has evaluated meanwhile (shared), and say whether it should wait this step because a slot further ahead is
     /// evaluating at least `SHARE_MIN` more tokens of the same prefix. The slot furthest ahead
     /// (ties: the lowest id) never waits, so every prompt progresses.
     fn catch_up(&mut self, si: usize) -> bool {
@@ -371,8 +488,23 @@ impl Scheduler {
         let prompt = a.job.prompt.clone();
         let n = prompt.len();
         let c = self.slots[si].tokens.len();
-        let k = self.reuse_prefix(si, &prompt);
-        if k > c {
+        let m = self.pool.cached_prefix(&prompt, n - 1);
+        let shared = match self.share_from_slot(si, &prompt, c.max(m * BLOCK)) {
+            Some(k) => Some(k),
+            None if m * BLOCK > c => {
+                let s = &mut self.slots[si];
+                let k = self.pool.share_prefix(&mut s.table, &prompt, m);
+                s.tokens.clear();
+                s.tokens.extend_from_slice(&prompt[..k]);
+                lock(&self.shared.stats).prefix_shared_tokens_total += k as u64;
+                Some(k)
+            }
+            None => None,
+        };
+        if let Some(k) = shared {
+            // Blocks for the rest of the prompt again (fewer than it gave back); a shortfall
+            // is met at the step that needs them.
+            self.grow(si, n);
             let s = &mut self.slots[si];
             let a = s.active.as_mut().expect("checked above");
             a.pending = prompt_batches(n - k, self.cfg.n_ubatch, self.swa)
@@ -416,11 +548,23 @@ impl Scheduler {
         let waiting: Vec<bool> = (0..self.slots.len()).map(|si| self.catch_up(si)).collect();
         let mut batch: Vec<BatchToken> = Vec::new();
         let mut parts: Vec<Part> = Vec::new();
-        for (si, s) in self.slots.iter().enumerate() {
+        // Generating slots the pool had no block for this step.
+        let mut stalled: Vec<usize> = Vec::new();
+        for si in 0..self.slots.len() {
+            let s = &self.slots[si];
             if self.held(s) {
                 continue;
             }
-            if let Some(t) = s.active.as_ref().and_then(|a| a.next) {
+            let Some(t) = s.active.as_ref().and_then(|a| a.next) else {
+                continue;
+            };
+            let pos = s.tokens.len();
+            if !self.grow(si, pos + 1) || !self.writable(si, pos) {
+                stalled.push(si);
+                continue;
+            }
+            let s = &self.slots[si];
+            {
                 batch.push(BatchToken {
                     token: t,
                     pos: s.tokens.len(),
@@ -450,7 +594,22 @@ impl Scheduler {
             let Some(&(s, e)) = a.pending.front() else {
                 continue;
             };
-            let take = (e - s).min(left);
+            // Blocks were given at admission; after a prefix was shared they may be short.
+            let cap = {
+                let table = &mut self.slots[si].table;
+                self.pool.grow(table, e);
+                if !self.pool.make_writable(table, s / BLOCK) {
+                    continue;
+                }
+                table.capacity()
+            };
+            let Some(a) = self.slots[si].active.as_mut() else {
+                continue;
+            };
+            let take = (e - s).min(left).min(cap.saturating_sub(s));
+            if take == 0 {
+                continue;
+            }
             if take < e - s {
                 a.pending[0] = (s + take, e);
             } else {
@@ -474,12 +633,22 @@ impl Scheduler {
         }
         self.rr = (self.rr + 1) % n_slots.max(1);
         if batch.is_empty() {
+            // Every runnable slot waits for a block that no one will release: the longest
+            // stalled sequence has reached what the pool can give it, and shifts its context
+            // (or stops) as at the end of its context.
+            if let Some(&si) = stalled
+                .iter()
+                .max_by_key(|&&si| self.slots[si].tokens.len())
+            {
+                if !self.shift(si) {
+                    self.finish(si, StopReason::Limit, events);
+                }
+            }
             return;
         }
         let out = {
-            let mut caches: Vec<&mut KvCache> =
-                self.slots.iter_mut().map(|s| &mut s.cache).collect();
-            self.model.forward(&batch, &mut caches, false)
+            let tables: Vec<&BlockTable> = self.slots.iter().map(|s| &s.table).collect();
+            self.model.forward(&batch, &mut self.pool, &tables, false)
         };
         {
             let mut st = lock(&self.shared.stats);
@@ -494,6 +663,7 @@ impl Scheduler {
                 for p in &parts {
                     let s = &mut self.slots[p.slot];
                     s.tokens.clear();
+                    self.pool.clear(&mut s.table);
                     if let Some(a) = s.active.take() {
                         events.push((a.id, Event::Failed(e.duplicate())));
                     }
@@ -511,6 +681,8 @@ impl Scheduler {
                     .tokens
                     .push(a.next.take().expect("decode part has a token")),
             }
+            // Blocks the batch filled can be shared from now on.
+            self.pool.register(&mut s.table, &s.tokens);
         }
         let n_vocab = self.model.cfg.n_vocab;
         for (p, logits) in parts
@@ -560,11 +732,13 @@ impl Scheduler {
         }
         .min(n_past.saturating_sub(2));
         let n_discard = (n_past - n_keep) / 2;
-        if n_discard == 0 {
+        if n_discard == 0
+            || !self
+                .model
+                .shift_cache(&mut self.pool, &mut s.table, n_keep, n_discard, n_past)
+        {
             return false;
         }
-        self.model
-            .shift_cache(&mut s.cache, n_keep, n_discard, n_past);
         s.tokens.drain(n_keep..n_keep + n_discard);
         a.job.truncated = true;
         true
@@ -578,6 +752,7 @@ impl Scheduler {
         let n_eval = a.n_prompt_evaluated as u64;
         let (prompt_ms, gen_ms, n_gen) = a.finish(stop, si, s.tokens.len(), events);
         s.last_used = self.clock;
+        self.waiting_for_blocks = false;
         let mut st = lock(&self.shared.stats);
         st.prompt_tokens_total += n_eval;
         st.prompt_ms_total += prompt_ms;
@@ -609,8 +784,12 @@ impl Scheduler {
                 }),
             })
             .collect();
-        st.kv_cache_tokens = self.slots.iter().map(|s| s.tokens.len() as u64).sum();
-        st.kv_cache_cells = (n_ctx * self.slots.len()) as u64;
+        // Cells of the blocks some slot references (a block shared by several counts once).
+        st.kv_cache_tokens = (self.pool.n_used() * BLOCK) as u64;
+        st.kv_cache_cells = (self.pool.n_blocks() * BLOCK) as u64;
+        st.kv_blocks_used = self.pool.n_used() as u64;
+        st.kv_blocks_cached = self.pool.n_cached() as u64;
+        st.kv_blocks_total = self.pool.n_blocks() as u64;
         st.requests_processing = self.slots.iter().filter(|s| s.active.is_some()).count() as u64;
         st.requests_deferred = self.queue.len() as u64;
     }
@@ -629,7 +808,7 @@ fn logits(
     all: bool,
     from: usize,
 ) -> Result<Vec<f32>> {
-    let mut cache = model.new_cache(tokens.len().max(n_ctx).max(1))?;
+    let (mut pool, table) = model.scratch_cache(tokens.len().max(n_ctx).max(1))?;
     let nb = n_batch.max(1);
     let n = tokens.len();
     let mut out = Vec::new();
@@ -647,7 +826,7 @@ fn logits(
                 }
             })
             .collect();
-        let o = model.forward(&batch, &mut [&mut cache], false)?;
+        let o = model.forward(&batch, &mut pool, &[&table], false)?;
         out.extend_from_slice(&o.logits);
     }
     Ok(out)
@@ -655,7 +834,7 @@ fn logits(
 
 /// Final-normed hidden states of `tokens` from position 0 (embeddings).
 fn hidden(model: &Model, tokens: &[u32], n_batch: usize) -> Result<Vec<f32>> {
-    let mut cache = model.new_cache(tokens.len().max(1))?;
+    let (mut pool, table) = model.scratch_cache(tokens.len().max(1))?;
     let nb = n_batch.max(1);
     let mut out = Vec::with_capacity(tokens.len() * model.cfg.n_embd);
     for (c, chunk) in tokens.chunks(nb).enumerate() {
@@ -669,14 +848,14 @@ fn hidden(model: &Model, tokens: &[u32], n_batch: usize) -> Result<Vec<f32>> {
                 logits: false,
             })
             .collect();
-        let o = model.forward(&batch, &mut [&mut cache], true)?;
+        let o = model.forward(&batch, &mut pool, &[&table], true)?;
         out.extend_from_slice(&o.hidden.unwrap_or_default());
     }
     Ok(out)
 }
 
 fn decode_bench(model: &Model, tokens: &[u32]) -> Result<()> {
-    let mut cache = model.new_cache(tokens.len().max(1))?;
+    let (mut pool, table) = model.scratch_cache(tokens.len().max(1))?;
     for (pos, &t) in tokens.iter().enumerate() {
         let b = [BatchToken {
             token: t,
@@ -684,7 +863,7 @@ fn decode_bench(model: &Model, tokens: &[u32]) -> Result<()> {
             seq: 0,
             logits: true,
         }];
-        model.forward(&b, &mut [&mut cache], false)?;
+        model.forward(&b, &mut pool, &[&table], false)?;
     }
     Ok(())
 }

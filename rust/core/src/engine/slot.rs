@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use super::{token_logprob, StopMatcher};
 use super::{Event, GenerateJob, Generation, StopReason, TokenEvent, Utf8Decoder};
-use crate::kv::KvCache;
+use crate::kv::BlockTable;
 use crate::sampling::{top_logprobs, SamplerVocab};
 
 pub struct Slot {
     pub id: usize,
-    pub cache: KvCache,
-    /// Tokens whose keys and values are in `cache`, by position.
+    /// The slot's blocks in the engine's KV pool (kept when a request ends, for the next one).
+    pub table: BlockTable,
+    /// Tokens whose keys and values are in `table`, by position.
     pub tokens: Vec<u32>,
     /// Scheduler clock when the slot last finished a request (least recently used goes first).
     pub last_used: u64,

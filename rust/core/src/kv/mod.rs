@@ -1,11 +1,19 @@
-//! KV cache of one slot: per layer, keys and values by position, each position one row of
-//! `kv_dim` values stored as a GGUF block type (llama.cpp's `-ctk/-ctv`: f16 by default; f32,
-//! q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1). Each slot of the engine owns one, allocated when the
-//! engine starts; `slot_file` saves and restores one. (A paged pool shared by every slot, with
-//! prefix blocks reused across slots, is the design's next step: see DESIGN.md.)
+//! The KV pool: one allocation, made when the engine starts, of fixed-size blocks of `BLOCK`
+//! cells; a cell holds, for every layer, one key row and one value row of `kv_dim` values stored
+//! as a GGUF block type (llama.cpp's `-ctk/-ctv`: f16 by default; f32, q8_0, q4_0, q4_1,
+//! iq4_nl, q5_0, q5_1). A sequence owns a `BlockTable` (its blocks in position order, shared by
+//! every layer); attention reads through it one block (= one of its tiles) at a time.
+//!
+//! Blocks are refcounted. A full block can be registered under a chained hash of the tokens it
+//! and every block before it hold (seeded with the cache types), so a later sequence with the
+//! same prefix takes references to those blocks instead of evaluating or copying them. A block
+//! that is registered or referenced twice is never written: a writer gets a copy first
+//! (copy-on-write). Registered blocks nobody references stay cached until a block is needed,
+//! then go least recently released first. `slot_file` saves and restores one table's cells.
 
 pub mod slot_file;
 
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
 use crate::error::{Error, Result};
@@ -107,7 +115,7 @@ impl Store {
         &mut self.data[row0 * self.row_bytes..(row0 + n_rows) * self.row_bytes]
     }
 
-    /// Move `n` rows from `from` to `to` (ranges may overlap).
+    /// Copy `n` rows from `from` to `to` (ranges may overlap).
     fn move_rows(&mut self, from: usize, to: usize, n: usize) {
         let rb = self.row_bytes;
         self.data.copy_within(from * rb..(from + n) * rb, to * rb);
@@ -190,37 +198,107 @@ pub fn available_memory() -> Option<usize> {
     Some(avail)
 }
 
-pub struct KvCache {
-    n_layer: usize,
+/// Cells per block: attention's tile (`model::attention::TILE`), so a tile is one block.
+pub const BLOCK: usize = 64;
+
+/// The blocks of one sequence, in position order (block i holds positions [64·i, 64·i + 64)),
+/// and the chained hashes of its leading full blocks.
+#[derive(Debug, Default)]
+pub struct BlockTable {
+    blocks: Vec<u32>,
+    /// Positions the sequence may reach (its slot's context): the padded view attention
+    /// follows and RoPE's choice of factors depend on it.
     n_ctx: usize,
-    kv_dim: usize,
-    k: Store,
-    v: Store,
+    /// Hashes of blocks [0, hashes.len()), each registered in the pool or a duplicate of one
+    /// that is.
+    hashes: Vec<u64>,
+    /// False after a context shift: the blocks past `hashes` hold re-rotated keys, which are
+    /// not what evaluating their tokens gives, so they are never offered to another sequence.
+    hashable: bool,
 }
 
-impl KvCache {
-    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize, types: CacheTypes) -> Result<Self> {
-        let rows = n_layer
-            .checked_mul(n_ctx)
-            .ok_or_else(|| Error::invalid(format!("KV cache of {n_ctx} positions is too large")))?;
-        Ok(Self {
-            n_layer,
+impl BlockTable {
+    pub fn new(n_ctx: usize) -> Self {
+        Self {
+            blocks: Vec::new(),
             n_ctx,
-            kv_dim,
-            k: Store::new(types.k, rows, kv_dim)?,
-            v: Store::new(types.v, rows, kv_dim)?,
-        })
+            hashes: Vec::new(),
+            hashable: true,
+        }
     }
 
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
 
-    /// Bytes a cache of these dimensions takes (None: a width the types cannot hold, or too
-    /// many to count).
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    /// Positions the table's blocks can hold.
+    pub fn capacity(&self) -> usize {
+        self.blocks.len() * BLOCK
+    }
+}
+
+/// Blocks needed for `n` cells.
+pub fn blocks_for(n: usize) -> usize {
+    n.div_ceil(BLOCK)
+}
+
+pub struct KvPool {
+    n_layer: usize,
+    kv_dim: usize,
+    k: Store,
+    v: Store,
+    refs: Vec<u32>,
+    /// The hash a block is registered under.
+    hash: Vec<Option<u64>>,
+    /// Registered blocks by hash.
+    cached: HashMap<u64, u32>,
+    /// Registered blocks nobody references, by the clock when the last reference went.
+    idle: BTreeSet<(u64, u32)>,
+    released_at: Vec<u64>,
+    clock: u64,
+    free: Vec<u32>,
+    seed: u64,
+}
+
+impl KvPool {
+    pub fn new(n_layer: usize, n_blocks: usize, kv_dim: usize, types: CacheTypes) -> Result<Self> {
+        if n_blocks > u32::MAX as usize {
+            return Err(Error::invalid("KV pool too large"));
+        }
+        let rows = n_layer
+            .checked_mul(n_blocks)
+            .and_then(|r| r.checked_mul(BLOCK))
+            .ok_or_else(|| Error::invalid(format!("KV pool of {n_blocks} blocks is too large")))?;
+        let seed = crate::kv::slot_file::fnv1a(
+            &[types.k.id().to_le_bytes(), types.v.id().to_le_bytes()].concat(),
+            crate::kv::slot_file::FNV_OFFSET,
+        );
+        Ok(Self {
+            n_layer,
+            kv_dim,
+            k: Store::new(types.k, rows, kv_dim)?,
+            v: Store::new(types.v, rows, kv_dim)?,
+            refs: vec![0; n_blocks],
+            hash: vec![None; n_blocks],
+            cached: HashMap::new(),
+            idle: BTreeSet::new(),
+            released_at: vec![0; n_blocks],
+            clock: 0,
+            // Popped from the end: block 0 first.
+            free: (0..n_blocks as u32).rev().collect(),
+            seed,
+        })
+    }
+
+    /// Bytes a pool of `n_cells` cells takes (None: a width the types cannot hold, or too many
+    /// to count).
     pub fn bytes_for(
         n_layer: usize,
-        n_ctx: usize,
+        n_cells: usize,
         kv_dim: usize,
         types: CacheTypes,
     ) -> Option<usize> {
@@ -228,7 +306,7 @@ impl KvCache {
             .k
             .row_bytes(kv_dim)?
             .checked_add(types.v.row_bytes(kv_dim)?)?;
-        per_pos.checked_mul(n_layer)?.checked_mul(n_ctx)
+        per_pos.checked_mul(n_layer)?.checked_mul(n_cells)
     }
 
     pub fn types(&self) -> CacheTypes {
@@ -238,27 +316,8 @@ impl KvCache {
         }
     }
 
-    /// Bytes held by the cache.
-    pub fn nbytes(&self) -> usize {
-        self.k.data.len() + self.v.data.len()
-    }
-
-    fn row(&self, layer: usize, pos: usize) -> usize {
-        debug_assert!(layer < self.n_layer && pos < self.n_ctx);
-        layer * self.n_ctx + pos
-    }
-
-    /// Store the key and value rows (`kv_dim` values each) of `layer` at `pos`.
-    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        debug_assert!(k.len() == self.kv_dim && v.len() == self.kv_dim);
-        let r = self.row(layer, pos);
-        self.k.put(r, k);
-        self.v.put(r, v);
-    }
-
-    /// Bytes per position of the keys and of the values (one layer).
-    pub fn row_bytes(&self) -> (usize, usize) {
-        (self.k.row_bytes, self.v.row_bytes)
+    pub fn n_blocks(&self) -> usize {
+        self.refs.len()
     }
 
     pub fn n_layer(&self) -> usize {
@@ -269,63 +328,317 @@ impl KvCache {
         self.kv_dim
     }
 
-    /// Raw key and value bytes of `layer` at positions [0, n_pos) (for slot files).
-    pub fn raw(&self, layer: usize, n_pos: usize) -> (&[u8], &[u8]) {
-        let r = self.row(layer, 0);
-        (self.k.rows(r, n_pos), self.v.rows(r, n_pos))
+    /// Bytes held by the pool.
+    pub fn nbytes(&self) -> usize {
+        self.k.data.len() + self.v.data.len()
     }
 
-    /// Writable raw key and value bytes of `layer` at positions [0, n_pos).
-    pub fn raw_mut(&mut self, layer: usize, n_pos: usize) -> (&mut [u8], &mut [u8]) {
-        let r = self.row(layer, 0);
-        (self.k.rows_mut(r, n_pos), self.v.rows_mut(r, n_pos))
+    /// Bytes per cell of the keys and of the values (one layer).
+    pub fn row_bytes(&self) -> (usize, usize) {
+        (self.k.row_bytes, self.v.row_bytes)
     }
 
-    /// Copy positions [0, n_pos) of every layer from `src`, a cache of the same shape and types
-    /// (prefix reuse across slots: the keys and values of a prompt another slot has evaluated).
-    pub fn copy_prefix_from(&mut self, src: &KvCache, n_pos: usize) {
-        assert!(
-            src.types() == self.types() && src.kv_dim == self.kv_dim && src.n_layer == self.n_layer,
-            "prefix copied between caches of different shapes"
-        );
-        let n_pos = n_pos.min(self.n_ctx).min(src.n_ctx);
-        for layer in 0..self.n_layer {
-            let (sk, sv) = src.raw(layer, n_pos);
-            let (dk, dv) = self.raw_mut(layer, n_pos);
-            dk.copy_from_slice(sk);
-            dv.copy_from_slice(sv);
+    /// Blocks a sequence could get now: free ones and cached ones nobody references.
+    pub fn available(&self) -> usize {
+        self.free.len() + self.idle.len()
+    }
+
+    /// Blocks referenced by some sequence.
+    pub fn n_used(&self) -> usize {
+        self.n_blocks() - self.available()
+    }
+
+    /// Registered (shareable) blocks, referenced or not.
+    pub fn n_cached(&self) -> usize {
+        self.cached.len()
+    }
+
+    pub fn refcount(&self, block: u32) -> u32 {
+        self.refs[block as usize]
+    }
+
+    /// A block for one sequence (refcount 1): a free one, else the least recently released
+    /// cached one (forgotten). None: every block is referenced.
+    fn alloc(&mut self) -> Option<u32> {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let &(t, b) = self.idle.iter().next()?;
+                self.idle.remove(&(t, b));
+                if let Some(h) = self.hash[b as usize].take() {
+                    self.cached.remove(&h);
+                }
+                b
+            }
+        };
+        self.refs[b as usize] = 1;
+        Some(b)
+    }
+
+    fn retain(&mut self, b: u32) {
+        let i = b as usize;
+        if self.refs[i] == 0 {
+            self.idle.remove(&(self.released_at[i], b));
+        }
+        self.refs[i] += 1;
+    }
+
+    fn release(&mut self, b: u32) {
+        let i = b as usize;
+        debug_assert!(self.refs[i] > 0);
+        self.refs[i] = self.refs[i].saturating_sub(1);
+        if self.refs[i] == 0 {
+            if self.hash[i].is_some() {
+                self.clock += 1;
+                self.released_at[i] = self.clock;
+                self.idle.insert((self.clock, b));
+            } else {
+                self.free.push(b);
+            }
         }
     }
 
-    /// Drop positions [n_keep, n_keep + n_discard) of every layer and move the `n_past` -
-    /// `n_keep` - `n_discard` positions after them down (context shift). The moved keys still
-    /// carry their old RoPE rotation; `rotate_key` re-rotates them.
-    pub fn discard(&mut self, n_keep: usize, n_discard: usize, n_past: usize) {
-        debug_assert!(n_keep + n_discard <= n_past && n_past <= self.n_ctx);
-        let n_move = n_past - n_keep - n_discard;
+    /// Drop every block of `t` (the registered ones stay cached).
+    pub fn clear(&mut self, t: &mut BlockTable) {
+        self.truncate(t, 0);
+    }
+
+    /// Keep the blocks of `t` that hold positions [0, n); forget hashes past them.
+    pub fn truncate(&mut self, t: &mut BlockTable, n: usize) {
+        let keep = blocks_for(n);
+        while t.blocks.len() > keep {
+            let b = t.blocks.pop().expect("longer than keep");
+            self.release(b);
+        }
+        t.hashes.truncate(n / BLOCK);
+        if n <= t.hashes.len() * BLOCK {
+            t.hashable = true;
+        }
+    }
+
+    /// Give `t` blocks for positions [0, n). False (with what it could get) when the pool has
+    /// too few.
+    pub fn grow(&mut self, t: &mut BlockTable, n: usize) -> bool {
+        while t.blocks.len() < blocks_for(n) {
+            match self.alloc() {
+                Some(b) => t.blocks.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Make block `i` of `t` safe to write: a copy when another sequence references it or it
+    /// is registered (the cached copy keeps its contents). False when no block is left for
+    /// the copy (a registered block only `t` holds is then unregistered instead).
+    pub fn make_writable(&mut self, t: &mut BlockTable, i: usize) -> bool {
+        let Some(&b) = t.blocks.get(i) else {
+            return true;
+        };
+        let bi = b as usize;
+        if self.refs[bi] == 1 && self.hash[bi].is_none() {
+            return true;
+        }
+        let Some(nb) = self.alloc() else {
+            if self.refs[bi] == 1 {
+                if let Some(h) = self.hash[bi].take() {
+                    self.cached.remove(&h);
+                }
+                return true;
+            }
+            return false;
+        };
+        let rows = self.n_layer * BLOCK;
+        self.k.move_rows(bi * rows, nb as usize * rows, rows);
+        self.v.move_rows(bi * rows, nb as usize * rows, rows);
+        t.blocks[i] = nb;
+        self.release(b);
+        true
+    }
+
+    /// Chained hashes of the full blocks of `tokens`.
+    pub fn chain_hashes(&self, tokens: &[u32]) -> Vec<u64> {
+        let mut h = self.seed;
+        tokens
+            .chunks_exact(BLOCK)
+            .map(|c| {
+                let bytes: Vec<u8> = c.iter().flat_map(|t| t.to_le_bytes()).collect();
+                h = crate::kv::slot_file::fnv1a(&bytes, h ^ 0x9e37_79b9_7f4a_7c15);
+                h
+            })
+            .collect()
+    }
+
+    /// Cached full blocks that hold the first tokens of `prompt` (at most `limit` tokens'
+    /// worth), as a count of blocks.
+    pub fn cached_prefix(&self, prompt: &[u32], limit: usize) -> usize {
+        self.chain_hashes(&prompt[..limit.min(prompt.len())])
+            .iter()
+            .take_while(|h| self.cached.contains_key(h))
+            .count()
+    }
+
+    /// Replace the contents of `t` by references to the first `n_blocks` cached blocks of
+    /// `prompt` (see `cached_prefix`); returns the positions they hold.
+    pub fn share_prefix(&mut self, t: &mut BlockTable, prompt: &[u32], n_blocks: usize) -> usize {
+        let hashes = self.chain_hashes(&prompt[..(n_blocks * BLOCK).min(prompt.len())]);
+        let shared: Vec<u32> = hashes
+            .iter()
+            .map_while(|h| self.cached.get(h).copied())
+            .collect();
+        for &b in &shared {
+            self.retain(b);
+        }
+        self.clear(t);
+        t.blocks = shared;
+        t.hashes = hashes[..t.blocks.len()].to_vec();
+        t.hashable = true;
+        t.blocks.len() * BLOCK
+    }
+
+    /// Replace the contents of `dst` by references to the blocks of `src` that hold its
+    /// positions [0, n) (another sequence's prefix, the last block maybe partial: whoever
+    /// writes into a shared block gets a copy first, see `make_writable`).
+    pub fn share_from(&mut self, dst: &mut BlockTable, src: &BlockTable, n: usize) {
+        let n = n.min(src.capacity());
+        let blocks = src.blocks[..blocks_for(n)].to_vec();
+        let hashes = src.hashes[..src.hashes.len().min(n / BLOCK)].to_vec();
+        for &b in &blocks {
+            self.retain(b);
+        }
+        self.clear(dst);
+        dst.blocks = blocks;
+        dst.hashes = hashes;
+        dst.hashable = src.hashable || n <= dst.hashes.len() * BLOCK;
+    }
+
+    /// Register the full blocks of `t` that `tokens` (its contents by position) now fill, so
+    /// other sequences can share them. A block whose hash is already cached (the same tokens
+    /// evaluated elsewhere) stays private.
+    pub fn register(&mut self, t: &mut BlockTable, tokens: &[u32]) {
+        if !t.hashable {
+            return;
+        }
+        let n_full = (tokens.len() / BLOCK).min(t.blocks.len());
+        while t.hashes.len() < n_full {
+            let i = t.hashes.len();
+            let prev = t.hashes.last().copied();
+            let mut h = prev.unwrap_or(self.seed);
+            let bytes: Vec<u8> = tokens[i * BLOCK..(i + 1) * BLOCK]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            h = crate::kv::slot_file::fnv1a(&bytes, h ^ 0x9e37_79b9_7f4a_7c15);
+            let b = t.blocks[i];
+            if self.hash[b as usize].is_none() && !self.cached.contains_key(&h) {
+                self.hash[b as usize] = Some(h);
+                self.cached.insert(h, b);
+            }
+            t.hashes.push(h);
+        }
+    }
+
+    /// After a context shift of `t`: its blocks from the one holding `n_keep` on no longer
+    /// match their tokens' hashes.
+    pub fn unhash_from(&mut self, t: &mut BlockTable, n_keep: usize) {
+        t.hashes.truncate(n_keep / BLOCK);
+        t.hashable = false;
+    }
+
+    fn row(&self, t: &BlockTable, layer: usize, pos: usize) -> usize {
+        debug_assert!(layer < self.n_layer && pos < t.capacity());
+        (t.blocks[pos / BLOCK] as usize * self.n_layer + layer) * BLOCK + pos % BLOCK
+    }
+
+    /// Store the key and value rows (`kv_dim` values each) of `layer` at `pos` of `t` (whose
+    /// block there must be writable: see `make_writable`).
+    pub fn store(&mut self, t: &BlockTable, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        debug_assert!(k.len() == self.kv_dim && v.len() == self.kv_dim);
+        let r = self.row(t, layer, pos);
+        self.k.put(r, k);
+        self.v.put(r, v);
+    }
+
+    /// Copy the cells (every layer) at `from` to `to` within `t` (context shift).
+    pub fn move_cell(&mut self, t: &BlockTable, from: usize, to: usize) {
         for layer in 0..self.n_layer {
-            let r = self.row(layer, 0);
-            self.k.move_rows(r + n_keep + n_discard, r + n_keep, n_move);
-            self.v.move_rows(r + n_keep + n_discard, r + n_keep, n_move);
+            let (a, b) = (self.row(t, layer, from), self.row(t, layer, to));
+            self.k.move_rows(a, b, 1);
+            self.v.move_rows(a, b, 1);
         }
     }
 
     /// Apply `f` to the key row of `layer` at `pos` (widened to f32 and stored back).
     pub fn update_key(
         &mut self,
+        t: &BlockTable,
         layer: usize,
         pos: usize,
         buf: &mut [f32],
         f: impl FnOnce(&mut [f32]),
     ) {
-        let r = self.row(layer, pos);
+        let r = self.row(t, layer, pos);
         self.k.get(r, buf);
         f(buf);
         self.k.put(r, buf);
     }
 
+    /// Raw key and value bytes of `layer` at `pos` (slot files).
+    pub fn raw(&self, t: &BlockTable, layer: usize, pos: usize) -> (&[u8], &[u8]) {
+        let r = self.row(t, layer, pos);
+        (self.k.rows(r, 1), self.v.rows(r, 1))
+    }
+
+    /// Writable raw key and value bytes of `layer` at `pos`.
+    pub fn raw_mut(&mut self, t: &BlockTable, layer: usize, pos: usize) -> (&mut [u8], &mut [u8]) {
+        let r = self.row(t, layer, pos);
+        (self.k.rows_mut(r, 1), self.v.rows_mut(r, 1))
+    }
+
+    /// A read-only view of one sequence.
+    pub fn seq<'a>(&'a self, t: &'a BlockTable) -> KvSeq<'a> {
+        KvSeq {
+            pool: self,
+            table: t,
+        }
+    }
+}
+
+/// One sequence's keys and values, read through its block table.
+#[derive(Clone, Copy)]
+pub struct KvSeq<'a> {
+    pool: &'a KvPool,
+    table: &'a BlockTable,
+}
+
+impl KvSeq<'_> {
+    pub fn n_ctx(&self) -> usize {
+        self.table.n_ctx
+    }
+
+    pub fn types(&self) -> CacheTypes {
+        self.pool.types()
+    }
+
+    /// `f(row0, n, at)` for each run of cells [pos0, pos0 + n_pos) inside one block: its
+    /// first row in the pool, its length and its offset from `pos0`.
+    fn runs(
+        &self,
+        layer: usize,
+        pos0: usize,
+        n_pos: usize,
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let mut p = pos0;
+        while p < pos0 + n_pos {
+            let n = (BLOCK - p % BLOCK).min(pos0 + n_pos - p);
+            f(self.pool.row(self.table, layer, p), n, p - pos0);
+            p += n;
+        }
+    }
+
     /// Keys of `layer` at positions [pos0, pos0 + n_pos), values `cols` of each (one head's), as
-    /// f32 row-major [pos][cols] into `dst`: attention reads the cache one tile at a time.
+    /// f32 row-major [pos][cols] into `dst`.
     pub fn widen_keys(
         &self,
         layer: usize,
@@ -334,9 +647,12 @@ impl KvCache {
         cols: Range<usize>,
         dst: &mut [f32],
     ) {
-        debug_assert!(pos0 + n_pos <= self.n_ctx && cols.end <= self.kv_dim);
-        self.k
-            .widen_cols(self.row(layer, pos0), n_pos, self.kv_dim, cols, dst);
+        let (w, kvd) = (cols.len(), self.pool.kv_dim);
+        self.runs(layer, pos0, n_pos, |r, n, at| {
+            self.pool
+                .k
+                .widen_cols(r, n, kvd, cols.clone(), &mut dst[at * w..(at + n) * w])
+        });
     }
 
     /// Values, as `widen_keys`.
@@ -348,9 +664,12 @@ impl KvCache {
         cols: Range<usize>,
         dst: &mut [f32],
     ) {
-        debug_assert!(pos0 + n_pos <= self.n_ctx && cols.end <= self.kv_dim);
-        self.v
-            .widen_cols(self.row(layer, pos0), n_pos, self.kv_dim, cols, dst);
+        let (w, kvd) = (cols.len(), self.pool.kv_dim);
+        self.runs(layer, pos0, n_pos, |r, n, at| {
+            self.pool
+                .v
+                .widen_cols(r, n, kvd, cols.clone(), &mut dst[at * w..(at + n) * w])
+        });
     }
 }
 
@@ -358,48 +677,202 @@ impl KvCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_cache_type_stores_and_widens() {
-        let kv_dim = 64;
-        let k: Vec<f32> = (0..kv_dim).map(|i| (i as f32 - 30.0) / 16.0).collect();
+    fn rows(kv_dim: usize, p: usize) -> (Vec<f32>, Vec<f32>) {
+        let k: Vec<f32> = (0..kv_dim)
+            .map(|i| ((i + 3 * p) % 61) as f32 / 16.0 - 1.5)
+            .collect();
         let v: Vec<f32> = k.iter().map(|x| -x * 0.5).collect();
+        (k, v)
+    }
+
+    #[test]
+    fn every_cache_type_stores_and_widens_across_blocks() {
+        let kv_dim = 64;
         for ty in CACHE_TYPES {
-            let mut c = KvCache::new(2, 4, kv_dim, CacheTypes { k: ty, v: ty }).unwrap();
-            c.store(1, 2, &k, &v);
-            let mut out = vec![0f32; 3 * kv_dim];
-            c.widen_keys(1, 0, 3, 0..kv_dim, &mut out);
-            let err = out[2 * kv_dim..]
-                .iter()
-                .zip(&k)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(err < 0.25, "{ty}: {err}");
-            assert!(out[..2 * kv_dim].iter().all(|&x| x == 0.0));
-            c.widen_values(1, 0, 3, 0..kv_dim, &mut out);
-            assert!((out[2 * kv_dim + 3] - v[3]).abs() < 0.25);
-            // One head's columns of one position: block-aligned, and not (widened whole).
+            let mut pool = KvPool::new(2, 3, kv_dim, CacheTypes { k: ty, v: ty }).unwrap();
+            let mut t = BlockTable::new(192);
+            assert!(pool.grow(&mut t, 130));
+            assert_eq!(t.blocks(), &[0, 1, 2]);
+            for p in 0..130 {
+                let (k, v) = rows(kv_dim, p);
+                pool.store(&t, 1, p, &k, &v);
+            }
+            // A read that spans two blocks gives each position's own row.
+            let mut out = vec![0f32; 10 * kv_dim];
+            pool.seq(&t).widen_keys(1, 60, 10, 0..kv_dim, &mut out);
+            for (j, o) in out.chunks_exact(kv_dim).enumerate() {
+                let (k, _) = rows(kv_dim, 60 + j);
+                let err = o
+                    .iter()
+                    .zip(&k)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(err < 0.25, "{ty}: {err}");
+            }
+            pool.seq(&t)
+                .widen_values(1, 128, 2, 0..kv_dim, &mut out[..2 * kv_dim]);
+            assert!((out[3] - rows(kv_dim, 128).1[3]).abs() < 0.25);
+            // One head's columns: block-aligned and not.
             for cols in [32..64, 8..24] {
                 let mut head = vec![0f32; cols.len()];
-                c.widen_values(1, 2, 1, cols.clone(), &mut head);
+                pool.seq(&t)
+                    .widen_values(1, 129, 1, cols.clone(), &mut head);
                 assert_eq!(
                     head,
-                    out[2 * kv_dim + cols.start..2 * kv_dim + cols.end],
+                    out[kv_dim + cols.start..kv_dim + cols.end],
                     "{ty} {cols:?}"
                 );
             }
         }
         assert!(CacheTypes::parse("q8_0", "Q4_1").is_ok());
         assert!(CacheTypes::parse("q4_k", "f16").is_err());
-        let t = CacheTypes::parse("q8_0", "f16").unwrap();
-        let mut a = KvCache::new(2, 4, kv_dim, t).unwrap();
-        let mut b = KvCache::new(2, 4, kv_dim, t).unwrap();
-        a.store(1, 0, &k, &v);
-        a.store(1, 1, &v, &k);
-        a.store(1, 2, &k, &k);
-        b.copy_prefix_from(&a, 2);
-        assert_eq!(b.raw(1, 2), a.raw(1, 2));
-        assert_ne!(b.raw(1, 3), a.raw(1, 3), "only the prefix is copied");
         let bad = CacheTypes::parse("q8_0", "f16").unwrap();
-        assert!(KvCache::new(1, 4, 48, bad).is_err());
+        assert!(KvPool::new(1, 4, 48, bad).is_err());
+    }
+
+    #[test]
+    fn blocks_are_allocated_freed_and_exhausted() {
+        let mut pool = KvPool::new(1, 4, 32, CacheTypes::default()).unwrap();
+        let (mut a, mut b) = (BlockTable::new(256), BlockTable::new(256));
+        assert!(pool.grow(&mut a, 65));
+        assert_eq!((a.blocks().len(), pool.available()), (2, 2));
+        // Not enough for 200 positions: b gets what there is, and a request can wait for more.
+        assert!(!pool.grow(&mut b, 200));
+        assert_eq!((b.blocks().len(), pool.available()), (2, 0));
+        pool.truncate(&mut a, 10);
+        assert_eq!((a.blocks().len(), pool.available()), (1, 1));
+        assert!(pool.grow(&mut b, 192));
+        assert!(!pool.grow(&mut b, 193));
+        pool.clear(&mut a);
+        pool.clear(&mut b);
+        assert_eq!(pool.available(), 4);
+        assert_eq!(pool.n_used(), 0);
+    }
+
+    #[test]
+    fn full_blocks_are_shared_by_refcount_and_evicted_least_recently_used() {
+        let kv = 32;
+        let mut pool = KvPool::new(1, 4, kv, CacheTypes::default()).unwrap();
+        let prompt: Vec<u32> = (0..150).collect();
+        let mut a = BlockTable::new(256);
+        assert!(pool.grow(&mut a, 150));
+        for p in 0..150 {
+            let (k, v) = rows(kv, p);
+            pool.store(&a, 0, p, &k, &v);
+        }
+        pool.register(&mut a, &prompt);
+        assert_eq!(pool.n_cached(), 2, "the partial third block is not shared");
+        // Another sequence with the same first 140 tokens shares the two full blocks.
+        let mut other: Vec<u32> = prompt[..140].to_vec();
+        other.push(9999);
+        assert_eq!(pool.cached_prefix(&other, other.len() - 1), 2);
+        let mut b = BlockTable::new(256);
+        assert_eq!(pool.share_prefix(&mut b, &other, 2), 128);
+        assert_eq!(b.blocks(), &a.blocks()[..2]);
+        assert_eq!(pool.refcount(a.blocks()[0]), 2);
+        let (mut x, mut y) = (vec![0f32; kv], vec![0f32; kv]);
+        pool.seq(&a).widen_keys(0, 100, 1, 0..kv, &mut x);
+        pool.seq(&b).widen_keys(0, 100, 1, 0..kv, &mut y);
+        assert_eq!(x, y);
+        // A different first block shares nothing (the hash is chained).
+        let mut c = other.clone();
+        c[0] = 7;
+        assert_eq!(pool.cached_prefix(&c, c.len()), 0);
+        // Released by both: the blocks stay cached (available, but still shareable) ...
+        pool.clear(&mut a);
+        pool.clear(&mut b);
+        assert_eq!((pool.available(), pool.n_cached()), (4, 2));
+        let mut d = BlockTable::new(256);
+        assert_eq!(pool.share_prefix(&mut d, &other, 2), 128);
+        pool.clear(&mut d);
+        // ... until blocks are needed: the free ones go first, then the least recently
+        // released cached one (a table lets its last block go first, so a chain loses its
+        // tail before its head).
+        let mut e = BlockTable::new(256);
+        assert!(pool.grow(&mut e, 192));
+        assert_eq!(pool.n_cached(), 1);
+        assert_eq!(
+            pool.cached_prefix(&other, 139),
+            1,
+            "the chain's second block is gone"
+        );
+        assert!(pool.grow(&mut e, 256));
+        assert_eq!((pool.n_cached(), pool.available()), (0, 0));
+    }
+
+    #[test]
+    fn a_shared_block_is_copied_before_it_is_written() {
+        let kv = 32;
+        let mut pool = KvPool::new(2, 3, kv, CacheTypes::default()).unwrap();
+        let prompt: Vec<u32> = (0..64).collect();
+        let mut a = BlockTable::new(192);
+        assert!(pool.grow(&mut a, 64));
+        for layer in 0..2 {
+            for p in 0..64 {
+                let (k, v) = rows(kv, p + layer);
+                pool.store(&a, layer, p, &k, &v);
+            }
+        }
+        pool.register(&mut a, &prompt);
+        let mut b = BlockTable::new(192);
+        pool.share_prefix(&mut b, &prompt, 1);
+        // b keeps 40 of the 64 positions and writes the 41st: it gets its own copy first.
+        pool.truncate(&mut b, 40);
+        assert!(pool.make_writable(&mut b, 0));
+        assert_ne!(b.blocks()[0], a.blocks()[0]);
+        assert_eq!(pool.refcount(a.blocks()[0]), 1);
+        for layer in 0..2 {
+            for p in 0..64 {
+                assert_eq!(pool.raw(&a, layer, p), pool.raw(&b, layer, p));
+            }
+        }
+        let (k, v) = rows(kv, 500);
+        pool.store(&b, 1, 40, &k, &v);
+        assert_ne!(pool.raw(&a, 1, 40), pool.raw(&b, 1, 40));
+        // The cached block kept its contents: a third sequence still shares it.
+        let mut c = BlockTable::new(192);
+        assert_eq!(pool.share_prefix(&mut c, &prompt, 1), 64);
+        assert_eq!(c.blocks()[0], a.blocks()[0]);
+        // A registered block only one table holds, and no block left for a copy: unregistered.
+        pool.clear(&mut c);
+        let mut d = BlockTable::new(192);
+        assert!(pool.grow(&mut d, 64));
+        assert_eq!(pool.available(), 0);
+        assert!(pool.make_writable(&mut a, 0));
+        assert_eq!(pool.n_cached(), 0);
+        // Shared and nothing left: refused.
+        pool.register(&mut d, &[1; 64]);
+        let mut e = BlockTable::new(192);
+        pool.share_prefix(&mut e, &[1; 65], 1);
+        assert_eq!(pool.refcount(d.blocks()[0]), 2);
+        assert!(!pool.make_writable(&mut e, 0));
+    }
+
+    #[test]
+    fn a_partial_block_is_shared_then_copied_by_its_writer() {
+        let kv = 32;
+        let mut pool = KvPool::new(1, 4, kv, CacheTypes::default()).unwrap();
+        let mut a = BlockTable::new(256);
+        assert!(pool.grow(&mut a, 100));
+        for p in 0..100 {
+            let (k, v) = rows(kv, p);
+            pool.store(&a, 0, p, &k, &v);
+        }
+        let mut b = BlockTable::new(256);
+        pool.share_from(&mut b, &a, 90);
+        assert_eq!(b.blocks(), a.blocks());
+        assert_eq!(pool.refcount(a.blocks()[1]), 2);
+        // b writes position 90: its second block becomes its own copy; a's is untouched.
+        assert!(pool.make_writable(&mut b, 1));
+        assert_ne!(b.blocks()[1], a.blocks()[1]);
+        assert_eq!(b.blocks()[0], a.blocks()[0]);
+        let before = pool.raw(&a, 0, 90).0.to_vec();
+        let (k, v) = rows(kv, 900);
+        pool.store(&b, 0, 90, &k, &v);
+        assert_eq!(pool.raw(&a, 0, 90).0, &before[..]);
+        assert_eq!(pool.raw(&a, 0, 89), pool.raw(&b, 0, 89));
+        pool.clear(&mut a);
+        pool.clear(&mut b);
+        assert_eq!(pool.available(), 4);
     }
 }

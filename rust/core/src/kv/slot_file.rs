@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{CacheTypes, KvCache};
+use super::{BlockTable, CacheTypes, KvPool};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
@@ -29,9 +29,17 @@ pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// Write `tokens` and their KV rows from `cache` to `path`; returns the bytes written.
-pub fn save(path: &Path, fingerprint: u64, cache: &KvCache, tokens: &[u32]) -> Result<usize> {
-    let n = tokens.len();
+/// Write `tokens` and their KV rows (positions [0, n) of `table` in `cache`) to `path`; returns
+/// the bytes written.
+pub fn save(
+    path: &Path,
+    fingerprint: u64,
+    cache: &KvPool,
+    table: &BlockTable,
+    tokens: &[u32],
+) -> Result<usize> {
+    let n = tokens.len().min(table.capacity());
+    let tokens = &tokens[..n];
     let types = cache.types();
     let (rk, rv) = cache.row_bytes();
     let total = HEADER + 4 * n + cache.n_layer() * n * (rk + rv) + 8;
@@ -54,9 +62,12 @@ pub fn save(path: &Path, fingerprint: u64, cache: &KvCache, tokens: &[u32]) -> R
         buf.extend_from_slice(&t.to_le_bytes());
     }
     for layer in 0..cache.n_layer() {
-        let (k, v) = cache.raw(layer, n);
-        buf.extend_from_slice(k);
-        buf.extend_from_slice(v);
+        for pos in 0..n {
+            buf.extend_from_slice(cache.raw(table, layer, pos).0);
+        }
+        for pos in 0..n {
+            buf.extend_from_slice(cache.raw(table, layer, pos).1);
+        }
     }
     let sum = fnv1a(&buf, FNV_OFFSET);
     buf.extend_from_slice(&sum.to_le_bytes());
@@ -87,16 +98,23 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Read `path` into `cache` (which must match the file's model and cache types); returns the
-/// tokens and the bytes read. The cache is untouched when the file is refused.
-pub fn restore(path: &Path, fingerprint: u64, cache: &mut KvCache) -> Result<(Vec<u32>, usize)> {
+/// Read `path` into `table` (a sequence of at most `table.n_ctx()` positions) of `cache`
+/// (which must match the file's model and cache types); returns the tokens and the bytes read.
+/// The table is untouched when the file is refused; on success it holds blocks of its own for
+/// exactly the file's positions.
+pub fn restore(
+    path: &Path,
+    fingerprint: u64,
+    cache: &mut KvPool,
+    table: &mut BlockTable,
+) -> Result<(Vec<u32>, usize)> {
     let bad = |why: &str| Error::invalid(format!("slot file {}: {why}", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| bad(&e.to_string()))?;
     if !meta.is_file() {
         return Err(bad("not a regular file"));
     }
     let (rk, rv) = cache.row_bytes();
-    let max = HEADER + 8 + cache.n_ctx() * (4 + cache.n_layer() * (rk + rv));
+    let max = HEADER + 8 + table.n_ctx() * (4 + cache.n_layer() * (rk + rv));
     if meta.len() as usize > max {
         return Err(bad("larger than this slot's context can hold"));
     }
@@ -135,24 +153,48 @@ pub fn restore(path: &Path, fingerprint: u64, cache: &mut KvCache) -> Result<(Ve
         return Err(bad("layer count or KV width differs from this model"));
     }
     let n = u32_at(&b, 36) as usize;
-    if n > cache.n_ctx() {
+    if n > table.n_ctx() {
         return Err(bad(&format!(
             "holds {n} tokens, more than this slot's context ({})",
-            cache.n_ctx()
+            table.n_ctx()
         )));
     }
     if body.len() != HEADER + 4 * n + cache.n_layer() * n * (rk + rv) {
         return Err(bad("size does not match its header"));
     }
     let tokens: Vec<u32> = (0..n).map(|i| u32_at(&b, HEADER + 4 * i)).collect();
+    // Blocks of its own (the old ones may be shared): checked before anything is dropped.
+    let mut fresh = BlockTable::new(table.n_ctx());
+    if !cache.grow(&mut fresh, n) {
+        cache.clear(&mut fresh);
+        return Err(Error::ContextFull(format!(
+            "slot file {}: {n} tokens need {} KV blocks, and only {} are free now",
+            path.display(),
+            super::blocks_for(n),
+            cache.available()
+        )));
+    }
     let mut at = HEADER + 4 * n;
     for layer in 0..cache.n_layer() {
-        let (k, v) = cache.raw_mut(layer, n);
-        k.copy_from_slice(&b[at..at + n * rk]);
-        at += n * rk;
-        v.copy_from_slice(&b[at..at + n * rv]);
-        at += n * rv;
+        for pos in 0..n {
+            cache
+                .raw_mut(&fresh, layer, pos)
+                .0
+                .copy_from_slice(&b[at..at + rk]);
+            at += rk;
+        }
+        for pos in 0..n {
+            cache
+                .raw_mut(&fresh, layer, pos)
+                .1
+                .copy_from_slice(&b[at..at + rv]);
+            at += rv;
+        }
     }
+    cache.clear(table);
+    *table = fresh;
+    // Restored cells are offered to no one: they were not evaluated here.
+    cache.unhash_from(table, 0);
     Ok((tokens, b.len()))
 }
 
@@ -160,16 +202,17 @@ pub fn restore(path: &Path, fingerprint: u64, cache: &mut KvCache) -> Result<(Ve
 mod tests {
     use super::*;
 
-    fn filled(types: CacheTypes) -> KvCache {
-        let mut c = KvCache::new(2, 8, 32, types).unwrap();
+    fn filled(pool: &mut KvPool) -> BlockTable {
+        let mut t = BlockTable::new(128);
+        assert!(pool.grow(&mut t, 70));
         for layer in 0..2 {
-            for pos in 0..5 {
+            for pos in 0..70 {
                 let k: Vec<f32> = (0..32).map(|i| (i + pos + layer) as f32 / 8.0).collect();
                 let v: Vec<f32> = k.iter().map(|x| -x).collect();
-                c.store(layer, pos, &k, &v);
+                pool.store(&t, layer, pos, &k, &v);
             }
         }
-        c
+        t
     }
 
     #[test]
@@ -177,19 +220,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rllama-slot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.bin");
-        let c = filled(CacheTypes::default());
-        let toks = [1u32, 2, 3, 4, 5];
-        let n = save(&path, 42, &c, &toks).unwrap();
+        let mut pool = KvPool::new(2, 6, 32, CacheTypes::default()).unwrap();
+        let c = filled(&mut pool);
+        let toks: Vec<u32> = (0..70).collect();
+        let n = save(&path, 42, &pool, &c, &toks).unwrap();
         assert_eq!(n as u64, std::fs::metadata(&path).unwrap().len());
 
-        let mut d = KvCache::new(2, 8, 32, CacheTypes::default()).unwrap();
-        let (t, read) = restore(&path, 42, &mut d).unwrap();
+        let mut d = BlockTable::new(128);
+        let (t, read) = restore(&path, 42, &mut pool, &mut d).unwrap();
         assert_eq!((t.as_slice(), read), (&toks[..], n));
+        assert_eq!(d.blocks().len(), 2);
+        assert!(d.blocks().iter().all(|b| !c.blocks().contains(b)));
         for layer in 0..2 {
-            assert_eq!(c.raw(layer, 5), d.raw(layer, 5));
+            for pos in 0..70 {
+                assert_eq!(pool.raw(&c, layer, pos), pool.raw(&d, layer, pos));
+            }
         }
+        // Restoring again gives the table fresh blocks and lets the old ones go.
+        restore(&path, 42, &mut pool, &mut d).unwrap();
+        assert_eq!(pool.n_used(), 4);
+        // No room in the pool: refused, the table untouched.
+        let mut e = BlockTable::new(128);
+        assert!(pool.grow(&mut e, 128));
+        let mut f = BlockTable::new(128);
+        assert!(restore(&path, 42, &mut pool, &mut f).is_err());
+        assert!(f.blocks().is_empty());
+        pool.clear(&mut e);
         // Another model, other cache types, too small a context.
-        assert!(restore(&path, 43, &mut d)
+        assert!(restore(&path, 43, &mut pool, &mut f)
             .unwrap_err()
             .to_string()
             .contains("another model"));
@@ -197,26 +255,23 @@ mod tests {
             k: GgmlType::Q8_0,
             v: GgmlType::Q8_0,
         };
-        assert!(restore(&path, 42, &mut KvCache::new(2, 8, 32, q8).unwrap()).is_err());
-        assert!(restore(
-            &path,
-            42,
-            &mut KvCache::new(2, 4, 32, CacheTypes::default()).unwrap()
-        )
-        .is_err());
+        let mut p8 = KvPool::new(2, 6, 32, q8).unwrap();
+        assert!(restore(&path, 42, &mut p8, &mut f).is_err());
+        assert!(restore(&path, 42, &mut pool, &mut BlockTable::new(64)).is_err());
         // Corrupt and truncated files.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[HEADER + 7] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(restore(&path, 42, &mut d)
+        assert!(restore(&path, 42, &mut pool, &mut f)
             .unwrap_err()
             .to_string()
             .contains("checksum"));
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        assert!(restore(&path, 42, &mut d).is_err());
+        assert!(restore(&path, 42, &mut pool, &mut f).is_err());
         std::fs::write(&path, b"hello").unwrap();
-        assert!(restore(&path, 42, &mut d).is_err());
-        assert!(restore(&dir, 42, &mut d).is_err());
+        assert!(restore(&path, 42, &mut pool, &mut f).is_err());
+        assert!(restore(&dir, 42, &mut pool, &mut f).is_err());
+        assert!(f.blocks().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

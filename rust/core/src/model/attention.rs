@@ -13,18 +13,19 @@
 //!   chunk per thread, each chunk as above, the partial results then combined in f32.
 //!
 //! Which cells llama.cpp looks at (and so where the split falls) follows its padded KV view
-//! (`viewed_cells`). Keys and values are read from the cache one tile of one head at a time and
-//! widened to f32 there. Caches of other types than f16 (and `--flash-attn off`) take the tiled
-//! path for every batch: f32 throughout.
+//! (`viewed_cells`). Keys and values are read through each sequence's block table one tile (one
+//! block) of one head at a time and widened to f32 there. Caches of other types than f16 (and
+//! `--flash-attn off`) take the tiled path for every batch: f32 throughout.
 
 // Kernels index several arrays by the same counter.
 #![allow(clippy::needless_range_loop)]
 
 use std::ops::Range;
 
+use crate::cpu::simd_level;
 #[cfg(target_arch = "x86_64")]
-use crate::cpu::{simd_level, SimdLevel};
-use crate::kv::{CacheTypes, KvCache};
+use crate::cpu::SimdLevel;
+use crate::kv::{CacheTypes, KvSeq};
 use crate::quant::f16::round_f16;
 use crate::tensor::{SendPtr, ThreadPool};
 
@@ -80,9 +81,10 @@ fn viewed_cells(top: usize, n_ctx: usize) -> usize {
     (top + 1).next_multiple_of(256).min(n_ctx)
 }
 
-/// One KV head of one layer of a cache, read a tile at a time.
+/// One KV head of one layer of a sequence's cache, read a tile (one block) at a time through
+/// its block table.
 struct HeadKv<'a> {
-    cache: &'a KvCache,
+    cache: KvSeq<'a>,
     layer: usize,
     cols: Range<usize>,
 }
@@ -108,13 +110,13 @@ struct Row<'a> {
 }
 
 /// att[i, h] = softmax(q[i, h] · K[seq_i, lo..=pos_i]) · V[...] for every token i of `batch` and
-/// query head h, with keys/values of `layer` taken from `caches[seq]`.
+/// query head h, with keys/values of `layer` taken from sequence `caches[seq]`.
 pub fn attention(
     pool: &ThreadPool,
     p: &AttnParams,
     batch: &[BatchToken],
     q: &[f32],
-    caches: &[&KvCache],
+    caches: &[KvSeq],
     layer: usize,
     att: &mut [f32],
 ) {
@@ -814,6 +816,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::{BlockTable, KvPool};
 
     /// Softmax attention in f64 of `q` over positions [lo, hi] of the widened cache.
     fn reference(
@@ -893,9 +896,18 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    /// A cache of one layer whose keys and values at each position are deterministic.
-    fn cache(n_ctx: usize, kvd: usize, types: CacheTypes) -> KvCache {
-        let mut c = KvCache::new(1, n_ctx, kvd, types).unwrap();
+    /// A cache of one layer whose keys and values at each position are deterministic, in every
+    /// other block of a pool twice its size (so reads go through the block table).
+    fn cache(n_ctx: usize, kvd: usize, types: CacheTypes) -> (KvPool, BlockTable) {
+        let nb = n_ctx.div_ceil(crate::kv::BLOCK);
+        let mut pool = KvPool::new(1, 2 * nb, kvd, types).unwrap();
+        let (mut t, mut gap) = (BlockTable::new(n_ctx), BlockTable::new(n_ctx));
+        for i in 1..=nb {
+            assert!(pool.grow(&mut gap, i * crate::kv::BLOCK));
+            assert!(pool.grow(&mut t, i * crate::kv::BLOCK));
+        }
+        pool.clear(&mut gap);
+        assert_eq!(t.blocks()[..3], [1, 3, 5]);
         for p in 0..n_ctx {
             let k: Vec<f32> = (0..kvd)
                 .map(|i| (((p * kvd + i) * 37 % 101) as f32 - 50.0) / 40.0)
@@ -903,9 +915,9 @@ mod tests {
             let v: Vec<f32> = (0..kvd)
                 .map(|i| (((p * kvd + i) * 53 % 97) as f32 - 48.0) / 30.0)
                 .collect();
-            c.store(0, p, &k, &v);
+            pool.store(&t, 0, p, &k, &v);
         }
-        c
+        (pool, t)
     }
 
     #[test]
@@ -921,7 +933,8 @@ mod tests {
             CacheTypes::parse("f32", "f32").unwrap(),
             CacheTypes::parse("q8_0", "q4_1").unwrap(),
         ] {
-            let c = cache(n_ctx, kvd, types);
+            let (cp, ct) = cache(n_ctx, kvd, types);
+            let c = cp.seq(&ct);
             let (mut kf, mut vf) = (vec![0f32; n_ctx * kvd], vec![0f32; n_ctx * kvd]);
             c.widen_keys(0, 0, n_ctx, 0..kvd, &mut kf);
             c.widen_values(0, 0, n_ctx, 0..kvd, &mut vf);
@@ -963,7 +976,7 @@ mod tests {
                         flash,
                         fixed: false,
                     };
-                    attention(&pool, &p, &batch, &q, &[&c], 0, &mut att);
+                    attention(&pool, &p, &batch, &q, &[c], 0, &mut att);
                     // The f16 path rounds the query and the accumulator to f16.
                     let tiled =
                         n >= TILE || flash == FlashAttn::Off || types != CacheTypes::default();
@@ -1007,7 +1020,8 @@ mod tests {
         // One chunk per thread, then combined: within f16 rounding of the unsplit pass, and one
         // thread is the unsplit pass bit for bit.
         let (n_head, hd, n_ctx) = (2, 64, 1024);
-        let c = cache(n_ctx, n_head * hd, CacheTypes::default());
+        let (cp, ct) = cache(n_ctx, n_head * hd, CacheTypes::default());
+        let c = cp.seq(&ct);
         let batch = [BatchToken {
             token: 0,
             pos: 777,
@@ -1028,20 +1042,12 @@ mod tests {
         };
         let run = |threads: usize| {
             let mut att = vec![0f32; q.len()];
-            attention(
-                &ThreadPool::new(threads),
-                &p,
-                &batch,
-                &q,
-                &[&c],
-                0,
-                &mut att,
-            );
+            attention(&ThreadPool::new(threads), &p, &batch, &q, &[c], 0, &mut att);
             att
         };
         let (one, two) = (run(1), run(2));
         let kv = HeadKv {
-            cache: &c,
+            cache: c,
             layer: 0,
             cols: 0..hd,
         };

@@ -2,7 +2,8 @@
 //! weights exist and a few switches in `ModelConfig` (norm placement, RoPE style, activation).
 //!
 //! `forward` evaluates a batch of tokens that may belong to several sequences at different
-//! positions (each with its own KV cache), and returns logits only for the rows asked for.
+//! positions (each with its own block table in one KV pool), and returns logits only for the rows
+//! asked for.
 
 mod attention;
 mod config;
@@ -18,7 +19,7 @@ pub use config::{Arch, ModelConfig, RopeOverrides, RopeStyle, Yarn};
 use crate::cpu::simd_dispatch;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::kv::{CacheTypes, KvCache};
+use crate::kv::{BlockTable, CacheTypes, KvPool, KvSeq, BLOCK};
 use crate::quant::repack::Tiles;
 use crate::quant::{dequantize, GgmlType};
 use crate::tensor::{matmul_acts, pack_tiles, Activations, QMatrix, ThreadPool};
@@ -71,7 +72,7 @@ pub struct Model {
     deterministic: bool,
 }
 
-/// One token of a batch: which sequence (index into the caches passed to `forward`), its
+/// One token of a batch: which sequence (index into the block tables passed to `forward`), its
 /// position there, and whether its logits are wanted.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchToken {
@@ -305,7 +306,7 @@ impl Model {
     /// Store keys and values of caches made from now on as `types` (llama.cpp's `-ctk/-ctv`).
     pub fn set_cache_types(&mut self, types: CacheTypes) -> Result<()> {
         // Fails now, not at the first request, when the KV width does not fit the block size.
-        KvCache::new(1, 1, self.cfg.kv_dim(), types)?;
+        KvPool::new(1, 1, self.cfg.kv_dim(), types)?;
         self.cache_types = types;
         Ok(())
     }
@@ -337,12 +338,27 @@ impl Model {
 
     /// Bytes of KV cache per context position (every layer, keys and values).
     pub fn cache_bytes_per_pos(&self) -> usize {
-        KvCache::bytes_for(self.cfg.n_layer, 1, self.cfg.kv_dim(), self.cache_types)
+        KvPool::bytes_for(self.cfg.n_layer, 1, self.cfg.kv_dim(), self.cache_types)
             .unwrap_or(usize::MAX)
     }
 
-    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache> {
-        KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_dim(), self.cache_types)
+    /// A KV pool of `n_blocks` blocks for this model.
+    pub fn new_pool(&self, n_blocks: usize) -> Result<KvPool> {
+        KvPool::new(
+            self.cfg.n_layer,
+            n_blocks,
+            self.cfg.kv_dim(),
+            self.cache_types,
+        )
+    }
+
+    /// A pool and one table holding positions [0, n_ctx) (scratch evaluations: logits,
+    /// embeddings, benchmarks).
+    pub fn scratch_cache(&self, n_ctx: usize) -> Result<(KvPool, BlockTable)> {
+        let mut pool = self.new_pool(n_ctx.div_ceil(BLOCK))?;
+        let mut t = BlockTable::new(n_ctx);
+        pool.grow(&mut t, n_ctx);
+        Ok((pool, t))
     }
 
     /// A hash of what a KV row depends on (architecture, shapes, every tensor's name, type and
@@ -395,19 +411,40 @@ impl Model {
         })
     }
 
-    /// Context shift: drop positions [n_keep, n_keep + n_discard) of `cache` (filled up to
+    /// Context shift: drop positions [n_keep, n_keep + n_discard) of sequence `t` (filled up to
     /// `n_past`), move the rest down and re-rotate their keys by -n_discard positions, as
     /// llama.cpp's K-shift does (RoPE rotations compose, so rotating the stored key by the
-    /// difference gives the key at its new position, up to the cache type's rounding).
-    pub fn shift_cache(&self, cache: &mut KvCache, n_keep: usize, n_discard: usize, n_past: usize) {
+    /// difference gives the key at its new position, up to the cache type's rounding). Blocks
+    /// the shift writes that are shared are copied first; the blocks it empties go back to the
+    /// pool. False (nothing changed) when the pool has no block left for such a copy.
+    pub fn shift_cache(
+        &self,
+        cache: &mut KvPool,
+        t: &mut BlockTable,
+        n_keep: usize,
+        n_discard: usize,
+        n_past: usize,
+    ) -> bool {
         let cfg = &self.cfg;
-        if n_discard == 0 || n_keep + n_discard > n_past {
-            return;
+        if n_discard == 0 || n_keep + n_discard > n_past || n_past > t.capacity() {
+            return false;
         }
-        cache.discard(n_keep, n_discard, n_past);
         let n_moved = n_past - n_keep - n_discard;
+        let new_len = n_keep + n_moved;
+        // The blocks written: from the one holding n_keep to the new end (the ones after it
+        // are only read, then dropped).
+        for i in n_keep / BLOCK..new_len.div_ceil(BLOCK) {
+            if !cache.make_writable(t, i) {
+                return false;
+            }
+        }
+        cache.unhash_from(t, n_keep);
+        for p in n_keep..new_len {
+            cache.move_cell(t, p + n_discard, p);
+        }
+        cache.truncate(t, new_len);
         let neox = cfg.rope_style == RopeStyle::Neox;
-        let factors = self.rope_factors_for(cache.n_ctx());
+        let factors = self.rope_factors_for(t.n_ctx());
         let table = |theta_scale: f32, base: f32| {
             // The magnitude was scaled when the key was stored: only rotate now.
             let yarn = self.yarn_table(base, Some(1.0));
@@ -428,15 +465,16 @@ impl Model {
         let swa = table(self.theta_scale_swa, cfg.rope_base_swa);
         let mut buf = vec![0f32; cfg.kv_dim()];
         for layer in 0..cfg.n_layer {
-            let t = if cfg.swa_layers[layer] { &swa } else { &global };
+            let rot = if cfg.swa_layers[layer] { &swa } else { &global };
             for pos in n_keep..n_keep + n_moved {
-                cache.update_key(layer, pos, &mut buf, |row| {
+                cache.update_key(t, layer, pos, &mut buf, |row| {
                     for h in row.chunks_exact_mut(cfg.head_dim) {
-                        ops::rope(&mut h[..cfg.n_rot], t, neox);
+                        ops::rope(&mut h[..cfg.n_rot], rot, neox);
                     }
                 });
             }
         }
+        true
     }
 
     pub fn pool(&self) -> &ThreadPool {
@@ -488,12 +526,15 @@ impl Model {
         });
     }
 
-    /// Evaluate `batch`. `caches[seq]` is the KV cache of sequence `seq`. Every position earlier than
-    /// a token's own must already be in its cache (or earlier in this batch).
+    /// Evaluate `batch`. `tables[seq]` is the block table of sequence `seq` in `cache`: it must
+    /// hold a block for every position of the batch, the ones written not shared (see
+    /// `KvPool::make_writable`), and every position earlier than a token's own must already be
+    /// in it (or earlier in this batch).
     pub fn forward(
         &self,
         batch: &[BatchToken],
-        caches: &mut [&mut KvCache],
+        cache: &mut KvPool,
+        tables: &[&BlockTable],
         want_hidden: bool,
     ) -> Result<ForwardOutput> {
         let width = if batch.len() > 1 {
@@ -501,14 +542,16 @@ impl Model {
         } else {
             self.threads
         };
-        self.pool
-            .with_width(width, || self.forward_on_pool(batch, caches, want_hidden))
+        self.pool.with_width(width, || {
+            self.forward_on_pool(batch, cache, tables, want_hidden)
+        })
     }
 
     fn forward_on_pool(
         &self,
         batch: &[BatchToken],
-        caches: &mut [&mut KvCache],
+        cache: &mut KvPool,
+        tables: &[&BlockTable],
         want_hidden: bool,
     ) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
@@ -523,14 +566,20 @@ impl Model {
                     t.token, cfg.n_vocab
                 )));
             }
-            let cache = caches.get(t.seq).ok_or_else(|| {
+            let table = tables.get(t.seq).ok_or_else(|| {
                 Error::invalid(format!("batch names sequence {} with no cache", t.seq))
             })?;
-            if t.pos >= cache.n_ctx() {
+            if t.pos >= table.n_ctx() {
                 return Err(Error::ContextFull(format!(
                     "position {} exceeds the context size {}",
                     t.pos,
-                    cache.n_ctx()
+                    table.n_ctx()
+                )));
+            }
+            if t.pos >= table.capacity() {
+                return Err(Error::invalid(format!(
+                    "position {} of sequence {} has no KV block",
+                    t.pos, t.seq
                 )));
             }
         }
@@ -556,7 +605,7 @@ impl Model {
             let mut all = Vec::with_capacity(n * half);
             let mut rc = Vec::with_capacity(half);
             for t in batch {
-                let factors = self.rope_factors_for(caches[t.seq].n_ctx());
+                let factors = self.rope_factors_for(tables[t.seq].n_ctx());
                 ops::rope_cache(
                     t.pos as f32,
                     cfg.rope_scale,
@@ -648,14 +697,15 @@ impl Model {
                 );
             }
             for (i, t) in batch.iter().enumerate() {
-                caches[t.seq].store(
+                cache.store(
+                    tables[t.seq],
                     il,
                     t.pos,
                     &k[i * kvd..(i + 1) * kvd],
                     &v[i * kvd..(i + 1) * kvd],
                 );
             }
-            let caches_ro: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
+            let caches_ro: Vec<KvSeq> = tables.iter().map(|t| cache.seq(t)).collect();
             let params = AttnParams {
                 n_head: cfg.n_head,
                 n_head_kv: cfg.n_head_kv,
