@@ -32,6 +32,8 @@ pub fn layout(ty: GgmlType) -> Option<Layout> {
         Q4_0 => (2, 4, Some(0)),
         Q5_0 => (2, 5, Some(0)),
         Q4_1 => (0, 5, None),
+        Q5_1 => (0, 6, None),
+        IQ4_NL => (2, 4, Some(0)),
         Q3_K => (0, 27, Some(108)),
         Q4_K => (0, 36, None),
         Q5_K => (0, 44, None),
@@ -228,7 +230,7 @@ mod tests {
     #[test]
     fn tiles_hold_each_rows_fields() {
         use GgmlType::*;
-        for ty in [Q8_0, Q4_0, Q5_0, Q4_1, Q3_K, Q4_K, Q5_K, Q6_K] {
+        for ty in [Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q3_K, Q4_K, Q5_K, Q6_K] {
             let l = layout(ty).unwrap();
             let (rows, nb, ts) = (21, 3, ty.type_size());
             let data: Vec<u8> = (0..rows * nb * ts).map(|i| (i * 7 % 251) as u8).collect();

@@ -147,8 +147,20 @@ pub(crate) unsafe fn prefetch_tile(tile: &Tile, b: usize) {
 /// The legacy types with the AVX-512 kernels (`dot16_512`, `gemm16_512`).
 pub fn has_dot16_512(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
-    matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
+    matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0 | Q5_1 | IQ4_NL)
 }
+
+/// IQ4_NL's sixteen values plus 128: unsigned bytes for VNNI.
+static IQ4NL_UNSIGNED: [u8; 16] = {
+    let k = super::dequant::KVALUES_IQ4NL;
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (k[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// One block of sixteen rows, one row per lane: `w[j]` holds each row's values 4j..4j+4 as
 /// unsigned bytes (value + `gemm_offset`), `d` the scales and `m` the mins (zero without).
@@ -170,7 +182,7 @@ unsafe fn load16(ty: super::GgmlType, blk: TileBlock) -> Block16 {
     let mut m = _mm512_setzero_ps();
     let d = match ty {
         // d and m are word 0.
-        Q4_1 => scale(word(0)),
+        Q4_1 | Q5_1 => scale(word(0)),
         _ => _mm512_cvtph_ps(_mm256_loadu_si256(blk.half as *const __m256i)),
     };
     match ty {
@@ -185,7 +197,19 @@ unsafe fn load16(ty: super::GgmlType, blk: TileBlock) -> Block16 {
                 m = scale(_mm512_srli_epi32::<16>(word(0)));
             }
         }
-        Q5_0 => {
+        IQ4_NL => {
+            // The table's values plus 128 (`gemm_offset`), looked up by nibble in every
+            // 128-bit lane.
+            let table =
+                _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4NL_UNSIGNED.as_ptr() as *const __m128i));
+            for g in 0..4 {
+                let q = word(g);
+                w[g] = _mm512_shuffle_epi8(table, _mm512_and_si512(q, nib));
+                w[g + 4] =
+                    _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib));
+            }
+        }
+        Q5_0 | Q5_1 => {
             // (nibble | fifth bit << 4); bits 4g..4g+4 of qh, as a table index, give the fifth
             // bits of a 4-value group as 0x10 bytes (`FIFTH[i]`: 0x10 in byte k where bit k of i).
             let fifth = _mm512_set_epi32(
@@ -193,12 +217,20 @@ unsafe fn load16(ty: super::GgmlType, blk: TileBlock) -> Block16 {
                 0x10000000, 0x00101010, 0x00101000, 0x00100010, 0x00100000, 0x00001010, 0x00001000,
                 0x00000010, 0,
             );
-            let qh = word(0);
+            // Q5_1: d and m are word 0, qh word 1.
+            let (qh, qs) = if ty == Q5_1 {
+                (word(1), 2)
+            } else {
+                (word(0), 1)
+            };
+            if ty == Q5_1 {
+                m = scale(_mm512_srli_epi32::<16>(word(0)));
+            }
             let hb = |shift: i32| {
                 _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(shift)), fifth)
             };
             for g in 0..4 {
-                let q = word(1 + g);
+                let q = word(qs + g);
                 w[g] = _mm512_or_si512(_mm512_and_si512(q, nib), hb(4 * g as i32));
                 w[g + 4] = _mm512_or_si512(
                     _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
@@ -220,9 +252,9 @@ unsafe fn load16(ty: super::GgmlType, blk: TileBlock) -> Block16 {
 /// Add block `b` of one token to a sixteen-row accumulator set in ggml's order: per 4-value group
 /// j its exact integer sum (the offset's share −offset·Σy precomputed in `corr`), scaled by
 /// d_w·d_y and fused-multiply-added into accumulator j; the min times the token's block sum into
-/// `accm`.
+/// `accm` (types with mins only: the others skip it).
 #[inline(always)]
-unsafe fn add_block(
+unsafe fn add_block<const MINS: bool>(
     blk: &Block16,
     x: &Q8Row,
     corr: *const i32,
@@ -237,7 +269,9 @@ unsafe fn add_block(
         let s = _mm512_dpbusd_epi32(_mm512_set1_epi32(*corr.add(b * 8 + j)), blk.w[j], y);
         acc[j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s), acc[j]);
     }
-    *accm = _mm512_fmadd_ps(blk.m, _mm512_set1_ps(*x.s.get_unchecked(b)), *accm);
+    if MINS {
+        *accm = _mm512_fmadd_ps(blk.m, _mm512_set1_ps(*x.s.get_unchecked(b)), *accm);
+    }
 }
 
 /// Eight accumulators (ggml's eight lanes, sixteen rows each) folded as ggml's `hsum_float_8`
@@ -272,10 +306,15 @@ pub unsafe fn dot16_512(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32
     assert!(x.d.len() >= nb && x.s.len() >= nb && corr.len() >= 8 * nb && x.q.len() >= nb * 32);
     let mut acc = [_mm512_setzero_ps(); 8];
     let mut accm = _mm512_setzero_ps();
+    let mins = has_mins(ty);
     for b in 0..nb {
         prefetch_tile(tile, b);
         let blk = load16(ty, tile.block(b));
-        add_block(&blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
+        if mins {
+            add_block::<true>(&blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
+        } else {
+            add_block::<false>(&blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
+        }
     }
     let mut out = [0f32; 16];
     _mm512_storeu_ps(out.as_mut_ptr(), finish16(&acc, accm));
@@ -302,38 +341,59 @@ pub unsafe fn gemm16_512(
     }
     buf.clear();
     buf.extend((0..nb).map(|b| load16(ty, tile.block(b))));
-    let mut lanes = [0f32; 16];
     let mut t = 0;
-    while t + 2 <= xs.len() {
-        let mut acc = [[_mm512_setzero_ps(); 8]; 2];
-        let mut accm = [_mm512_setzero_ps(); 2];
-        for (b, blk) in buf.iter().enumerate() {
-            for k in 0..2 {
-                add_block(
-                    blk,
-                    &xs[t + k],
-                    corrs[t + k].as_ptr(),
-                    b,
-                    &mut acc[k],
-                    &mut accm[k],
-                );
-            }
-        }
-        for k in 0..2 {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), finish16(&acc[k], accm[k]));
-            out(t + k, &lanes);
-        }
-        t += 2;
+    let mins = has_mins(ty);
+    while t < xs.len() {
+        let left = xs.len() - t;
+        t += match (left, mins) {
+            (1, false) => pass16::<1, false>(buf, xs, corrs, t, &mut out),
+            (1, true) => pass16::<1, true>(buf, xs, corrs, t, &mut out),
+            (2, false) => pass16::<2, false>(buf, xs, corrs, t, &mut out),
+            (2, true) => pass16::<2, true>(buf, xs, corrs, t, &mut out),
+            (_, false) => pass16::<GEMM_TOKENS, false>(buf, xs, corrs, t, &mut out),
+            (_, true) => pass16::<GEMM_TOKENS, true>(buf, xs, corrs, t, &mut out),
+        };
     }
-    if t < xs.len() {
-        let mut acc = [_mm512_setzero_ps(); 8];
-        let mut accm = _mm512_setzero_ps();
-        for (b, blk) in buf.iter().enumerate() {
-            add_block(blk, &xs[t], corrs[t].as_ptr(), b, &mut acc, &mut accm);
+}
+
+/// Tokens per pass over an unpacked tile: each block's eight weight vectors loaded once for
+/// all of them, 8·T accumulators held in registers.
+const GEMM_TOKENS: usize = 2;
+
+/// Whether a legacy type has a min (a term added per block outside the integer sums).
+fn has_mins(ty: super::GgmlType) -> bool {
+    matches!(ty, super::GgmlType::Q4_1 | super::GgmlType::Q5_1)
+}
+
+/// Tokens t..t + T against the unpacked tile `buf`; returns T.
+#[inline(always)]
+unsafe fn pass16<const T: usize, const MINS: bool>(
+    buf: &[Block16],
+    xs: &[Q8Row],
+    corrs: &[Vec<i32>],
+    t: usize,
+    out: &mut impl FnMut(usize, &[f32; 16]),
+) -> usize {
+    let mut acc = [[_mm512_setzero_ps(); 8]; T];
+    let mut accm = [_mm512_setzero_ps(); T];
+    for (b, blk) in buf.iter().enumerate() {
+        for k in 0..T {
+            add_block::<MINS>(
+                blk,
+                &xs[t + k],
+                corrs[t + k].as_ptr(),
+                b,
+                &mut acc[k],
+                &mut accm[k],
+            );
         }
-        _mm512_storeu_ps(lanes.as_mut_ptr(), finish16(&acc, accm));
-        out(t, &lanes);
     }
+    let mut lanes = [0f32; 16];
+    for k in 0..T {
+        _mm512_storeu_ps(lanes.as_mut_ptr(), finish16(&acc[k], accm[k]));
+        out(t + k, &lanes);
+    }
+    T
 }
 
 /// The offset that makes a legacy type's values unsigned bytes (VNNI multiplies unsigned by
