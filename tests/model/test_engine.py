@@ -125,7 +125,7 @@ def test_prefix_is_reused_across_slots(model):
 
 def test_shared_prefix_arriving_at_once_is_evaluated_once(smollm2_path):
     """Requests that arrive together with the same long prefix: one slot evaluates it, the
-    others wait for it and copy it, so the prefix is computed once, not once per slot; each
+    others wait for it and share its blocks, so the prefix is computed once, not once per slot; each
     continuation is the one computed alone."""
     m = rllama.Model(smollm2_path, n_ctx=4096, n_parallel=4, n_threads=2)
     try:

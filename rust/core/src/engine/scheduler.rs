@@ -342,6 +342,8 @@ impl Scheduler {
 
     fn cancel(&mut self, id: u64, events: &mut Vec<(u64, Event)>) {
         self.paused.remove(&id);
+        // The queue's head may change, or blocks come back.
+        self.waiting_for_blocks = false;
         if let Some(i) = self.queue.iter().position(|(q, _)| *q == id) {
             let (_, job) = self.queue.remove(i).expect("index from position");
             let a = Active::new(id, *job, VecDeque::new(), 0);
@@ -548,7 +550,7 @@ impl Scheduler {
         let waiting: Vec<bool> = (0..self.slots.len()).map(|si| self.catch_up(si)).collect();
         let mut batch: Vec<BatchToken> = Vec::new();
         let mut parts: Vec<Part> = Vec::new();
-        // Generating slots the pool had no block for this step.
+        // Slots the pool had no block for this step.
         let mut stalled: Vec<usize> = Vec::new();
         for si in 0..self.slots.len() {
             let s = &self.slots[si];
@@ -599,6 +601,7 @@ impl Scheduler {
                 let table = &mut self.slots[si].table;
                 self.pool.grow(table, e);
                 if !self.pool.make_writable(table, s / BLOCK) {
+                    stalled.push(si);
                     continue;
                 }
                 table.capacity()
@@ -608,6 +611,7 @@ impl Scheduler {
             };
             let take = (e - s).min(left).min(cap.saturating_sub(s));
             if take == 0 {
+                stalled.push(si);
                 continue;
             }
             if take < e - s {
@@ -636,11 +640,30 @@ impl Scheduler {
             // Every runnable slot waits for a block that no one will release: the longest
             // stalled sequence has reached what the pool can give it, and shifts its context
             // (or stops) as at the end of its context.
+            // A prompt still being read cannot shift: it fails with a clear error instead.
             if let Some(&si) = stalled
                 .iter()
                 .max_by_key(|&&si| self.slots[si].tokens.len())
             {
-                if !self.shift(si) {
+                let reading = self.slots[si]
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.next.is_none());
+                if reading {
+                    if let Some(a) = self.slots[si].active.take() {
+                        let e = Error::ContextFull(format!(
+                            "no KV block left for the prompt ({} of {} blocks in use): use a larger context (-c)",
+                            self.pool.n_used(),
+                            self.pool.n_blocks()
+                        ));
+                        self.paused.remove(&a.id);
+                        events.push((a.id, Event::Failed(e)));
+                        let s = &mut self.slots[si];
+                        s.tokens.clear();
+                        self.pool.clear(&mut s.table);
+                        self.waiting_for_blocks = false;
+                    }
+                } else if !self.shift(si) {
                     self.finish(si, StopReason::Limit, events);
                 }
             }
