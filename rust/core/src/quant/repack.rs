@@ -84,6 +84,7 @@ pub struct Tile<'a> {
     bytes: &'a [u8],
     nb: usize,
     n_words: usize,
+    has_half: bool,
 }
 
 /// Block b of a tile: its words (64 bytes each) and its f16 plane (32 bytes).
@@ -101,6 +102,7 @@ impl<'a> Tile<'a> {
             bytes,
             nb,
             n_words: l.n_words,
+            has_half: l.half.is_some(),
         }
     }
 
@@ -132,6 +134,26 @@ impl<'a> Tile<'a> {
         self.bytes
             .as_ptr()
             .wrapping_add(b * self.n_words * 64 + ahead)
+    }
+
+    /// Bytes of the f16 plane (zero for a type without one): it follows the words.
+    #[inline(always)]
+    pub fn half_bytes(&self) -> usize {
+        if self.has_half {
+            self.nb * 32
+        } else {
+            0
+        }
+    }
+
+    /// Where this tile's f16 plane starts, and where the next tile's does (a chunk's tiles are
+    /// consecutive; for prefetching, maybe outside).
+    #[inline(always)]
+    pub fn half_planes(&self) -> (*const u8, *const u8) {
+        let words = self.nb * self.n_words * 64;
+        let len = (words + self.nb * 32).div_ceil(64) * 64;
+        let p = self.bytes.as_ptr();
+        (p.wrapping_add(words), p.wrapping_add(len + words))
     }
 }
 

@@ -142,6 +142,15 @@ pub(crate) unsafe fn prefetch_tile(tile: &Tile, b: usize) {
     for k in 0..tile.words_per_block() {
         _mm_prefetch::<_MM_HINT_T0>(tile.ahead(b, PREFETCH_AHEAD + 64 * k) as *const i8);
     }
+    // The f16 plane is a second stream the words' prefetch reaches only at the tile's end: at
+    // its first block, ask for all of this tile's plane and the next tile's.
+    if b == 0 {
+        let (own, next) = tile.half_planes();
+        for off in (0..tile.half_bytes()).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(own.wrapping_add(off) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8);
+        }
+    }
 }
 
 /// The legacy types with the AVX-512 kernels (`dot16_512`, `gemm16_512`).
