@@ -283,6 +283,37 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 }
                 return;
             }
+            #[cfg(target_arch = "x86_64")]
+            if n > 1 && level != SimdLevel::Scalar {
+                // Prefill: four rows decoded at a time, each token's blocks loaded once for all
+                // four (the same sums per row and token as `dot_unpacked`).
+                let nb = w.cols / 32;
+                let mut u4: Vec<Block> = Vec::with_capacity(4 * nb);
+                let mut r = r0;
+                while r + 4 <= r1 {
+                    u4.clear();
+                    for i in 0..4 {
+                        u4.extend(w.row(r + i).chunks_exact(ts).map(|b| unpack_block(w.ty, b)));
+                    }
+                    let rows: [&[Block]; 4] = std::array::from_fn(|i| &u4[i * nb..(i + 1) * nb]);
+                    for (t, xt) in xs.iter().enumerate() {
+                        // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
+                        let v = unsafe { crate::quant::x86::dot_unpacked4(rows, xt) };
+                        for (i, &v) in v.iter().enumerate() {
+                            put(t, r + i, v);
+                        }
+                    }
+                    r += 4;
+                }
+                for r in r..r1 {
+                    u.clear();
+                    u.extend(w.row(r).chunks_exact(ts).map(|b| unpack_block(w.ty, b)));
+                    for (t, xt) in xs.iter().enumerate() {
+                        put(t, r, dot_unpacked(level, &u, xt));
+                    }
+                }
+                return;
+            }
             for r in r0..r1 {
                 let row = w.row(r);
                 prefetch_row(w, r + 2, r1);
