@@ -685,6 +685,14 @@ mod tests {
         (k, v)
     }
 
+    /// Store `rows(p + shift)` at positions 0..n of `t` in `layer`.
+    fn fill(pool: &mut KvPool, t: &BlockTable, layer: usize, n: usize, shift: usize) {
+        for p in 0..n {
+            let (k, v) = rows(pool.kv_dim(), p + shift);
+            pool.store(t, layer, p, &k, &v);
+        }
+    }
+
     #[test]
     fn every_cache_type_stores_and_widens_across_blocks() {
         let kv_dim = 64;
@@ -693,10 +701,7 @@ mod tests {
             let mut t = BlockTable::new(192);
             assert!(pool.grow(&mut t, 130));
             assert_eq!(t.blocks(), &[0, 1, 2]);
-            for p in 0..130 {
-                let (k, v) = rows(kv_dim, p);
-                pool.store(&t, 1, p, &k, &v);
-            }
+            fill(&mut pool, &t, 1, 130, 0);
             // A read that spans two blocks gives each position's own row.
             let mut out = vec![0f32; 10 * kv_dim];
             pool.seq(&t).widen_keys(1, 60, 10, 0..kv_dim, &mut out);
@@ -756,10 +761,7 @@ mod tests {
         let prompt: Vec<u32> = (0..150).collect();
         let mut a = BlockTable::new(256);
         assert!(pool.grow(&mut a, 150));
-        for p in 0..150 {
-            let (k, v) = rows(kv, p);
-            pool.store(&a, 0, p, &k, &v);
-        }
+        fill(&mut pool, &a, 0, 150, 0);
         pool.register(&mut a, &prompt);
         assert_eq!(pool.n_cached(), 2, "the partial third block is not shared");
         // Another sequence with the same first 140 tokens shares the two full blocks.
@@ -808,10 +810,7 @@ mod tests {
         let mut a = BlockTable::new(192);
         assert!(pool.grow(&mut a, 64));
         for layer in 0..2 {
-            for p in 0..64 {
-                let (k, v) = rows(kv, p + layer);
-                pool.store(&a, layer, p, &k, &v);
-            }
+            fill(&mut pool, &a, layer, 64, layer);
         }
         pool.register(&mut a, &prompt);
         let mut b = BlockTable::new(192);
@@ -854,10 +853,7 @@ mod tests {
         let mut pool = KvPool::new(1, 4, kv, CacheTypes::default()).unwrap();
         let mut a = BlockTable::new(256);
         assert!(pool.grow(&mut a, 100));
-        for p in 0..100 {
-            let (k, v) = rows(kv, p);
-            pool.store(&a, 0, p, &k, &v);
-        }
+        fill(&mut pool, &a, 0, 100, 0);
         let mut b = BlockTable::new(256);
         pool.share_from(&mut b, &a, 90);
         assert_eq!(b.blocks(), a.blocks());
