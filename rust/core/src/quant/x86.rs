@@ -416,7 +416,12 @@ fn has_mins(ty: super::GgmlType) -> bool {
     matches!(ty, super::GgmlType::Q4_1 | super::GgmlType::Q5_1)
 }
 
-/// Tokens t..t + T against the unpacked tile `buf`; returns T.
+/// Tokens t..t + T against the unpacked tile `buf`; returns T. The same per-row, per-token
+/// operations as `add_block` in the same order, but group-major: each weight vector is loaded
+/// once and used for all T tokens at once, so only 8·T accumulators, T scales and one weight
+/// vector are live (a token-major loop kept all eight weight vectors live beside the
+/// accumulators and spilled). Types with mins have no offset (`gemm_offset` 0), so their
+/// integer sums start at zero instead of a broadcast share.
 #[inline(always)]
 unsafe fn pass16<const T: usize, const MINS: bool>(
     buf: &[Block16],
@@ -427,16 +432,30 @@ unsafe fn pass16<const T: usize, const MINS: bool>(
 ) -> usize {
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
     let mut accm = [_mm512_setzero_ps(); T];
+    let yps: [*const i32; T] = std::array::from_fn(|k| xs[t + k].q.as_ptr() as *const i32);
+    let cps: [*const i32; T] = std::array::from_fn(|k| corrs[t + k].as_ptr());
+    let xds: [*const f32; T] = std::array::from_fn(|k| xs[t + k].d.as_ptr());
+    let xss: [*const f32; T] = std::array::from_fn(|k| xs[t + k].s.as_ptr());
     for (b, blk) in buf.iter().enumerate() {
-        for k in 0..T {
-            add_block::<MINS>(
-                blk,
-                &xs[t + k],
-                corrs[t + k].as_ptr(),
-                b,
-                &mut acc[k],
-                &mut accm[k],
-            );
+        let dd: [__m512; T] =
+            std::array::from_fn(|k| _mm512_mul_ps(blk.d, _mm512_set1_ps(*xds[k].add(b))));
+        for j in 0..8 {
+            let w = blk.w[j];
+            for k in 0..T {
+                let y = _mm512_set1_epi32(yps[k].add(b * 8 + j).read_unaligned());
+                let init = if MINS {
+                    _mm512_setzero_si512()
+                } else {
+                    _mm512_set1_epi32(*cps[k].add(b * 8 + j))
+                };
+                let s = _mm512_dpbusd_epi32(init, w, y);
+                acc[k][j] = _mm512_fmadd_ps(dd[k], _mm512_cvtepi32_ps(s), acc[k][j]);
+            }
+        }
+        if MINS {
+            for k in 0..T {
+                accm[k] = _mm512_fmadd_ps(blk.m, _mm512_set1_ps(*xss[k].add(b)), accm[k]);
+            }
         }
     }
     let mut lanes = [0f32; 16];
