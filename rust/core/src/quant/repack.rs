@@ -85,6 +85,7 @@ pub struct Tile<'a> {
     nb: usize,
     n_words: usize,
     has_half: bool,
+    len: usize,
 }
 
 /// Block b of a tile: its words (64 bytes each) and its f16 plane (32 bytes).
@@ -103,7 +104,15 @@ impl<'a> Tile<'a> {
             nb,
             n_words: l.n_words,
             has_half: l.half.is_some(),
+            len: tile_bytes(ty, nb),
         }
+    }
+
+    /// Where the next tile of the same matrix starts (a matrix's tiles are consecutive), and
+    /// this tile's length: for prefetching, maybe outside the matrix.
+    #[inline(always)]
+    pub fn next_tile(&self) -> (*const u8, usize) {
+        (self.bytes.as_ptr().wrapping_add(self.len), self.len)
     }
 
     pub fn n_blocks(&self) -> usize {

@@ -392,18 +392,48 @@ pub unsafe fn gemm16_512(
     }
     buf.clear();
     buf.extend((0..nb).map(|b| load16(ty, tile.block(b))));
+    // The next tile is asked for during the first pass, a share of its lines per block: the
+    // unpacking above otherwise waits on memory for every block of a matrix that is not in
+    // cache (a hint: past the matrix's end it is never read).
+    let (next, len) = tile.next_tile();
+    let mut pf = Prefetch {
+        next,
+        lines: len.div_ceil(64),
+        done: 0,
+        per_block: len.div_ceil(64).div_ceil(nb.max(1)),
+    };
     let mut t = 0;
     let mins = has_mins(ty);
+    debug_assert!(!mins || gemm_offset(ty) == 0);
     while t < xs.len() {
         let left = xs.len() - t;
         t += match (left, mins) {
-            (1, false) => pass16::<1, false>(buf, xs, corrs, t, &mut out),
-            (1, true) => pass16::<1, true>(buf, xs, corrs, t, &mut out),
-            (2, false) => pass16::<2, false>(buf, xs, corrs, t, &mut out),
-            (2, true) => pass16::<2, true>(buf, xs, corrs, t, &mut out),
-            (_, false) => pass16::<GEMM_TOKENS, false>(buf, xs, corrs, t, &mut out),
-            (_, true) => pass16::<GEMM_TOKENS, true>(buf, xs, corrs, t, &mut out),
+            (1, false) => pass16::<1, false>(buf, xs, corrs, t, &mut pf, &mut out),
+            (1, true) => pass16::<1, true>(buf, xs, corrs, t, &mut pf, &mut out),
+            (2, false) => pass16::<2, false>(buf, xs, corrs, t, &mut pf, &mut out),
+            (2, true) => pass16::<2, true>(buf, xs, corrs, t, &mut pf, &mut out),
+            (_, false) => pass16::<GEMM_TOKENS, false>(buf, xs, corrs, t, &mut pf, &mut out),
+            (_, true) => pass16::<GEMM_TOKENS, true>(buf, xs, corrs, t, &mut pf, &mut out),
         };
+    }
+}
+
+/// The next tile's lines still to prefetch.
+struct Prefetch {
+    next: *const u8,
+    lines: usize,
+    done: usize,
+    per_block: usize,
+}
+
+impl Prefetch {
+    #[inline(always)]
+    unsafe fn step(&mut self) {
+        let end = (self.done + self.per_block).min(self.lines);
+        for l in self.done..end {
+            _mm_prefetch::<_MM_HINT_T0>(self.next.wrapping_add(64 * l) as *const i8);
+        }
+        self.done = end;
     }
 }
 
@@ -428,6 +458,7 @@ unsafe fn pass16<const T: usize, const MINS: bool>(
     xs: &[Q8Row],
     corrs: &[Vec<i32>],
     t: usize,
+    pf: &mut Prefetch,
     out: &mut impl FnMut(usize, &[f32; 16]),
 ) -> usize {
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
@@ -437,6 +468,9 @@ unsafe fn pass16<const T: usize, const MINS: bool>(
     let xds: [*const f32; T] = std::array::from_fn(|k| xs[t + k].d.as_ptr());
     let xss: [*const f32; T] = std::array::from_fn(|k| xs[t + k].s.as_ptr());
     for (b, blk) in buf.iter().enumerate() {
+        if pf.done < pf.lines {
+            pf.step();
+        }
         let dd: [__m512; T] =
             std::array::from_fn(|k| _mm512_mul_ps(blk.d, _mm512_set1_ps(*xds[k].add(b))));
         for j in 0..8 {
