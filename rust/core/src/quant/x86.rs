@@ -395,13 +395,7 @@ pub unsafe fn gemm16_512(
     // The next tile is asked for during the first pass, a share of its lines per block: the
     // unpacking above otherwise waits on memory for every block of a matrix that is not in
     // cache (a hint: past the matrix's end it is never read).
-    let (next, len) = tile.next_tile();
-    let mut pf = Prefetch {
-        next,
-        lines: len.div_ceil(64),
-        done: 0,
-        per_block: len.div_ceil(64).div_ceil(nb.max(1)),
-    };
+    let mut pf = Prefetch::next_of(tile);
     let mut t = 0;
     let mins = has_mins(ty);
     debug_assert!(!mins || gemm_offset(ty) == 0);
@@ -418,7 +412,7 @@ pub unsafe fn gemm16_512(
     }
 }
 
-/// The next tile's lines still to prefetch.
+/// The next tile's lines still to prefetch, a share per block of this one.
 struct Prefetch {
     next: *const u8,
     lines: usize,
@@ -427,6 +421,16 @@ struct Prefetch {
 }
 
 impl Prefetch {
+    fn next_of(tile: &Tile) -> Self {
+        let (next, len) = tile.next_tile();
+        Prefetch {
+            next,
+            lines: len.div_ceil(64),
+            done: 0,
+            per_block: len.div_ceil(64).div_ceil(tile.n_blocks().max(1)),
+        }
+    }
+
     #[inline(always)]
     unsafe fn step(&mut self) {
         let end = (self.done + self.per_block).min(self.lines);
