@@ -168,29 +168,41 @@ pub fn attention(
     let n_kv = viewed_cells(single.pos, caches[single.seq].n_ctx());
     let n_chunks = pool.n_threads();
     if n == 1 && n_kv >= SPLIT_KV_MIN && n_chunks > 1 {
-        // Split-KV: chunk c covers cells [c·size, (c+1)·size) of the view, for every head.
+        // Split-KV: chunk c covers cells [c·size, (c+1)·size) of the view, for every KV head
+        // (its query heads together).
         let size = n_kv.div_ceil(n_chunks);
         let stride = 2 + hd;
         let mut partials = vec![0f32; p.n_head * n_chunks * stride];
         let parts = SendPtr(partials.as_mut_ptr());
-        pool.run(p.n_head * n_chunks, &|task| {
-            let (h, c) = (task / n_chunks, task % n_chunks);
-            let r = row(0, h);
+        let n_kv_heads = p.n_head / group;
+        pool.run(n_kv_heads * n_chunks, &|task| {
+            let (g, c) = (task / n_chunks, task % n_chunks);
+            let r = row(0, g * group);
             let lo = r.lo.max(c * size);
             let hi = r.hi.min((c + 1) * size - 1);
-            // SAFETY: each (head, chunk) owns its `stride` values of `partials`.
-            let part = unsafe {
-                std::slice::from_raw_parts_mut(parts.get().wrapping_add(task * stride), stride)
-            };
-            let (m, s) = one_chunk(
-                &head_kv(single.seq, h),
-                r.q,
-                lo,
-                hi,
-                p.scale,
-                &mut part[2..],
-            );
-            (part[0], part[1]) = (m, s);
+            let mut heads: Vec<OneRow> = (g * group..(g + 1) * group)
+                .map(|h| {
+                    // SAFETY: each (head, chunk) owns its `stride` values of `partials`, and
+                    // this task owns chunk c of its group's heads.
+                    let part = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            parts.get().wrapping_add((h * n_chunks + c) * stride + 2),
+                            hd,
+                        )
+                    };
+                    OneRow::new(row(0, h).q, part)
+                })
+                .collect();
+            one_chunk(&head_kv(single.seq, g * group), &mut heads, lo, hi, p.scale);
+            for (i, r) in heads.iter().enumerate() {
+                let h = g * group + i;
+                // SAFETY: as above (the two values before the head's chunk's accumulator).
+                unsafe {
+                    let at = parts.get().wrapping_add((h * n_chunks + c) * stride);
+                    *at = r.m;
+                    *at.add(1) = r.sum;
+                }
+            }
         });
         for h in 0..p.n_head {
             // SAFETY: the head's output slice lies inside `att`, which nothing else touches now.
@@ -200,19 +212,34 @@ pub fn attention(
         }
         return;
     }
-    let n_tasks = n * p.n_head;
+    // One task per (token, KV head): the group's query heads share each widened tile.
+    let n_kv_heads = p.n_head / group;
+    let n_tasks = n * n_kv_heads;
     let per = n_tasks
         .div_ceil((pool.n_threads() * 16).min(n_tasks).max(1))
         .max(1);
     pool.run(n_tasks.div_ceil(per), &|c| {
         for task in c * per..((c + 1) * per).min(n_tasks) {
-            let (i, h) = (task / p.n_head, task % p.n_head);
-            let r = row(i, h);
-            // SAFETY: each (token, head) slice of `att` is written by exactly one task.
-            let o = unsafe { std::slice::from_raw_parts_mut(r.out, hd) };
-            let (_, s) = one_chunk(&head_kv(batch[i].seq, h), r.q, r.lo, r.hi, p.scale, o);
-            let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
-            o.iter_mut().for_each(|v| *v *= inv);
+            let (i, g) = (task / n_kv_heads, task % n_kv_heads);
+            let r0 = row(i, g * group);
+            let mut heads: Vec<OneRow> = (g * group..(g + 1) * group)
+                .map(|h| {
+                    let r = row(i, h);
+                    // SAFETY: each (token, head) slice of `att` is written by exactly one task.
+                    OneRow::new(r.q, unsafe { std::slice::from_raw_parts_mut(r.out, hd) })
+                })
+                .collect();
+            one_chunk(
+                &head_kv(batch[i].seq, g * group),
+                &mut heads,
+                r0.lo,
+                r0.hi,
+                p.scale,
+            );
+            for r in heads.iter_mut() {
+                let inv = if r.sum == 0.0 { 0.0 } else { 1.0 / r.sum };
+                r.acc.iter_mut().for_each(|v| *v *= inv);
+            }
         }
     });
 }
@@ -426,67 +453,71 @@ fn softmax_tile(s: &mut [f32; TILE], m: f32) -> f64 {
     sum
 }
 
-/// llama.cpp's one-row pass of query `q` (rounded to f16) over positions [lo, hi] of one head:
-/// an online softmax, the value accumulator rounded to f16 at each step. Leaves the
-/// unnormalized values in `acc` and returns (max, sum); (-inf, 0) when lo > hi.
-fn one_chunk(
-    kv: &HeadKv,
-    q: &[f32],
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    acc: &mut [f32],
-) -> (f32, f32) {
+/// One query head's state in llama.cpp's one-row pass: its query rounded to f16, its value
+/// accumulator (unnormalized), the running max and sum.
+struct OneRow<'a> {
+    q: Vec<f32>,
+    acc: &'a mut [f32],
+    m: f32,
+    sum: f32,
+}
+
+impl<'a> OneRow<'a> {
+    fn new(q: &[f32], acc: &'a mut [f32]) -> Self {
+        let mut q = q.to_vec();
+        round_f16_slice(&mut q);
+        acc.fill(0.0);
+        Self {
+            q,
+            acc,
+            m: f32::NEG_INFINITY,
+            sum: 0.0,
+        }
+    }
+}
+
+/// llama.cpp's one-row pass of each of `heads` (query heads sharing one KV head) over positions
+/// [lo, hi]: an online softmax, the value accumulator rounded to f16 at each step; each head's
+/// arithmetic is its own, in llama.cpp's order, and the cache tiles are widened once for all of
+/// them. Leaves each head's unnormalized values in its `acc`, its (max, sum) in `m`, `sum`;
+/// (-inf, 0) when lo > hi.
+fn one_chunk(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32) {
     match simd_level() {
         // SAFETY: the level is only chosen when the CPU reports these features.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { one_chunk_avx512(kv, q, lo, hi, scale, acc) },
+        SimdLevel::Avx512 => unsafe { one_chunk_avx512(kv, heads, lo, hi, scale) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { one_chunk_avx2(kv, q, lo, hi, scale, acc) },
-        _ => one_chunk_kernel(kv, q, lo, hi, scale, acc),
+        SimdLevel::Avx2 => unsafe { one_chunk_avx2(kv, heads, lo, hi, scale) },
+        _ => one_chunk_kernel(kv, heads, lo, hi, scale),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn one_chunk_avx2(
-    kv: &HeadKv,
-    q: &[f32],
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    acc: &mut [f32],
-) -> (f32, f32) {
-    one_chunk_kernel(kv, q, lo, hi, scale, acc)
+unsafe fn one_chunk_avx2(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32) {
+    one_chunk_kernel(kv, heads, lo, hi, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn one_chunk_avx512(
-    kv: &HeadKv,
-    q: &[f32],
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    acc: &mut [f32],
-) -> (f32, f32) {
-    one_chunk_kernel(kv, q, lo, hi, scale, acc)
+unsafe fn one_chunk_avx512(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32) {
+    let hd = heads.first().map_or(0, |r| r.q.len());
+    // Head sizes of 64, 128 and 256 keep each head's query and accumulator in registers, up to
+    // three heads at once for 64 (a dozen accumulator registers); others take the generic loop.
+    match hd {
+        64 => x86::one_rows_512::<4>(kv, heads, lo, hi, scale),
+        128 => x86::one_rows_512::<8>(kv, heads, lo, hi, scale),
+        256 => x86::one_rows_512::<16>(kv, heads, lo, hi, scale),
+        _ => one_chunk_kernel(kv, heads, lo, hi, scale),
+    }
 }
 
 #[inline(always)]
-fn one_chunk_kernel(
-    kv: &HeadKv,
-    q: &[f32],
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    acc: &mut [f32],
-) -> (f32, f32) {
-    let hd = q.len();
-    let mut qr = q.to_vec();
-    round_f16_slice(&mut qr);
-    acc.fill(0.0);
-    let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
+fn one_chunk_kernel(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32) {
+    let Some(first) = heads.first() else {
+        return;
+    };
+    let hd = first.q.len();
     let mut keys = vec![0f32; TILE.min(hi.wrapping_sub(lo).wrapping_add(1)) * hd];
     let mut vals = keys.clone();
     let mut c0 = lo;
@@ -494,28 +525,32 @@ fn one_chunk_kernel(
         let w = (hi + 1 - c0).min(TILE);
         kv.keys(c0, w, &mut keys[..w * hd]);
         kv.values(c0, w, &mut vals[..w * hd]);
+        // Cell-major: the heads' accumulator chains (each a fused multiply-add and two f16
+        // conversions per cell) are independent, so interleaving them hides their latency.
         for j in 0..w {
-            let s = dot_f16_order(&qr, &keys[j * hd..(j + 1) * hd]) * scale;
-            let mut ms = 1.0;
-            let mut vs = 1.0;
-            if s > m {
-                ms = (m - s).exp();
-                m = s;
-                acc.iter_mut().for_each(|a| *a *= ms);
-                round_f16_slice(acc);
-            } else {
-                vs = (s - m).exp();
+            for r in heads.iter_mut() {
+                let s = dot_f16_order(&r.q, &keys[j * hd..(j + 1) * hd]) * scale;
+                let mut ms = 1.0;
+                let mut vs = 1.0;
+                if s > r.m {
+                    ms = (r.m - s).exp();
+                    r.m = s;
+                    r.acc.iter_mut().for_each(|a| *a *= ms);
+                    round_f16_slice(r.acc);
+                } else {
+                    vs = (s - r.m).exp();
+                }
+                for (a, &v) in r.acc.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
+                    *a = v.mul_add(vs, *a);
+                }
+                round_f16_slice(r.acc);
+                // ggml's build contracts this into one fused multiply-add; so do we, to round
+                // alike.
+                r.sum = r.sum.mul_add(ms, vs);
             }
-            for (a, &v) in acc.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                *a = v.mul_add(vs, *a);
-            }
-            round_f16_slice(acc);
-            // ggml's build contracts this into one fused multiply-add; so do we, to round alike.
-            sum = sum.mul_add(ms, vs);
         }
         c0 += w;
     }
-    (m, sum)
 }
 
 /// q·k for f16-valued inputs in the order of ggml's AVX-512 `ggml_vec_dot_f16`: four 16-lane
@@ -570,7 +605,115 @@ mod x86 {
 
     use crate::quant::f16::round_f16;
 
-    use super::{gemm_portable, reduce16, TILE};
+    use super::{gemm_portable, reduce16, HeadKv, OneRow, TILE};
+
+    /// `super::one_chunk_kernel` for head size 16·N (a multiple of 64), the same operations in
+    /// the same order per head: the query and the f16-rounded accumulator live in registers for
+    /// the whole pass instead of being stored and reloaded for every cell, and for N = 4 up to
+    /// three heads go cell by cell together, so their independent accumulator chains (a fused
+    /// multiply-add and two f16 conversions per cell) overlap.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and F16C; every head's `q` and `acc` hold 16·N values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn one_rows_512<const N: usize>(
+        kv: &HeadKv,
+        heads: &mut [OneRow],
+        lo: usize,
+        hi: usize,
+        scale: f32,
+    ) {
+        let hd = 16 * N;
+        let mut keys = vec![0f32; TILE.min(hi.wrapping_sub(lo).wrapping_add(1)) * hd];
+        let mut vals = keys.clone();
+        for r in heads.iter() {
+            assert!(r.q.len() == hd && r.acc.len() == hd);
+        }
+        let mut h0 = 0;
+        while h0 < heads.len() {
+            let left = heads.len() - h0;
+            let part = &mut heads[h0..];
+            h0 += match (N, left) {
+                (4, 1) => pass::<N, 1>(kv, part, lo, hi, scale, &mut keys, &mut vals),
+                (4, 2) => pass::<N, 2>(kv, part, lo, hi, scale, &mut keys, &mut vals),
+                (4, _) => pass::<N, 3>(kv, part, lo, hi, scale, &mut keys, &mut vals),
+                _ => pass::<N, 1>(kv, part, lo, hi, scale, &mut keys, &mut vals),
+            };
+        }
+    }
+
+    /// The first H heads of `heads` over [lo, hi]; returns H.
+    #[inline(always)]
+    unsafe fn pass<const N: usize, const H: usize>(
+        kv: &HeadKv,
+        heads: &mut [OneRow],
+        lo: usize,
+        hi: usize,
+        scale: f32,
+        keys: &mut [f32],
+        vals: &mut [f32],
+    ) -> usize {
+        let hd = 16 * N;
+        let q: [[__m512; N]; H] = std::array::from_fn(|h| {
+            std::array::from_fn(|i| _mm512_loadu_ps(heads[h].q.as_ptr().add(16 * i)))
+        });
+        let mut acc = [[_mm512_setzero_ps(); N]; H];
+        let mut m = [f32::NEG_INFINITY; H];
+        let mut sum = [0f32; H];
+        let round = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        let mut c0 = lo;
+        while c0 <= hi {
+            let w = (hi + 1 - c0).min(TILE);
+            kv.keys(c0, w, &mut keys[..w * hd]);
+            kv.values(c0, w, &mut vals[..w * hd]);
+            for j in 0..w {
+                let kp = keys.as_ptr().add(j * hd);
+                let vp = vals.as_ptr().add(j * hd);
+                for h in 0..H {
+                    // `dot_f16_order`: four accumulators over steps of 64, folded (0+2)+(1+3),
+                    // then the sixteen lanes halved three times.
+                    let mut d = [_mm512_setzero_ps(); 4];
+                    for i in 0..N {
+                        d[i % 4] =
+                            _mm512_fmadd_ps(q[h][i], _mm512_loadu_ps(kp.add(16 * i)), d[i % 4]);
+                    }
+                    let x = _mm512_add_ps(_mm512_add_ps(d[0], d[2]), _mm512_add_ps(d[1], d[3]));
+                    let t =
+                        _mm256_add_ps(_mm512_extractf32x8_ps::<1>(x), _mm512_castps512_ps256(x));
+                    let u = _mm_add_ps(_mm256_extractf128_ps::<1>(t), _mm256_castps256_ps128(t));
+                    let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+                    let dot = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+                    let s = dot * scale;
+                    let mut ms = 1.0;
+                    let mut vs = 1.0;
+                    if s > m[h] {
+                        ms = (m[h] - s).exp();
+                        m[h] = s;
+                        let f = _mm512_set1_ps(ms);
+                        for a in acc[h].iter_mut() {
+                            *a = round(_mm512_mul_ps(*a, f));
+                        }
+                    } else {
+                        vs = (s - m[h]).exp();
+                    }
+                    let f = _mm512_set1_ps(vs);
+                    for (i, a) in acc[h].iter_mut().enumerate() {
+                        *a = round(_mm512_fmadd_ps(_mm512_loadu_ps(vp.add(16 * i)), f, *a));
+                    }
+                    sum[h] = sum[h].mul_add(ms, vs);
+                }
+            }
+            c0 += w;
+        }
+        for h in 0..H {
+            for i in 0..N {
+                _mm512_storeu_ps(heads[h].acc.as_mut_ptr().add(16 * i), acc[h][i]);
+            }
+            heads[h].m = m[h];
+            heads[h].sum = sum[h];
+        }
+        H
+    }
 
     /// `super::gemm_acc` with sixteen-lane registers: blocks of four rows by 64 columns, then by
     /// 16, the last columns one at a time (the same chains either way).
@@ -1016,6 +1159,49 @@ mod tests {
     }
 
     #[test]
+    fn register_one_row_pass_is_the_generic_one() {
+        // The AVX-512 register kernels give the generic one-row loop's bits, for each head
+        // size they take and one to four heads sharing a KV head (a range crossing blocks).
+        if simd_level() != SimdLevel::Avx512 {
+            return;
+        }
+        for hd in [64, 128, 256] {
+            let (cp, ct) = cache(300, hd, CacheTypes::default());
+            let kv = HeadKv {
+                cache: cp.seq(&ct),
+                layer: 0,
+                cols: 0..hd,
+            };
+            for n in 1..=4 {
+                let q: Vec<f32> = (0..n * hd)
+                    .map(|i| ((i * 7 % 13) as f32 / 5.0 - 1.2) * 0.9)
+                    .collect();
+                let run = |fast: bool| {
+                    let mut out = vec![0f32; n * hd];
+                    let mut heads: Vec<OneRow> = out
+                        .chunks_exact_mut(hd)
+                        .zip(q.chunks_exact(hd))
+                        .map(|(o, q)| OneRow::new(q, o))
+                        .collect();
+                    if fast {
+                        // SAFETY: the level is AVX-512 (checked above).
+                        unsafe { one_chunk_avx512(&kv, &mut heads, 5, 290, 0.1) };
+                    } else {
+                        one_chunk_kernel(&kv, &mut heads, 5, 290, 0.1);
+                    }
+                    let ms: Vec<(u32, u32)> = heads
+                        .iter()
+                        .map(|r| (r.m.to_bits(), r.sum.to_bits()))
+                        .collect();
+                    drop(heads);
+                    (out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), ms)
+                };
+                assert_eq!(run(true), run(false), "hd {hd}, {n} heads");
+            }
+        }
+    }
+
+    #[test]
     fn split_decode_combines_like_one_pass() {
         // One chunk per thread, then combined: within f16 rounding of the unsplit pass, and one
         // thread is the unsplit pass bit for bit.
@@ -1052,7 +1238,9 @@ mod tests {
             cols: 0..hd,
         };
         let mut acc = vec![0f32; hd];
-        let (_, s) = one_chunk(&kv, &q[..hd], 0, 777, 0.125, &mut acc);
+        let mut heads = [OneRow::new(&q[..hd], &mut acc)];
+        one_chunk(&kv, &mut heads, 0, 777, 0.125);
+        let s = heads[0].sum;
         let unsplit: Vec<f32> = acc.iter().map(|a| a * (1.0 / s)).collect();
         assert_eq!(one[..hd], unsplit[..]);
         assert_ne!(one, two);
