@@ -655,6 +655,34 @@ impl KvSeq<'_> {
         });
     }
 
+    /// An f16 cache's cells [pos0, pos0 + n_pos) of `layer` read in place: `f(keys, values,
+    /// n, at)` for each run of `n` cells inside one block, `at` cells from `pos0`; `keys` and
+    /// `values` are the bytes from the run's first cell's column `col0` on, one row of `kv_dim`
+    /// f16 values (`row_bytes()` bytes) per cell. None for other cache types.
+    pub fn f16_runs(
+        &self,
+        layer: usize,
+        pos0: usize,
+        n_pos: usize,
+        col0: usize,
+        mut f: impl FnMut(&[u8], &[u8], usize, usize),
+    ) -> Option<()> {
+        let (k, v) = (&self.pool.k, &self.pool.v);
+        if k.ty != GgmlType::F16 || v.ty != GgmlType::F16 || col0 > self.pool.kv_dim {
+            return None;
+        }
+        self.runs(layer, pos0, n_pos, |r, n, at| {
+            let (a, b) = (r * k.row_bytes + 2 * col0, (r + n) * k.row_bytes);
+            f(&k.data[a..b], &v.data[a..b], n, at)
+        });
+        Some(())
+    }
+
+    /// Bytes per cell of one layer's keys (or values) in an f16 cache: `kv_dim` f16 values.
+    pub fn f16_row_bytes(&self) -> usize {
+        2 * self.pool.kv_dim
+    }
+
     /// Values, as `widen_keys`.
     pub fn widen_values(
         &self,

@@ -624,25 +624,24 @@ mod x86 {
         scale: f32,
     ) {
         let hd = 16 * N;
-        let mut keys = vec![0f32; TILE.min(hi.wrapping_sub(lo).wrapping_add(1)) * hd];
-        let mut vals = keys.clone();
         for r in heads.iter() {
-            assert!(r.q.len() == hd && r.acc.len() == hd);
+            assert!(r.q.len() == hd && r.acc.len() == hd && kv.cols.len() == hd);
         }
         let mut h0 = 0;
         while h0 < heads.len() {
             let left = heads.len() - h0;
             let part = &mut heads[h0..];
             h0 += match (N, left) {
-                (4, 1) => pass::<N, 1>(kv, part, lo, hi, scale, &mut keys, &mut vals),
-                (4, 2) => pass::<N, 2>(kv, part, lo, hi, scale, &mut keys, &mut vals),
-                (4, _) => pass::<N, 3>(kv, part, lo, hi, scale, &mut keys, &mut vals),
-                _ => pass::<N, 1>(kv, part, lo, hi, scale, &mut keys, &mut vals),
+                (4, 1) => pass::<N, 1>(kv, part, lo, hi, scale),
+                (4, 2) => pass::<N, 2>(kv, part, lo, hi, scale),
+                (4, _) => pass::<N, 3>(kv, part, lo, hi, scale),
+                _ => pass::<N, 1>(kv, part, lo, hi, scale),
             };
         }
     }
 
-    /// The first H heads of `heads` over [lo, hi]; returns H.
+    /// The first H heads of `heads` over [lo, hi], the f16 cache read in place (widening is
+    /// exact, so converting in registers gives the widened tile's values); returns H.
     #[inline(always)]
     unsafe fn pass<const N: usize, const H: usize>(
         kv: &HeadKv,
@@ -650,10 +649,7 @@ mod x86 {
         lo: usize,
         hi: usize,
         scale: f32,
-        keys: &mut [f32],
-        vals: &mut [f32],
     ) -> usize {
-        let hd = 16 * N;
         let q: [[__m512; N]; H] = std::array::from_fn(|h| {
             std::array::from_fn(|i| _mm512_loadu_ps(heads[h].q.as_ptr().add(16 * i)))
         });
@@ -661,50 +657,55 @@ mod x86 {
         let mut m = [f32::NEG_INFINITY; H];
         let mut sum = [0f32; H];
         let round = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
-        let mut c0 = lo;
-        while c0 <= hi {
-            let w = (hi + 1 - c0).min(TILE);
-            kv.keys(c0, w, &mut keys[..w * hd]);
-            kv.values(c0, w, &mut vals[..w * hd]);
-            for j in 0..w {
-                let kp = keys.as_ptr().add(j * hd);
-                let vp = vals.as_ptr().add(j * hd);
-                for h in 0..H {
-                    // `dot_f16_order`: four accumulators over steps of 64, folded (0+2)+(1+3),
-                    // then the sixteen lanes halved three times.
-                    let mut d = [_mm512_setzero_ps(); 4];
-                    for i in 0..N {
-                        d[i % 4] =
-                            _mm512_fmadd_ps(q[h][i], _mm512_loadu_ps(kp.add(16 * i)), d[i % 4]);
-                    }
-                    let x = _mm512_add_ps(_mm512_add_ps(d[0], d[2]), _mm512_add_ps(d[1], d[3]));
-                    let t =
-                        _mm256_add_ps(_mm512_extractf32x8_ps::<1>(x), _mm512_castps512_ps256(x));
-                    let u = _mm_add_ps(_mm256_extractf128_ps::<1>(t), _mm256_castps256_ps128(t));
-                    let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
-                    let dot = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
-                    let s = dot * scale;
-                    let mut ms = 1.0;
-                    let mut vs = 1.0;
-                    if s > m[h] {
-                        ms = (m[h] - s).exp();
-                        m[h] = s;
-                        let f = _mm512_set1_ps(ms);
-                        for a in acc[h].iter_mut() {
-                            *a = round(_mm512_mul_ps(*a, f));
+        let widen = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let stride = kv.cache.f16_row_bytes();
+        let n_cells = if lo > hi { 0 } else { hi - lo + 1 };
+        let read = kv
+            .cache
+            .f16_runs(kv.layer, lo, n_cells, kv.cols.start, |ks, vs, n, _| {
+                assert!(n == 0 || ks.len() >= (n - 1) * stride + 32 * N);
+                assert!(vs.len() == ks.len());
+                for j in 0..n {
+                    let kp = ks.as_ptr().add(j * stride);
+                    let vp = vs.as_ptr().add(j * stride);
+                    for h in 0..H {
+                        // `dot_f16_order`: four accumulators over steps of 64, folded (0+2)+(1+3),
+                        // then the sixteen lanes halved three times.
+                        let mut d = [_mm512_setzero_ps(); 4];
+                        for i in 0..N {
+                            d[i % 4] = _mm512_fmadd_ps(q[h][i], widen(kp.add(32 * i)), d[i % 4]);
                         }
-                    } else {
-                        vs = (s - m[h]).exp();
+                        let x = _mm512_add_ps(_mm512_add_ps(d[0], d[2]), _mm512_add_ps(d[1], d[3]));
+                        let t = _mm256_add_ps(
+                            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
+                            _mm512_castps512_ps256(x),
+                        );
+                        let u =
+                            _mm_add_ps(_mm256_extractf128_ps::<1>(t), _mm256_castps256_ps128(t));
+                        let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+                        let dot = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+                        let s = dot * scale;
+                        let mut ms = 1.0;
+                        let mut vs = 1.0;
+                        if s > m[h] {
+                            ms = (m[h] - s).exp();
+                            m[h] = s;
+                            let f = _mm512_set1_ps(ms);
+                            for a in acc[h].iter_mut() {
+                                *a = round(_mm512_mul_ps(*a, f));
+                            }
+                        } else {
+                            vs = (s - m[h]).exp();
+                        }
+                        let f = _mm512_set1_ps(vs);
+                        for (i, a) in acc[h].iter_mut().enumerate() {
+                            *a = round(_mm512_fmadd_ps(widen(vp.add(32 * i)), f, *a));
+                        }
+                        sum[h] = sum[h].mul_add(ms, vs);
                     }
-                    let f = _mm512_set1_ps(vs);
-                    for (i, a) in acc[h].iter_mut().enumerate() {
-                        *a = round(_mm512_fmadd_ps(_mm512_loadu_ps(vp.add(16 * i)), f, *a));
-                    }
-                    sum[h] = sum[h].mul_add(ms, vs);
                 }
-            }
-            c0 += w;
-        }
+            });
+        assert!(read.is_some(), "the one-row path reads an f16 cache");
         for h in 0..H {
             for i in 0..N {
                 _mm512_storeu_ps(heads[h].acc.as_mut_ptr().add(16 * i), acc[h][i]);
