@@ -8,13 +8,15 @@
 //!   sixteen weights summed in `_mm512_reduce_add_ps`'s order and the tile's sums in f64); values
 //!   accumulated in f32, each output one fused multiply-add chain over the tile's cells.
 //! - Smaller batches (its one-row path): one pass per (token, head), the query and the value
-//!   accumulator rounded to f16, rescaled at each new maximum.
+//!   accumulator rounded to f16, rescaled at each new maximum; the query heads of one KV head
+//!   run together, sharing each read of the cache.
 //! - A single token over at least `SPLIT_KV_MIN` cells (its split-KV path): the cells cut in one
 //!   chunk per thread, each chunk as above, the partial results then combined in f32.
 //!
 //! Which cells llama.cpp looks at (and so where the split falls) follows its padded KV view
 //! (`viewed_cells`). Keys and values are read through each sequence's block table one tile (one
-//! block) of one head at a time and widened to f32 there. Caches of other types than f16 (and
+//! block) of one head at a time and widened to f32 there (the AVX-512 one-row kernel reads the f16
+//! cells in place and widens them in registers). Caches of other types than f16 (and
 //! `--flash-attn off`) take the tiled path for every batch: f32 throughout.
 
 // Kernels index several arrays by the same counter.
@@ -180,19 +182,14 @@ pub fn attention(
             let r = row(0, g * group);
             let lo = r.lo.max(c * size);
             let hi = r.hi.min((c + 1) * size - 1);
-            let mut heads: Vec<OneRow> = (g * group..(g + 1) * group)
-                .map(|h| {
-                    // SAFETY: each (head, chunk) owns its `stride` values of `partials`, and
-                    // this task owns chunk c of its group's heads.
-                    let part = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            parts.get().wrapping_add((h * n_chunks + c) * stride + 2),
-                            hd,
-                        )
-                    };
-                    OneRow::new(row(0, h).q, part)
+            // SAFETY: each (head, chunk) owns its `stride` values of `partials`, and this task
+            // owns chunk c of its group's heads.
+            let mut heads = group_rows(g * group..(g + 1) * group, |h| {
+                let at = parts.get().wrapping_add((h * n_chunks + c) * stride + 2);
+                (row(0, h).q, unsafe {
+                    std::slice::from_raw_parts_mut(at, hd)
                 })
-                .collect();
+            });
             one_chunk(&head_kv(single.seq, g * group), &mut heads, lo, hi, p.scale);
             for (i, r) in heads.iter().enumerate() {
                 let h = g * group + i;
@@ -222,13 +219,11 @@ pub fn attention(
         for task in c * per..((c + 1) * per).min(n_tasks) {
             let (i, g) = (task / n_kv_heads, task % n_kv_heads);
             let r0 = row(i, g * group);
-            let mut heads: Vec<OneRow> = (g * group..(g + 1) * group)
-                .map(|h| {
-                    let r = row(i, h);
-                    // SAFETY: each (token, head) slice of `att` is written by exactly one task.
-                    OneRow::new(r.q, unsafe { std::slice::from_raw_parts_mut(r.out, hd) })
-                })
-                .collect();
+            let mut heads = group_rows(g * group..(g + 1) * group, |h| {
+                let r = row(i, h);
+                // SAFETY: each (token, head) slice of `att` is written by exactly one task.
+                (r.q, unsafe { std::slice::from_raw_parts_mut(r.out, hd) })
+            });
             one_chunk(
                 &head_kv(batch[i].seq, g * group),
                 &mut heads,
@@ -476,6 +471,18 @@ impl<'a> OneRow<'a> {
     }
 }
 
+/// The one-row state of query heads `hs` (one KV head's), each from its (query, accumulator).
+fn group_rows<'a>(
+    hs: Range<usize>,
+    f: impl Fn(usize) -> (&'a [f32], &'a mut [f32]),
+) -> Vec<OneRow<'a>> {
+    hs.map(|h| {
+        let (q, acc) = f(h);
+        OneRow::new(q, acc)
+    })
+    .collect()
+}
+
 /// llama.cpp's one-row pass of each of `heads` (query heads sharing one KV head) over positions
 /// [lo, hi]: an online softmax, the value accumulator rounded to f16 at each step; each head's
 /// arithmetic is its own, in llama.cpp's order, and the cache tiles are widened once for all of
@@ -604,6 +611,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use crate::quant::f16::round_f16;
+    use crate::quant::x86::hsum_f32_8;
 
     use super::{gemm_portable, reduce16, HeadKv, OneRow, TILE};
 
@@ -680,11 +688,7 @@ mod x86 {
                             _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
                             _mm512_castps512_ps256(x),
                         );
-                        let u =
-                            _mm_add_ps(_mm256_extractf128_ps::<1>(t), _mm256_castps256_ps128(t));
-                        let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
-                        let dot = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
-                        let s = dot * scale;
+                        let s = hsum_f32_8(t) * scale;
                         let mut ms = 1.0;
                         let mut vs = 1.0;
                         if s > m[h] {
