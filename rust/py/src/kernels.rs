@@ -13,6 +13,10 @@ use rllama_core::Error;
 
 use crate::errors::to_py;
 
+/// Bytes read between cold timings (allocated once per process): several times the L3 a core
+/// of these machines can reach.
+const COLD_FLUSH_BYTES: usize = 256 << 20;
+
 /// A weight matrix held in Rust with its own pool, to time or check `matmul` (repacked as a
 /// model's are).
 #[pyclass(name = "KernelMatrix", module = "rllama._core", frozen)]
@@ -77,8 +81,12 @@ impl PyKernelMatrix {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Seconds per matmul of `n_tokens` random activations, best of `iters`.
-    fn time(&self, py: Python<'_>, n_tokens: usize, iters: usize) -> PyResult<f64> {
+    /// Seconds per matmul of `n_tokens` random activations, best of `iters`. With `cold`, each
+    /// timed call follows a read of `COLD_FLUSH_BYTES` of other memory, so the weights come
+    /// from DRAM as a decode step's do (a model's weights are read once per token, far more
+    /// than the caches hold), not from a cache the previous repetition filled.
+    #[pyo3(signature = (n_tokens, iters, cold = false))]
+    fn time(&self, py: Python<'_>, n_tokens: usize, iters: usize, cold: bool) -> PyResult<f64> {
         py.detach(|| {
             let w = QMatrix::new(self.ty, &self.data, self.rows, self.cols)?
                 .with_tiles(self.tiles.as_ref());
@@ -86,8 +94,24 @@ impl PyKernelMatrix {
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
                 .collect();
             let mut y = vec![0f32; n_tokens * self.rows];
+            static FLUSH: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+            let flush: &[u64] = if cold {
+                FLUSH.get_or_init(|| (0..COLD_FLUSH_BYTES as u64 / 8).collect())
+            } else {
+                &[]
+            };
             let mut best = f64::INFINITY;
             for _ in 0..iters.max(1) {
+                if cold {
+                    let part = flush.len().div_ceil(self.pool.n_threads());
+                    self.pool.broadcast(&|i| {
+                        let lo = (i * part).min(flush.len());
+                        let hi = ((i + 1) * part).min(flush.len());
+                        std::hint::black_box(
+                            flush[lo..hi].iter().fold(0u64, |a, &b| a.wrapping_add(b)),
+                        );
+                    });
+                }
                 let t = Instant::now();
                 matmul(&self.pool, &w, &x, n_tokens, &mut y)?;
                 best = best.min(t.elapsed().as_secs_f64());
@@ -98,7 +122,6 @@ impl PyKernelMatrix {
     }
 }
 
-/// The SIMD level the kernels use ("scalar", "avx2", "avx512").
 /// f32 values (little-endian bytes) quantized to `type_name` blocks.
 #[pyfunction]
 fn quantize<'py>(py: Python<'py>, type_name: &str, values: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -124,6 +147,7 @@ fn type_sizes(type_name: &str) -> PyResult<(usize, usize)> {
     Ok((ty.block_size(), ty.type_size()))
 }
 
+/// The SIMD level the kernels use ("scalar", "avx2", "avx512").
 #[pyfunction]
 fn simd() -> &'static str {
     match simd_level() {
