@@ -31,6 +31,7 @@ use crate::kv::{CacheTypes, KvSeq};
 use crate::quant::f16::round_f16;
 use crate::tensor::{SendPtr, ThreadPool};
 
+use super::ops::expf_ggml;
 use super::BatchToken;
 
 /// Query rows and cache cells per tile (llama.cpp's GGML_FA_TILE_Q and GGML_FA_TILE_KV); batches
@@ -399,31 +400,6 @@ fn gemm_portable(
     }
 }
 
-/// ggml's vectorized exp (`ggml_v_expf`, its AVX-512 form) of one value: a degree-5 polynomial
-/// after range reduction, scaled by 2^n (0 or infinity beyond |n| > 192).
-#[inline(always)]
-fn expf_ggml(x: f32) -> f32 {
-    let r = f32::from_bits(0x4b40_0000);
-    let n = x.mul_add(f32::from_bits(0x3fb8_aa3b), r) - r;
-    let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e),
-        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
-    );
-    let u = b * b;
-    let j = f32::from_bits(0x3c07_2010)
-        .mul_add(b, f32::from_bits(0x3d2b_9f17))
-        .mul_add(
-            u,
-            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
-        )
-        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
-    }
-    // scalef: j·2^n rounded once (exact in f64, then one rounding to f32, subnormals included).
-    (j as f64 * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
-}
-
 /// Sixteen values summed in the order of GCC's `_mm512_reduce_add_ps`.
 #[inline(always)]
 fn reduce16(a: &[f32]) -> f32 {
@@ -610,6 +586,7 @@ fn round_f16_slice(x: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::model::ops::x86::expf_ggml_512;
     use crate::quant::f16::round_f16;
     use crate::quant::x86::hsum_f32_8;
 
@@ -915,32 +892,10 @@ mod x86 {
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn softmax_tile_512(s: &mut [f32; TILE], m: f32) -> f64 {
-        let ps = |v: u32| _mm512_set1_ps(f32::from_bits(v));
         let mut sum = 0f64;
         for g in s.chunks_exact_mut(16) {
             let x = _mm512_sub_ps(_mm512_loadu_ps(g.as_ptr()), _mm512_set1_ps(m));
-            let r = ps(0x4b40_0000);
-            let z = _mm512_fmadd_ps(x, ps(0x3fb8_aa3b), r);
-            let n = _mm512_sub_ps(z, r);
-            let b = _mm512_fnmadd_ps(n, ps(0x35bf_be8e), _mm512_fnmadd_ps(n, ps(0x3f31_7200), x));
-            let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
-            let u = _mm512_mul_ps(b, b);
-            let j = _mm512_fmadd_ps(
-                _mm512_fmadd_ps(
-                    _mm512_fmadd_ps(ps(0x3c07_2010), b, ps(0x3d2b_9f17)),
-                    u,
-                    _mm512_fmadd_ps(ps(0x3e2a_af33), b, ps(0x3eff_fedb)),
-                ),
-                u,
-                _mm512_fmadd_ps(ps(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
-            );
-            let mut v = _mm512_scalef_ps(j, n);
-            if d != 0 {
-                let le0 = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
-                let alt =
-                    _mm512_mask_blend_ps(le0, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
-                v = _mm512_mask_blend_ps(d, v, alt);
-            }
+            let v = expf_ggml_512(x);
             _mm512_storeu_ps(g.as_mut_ptr(), v);
             sum += reduce16(g) as f64;
         }

@@ -48,8 +48,20 @@ impl Q8KRow {
     }
 }
 
+/// Quantize `x` (whole 32-blocks) into `out`, with the AVX2 loop where the CPU has it (the same
+/// values: the scale, the round-to-nearest-even of v·(1/d) and the exact integer sums).
 #[inline(always)]
 pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd_level() != crate::cpu::SimdLevel::Scalar {
+        // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
+        return unsafe { super::x86::quantize_q8_avx2(x, out) };
+    }
+    quantize_q8_portable(x, out)
+}
+
+#[inline(always)]
+pub fn quantize_q8_portable(x: &[f32], out: &mut Q8Row) {
     let nb = x.len() / 32;
     out.d.clear();
     out.s.clear();
@@ -86,8 +98,20 @@ fn nearest_int(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
+/// Quantize `x` (whole 256-blocks) into `out`, with the AVX2 loop where the CPU has it (the same
+/// values: the scale from the first value of largest magnitude, the rounding, the block sums).
 #[inline(always)]
 pub fn quantize_q8k(x: &[f32], out: &mut Q8KRow) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd_level() != crate::cpu::SimdLevel::Scalar {
+        // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
+        return unsafe { super::x86::quantize_q8k_avx2(x, out) };
+    }
+    quantize_q8k_portable(x, out)
+}
+
+#[inline(always)]
+pub fn quantize_q8k_portable(x: &[f32], out: &mut Q8KRow) {
     out.d.clear();
     out.q.clear();
     out.bsums.clear();
@@ -124,6 +148,60 @@ pub fn quantize_q8k(x: &[f32], out: &mut Q8KRow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rows_for_test() -> Vec<Vec<f32>> {
+        let mut rows = vec![vec![0f32; 512]];
+        for seed in 0..40u32 {
+            let scale = [1e-6f32, 0.01, 1.0, 37.0, 3e4][seed as usize % 5];
+            let mut r: Vec<f32> = (0..512u32)
+                .map(|i| {
+                    let h = (i.wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 20001;
+                    (h as f32 - 10000.0) / 10000.0 * scale
+                })
+                .collect();
+            if seed % 3 == 0 {
+                // Ties: exact halves after scaling, a block's extreme repeated with both signs,
+                // and an all-zero block.
+                for (i, v) in r.iter_mut().enumerate().take(64) {
+                    *v = (i as f32 - 31.5) * 0.5;
+                }
+                r[300] = 1e3;
+                r[301] = -1e3;
+                r[256..288].iter_mut().for_each(|v| *v = 0.0);
+            }
+            rows.push(r);
+        }
+        rows
+    }
+
+    #[test]
+    fn every_level_quantizes_to_the_same_values() {
+        for x in rows_for_test() {
+            let (mut a, mut b) = (Q8Row::with_cols(512), Q8Row::with_cols(512));
+            quantize_q8(&x, &mut a);
+            quantize_q8_portable(&x, &mut b);
+            let bits = |r: &Q8Row| {
+                (
+                    r.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    r.s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    r.sum4.clone(),
+                    r.q.clone(),
+                )
+            };
+            assert_eq!(bits(&a), bits(&b));
+            let (mut a, mut b) = (Q8KRow::with_cols(512), Q8KRow::with_cols(512));
+            quantize_q8k(&x, &mut a);
+            quantize_q8k_portable(&x, &mut b);
+            let bits = |r: &Q8KRow| {
+                (
+                    r.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    r.q.clone(),
+                    r.bsums.clone(),
+                )
+            };
+            assert_eq!(bits(&a), bits(&b));
+        }
+    }
 
     #[test]
     fn rows_made_with_cols_never_reallocate() {

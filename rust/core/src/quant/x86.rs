@@ -9,7 +9,8 @@
 use std::arch::x86_64::*;
 
 use super::dot::Block;
-use super::q8::Q8Row;
+use super::f16::round_f16;
+use super::q8::{Q8KRow, Q8Row};
 use super::repack::{Tile, TileBlock};
 
 #[inline(always)]
@@ -517,5 +518,131 @@ pub fn gemm_offset(ty: super::GgmlType) -> u8 {
         Q5_0 => 16,
         Q4_1 | Q5_1 => 0,
         _ => 128, // Q8_0, IQ4_NL
+    }
+}
+
+// ---- Activation quantization.
+
+/// Largest of eight lanes (exact in any order).
+#[inline(always)]
+unsafe fn hmax_f32_8(x: __m256) -> f32 {
+    let r = _mm_max_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    let r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    _mm_cvtss_f32(_mm_max_ss(r, _mm_movehdup_ps(r)))
+}
+
+/// Four i32 vectors of values in [-128, 127] as 32 bytes in order.
+#[inline(always)]
+unsafe fn pack_i8_32(q: [__m256i; 4]) -> __m256i {
+    let p = _mm256_packs_epi16(
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    );
+    // The packs work per 128-bit half: undo their interleave of the four sources.
+    _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// `q8::quantize_q8_portable` eight values a vector: the largest magnitude (a max ignores NaN
+/// lanes as `f32::max` does), d and 1/d as scalars, v·(1/d) rounded to nearest even.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_avx2(x: &[f32], out: &mut Q8Row) {
+    let nb = x.len() / 32;
+    out.d.clear();
+    out.s.clear();
+    out.d.reserve_exact(nb);
+    out.s.reserve_exact(nb);
+    out.q.clear();
+    out.q.resize(nb * 32, 0);
+    out.sum4.clear();
+    out.sum4.resize(nb * 8, 0);
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    for (i, b) in x.chunks_exact(32).enumerate() {
+        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(b.as_ptr().add(8 * k)));
+        let mut m = _mm256_setzero_ps();
+        for vk in v {
+            m = _mm256_max_ps(_mm256_and_ps(vk, abs), m);
+        }
+        let amax = hmax_f32_8(m);
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q: [__m256i; 4] = std::array::from_fn(|k| {
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(v[k], id),
+            );
+            _mm256_cvtps_epi32(r)
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s = _mm_add_epi32(_mm256_extracti128_si256(s, 1), _mm256_castsi256_si128(s));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+        let p = pack_i8_32(q);
+        _mm256_storeu_si256(out.q.as_mut_ptr().add(32 * i) as *mut __m256i, p);
+        // Sums of four: byte pairs, then pairs of pairs.
+        let s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, p), ones16);
+        _mm256_storeu_si256(out.sum4.as_mut_ptr().add(8 * i) as *mut __m256i, s4);
+        out.d.push(round_f16(d));
+        out.s.push(round_f16(d * sum as f32));
+    }
+}
+
+/// `q8::quantize_q8k_portable` eight values a vector: the scale comes from the first value of
+/// the largest magnitude (found by comparing every value with that magnitude), each value is
+/// rounded to nearest even and capped at 127, and each 16 values are summed exactly.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8k_avx2(x: &[f32], out: &mut Q8KRow) {
+    let nb = x.len() / 256;
+    out.d.clear();
+    out.d.reserve_exact(nb);
+    out.q.clear();
+    out.q.resize(nb * 256, 0);
+    out.bsums.clear();
+    out.bsums.resize(nb * 16, 0);
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    let cap = _mm256_set1_epi32(127);
+    for (i, b) in x.chunks_exact(256).enumerate() {
+        let mut m = _mm256_setzero_ps();
+        for k in 0..32 {
+            m = _mm256_max_ps(
+                _mm256_and_ps(_mm256_loadu_ps(b.as_ptr().add(8 * k)), abs),
+                m,
+            );
+        }
+        let amax = hmax_f32_8(m);
+        if amax == 0.0 {
+            out.d.push(0.0);
+            continue; // q and bsums are already zero
+        }
+        let am = _mm256_set1_ps(amax);
+        let mut first = 0;
+        for k in 0..32 {
+            let v = _mm256_and_ps(_mm256_loadu_ps(b.as_ptr().add(8 * k)), abs);
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, am));
+            if hit != 0 {
+                first = 8 * k + hit.trailing_zeros() as usize;
+                break;
+            }
+        }
+        let iscale = -127.0 / b[first];
+        let is = _mm256_set1_ps(iscale);
+        for g in 0..8 {
+            let q: [__m256i; 4] = std::array::from_fn(|k| {
+                let v = _mm256_mul_ps(is, _mm256_loadu_ps(b.as_ptr().add(32 * g + 8 * k)));
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_min_epi32(_mm256_cvtps_epi32(r), cap)
+            });
+            let p = pack_i8_32(q);
+            _mm256_storeu_si256(out.q.as_mut_ptr().add(256 * i + 32 * g) as *mut __m256i, p);
+            // Sums of sixteen: of four per 32-bit lane, then each 128-bit half's four lanes.
+            let s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, p), ones16);
+            let s8 = _mm256_hadd_epi32(s4, s4);
+            let s16 = _mm256_hadd_epi32(s8, s8);
+            out.bsums[16 * i + 2 * g] = _mm256_extract_epi32::<0>(s16) as i16;
+            out.bsums[16 * i + 2 * g + 1] = _mm256_extract_epi32::<4>(s16) as i16;
+        }
+        out.d.push(1.0 / iscale);
     }
 }
