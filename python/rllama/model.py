@@ -170,7 +170,12 @@ class Model:
     seconds without being read. `deterministic=True` sums every token in one order whatever shares
     its batch or however its prompt is cut, so a request's tokens and probabilities are the same
     bits at any concurrency (the default keeps llama.cpp's batch-size-dependent orders, which
-    reproduce its outputs exactly).
+    reproduce its outputs exactly). `grp_attn_n` > 1 turns on self-extend (llama.cpp's
+    `--grp-attn-n/--grp-attn-w`): once a sequence's next position reaches a window of
+    `grp_attn_w` positions past the grouped ones, that window's positions are divided by
+    `grp_attn_n` and its keys re-rotated, so a context longer than the model was trained on keeps
+    to the positions it knows. Such a sequence never shifts its context, and its regrouped cells
+    are not shared with other requests or saved to slot files. Not for sliding-window models.
     """
 
     def __init__(self, path_or_name: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
@@ -185,7 +190,8 @@ class Model:
                  rope_freq_scale: float | None = None, yarn_orig_ctx: int | None = None,
                  yarn_ext_factor: float | None = None, yarn_attn_factor: float | None = None,
                  yarn_beta_fast: float | None = None, yarn_beta_slow: float | None = None,
-                 flash_attn: str = "auto", deterministic: bool = False):
+                 flash_attn: str = "auto", deterministic: bool = False, grp_attn_n: int = 1,
+                 grp_attn_w: int = 512):
         validate.model_args(n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch, n_batch=n_batch,
                             n_ubatch=n_ubatch, n_parallel=n_parallel, rope_freq_base=rope_freq_base,
                             rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx,
@@ -194,6 +200,8 @@ class Model:
                             alias=alias, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
                             rope_scaling=rope_scaling, flash_attn=flash_attn)
         validate.integer(n_probs_max, "n_probs_max", 0, 1 << 20)
+        validate.integer(grp_attn_n, "grp_attn_n", 1, 1 << 20)
+        validate.integer(grp_attn_w, "grp_attn_w", 1, 1 << 30)
         if not 1 <= n_parallel <= 256:
             raise InvalidRequestError(f"n_parallel must be between 1 and 256, got {n_parallel}")
         if not 0.0 <= slot_prompt_similarity <= 1.0:
@@ -226,7 +234,8 @@ class Model:
         # n_ctx 0: the training context, or as much of it as fits in half the available memory.
         self._core.start_engine(self._vocab, n_parallel=n_parallel, n_ctx=n_ctx, kv_unified=kv_unified,
                                 n_ubatch=self.n_ubatch, context_shift=context_shift,
-                                slot_prompt_similarity=slot_prompt_similarity)
+                                slot_prompt_similarity=slot_prompt_similarity, grp_attn_n=grp_attn_n,
+                                grp_attn_w=grp_attn_w)
         self.n_ctx = self._core.n_ctx
         self.n_ctx_slot = self._core.n_ctx_slot
         self._pump = _Pump(self._core)

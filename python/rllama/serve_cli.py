@@ -178,8 +178,6 @@ def unsupported(s: ServerSettings) -> list[str]:
         (bool(s.lora), "--lora"),
         (s.lora_base is not None, "--lora-base"),
         (s.mmproj is not None, "--mmproj (multimodal)"),
-        (s.grp_attn_n != d.grp_attn_n, "--grp-attn-n (self-extend)"),
-        (s.grp_attn_w != d.grp_attn_w, "--grp-attn-w (self-extend)"),
     ]
     return [name for bad, name in checks if bad]
 
@@ -195,6 +193,10 @@ def check(s: ServerSettings) -> str | None:
         return f"--path {s.path}: not a directory"
     if s.parallel < 1:
         return "-np/--parallel must be at least 1"
+    if s.grp_attn_n < 1:
+        return f"--grp-attn-n {s.grp_attn_n}: the group factor must be at least 1"
+    if s.grp_attn_n > 1 and (s.grp_attn_w < s.grp_attn_n or s.grp_attn_w % s.grp_attn_n):
+        return f"--grp-attn-w {s.grp_attn_w}: must be a positive multiple of --grp-attn-n ({s.grp_attn_n})"
     if s.port < 0 or s.port > 65535:
         return f"--port {s.port}: out of range"
     if s.threads_http is not None and s.threads_http < 1:
@@ -261,7 +263,8 @@ def model_kwargs(s: ServerSettings) -> dict:
     accepted = inspect.signature(Model.__init__).parameters
     kw.update(n_parallel=s.parallel, kv_unified=s.kv_unified, context_shift=s.context_shift,
               slot_prompt_similarity=s.slot_prompt_similarity, n_probs_max=s.n_probs_max,
-              stream_timeout=float(s.timeout), deterministic=s.deterministic)
+              stream_timeout=float(s.timeout), deterministic=s.deterministic, grp_attn_n=s.grp_attn_n,
+              grp_attn_w=s.grp_attn_w)
     if "embeddings" in accepted:
         kw["embeddings"] = s.embeddings
     if "pooling" in accepted and s.pooling is not None:

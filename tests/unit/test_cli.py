@@ -93,13 +93,24 @@ def test_serve_every_flag_spelling():
 @pytest.mark.parametrize("flags, name", [
     (["-ngl", "10"], "-ngl"), (["-ts", "3,2"], "-ts"), (["-mg", "1"], "-mg"), (["--numa"], "--numa"),
     (["--numa", "isolate"], "--numa"), (["--lora", "a.gguf"], "--lora"), (["--lora-base", "b"], "--lora-base"),
-    (["--mmproj", "p"], "--mmproj"), (["--grp-attn-n", "4"], "--grp-attn-n"), (["--grp-attn-w", "8"], "--grp-attn-w"),
+    (["--mmproj", "p"], "--mmproj"),
 ])
 def test_serve_refuses_unbuilt_features(flags, name):
     r = run("serve", *flags)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "not supported yet" in lines[0] and name in lines[0]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--grp-attn-n", "0"], "--grp-attn-n 0"), (["--grp-attn-n", "4", "--grp-attn-w", "6"], "--grp-attn-w 6"),
+    (["--grp-attn-n", "4", "--grp-attn-w", "2"], "multiple of --grp-attn-n (4)"),
+])
+def test_serve_refuses_bad_self_extend_settings(flags, says):
+    r = run("serve", *flags)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0]
 
 
 def test_serve_bad_flags():

@@ -3,7 +3,9 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use rllama_core::engine::{Engine, EngineConfig, Event, GenerateParams, Job, StopReason};
+use rllama_core::engine::{
+    Engine, EngineConfig, Event, GenerateParams, Job, SelfExtend, StopReason,
+};
 use rllama_core::gguf::{GgufFile, LoadOptions};
 use rllama_core::kv::CacheTypes;
 use rllama_core::model::{FlashAttn, Model, RopeOverrides};
@@ -156,7 +158,8 @@ impl PyModel {
 
     /// Allocate the slots' caches and start the scheduler thread.
     #[pyo3(signature = (vocab, n_parallel = 1, n_ctx = 4096, kv_unified = false, n_ubatch = 512,
-                        context_shift = true, slot_prompt_similarity = 0.5))]
+                        context_shift = true, slot_prompt_similarity = 0.5, grp_attn_n = 1,
+                        grp_attn_w = 512))]
     #[allow(clippy::too_many_arguments)]
     fn start_engine(
         &self,
@@ -168,6 +171,8 @@ impl PyModel {
         n_ubatch: usize,
         context_shift: bool,
         slot_prompt_similarity: f32,
+        grp_attn_n: i64,
+        grp_attn_w: i64,
     ) -> PyResult<()> {
         let cfg = EngineConfig {
             n_parallel,
@@ -176,6 +181,7 @@ impl PyModel {
             n_ubatch,
             context_shift,
             slot_prompt_similarity,
+            self_extend: SelfExtend::new(grp_attn_n, grp_attn_w).map_err(to_py)?,
         };
         let (m, v) = (self.inner.clone(), vocab.inner.clone());
         let engine = py.detach(move || Engine::start(m, v, cfg)).map_err(to_py)?;

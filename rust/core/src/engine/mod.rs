@@ -9,6 +9,7 @@
 //! batching), so a new request starts at the next step and a long prompt never stalls the streams.
 
 mod scheduler;
+mod self_extend;
 mod slot;
 mod stop;
 mod utf8;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use self_extend::SelfExtend;
 pub use stop::StopMatcher;
 pub use utf8::Utf8Decoder;
 
@@ -44,6 +46,9 @@ pub struct EngineConfig {
     /// `--slot-prompt-similarity`: an idle slot whose cached tokens share at least this share of
     /// a new prompt is preferred (0 disables the preference).
     pub slot_prompt_similarity: f32,
+    /// Self-extend's group factor and width (`--grp-attn-n/-w`); a sequence then never shifts
+    /// its context, as in llama.cpp.
+    pub self_extend: Option<SelfExtend>,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +60,7 @@ impl Default for EngineConfig {
             n_ubatch: 512,
             context_shift: true,
             slot_prompt_similarity: 0.5,
+            self_extend: None,
         }
     }
 }
@@ -343,6 +349,12 @@ impl Engine {
                 "context of {} positions for {} slots leaves {n_ctx_slot} per slot (at least 4 are needed)",
                 cfg.n_ctx, cfg.n_parallel
             )));
+        }
+        if cfg.self_extend.is_some() && model.cfg.swa_layers.iter().any(|&s| s) {
+            // Its windows are measured in positions, which self-extend regroups.
+            return Err(Error::invalid(
+                "self-extend (--grp-attn-n) does not work with a sliding-window attention model",
+            ));
         }
         let pool = model.new_pool(n_blocks)?;
         let shared = Arc::new(Shared {

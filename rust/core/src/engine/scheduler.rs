@@ -6,6 +6,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::self_extend::Grouping;
 use super::slot::{Active, Outcome, Slot};
 use super::{
     lock, prompt_batches, EngineConfig, Event, GenerateJob, Job, Shared, SlotOpResult, SlotState,
@@ -92,6 +93,7 @@ impl Scheduler {
                 id,
                 table: BlockTable::new(cfg.n_ctx_slot()),
                 tokens: Vec::new(),
+                grouping: None,
                 last_used: 0,
                 active: None,
             })
@@ -238,6 +240,11 @@ impl Scheduler {
             Job::SlotSave { slot, path } => self.idle_slot(slot).and_then(|i| {
                 let t0 = Instant::now();
                 let s = &self.slots[i];
+                if s.grouping.is_some() {
+                    return Err(Error::invalid(format!(
+                        "slot {i}'s cache has self-extended positions, which a slot file cannot hold"
+                    )));
+                }
                 let n =
                     slot_file::save(&path, model.fingerprint(), &self.pool, &s.table, &s.tokens)?;
                 Ok(Event::SlotOp(SlotOpResult {
@@ -259,6 +266,7 @@ impl Scheduler {
                 }
                 let (tokens, n) = r?;
                 let s = &mut self.slots[i];
+                s.grouping = None;
                 s.tokens = tokens;
                 Ok(Event::SlotOp(SlotOpResult {
                     n_tokens: s.tokens.len(),
@@ -269,8 +277,7 @@ impl Scheduler {
             Job::SlotErase { slot } => self.idle_slot(slot).map(|i| {
                 let s = &mut self.slots[i];
                 let n = s.tokens.len();
-                s.tokens.clear();
-                self.pool.clear(&mut s.table);
+                s.forget(&mut self.pool);
                 self.waiting_for_blocks = false;
                 Event::SlotOp(SlotOpResult {
                     n_tokens: n,
@@ -305,9 +312,7 @@ impl Scheduler {
         else {
             return false;
         };
-        let s = &mut self.slots[i];
-        s.tokens.clear();
-        self.pool.clear(&mut s.table);
+        self.slots[i].forget(&mut self.pool);
         true
     }
 
@@ -401,9 +406,7 @@ impl Scheduler {
                 let prompt = job.prompt.clone();
                 self.reuse_prefix(si, &prompt)
             } else {
-                let s = &mut self.slots[si];
-                s.tokens.clear();
-                self.pool.clear(&mut s.table);
+                self.slots[si].forget(&mut self.pool);
                 0
             };
             // Blocks for the whole prompt now, so a prompt never stalls half way; the block
@@ -430,6 +433,10 @@ impl Scheduler {
     /// rows are copied. At most all but the last token (its logits are needed).
     fn reuse_prefix(&mut self, si: usize, prompt: &[u32]) -> usize {
         let limit = prompt.len() - 1;
+        if self.slots[si].grouping.is_some() {
+            // Regrouped cells are not what evaluating a prefix of them gives.
+            self.slots[si].forget(&mut self.pool);
+        }
         let own = common_prefix(&self.slots[si].tokens, prompt).min(limit);
         let m = self.pool.cached_prefix(prompt, limit);
         if let Some(k) = self.share_from_slot(si, prompt, own.max(m * BLOCK)) {
@@ -438,6 +445,7 @@ impl Scheduler {
         let s = &mut self.slots[si];
         if m * BLOCK > own {
             let k = self.pool.share_prefix(&mut s.table, prompt, m);
+            s.grouping = None;
             s.tokens.clear();
             s.tokens.extend_from_slice(&prompt[..k]);
             lock(&self.shared.stats).prefix_shared_tokens_total += k as u64;
@@ -454,7 +462,7 @@ impl Scheduler {
     fn share_from_slot(&mut self, si: usize, prompt: &[u32], than: usize) -> Option<usize> {
         let limit = prompt.len() - 1;
         let (j, k) = (0..self.slots.len())
-            .filter(|&j| j != si)
+            .filter(|&j| j != si && self.slots[j].grouping.is_none())
             .map(|j| {
                 let o = &self.slots[j];
                 let k = common_prefix(&o.tokens, prompt)
@@ -469,6 +477,7 @@ impl Scheduler {
         self.pool.share_from(&mut s.table, &src, k);
         self.slots[j].table = src;
         let s = &mut self.slots[si];
+        s.grouping = None;
         s.tokens.clear();
         s.tokens.extend_from_slice(&prompt[..k]);
         lock(&self.shared.stats).prefix_shared_tokens_total += k as u64;
@@ -496,6 +505,7 @@ impl Scheduler {
             None if m * BLOCK > c => {
                 let s = &mut self.slots[si];
                 let k = self.pool.share_prefix(&mut s.table, &prompt, m);
+                s.grouping = None;
                 s.tokens.clear();
                 s.tokens.extend_from_slice(&prompt[..k]);
                 lock(&self.shared.stats).prefix_shared_tokens_total += k as u64;
@@ -561,7 +571,7 @@ impl Scheduler {
                 continue;
             };
             let pos = s.tokens.len();
-            if !self.grow(si, pos + 1) || !self.writable(si, pos) {
+            if !self.grow(si, pos + 1) || !self.writable(si, pos) || !self.regroup(si) {
                 stalled.push(si);
                 continue;
             }
@@ -570,6 +580,7 @@ impl Scheduler {
                 batch.push(BatchToken {
                     token: t,
                     pos: s.tokens.len(),
+                    rope_pos: s.next_pos(),
                     seq: si,
                     logits: true,
                 });
@@ -606,6 +617,11 @@ impl Scheduler {
                 }
                 table.capacity()
             };
+            if !self.regroup(si) {
+                stalled.push(si);
+                continue;
+            }
+            let rope0 = self.slots[si].next_pos() as isize - s as isize;
             let Some(a) = self.slots[si].active.as_mut() else {
                 continue;
             };
@@ -625,6 +641,7 @@ impl Scheduler {
                 batch.push(BatchToken {
                     token: a.prompt()[pos],
                     pos,
+                    rope_pos: (pos as isize + rope0) as usize,
                     seq: si,
                     logits: last && pos + 1 == n,
                 });
@@ -658,9 +675,7 @@ impl Scheduler {
                         ));
                         self.paused.remove(&a.id);
                         events.push((a.id, Event::Failed(e)));
-                        let s = &mut self.slots[si];
-                        s.tokens.clear();
-                        self.pool.clear(&mut s.table);
+                        self.slots[si].forget(&mut self.pool);
                         self.waiting_for_blocks = false;
                     }
                 } else if !self.shift(si) {
@@ -685,8 +700,7 @@ impl Scheduler {
                 // The caches of the batch's slots are in an unknown state: forget them.
                 for p in &parts {
                     let s = &mut self.slots[p.slot];
-                    s.tokens.clear();
-                    self.pool.clear(&mut s.table);
+                    s.forget(&mut self.pool);
                     if let Some(a) = s.active.take() {
                         events.push((a.id, Event::Failed(e.duplicate())));
                     }
@@ -698,14 +712,18 @@ impl Scheduler {
         for p in &parts {
             let s = &mut self.slots[p.slot];
             let Some(a) = s.active.as_mut() else { continue };
+            let n0 = s.tokens.len();
             match p.prompt {
                 Some((from, to)) => s.tokens.extend_from_slice(&a.prompt()[from..to]),
                 None => s
                     .tokens
                     .push(a.next.take().expect("decode part has a token")),
             }
-            // Blocks the batch filled can be shared from now on.
-            self.pool.register(&mut s.table, &s.tokens);
+            match &mut s.grouping {
+                Some(g) => g.push(s.tokens.len() - n0),
+                // Blocks the batch filled can be shared from now on.
+                None => self.pool.register(&mut s.table, &s.tokens),
+            }
         }
         let n_vocab = self.model.cfg.n_vocab;
         for (p, logits) in parts
@@ -722,7 +740,7 @@ impl Scheduler {
                 &self.vocab,
                 n_cached,
                 n_ctx,
-                self.cfg.context_shift,
+                self.cfg.context_shift && self.cfg.self_extend.is_none(),
                 events,
             );
             if let Outcome::Finished(stop) = outcome {
@@ -738,10 +756,42 @@ impl Scheduler {
         }
     }
 
+    /// Self-extend: regroup slot `si`'s positions if its next one is past the current window,
+    /// re-rotating the keys that move. False when the pool has no block for a copy the
+    /// rotation needs (nothing changed: it waits for one like a slot that cannot grow).
+    fn regroup(&mut self, si: usize) -> bool {
+        let Some(se) = self.cfg.self_extend else {
+            return true;
+        };
+        let s = &self.slots[si];
+        let mut g = s
+            .grouping
+            .clone()
+            .unwrap_or_else(|| Grouping::new(s.tokens.len()));
+        if g.next < g.done + se.w {
+            return true;
+        }
+        let (from, deltas) = g.regroup(se);
+        for b in from / BLOCK..(from + deltas.len()).div_ceil(BLOCK) {
+            if !self.writable(si, b * BLOCK) {
+                return false;
+            }
+        }
+        let s = &mut self.slots[si];
+        if !self
+            .model
+            .rotate_keys(&mut self.pool, &mut s.table, from, &deltas)
+        {
+            return false;
+        }
+        s.grouping = Some(g);
+        true
+    }
+
     /// Context shift of slot `si`: keep n_keep tokens, drop half of the rest. False when it
     /// cannot (disabled, or nothing left to drop).
     fn shift(&mut self, si: usize) -> bool {
-        if !self.cfg.context_shift {
+        if !self.cfg.context_shift || self.cfg.self_extend.is_some() {
             return false;
         }
         let s = &mut self.slots[si];
@@ -844,6 +894,7 @@ fn logits(
                 BatchToken {
                     token: t,
                     pos,
+                    rope_pos: pos,
                     seq: 0,
                     logits: (all && pos >= from) || pos + 1 == n,
                 }
@@ -867,6 +918,7 @@ fn hidden(model: &Model, tokens: &[u32], n_batch: usize) -> Result<Vec<f32>> {
             .map(|(i, &t)| BatchToken {
                 token: t,
                 pos: c * nb + i,
+                rope_pos: c * nb + i,
                 seq: 0,
                 logits: false,
             })
@@ -883,6 +935,7 @@ fn decode_bench(model: &Model, tokens: &[u32]) -> Result<()> {
         let b = [BatchToken {
             token: t,
             pos,
+            rope_pos: pos,
             seq: 0,
             logits: true,
         }];

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::self_extend::Grouping;
 use super::{token_logprob, StopMatcher};
 use super::{Event, GenerateJob, Generation, StopReason, TokenEvent, Utf8Decoder};
 use crate::kv::BlockTable;
@@ -13,11 +14,28 @@ pub struct Slot {
     pub id: usize,
     /// The slot's blocks in the engine's KV pool (kept when a request ends, for the next one).
     pub table: BlockTable,
-    /// Tokens whose keys and values are in `table`, by position.
+    /// Tokens whose keys and values are in `table`, by cell.
     pub tokens: Vec<u32>,
+    /// The cells' RoPE positions once self-extend has regrouped them (None: each cell's
+    /// position is its index).
+    pub grouping: Option<Grouping>,
     /// Scheduler clock when the slot last finished a request (least recently used goes first).
     pub last_used: u64,
     pub active: Option<Active>,
+}
+
+impl Slot {
+    /// Drop the slot's cache.
+    pub fn forget(&mut self, pool: &mut crate::kv::KvPool) {
+        self.tokens.clear();
+        self.grouping = None;
+        pool.clear(&mut self.table);
+    }
+
+    /// The RoPE position of the next token.
+    pub fn next_pos(&self) -> usize {
+        self.grouping.as_ref().map_or(self.tokens.len(), |g| g.next)
+    }
 }
 
 pub struct Active {

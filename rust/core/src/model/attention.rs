@@ -1061,6 +1061,7 @@ mod tests {
                         .map(|pos| BatchToken {
                             token: 0,
                             pos,
+                            rope_pos: pos,
                             seq: 0,
                             logits: false,
                         })
@@ -1171,6 +1172,7 @@ mod tests {
         let batch = [BatchToken {
             token: 0,
             pos: 777,
+            rope_pos: 777,
             seq: 0,
             logits: true,
         }];

@@ -73,11 +73,15 @@ pub struct Model {
 }
 
 /// One token of a batch: which sequence (index into the block tables passed to `forward`), its
-/// position there, and whether its logits are wanted.
+/// cell there, its RoPE position, and whether its logits are wanted.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchToken {
     pub token: u32,
+    /// The cell its key and value go to; it attends to the cells before it.
     pub pos: usize,
+    /// The position RoPE rotates it by: `pos`, except where self-extend has regrouped the
+    /// sequence's positions.
+    pub rope_pos: usize,
     pub seq: usize,
     pub logits: bool,
 }
@@ -111,6 +115,43 @@ fn pack_weights(pool: &ThreadPool, file: &GgufFile, ts: &[&TensorInfo]) -> HashM
         }
     }
     out
+}
+
+/// How a key row is cut into heads and rotated.
+#[derive(Clone, Copy)]
+struct KeyShape {
+    head_dim: usize,
+    n_rot: usize,
+    neox: bool,
+}
+
+/// Rotate the keys of cells `from..from + deltas.len()` of `t` (every layer; `swa[layer]` picks
+/// its RoPE base) by `deltas[i]` positions, with `table(delta, swa)` RoPE's cos/sin pairs for a
+/// delta. One table per distinct delta and base.
+fn rotate_cells(
+    cache: &mut KvPool,
+    t: &BlockTable,
+    from: usize,
+    deltas: &[i64],
+    swa: &[bool],
+    shape: KeyShape,
+    table: impl Fn(i64, bool) -> Vec<(f32, f32)>,
+) {
+    let mut tables: HashMap<(i64, bool), Vec<(f32, f32)>> = HashMap::new();
+    let mut buf = vec![0f32; cache.kv_dim()];
+    for (layer, &w) in swa.iter().enumerate().take(cache.n_layer()) {
+        for (i, &d) in deltas.iter().enumerate() {
+            if d == 0 {
+                continue;
+            }
+            let rot = tables.entry((d, w)).or_insert_with(|| table(d, w));
+            cache.update_key(t, layer, from + i, &mut buf, |row| {
+                for h in row.chunks_exact_mut(shape.head_dim) {
+                    ops::rope(&mut h[..shape.n_rot], rot, shape.neox);
+                }
+            });
+        }
+    }
 }
 
 fn expect_shape(t: &TensorInfo, dims: &[usize]) -> Result<()> {
@@ -425,7 +466,6 @@ impl Model {
         n_discard: usize,
         n_past: usize,
     ) -> bool {
-        let cfg = &self.cfg;
         if n_discard == 0 || n_keep + n_discard > n_past || n_past > t.capacity() {
             return false;
         }
@@ -443,14 +483,45 @@ impl Model {
             cache.move_cell(t, p + n_discard, p);
         }
         cache.truncate(t, new_len);
-        let neox = cfg.rope_style == RopeStyle::Neox;
+        self.rotate_keys(cache, t, n_keep, &vec![-(n_discard as i64); n_moved])
+    }
+
+    /// Re-rotate the keys of cells `from..from + deltas.len()` of `t` by `deltas[i]` positions
+    /// each (context shift, self-extend), as llama.cpp's K-shift does: RoPE rotations compose,
+    /// so rotating the stored key by the difference gives the key at its new position, up to
+    /// the cache type's rounding. Blocks written that are shared are copied first, and the
+    /// table's hashes from `from` on are dropped (its keys are no longer what evaluating its
+    /// tokens gives). False (nothing changed) when the pool has no block left for a copy.
+    pub fn rotate_keys(
+        &self,
+        cache: &mut KvPool,
+        t: &mut BlockTable,
+        from: usize,
+        deltas: &[i64],
+    ) -> bool {
+        let cfg = &self.cfg;
+        let end = from + deltas.len();
+        if end > t.capacity() {
+            return false;
+        }
+        for i in from / BLOCK..end.div_ceil(BLOCK) {
+            if !cache.make_writable(t, i) {
+                return false;
+            }
+        }
+        cache.unhash_from(t, from);
         let factors = self.rope_factors_for(t.n_ctx());
-        let table = |theta_scale: f32, base: f32| {
+        let table = |delta: i64, swa: bool| {
+            let (theta_scale, base) = if swa {
+                (self.theta_scale_swa, cfg.rope_base_swa)
+            } else {
+                (self.theta_scale, cfg.rope_base)
+            };
             // The magnitude was scaled when the key was stored: only rotate now.
             let yarn = self.yarn_table(base, Some(1.0));
             let mut t = Vec::new();
             ops::rope_cache(
-                -(n_discard as f32),
+                delta as f32,
                 cfg.rope_scale,
                 theta_scale,
                 cfg.n_rot,
@@ -461,19 +532,12 @@ impl Model {
             );
             t
         };
-        let global = table(self.theta_scale, cfg.rope_base);
-        let swa = table(self.theta_scale_swa, cfg.rope_base_swa);
-        let mut buf = vec![0f32; cfg.kv_dim()];
-        for layer in 0..cfg.n_layer {
-            let rot = if cfg.swa_layers[layer] { &swa } else { &global };
-            for pos in n_keep..n_keep + n_moved {
-                cache.update_key(t, layer, pos, &mut buf, |row| {
-                    for h in row.chunks_exact_mut(cfg.head_dim) {
-                        ops::rope(&mut h[..cfg.n_rot], rot, neox);
-                    }
-                });
-            }
-        }
+        let shape = KeyShape {
+            head_dim: cfg.head_dim,
+            n_rot: cfg.n_rot,
+            neox: cfg.rope_style == RopeStyle::Neox,
+        };
+        rotate_cells(cache, t, from, deltas, &cfg.swa_layers, shape, table);
         true
     }
 
@@ -607,7 +671,7 @@ impl Model {
             for t in batch {
                 let factors = self.rope_factors_for(tables[t.seq].n_ctx());
                 ops::rope_cache(
-                    t.pos as f32,
+                    t.rope_pos as f32,
                     cfg.rope_scale,
                     theta_scale,
                     cfg.n_rot,
@@ -835,5 +899,77 @@ impl Model {
             .first()
             .map(|l| l.ffn_up.ggml_type)
             .unwrap_or(GgmlType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::CacheTypes;
+
+    /// Keys rotated by per-cell deltas are the keys RoPE gives at the new positions (up to the
+    /// f16 cache's rounding), for both RoPE styles and two bases.
+    #[test]
+    fn rotated_keys_are_the_keys_at_their_new_positions() {
+        let (head_dim, n_rot, n_head) = (64, 48, 2);
+        let kvd = head_dim * n_head;
+        let swa = [false, true];
+        let table = |p: i64, w: bool| {
+            let (theta_scale, f) = if w { (0.8f32, 0.5f32) } else { (0.9, 1.0) };
+            let mut t = Vec::new();
+            ops::rope_cache(p as f32, f, theta_scale, n_rot, None, 1.0, None, &mut t);
+            t
+        };
+        let n = 150;
+        let old: Vec<i64> = (0..n).collect();
+        // Self-extend-like moves: down by varying amounts, some cells not at all.
+        let new: Vec<i64> = old
+            .iter()
+            .map(|&p| if p < 10 { p } else { p / 3 + 7 })
+            .collect();
+        for neox in [false, true] {
+            let shape = KeyShape {
+                head_dim,
+                n_rot,
+                neox,
+            };
+            let mut pool = KvPool::new(2, 4, kvd, CacheTypes::default()).unwrap();
+            let mut t = BlockTable::new(256);
+            assert!(pool.grow(&mut t, n as usize));
+            let raw = |p: usize| -> Vec<f32> {
+                (0..kvd)
+                    .map(|i| (((p * kvd + i) * 37 % 101) as f32 - 50.0) / 40.0)
+                    .collect()
+            };
+            let roped = |p: usize, at: i64, layer: usize| {
+                let mut k = raw(p);
+                let rot = table(at, swa[layer]);
+                for h in k.chunks_exact_mut(head_dim) {
+                    ops::rope(&mut h[..n_rot], &rot, neox);
+                }
+                k
+            };
+            for layer in 0..2 {
+                for (p, &at) in old.iter().enumerate() {
+                    let k = roped(p, at, layer);
+                    pool.store(&t, layer, p, &k, &k);
+                }
+            }
+            let deltas: Vec<i64> = new.iter().zip(&old).map(|(a, b)| a - b).collect();
+            rotate_cells(&mut pool, &t, 0, &deltas, &swa, shape, table);
+            let mut got = vec![0f32; kvd];
+            for layer in 0..2 {
+                for (p, &at) in new.iter().enumerate() {
+                    pool.update_key(&t, layer, p, &mut got, |_| {});
+                    let want = roped(p, at, layer);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 2e-3 * b.abs().max(1.0),
+                            "neox {neox} layer {layer} cell {p} [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
