@@ -40,50 +40,6 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
     _mm256_and_si256(b, _mm256_set1_epi8(0x0f))
 }
 
-#[inline(always)]
-unsafe fn f16le(b: &[u8], i: usize) -> f32 {
-    let h = u16::from_le_bytes([b[i], b[i + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, blk) in w.chunks_exact(34).enumerate() {
-        let d = _mm256_set1_ps(f16le(blk, 0) * x.d[b]);
-        let qx = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-        let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
-    }
-    hsum_f32_8(acc)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_1(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for (b, blk) in w.chunks_exact(20).enumerate() {
-        summs += f16le(blk, 2) * x.s[b];
-        let d = _mm256_set1_ps(f16le(blk, 0) * x.d[b]);
-        let qx = nibbles(blk.as_ptr().add(4));
-        let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_us8(qx, qy), acc);
-    }
-    hsum_f32_8(acc) + summs
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, blk) in w.chunks_exact(18).enumerate() {
-        let d = _mm256_set1_ps(f16le(blk, 0) * x.d[b]);
-        let qx = _mm256_sub_epi8(nibbles(blk.as_ptr().add(2)), _mm256_set1_epi8(8));
-        let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
-    }
-    hsum_f32_8(acc)
-}
-
 /// Bytes 0xFF where bit i of `bits` is set, for i in 0..32.
 #[inline(always)]
 unsafe fn bytes_from_bits(bits: u32) -> __m256i {
@@ -98,18 +54,95 @@ unsafe fn bytes_from_bits(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, mask), _mm256_set1_epi64x(-1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q5_0(w: &[u8], x: &Q8Row) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, blk) in w.chunks_exact(22).enumerate() {
-        let d = _mm256_set1_ps(f16le(blk, 0) * x.d[b]);
-        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-        let hi = _mm256_andnot_si256(bytes_from_bits(qh), _mm256_set1_epi8(0xF0u8 as i8));
-        let qx = _mm256_or_si256(nibbles(blk.as_ptr().add(6)), hi);
-        let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+/// The legacy types `dot_rows` takes, as its const parameter: Q8_0, Q4_1, Q4_0, Q5_0.
+const L_Q8_0: u8 = 0;
+const L_Q4_1: u8 = 1;
+const L_Q4_0: u8 = 2;
+const L_Q5_0: u8 = 3;
+
+/// Block `b` of a legacy-type row (`blk` its bytes) against the activations: the combined scale,
+/// the lane sums, and Q4_1's offset term m·s (0 for the others).
+#[inline(always)]
+unsafe fn legacy_block<const T: u8>(
+    blk: *const u8,
+    qy: __m256i,
+    x: &Q8Row,
+    b: usize,
+) -> (f32, __m256, f32) {
+    // The block's f16 scales, widened as ggml does.
+    let f16 = |i: usize| {
+        let h = u16::from_le_bytes([*blk.add(i), *blk.add(i + 1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    };
+    let d = f16(0) * x.d[b];
+    match T {
+        L_Q8_0 => {
+            let qx = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+            (d, mul_sum_i8(qx, qy), 0.0)
+        }
+        L_Q4_1 => (d, mul_sum_us8(nibbles(blk.add(4)), qy), f16(2) * x.s[b]),
+        L_Q4_0 => {
+            let qx = _mm256_sub_epi8(nibbles(blk.add(2)), _mm256_set1_epi8(8));
+            (d, mul_sum_i8(qx, qy), 0.0)
+        }
+        _ => {
+            let qh = u32::from_le_bytes([*blk.add(2), *blk.add(3), *blk.add(4), *blk.add(5)]);
+            let hi = _mm256_andnot_si256(bytes_from_bits(qh), _mm256_set1_epi8(0xF0u8 as i8));
+            let qx = _mm256_or_si256(nibbles(blk.add(6)), hi);
+            (d, mul_sum_i8(qx, qy), 0.0)
+        }
     }
-    hsum_f32_8(acc)
+}
+
+/// `R` rows of legacy type `T` (`ts` bytes a block) against one token, interleaved so the rows'
+/// independent chains overlap; each row is summed exactly as alone (ggml's AVX2 order: one
+/// fused accumulator over the blocks, then the pairwise lane sum, plus Q4_1's offsets).
+#[inline(always)]
+unsafe fn dot_rows_of<const T: u8, const R: usize>(
+    ts: usize,
+    rows: [&[u8]; R],
+    x: &Q8Row,
+) -> [f32; R] {
+    let nb = rows[0].len() / ts;
+    debug_assert!(rows.iter().all(|r| r.len() == nb * ts) && x.d.len() >= nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut summs = [0f32; R];
+    for b in 0..nb {
+        let qy = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
+        for i in 0..R {
+            let (d, p, m) = legacy_block::<T>(rows[i].as_ptr().add(b * ts), qy, x, b);
+            if T == L_Q4_1 {
+                summs[i] += m;
+            }
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d), p, acc[i]);
+        }
+    }
+    std::array::from_fn(|i| {
+        let v = hsum_f32_8(acc[i]);
+        if T == L_Q4_1 {
+            v + summs[i]
+        } else {
+            v
+        }
+    })
+}
+
+/// Rows (all of `ty`, one length) against one token: Q8_0, Q4_1, Q4_0 and Q5_0 (None for other
+/// types). `R` rows at once run faster than one at a time and give the same values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows<const R: usize>(
+    ty: super::GgmlType,
+    rows: [&[u8]; R],
+    x: &Q8Row,
+) -> Option<[f32; R]> {
+    use super::GgmlType::*;
+    Some(match ty {
+        Q8_0 => dot_rows_of::<L_Q8_0, R>(34, rows, x),
+        Q4_1 => dot_rows_of::<L_Q4_1, R>(20, rows, x),
+        Q4_0 => dot_rows_of::<L_Q4_0, R>(18, rows, x),
+        Q5_0 => dot_rows_of::<L_Q5_0, R>(22, rows, x),
+        _ => return None,
+    })
 }
 
 /// A weight row already unpacked to int8 blocks (prefill reuses it for every token).

@@ -314,6 +314,28 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 }
                 return;
             }
+            #[cfg(target_arch = "x86_64")]
+            let mut r0 = r0;
+            #[cfg(target_arch = "x86_64")]
+            if n == 1 && level != SimdLevel::Scalar {
+                // One token: four rows at a time, their chains interleaved (each row's sum as
+                // alone); the tail and the types without it go one row at a time below.
+                while r0 + 4 <= r1 {
+                    for i in 4..8 {
+                        prefetch_row(w, r0 + i, r1);
+                    }
+                    let rows = std::array::from_fn(|i| w.row(r0 + i));
+                    // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
+                    let Some(v) = (unsafe { crate::quant::x86::dot_rows::<4>(w.ty, rows, &xs[0]) })
+                    else {
+                        break;
+                    };
+                    for (i, &v) in v.iter().enumerate() {
+                        put(0, r0 + i, v);
+                    }
+                    r0 += 4;
+                }
+            }
             for r in r0..r1 {
                 let row = w.row(r);
                 prefetch_row(w, r + 2, r1);
@@ -331,15 +353,7 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                     if level != SimdLevel::Scalar {
                         use crate::quant::x86;
                         // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
-                        let v = unsafe {
-                            match w.ty {
-                                GgmlType::Q8_0 => Some(x86::dot_q8_0(row, xt)),
-                                GgmlType::Q4_1 => Some(x86::dot_q4_1(row, xt)),
-                                GgmlType::Q4_0 => Some(x86::dot_q4_0(row, xt)),
-                                GgmlType::Q5_0 => Some(x86::dot_q5_0(row, xt)),
-                                _ => None,
-                            }
-                        };
+                        let v = unsafe { x86::dot_rows::<1>(w.ty, [row], xt) }.map(|v| v[0]);
                         if let Some(v) = v {
                             put(t, r, v);
                             continue;
