@@ -321,9 +321,14 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 // One token: four rows at a time, their chains interleaved (each row's sum as
                 // alone); the tail and the types without it go one row at a time below.
                 while r0 + 4 <= r1 {
-                    for i in 4..8 {
-                        prefetch_row(w, r0 + i, r1);
-                    }
+                    // SAFETY: the level has SSE (a hint; the range is inside the matrix).
+                    unsafe {
+                        crate::quant::x86::prefetch_ahead(
+                            w.data,
+                            r0 * w.row_bytes(),
+                            4 * w.row_bytes(),
+                        )
+                    };
                     let rows = std::array::from_fn(|i| w.row(r0 + i));
                     // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
                     let Some(v) = (unsafe { crate::quant::x86::dot_rows::<4>(w.ty, rows, &xs[0]) })
