@@ -24,9 +24,9 @@
 
 use std::ops::Range;
 
-use crate::cpu::simd_level;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::SimdLevel;
+use crate::cpu::{simd_dispatch, simd_level};
 use crate::kv::{CacheTypes, KvSeq};
 use crate::quant::f16::round_f16;
 use crate::tensor::{SendPtr, ThreadPool};
@@ -162,8 +162,16 @@ pub fn attention(
         pool.run(tiles.len() * p.n_head, &|task| {
             let ((t0, t1), h) = (tiles[task / p.n_head], task % p.n_head);
             let rows: Vec<Row> = (t0..t1).map(|i| row(i, h)).collect();
-            // SAFETY: each row's output (one token and head) belongs to this task only.
-            unsafe { tile_rows(&head_kv(batch[t0].seq, h), hd, &rows, p.scale) };
+            let kv = head_kv(batch[t0].seq, h);
+            // Compiled for the CPU's level: its scalar loops (the softmax's exp, the transposes)
+            // get fused multiply-adds instead of calls to libm's fmaf, and vectors.
+            simd_dispatch(
+                #[inline(always)]
+                || {
+                    // SAFETY: each row's output (one token and head) belongs to this task only.
+                    unsafe { tile_rows(&kv, hd, &rows, p.scale) }
+                },
+            );
         });
         return;
     }
@@ -270,6 +278,7 @@ fn reduce_partials<'a>(parts: impl Iterator<Item = &'a [f32]>, out: &mut [f32]) 
 ///
 /// # Safety
 /// Every row's `out` points to `hd` writable values that nothing else accesses.
+#[inline(always)]
 unsafe fn tile_rows(kv: &HeadKv, hd: usize, rows: &[Row], scale: f32) {
     let nr = rows.len();
     let mut qs = vec![0f32; nr * hd];
@@ -410,6 +419,7 @@ fn reduce16(a: &[f32]) -> f32 {
 
 /// s[j] = exp(s[j] − m) for a tile's scores; their sum, sixteen at a time in f64
 /// (`ggml_vec_soft_max_f32`).
+#[inline(always)]
 fn softmax_tile(s: &mut [f32; TILE], m: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx512 {
