@@ -157,3 +157,16 @@ def test_bench_kernels_random_and_bad_type():
     assert sorted(x["cache"] for x in rows if x["metric"] == "gemv_gbps") == ["cold"] * 3 + ["warm"] * 3
     r = run("bench", "kernels", "--types", "Q9_Z", "-t", "1", "-r", "1")
     assert r.returncode != 0 and "Q9_Z" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_serve_prints_every_figure(smollm2_path):
+    r = run("bench", "serve", "-m", str(smollm2_path), "-c", "2", "-n", "8", "--requests", "4", "-t", "1",
+            "--deterministic")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    metrics = {row["metric"] for row in rows}
+    assert {"aggregate_gen_tokens_per_s", "ttft_p50", "latency_p50"} <= metrics, metrics
+    assert all(row["deterministic"] is True and row["cpu"] for row in rows)
+    assert all(row["concurrency"] == 2 for row in rows if row["metric"] != "peak_rss")
+    agg = next(row for row in rows if row["metric"] == "aggregate_gen_tokens_per_s")
+    assert agg["value"] > 0

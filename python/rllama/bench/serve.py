@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--temp", type=float, default=0.8)
     ap.add_argument("--shared-prefix", type=int, default=0,
                     help="prefix every prompt with about this many tokens of a common system prompt")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="batch-invariant sums (the server's --deterministic)")
     args = ap.parse_args(argv)
     try:
         levels = [int(x) for x in args.concurrency.split(",") if x]
@@ -53,9 +55,10 @@ def main(argv: list[str]) -> int:
 
     n_par = args.parallel or max(levels)
     n_ctx = args.ctx_size or n_par * max(1024, args.n_predict + args.shared_prefix + 128)
-    m = Model(args.model, n_ctx=n_ctx, n_parallel=n_par, n_threads=args.threads)
+    m = Model(args.model, n_ctx=n_ctx, n_parallel=n_par, n_threads=args.threads, deterministic=args.deterministic)
     system = ("You are a helpful assistant. " * (args.shared_prefix // 6 + 1)) if args.shared_prefix else ""
-    where = {"cpu": cpu_model(), "simd": simd_level(), "threads": m.n_threads, "n_parallel": n_par}
+    where = {"cpu": cpu_model(), "simd": simd_level(), "threads": m.n_threads, "n_parallel": n_par,
+             "deterministic": args.deterministic}
 
     def emit(metric: str, value: float, unit: str, c: int) -> None:
         print(json.dumps({"bench": "serve", "metric": metric, "value": round(value, 3), "unit": unit,
