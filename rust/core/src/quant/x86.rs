@@ -204,6 +204,152 @@ unsafe fn dot4<const UNSIGNED: bool>(rows: [&[Block]; 4], x: &Q8Row) -> [f32; 4]
     std::array::from_fn(|i| hsum_f32_8(acc[i]) + summs[i])
 }
 
+// ---- AVX2: the same tiles, eight rows (half a tile) per pass, one per 32-bit lane.
+
+/// The legacy types with the AVX2 tile kernel (`dot16_avx2`): their tiles are made at load at
+/// the AVX2 level too.
+pub fn has_dot16_avx2(ty: super::GgmlType) -> bool {
+    use super::GgmlType::*;
+    matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
+}
+
+/// Bytes 0x10 where bit k of each lane's low four bits is set (byte k of the lane): the fifth
+/// bits of a Q5 group of four.
+#[inline(always)]
+unsafe fn fifth_bits(bits4: __m256i) -> __m256i {
+    // t · (1 + 2^7 + 2^14 + 2^21) puts bit k of t at bit 8k (the four copies never overlap).
+    let spread = _mm256_mullo_epi32(bits4, _mm256_set1_epi32(0x0020_4081));
+    _mm256_slli_epi32::<4>(_mm256_and_si256(spread, _mm256_set1_epi32(0x0101_0101)))
+}
+
+/// The low and the high f16 of each 32-bit lane, as f32 (Q4_1's d and m).
+#[inline(always)]
+unsafe fn halves_of_words(v: __m256i) -> (__m256, __m256) {
+    let mask = _mm256_set1_epi32(0xffff);
+    let lo = _mm256_packus_epi32(_mm256_and_si256(v, mask), _mm256_setzero_si256());
+    let hi = _mm256_packus_epi32(_mm256_srli_epi32::<16>(v), _mm256_setzero_si256());
+    // packus works per 128-bit half: the wanted quads are 64-bit lanes 0 and 2.
+    let pick = |x: __m256i| _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(x));
+    (_mm256_cvtph_ps(pick(lo)), _mm256_cvtph_ps(pick(hi)))
+}
+
+/// One tile of sixteen legacy rows against one token, eight rows per pass, one row per lane:
+/// `dot16_512`'s arithmetic with AVX2 instructions. Each group of four values of a block is one
+/// 32-byte load of the tile (eight rows); its exact integer sum per row comes from `maddubs`
+/// (Q4_0 / Q5_0 values unsigned, their offset taken back through the activations' sums of
+/// four; Q8_0 signed, by the sign trick), then accumulator j = fma(d_w·d_y, sum, accumulator j),
+/// folded as `hsum_f32_8`, Q4_1's mins last: each row's value equals `dot_rows`'s.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row) -> [f32; 16] {
+    use super::GgmlType::*;
+    let nb = tile.n_blocks();
+    assert!(x.d.len() >= nb && x.s.len() >= nb && x.sum4.len() >= 8 * nb && x.q.len() >= nb * 32);
+    let mut out = [0f32; 16];
+    match ty {
+        Q8_0 => dot8_avx2::<L_Q8_0>(tile, x, &mut out),
+        Q4_1 => dot8_avx2::<L_Q4_1>(tile, x, &mut out),
+        Q4_0 => dot8_avx2::<L_Q4_0>(tile, x, &mut out),
+        Q5_0 => dot8_avx2::<L_Q5_0>(tile, x, &mut out),
+        _ => unreachable!("has_dot16_avx2 is checked by the caller"),
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, out: &mut [f32; 16]) {
+    let nb = tile.n_blocks();
+    let yp = x.q.as_ptr() as *const i32;
+    let ones = _mm256_set1_epi16(1);
+    let nib = _mm256_set1_epi8(0x0f);
+    let offset: i32 = match T {
+        L_Q4_0 => 8,
+        L_Q5_0 => 16,
+        _ => 0,
+    };
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut accm = _mm256_setzero_ps();
+        for b in 0..nb {
+            if half == 0 {
+                prefetch_tile(tile, b);
+            }
+            let blk = tile.block(b);
+            let word =
+                |k: usize| _mm256_loadu_si256(blk.words.add(64 * k + 32 * half) as *const __m256i);
+            let d = if T == L_Q4_1 {
+                let (d, m) = halves_of_words(word(0));
+                accm = _mm256_fmadd_ps(m, _mm256_set1_ps(*x.s.get_unchecked(b)), accm);
+                d
+            } else {
+                _mm256_cvtph_ps(_mm_loadu_si128(blk.half.add(16 * half) as *const __m128i))
+            };
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
+            let mut group = |j: usize, w: __m256i| {
+                let y = _mm256_set1_epi32(yp.add(b * 8 + j).read_unaligned());
+                let s = if T == L_Q8_0 {
+                    _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w)),
+                        ones,
+                    )
+                } else {
+                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones);
+                    if offset != 0 {
+                        let c = offset * *x.sum4.get_unchecked(b * 8 + j);
+                        _mm256_sub_epi32(s, _mm256_set1_epi32(c))
+                    } else {
+                        s
+                    }
+                };
+                acc[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[j]);
+            };
+            match T {
+                L_Q8_0 => {
+                    for j in 0..8 {
+                        group(j, word(j));
+                    }
+                }
+                L_Q5_0 => {
+                    let qh = word(0);
+                    for g in 0..4 {
+                        let q = word(1 + g);
+                        let fifth = |shift: i32| {
+                            let t = _mm256_srlv_epi32(qh, _mm256_set1_epi32(shift));
+                            fifth_bits(_mm256_and_si256(t, _mm256_set1_epi32(0xf)))
+                        };
+                        group(
+                            g,
+                            _mm256_or_si256(_mm256_and_si256(q, nib), fifth(4 * g as i32)),
+                        );
+                        group(
+                            g + 4,
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib),
+                                fifth(16 + 4 * g as i32),
+                            ),
+                        );
+                    }
+                }
+                _ => {
+                    // Q4_0 (words 0..4) and Q4_1 (1..5): low nibbles group g, high g + 4.
+                    let first = usize::from(T == L_Q4_1);
+                    for g in 0..4 {
+                        let q = word(first + g);
+                        group(g, _mm256_and_si256(q, nib));
+                        group(g + 4, _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib));
+                    }
+                }
+            }
+        }
+        // hsum_f32_8's fold, lane by lane: (0+4)+(2+6) + (1+5)+(3+7).
+        let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[4 + i], acc[i]));
+        let mut v = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
+        if T == L_Q4_1 {
+            v = _mm256_add_ps(v, accm);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), v);
+    }
+}
+
 // ---- AVX-512 (VNNI): sixteen rows per pass, one per 32-bit lane, read from tiles.
 
 /// How far ahead of the block in use a gemv asks for tile bytes: 32 KiB into L2 (`T1`). Measured

@@ -284,34 +284,47 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if n > 1 && level != SimdLevel::Scalar {
-                // Prefill: four rows decoded at a time, each token's blocks loaded once for all
-                // four (the same sums per row and token as `dot_unpacked`).
-                let nb = w.cols / 32;
-                let mut u4: Vec<Block> = Vec::with_capacity(4 * nb);
-                let mut r = r0;
-                while r + 4 <= r1 {
-                    u4.clear();
-                    for i in 0..4 {
-                        u4.extend(w.row(r + i).chunks_exact(ts).map(|b| unpack_block(w.ty, b)));
-                    }
-                    let rows: [&[Block]; 4] = std::array::from_fn(|i| &u4[i * nb..(i + 1) * nb]);
-                    for (t, xt) in xs.iter().enumerate() {
-                        // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
-                        let v = unsafe { crate::quant::x86::dot_unpacked4(rows, xt) };
-                        for (i, &v) in v.iter().enumerate() {
-                            put(t, r + i, v);
+            if let (Some(tiles), SimdLevel::Avx2, true) =
+                (w.tiles, level, crate::quant::x86::has_dot16_avx2(w.ty))
+            {
+                // AVX2 with tiles (made at load for `x86::has_dot16_avx2` types): a token alone
+                // streams each tile eight rows per pass; a batch puts the tile's rows back in
+                // file layout, then takes them as below (r0 is on a tile boundary).
+                let mut rows = Vec::new();
+                for r in (r0..r1).step_by(TILE) {
+                    let m = (r1 - r).min(TILE);
+                    let tile = tiles.tile(r / TILE);
+                    if n == 1 {
+                        // SAFETY: AVX2, FMA and F16C are present at this level.
+                        let v = unsafe { crate::quant::x86::dot16_avx2(w.ty, &tile, &xs[0]) };
+                        for (i, &v) in v[..m].iter().enumerate() {
+                            put(0, r + i, v);
                         }
+                    } else {
+                        repack::unpack_tile(w.ty, &tile, m, &mut rows);
+                        let rb = w.row_bytes();
+                        prefill_rows(
+                            level,
+                            w.ty,
+                            |i| &rows[i * rb..(i + 1) * rb],
+                            m,
+                            xs,
+                            |t, i, v| put(t, r + i, v),
+                        );
                     }
-                    r += 4;
                 }
-                for r in r..r1 {
-                    u.clear();
-                    u.extend(w.row(r).chunks_exact(ts).map(|b| unpack_block(w.ty, b)));
-                    for (t, xt) in xs.iter().enumerate() {
-                        put(t, r, dot_unpacked(level, &u, xt));
-                    }
-                }
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if n > 1 && level != SimdLevel::Scalar {
+                prefill_rows(
+                    level,
+                    w.ty,
+                    |i| w.row(r0 + i),
+                    r1 - r0,
+                    xs,
+                    |t, i, v| put(t, r0 + i, v),
+                );
                 return;
             }
             #[cfg(target_arch = "x86_64")]
@@ -385,6 +398,49 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                     put(t, r, dot_f32(&buf, &x[t * w.cols..(t + 1) * w.cols]));
                 }
             }
+        }
+    }
+}
+
+/// A batch against `m` legacy rows (`row(i)`): four rows decoded at a time, each token's blocks
+/// loaded once for all four (the same sums per row and token as `dot_unpacked`); `put(t, i, v)`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefill_rows<'r>(
+    level: SimdLevel,
+    ty: GgmlType,
+    row: impl Fn(usize) -> &'r [u8],
+    m: usize,
+    xs: &[Q8Row],
+    put: impl Fn(usize, usize, f32),
+) {
+    let ts = ty.type_size();
+    let unpack = |i: usize, into: &mut Vec<Block>| {
+        into.extend(row(i).chunks_exact(ts).map(|b| unpack_block(ty, b)));
+    };
+    let nb = row(0).len() / ts;
+    let mut u4: Vec<Block> = Vec::with_capacity(4 * nb);
+    let mut i0 = 0;
+    while i0 + 4 <= m {
+        u4.clear();
+        for i in 0..4 {
+            unpack(i0 + i, &mut u4);
+        }
+        let rows: [&[Block]; 4] = std::array::from_fn(|i| &u4[i * nb..(i + 1) * nb]);
+        for (t, xt) in xs.iter().enumerate() {
+            // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
+            let v = unsafe { crate::quant::x86::dot_unpacked4(rows, xt) };
+            for (i, &v) in v.iter().enumerate() {
+                put(t, i0 + i, v);
+            }
+        }
+        i0 += 4;
+    }
+    for i in i0..m {
+        u4.clear();
+        unpack(i, &mut u4);
+        for (t, xt) in xs.iter().enumerate() {
+            put(t, i, dot_unpacked(level, &u4, xt));
         }
     }
 }
@@ -550,7 +606,13 @@ pub fn pack_tiles(
     w: &QMatrix,
     done: &(dyn Fn(std::ops::Range<usize>) + Sync),
 ) -> Option<Tiles> {
-    if simd_level() != SimdLevel::Avx512 {
+    let wanted = match simd_level() {
+        SimdLevel::Avx512 => true,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => crate::quant::x86::has_dot16_avx2(w.ty),
+        _ => false,
+    };
+    if !wanted {
         return None;
     }
     let nb = w.cols / w.ty.block_size();
@@ -703,8 +765,8 @@ fn matmul_acts_at(
         (nt * 4).min(w.rows.div_ceil(16)).max(1)
     };
     let mut per = w.rows.div_ceil(n_chunks);
-    if n_tokens > 1 || level == SimdLevel::Avx512 {
-        // Batches write sixteen consecutive outputs per token, and AVX-512 token generation
+    if n_tokens > 1 || level == SimdLevel::Avx512 || w.tiles.is_some() {
+        // Batches write sixteen consecutive outputs per token, and token generation over tiles
         // takes sixteen rows per pass: keep chunks on those boundaries.
         per = per.div_ceil(16) * 16;
     }
