@@ -78,30 +78,6 @@ pub fn pack_tile(ty: GgmlType, rows: &[u8], nb: usize, out: &mut [u8]) {
     }
 }
 
-/// The first `m` rows of a packed tile back in GGUF layout (`pack_tile`'s inverse) into `out`
-/// (resized to `m` rows).
-pub fn unpack_tile(ty: GgmlType, tile: &Tile, m: usize, out: &mut Vec<u8>) {
-    let l = layout(ty).expect("a type with a tile layout");
-    let (ts, nw, nb) = (ty.type_size(), l.n_words, tile.nb);
-    let rb = nb * ts;
-    assert!(m <= TILE);
-    out.resize(m * rb, 0);
-    let (words, halves) = tile.bytes.split_at(nb * nw * 64);
-    for (b, wblk) in words.chunks_exact(nw * 64).enumerate() {
-        for lane in 0..m {
-            let blk = &mut out[lane * rb + b * ts..lane * rb + (b + 1) * ts];
-            for k in 0..nw {
-                blk[l.words_from + 4 * k..l.words_from + 4 * k + 4]
-                    .copy_from_slice(&wblk[64 * k + 4 * lane..64 * k + 4 * lane + 4]);
-            }
-            if let Some(h) = l.half {
-                let at = 32 * b + 2 * lane;
-                blk[h..h + 2].copy_from_slice(&halves[at..at + 2]);
-            }
-        }
-    }
-}
-
 /// One packed tile of `nb` blocks.
 #[derive(Clone, Copy)]
 pub struct Tile<'a> {
@@ -318,15 +294,6 @@ mod tests {
                         }
                     }
                 }
-                // And back: the tile's rows as they were.
-                let m = (rows - 16 * i).min(TILE);
-                let mut back = Vec::new();
-                unpack_tile(ty, &tile, m, &mut back);
-                assert_eq!(
-                    back,
-                    &data[16 * i * nb * ts..(16 * i + m) * nb * ts],
-                    "{ty}"
-                );
             }
         }
     }

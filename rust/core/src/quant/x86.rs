@@ -242,8 +242,7 @@ unsafe fn halves_of_words(v: __m256i) -> (__m256, __m256) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row) -> [f32; 16] {
     use super::GgmlType::*;
-    let nb = tile.n_blocks();
-    assert!(x.d.len() >= nb && x.s.len() >= nb && x.sum4.len() >= 8 * nb && x.q.len() >= nb * 32);
+    check_q8(x, tile.n_blocks());
     let mut out = [0f32; 16];
     match ty {
         Q8_0 => dot8_avx2::<L_Q8_0>(tile, x, &mut out),
@@ -255,98 +254,182 @@ pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row) -> [f32; 1
     out
 }
 
+/// Prefill: one tile against every token of `xs`, in exactly `dot16_avx2`'s order per row and
+/// token. The tile is unpacked once into `buf` (reused between calls; about 10 KiB for 640
+/// columns, so it stays in L1), then each token runs over it. `out(t, lanes)` receives token
+/// t's sixteen values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm16_avx2(
+    ty: super::GgmlType,
+    tile: &Tile,
+    xs: &[Q8Row],
+    buf: &mut Vec<Block8>,
+    out: impl FnMut(usize, &[f32; 16]),
+) {
+    use super::GgmlType::*;
+    for x in xs {
+        check_q8(x, tile.n_blocks());
+    }
+    match ty {
+        Q8_0 => gemm8_avx2::<L_Q8_0>(tile, xs, buf, out),
+        Q4_1 => gemm8_avx2::<L_Q4_1>(tile, xs, buf, out),
+        Q4_0 => gemm8_avx2::<L_Q4_0>(tile, xs, buf, out),
+        Q5_0 => gemm8_avx2::<L_Q5_0>(tile, xs, buf, out),
+        _ => unreachable!("has_dot16_avx2 is checked by the caller"),
+    }
+}
+
+fn check_q8(x: &Q8Row, nb: usize) {
+    assert!(x.d.len() >= nb && x.s.len() >= nb && x.sum4.len() >= 8 * nb && x.q.len() >= nb * 32);
+}
+
+/// Block b of half a tile (eight rows, one per lane), unpacked: each 4-value group's values
+/// (unsigned for Q4_0/Q4_1/Q5_0, signed for Q8_0), the rows' scales and Q4_1's mins.
+#[derive(Clone, Copy)]
+pub struct Block8 {
+    w: [__m256i; 8],
+    d: __m256,
+    m: __m256,
+}
+
 #[inline(always)]
-unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, out: &mut [f32; 16]) {
-    let nb = tile.n_blocks();
+unsafe fn load8<const T: u8>(tile: &Tile, b: usize, half: usize) -> Block8 {
+    let blk = tile.block(b);
+    let word = |k: usize| _mm256_loadu_si256(blk.words.add(64 * k + 32 * half) as *const __m256i);
+    let nib = _mm256_set1_epi8(0x0f);
+    let mut w = [_mm256_setzero_si256(); 8];
+    let (d, m) = if T == L_Q4_1 {
+        halves_of_words(word(0))
+    } else {
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.half.add(16 * half) as *const __m128i));
+        (d, _mm256_setzero_ps())
+    };
+    match T {
+        L_Q8_0 => {
+            for (j, wj) in w.iter_mut().enumerate() {
+                *wj = word(j);
+            }
+        }
+        L_Q5_0 => {
+            let qh = word(0);
+            let fifth = |shift: i32| {
+                let t = _mm256_srlv_epi32(qh, _mm256_set1_epi32(shift));
+                fifth_bits(_mm256_and_si256(t, _mm256_set1_epi32(0xf)))
+            };
+            for g in 0..4 {
+                let q = word(1 + g);
+                w[g] = _mm256_or_si256(_mm256_and_si256(q, nib), fifth(4 * g as i32));
+                w[g + 4] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib),
+                    fifth(16 + 4 * g as i32),
+                );
+            }
+        }
+        _ => {
+            // Q4_0 (words 0..4) and Q4_1 (1..5): low nibbles group g, high g + 4.
+            let first = usize::from(T == L_Q4_1);
+            for g in 0..4 {
+                let q = word(first + g);
+                w[g] = _mm256_and_si256(q, nib);
+                w[g + 4] = _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib);
+            }
+        }
+    }
+    Block8 { w, d, m }
+}
+
+/// Add block b of token `x` to eight rows' accumulators (`dot16_avx2`'s order).
+#[inline(always)]
+unsafe fn add8<const T: u8>(
+    blk: &Block8,
+    x: &Q8Row,
+    b: usize,
+    acc: &mut [__m256; 8],
+    accm: &mut __m256,
+) {
     let yp = x.q.as_ptr() as *const i32;
     let ones = _mm256_set1_epi16(1);
-    let nib = _mm256_set1_epi8(0x0f);
     let offset: i32 = match T {
         L_Q4_0 => 8,
         L_Q5_0 => 16,
         _ => 0,
     };
+    if T == L_Q4_1 {
+        *accm = _mm256_fmadd_ps(blk.m, _mm256_set1_ps(*x.s.get_unchecked(b)), *accm);
+    }
+    let dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(*x.d.get_unchecked(b)));
+    for j in 0..8 {
+        let w = blk.w[j];
+        let y = _mm256_set1_epi32(yp.add(b * 8 + j).read_unaligned());
+        let s = if T == L_Q8_0 {
+            _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w)),
+                ones,
+            )
+        } else {
+            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones);
+            if offset != 0 {
+                let c = offset * *x.sum4.get_unchecked(b * 8 + j);
+                _mm256_sub_epi32(s, _mm256_set1_epi32(c))
+            } else {
+                s
+            }
+        };
+        acc[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[j]);
+    }
+}
+
+/// The eight accumulators folded as `hsum_f32_8` folds its lanes ((0+4)+(2+6)) + ((1+5)+(3+7)),
+/// lane by lane, then Q4_1's mins.
+#[inline(always)]
+unsafe fn fold8<const T: u8>(acc: &[__m256; 8], accm: __m256) -> __m256 {
+    let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[4 + i], acc[i]));
+    let v = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
+    if T == L_Q4_1 {
+        _mm256_add_ps(v, accm)
+    } else {
+        v
+    }
+}
+
+#[inline(always)]
+unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, out: &mut [f32; 16]) {
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut accm = _mm256_setzero_ps();
-        for b in 0..nb {
+        for b in 0..tile.n_blocks() {
             if half == 0 {
                 prefetch_tile(tile, b);
             }
-            let blk = tile.block(b);
-            let word =
-                |k: usize| _mm256_loadu_si256(blk.words.add(64 * k + 32 * half) as *const __m256i);
-            let d = if T == L_Q4_1 {
-                let (d, m) = halves_of_words(word(0));
-                accm = _mm256_fmadd_ps(m, _mm256_set1_ps(*x.s.get_unchecked(b)), accm);
-                d
-            } else {
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.half.add(16 * half) as *const __m128i))
-            };
-            let dd = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
-            let mut group = |j: usize, w: __m256i| {
-                let y = _mm256_set1_epi32(yp.add(b * 8 + j).read_unaligned());
-                let s = if T == L_Q8_0 {
-                    _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w)),
-                        ones,
-                    )
-                } else {
-                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones);
-                    if offset != 0 {
-                        let c = offset * *x.sum4.get_unchecked(b * 8 + j);
-                        _mm256_sub_epi32(s, _mm256_set1_epi32(c))
-                    } else {
-                        s
-                    }
-                };
-                acc[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[j]);
-            };
-            match T {
-                L_Q8_0 => {
-                    for j in 0..8 {
-                        group(j, word(j));
-                    }
-                }
-                L_Q5_0 => {
-                    let qh = word(0);
-                    for g in 0..4 {
-                        let q = word(1 + g);
-                        let fifth = |shift: i32| {
-                            let t = _mm256_srlv_epi32(qh, _mm256_set1_epi32(shift));
-                            fifth_bits(_mm256_and_si256(t, _mm256_set1_epi32(0xf)))
-                        };
-                        group(
-                            g,
-                            _mm256_or_si256(_mm256_and_si256(q, nib), fifth(4 * g as i32)),
-                        );
-                        group(
-                            g + 4,
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib),
-                                fifth(16 + 4 * g as i32),
-                            ),
-                        );
-                    }
-                }
-                _ => {
-                    // Q4_0 (words 0..4) and Q4_1 (1..5): low nibbles group g, high g + 4.
-                    let first = usize::from(T == L_Q4_1);
-                    for g in 0..4 {
-                        let q = word(first + g);
-                        group(g, _mm256_and_si256(q, nib));
-                        group(g + 4, _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib));
-                    }
-                }
+            add8::<T>(&load8::<T>(tile, b, half), x, b, &mut acc, &mut accm);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm8_avx2<const T: u8>(
+    tile: &Tile,
+    xs: &[Q8Row],
+    buf: &mut Vec<Block8>,
+    mut out: impl FnMut(usize, &[f32; 16]),
+) {
+    let nb = tile.n_blocks();
+    buf.clear();
+    for half in 0..2 {
+        buf.extend((0..nb).map(|b| load8::<T>(tile, b, half)));
+    }
+    let mut lanes = [0f32; 16];
+    for (t, x) in xs.iter().enumerate() {
+        for half in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut accm = _mm256_setzero_ps();
+            for (b, blk) in buf[half * nb..(half + 1) * nb].iter().enumerate() {
+                add8::<T>(blk, x, b, &mut acc, &mut accm);
             }
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
         }
-        // hsum_f32_8's fold, lane by lane: (0+4)+(2+6) + (1+5)+(3+7).
-        let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[4 + i], acc[i]));
-        let mut v = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
-        if T == L_Q4_1 {
-            v = _mm256_add_ps(v, accm);
-        }
-        _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), v);
+        out(t, &lanes);
     }
 }
 

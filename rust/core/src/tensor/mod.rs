@@ -288,29 +288,24 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 (w.tiles, level, crate::quant::x86::has_dot16_avx2(w.ty))
             {
                 // AVX2 with tiles (made at load for `x86::has_dot16_avx2` types): a token alone
-                // streams each tile eight rows per pass; a batch puts the tile's rows back in
-                // file layout, then takes them as below (r0 is on a tile boundary).
-                let mut rows = Vec::new();
+                // streams each tile eight rows per pass; a batch unpacks each tile once and
+                // takes every token against it (r0 is on a tile boundary).
+                let mut buf = Vec::new();
                 for r in (r0..r1).step_by(TILE) {
                     let m = (r1 - r).min(TILE);
                     let tile = tiles.tile(r / TILE);
-                    if n == 1 {
-                        // SAFETY: AVX2, FMA and F16C are present at this level.
-                        let v = unsafe { crate::quant::x86::dot16_avx2(w.ty, &tile, &xs[0]) };
+                    let emit = |t: usize, v: &[f32; 16]| {
                         for (i, &v) in v[..m].iter().enumerate() {
-                            put(0, r + i, v);
+                            put(t, r + i, v);
                         }
-                    } else {
-                        repack::unpack_tile(w.ty, &tile, m, &mut rows);
-                        let rb = w.row_bytes();
-                        prefill_rows(
-                            level,
-                            w.ty,
-                            |i| &rows[i * rb..(i + 1) * rb],
-                            m,
-                            xs,
-                            |t, i, v| put(t, r + i, v),
-                        );
+                    };
+                    // SAFETY: AVX2, FMA and F16C are present at this level.
+                    unsafe {
+                        if n == 1 {
+                            emit(0, &crate::quant::x86::dot16_avx2(w.ty, &tile, &xs[0]));
+                        } else {
+                            crate::quant::x86::gemm16_avx2(w.ty, &tile, xs, &mut buf, emit);
+                        }
                     }
                 }
                 return;
