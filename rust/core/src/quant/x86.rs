@@ -213,6 +213,17 @@ pub fn has_dot16_avx2(ty: super::GgmlType) -> bool {
     matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
 }
 
+/// What the AVX2 tile kernels add to Q4_0's and Q5_0's stored values to make them unsigned (its
+/// share, `offset_shares`, is taken back per group); 0 for the others (Q8_0 multiplies signed).
+pub fn avx2_offset(ty: super::GgmlType) -> u8 {
+    use super::GgmlType::*;
+    match ty {
+        Q4_0 => 8,
+        Q5_0 => 16,
+        _ => 0,
+    }
+}
+
 /// Bytes 0x10 where bit k of each lane's low four bits is set (byte k of the lane): the fifth
 /// bits of a Q5 group of four.
 #[inline(always)]
@@ -238,17 +249,19 @@ unsafe fn halves_of_words(v: __m256i) -> (__m256, __m256) {
 /// 32-byte load of the tile (eight rows); its exact integer sum per row comes from `maddubs`
 /// (Q4_0 / Q5_0 values unsigned, their offset taken back through the activations' sums of
 /// four; Q8_0 signed, by the sign trick), then accumulator j = fma(d_w·d_y, sum, accumulator j),
-/// folded as `hsum_f32_8`, Q4_1's mins last: each row's value equals `dot_rows`'s.
+/// folded as `hsum_f32_8`, Q4_1's mins last: each row's value equals `dot_rows`'s. `corr`: the
+/// token's `offset_shares` for `avx2_offset(ty)` (unread when that is 0).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row) -> [f32; 16] {
+pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32]) -> [f32; 16] {
     use super::GgmlType::*;
-    check_q8(x, tile.n_blocks());
+    check_q8(ty, x, corr, tile.n_blocks());
+    let c = corr.as_ptr();
     let mut out = [0f32; 16];
     match ty {
-        Q8_0 => dot8_avx2::<L_Q8_0>(tile, x, &mut out),
-        Q4_1 => dot8_avx2::<L_Q4_1>(tile, x, &mut out),
-        Q4_0 => dot8_avx2::<L_Q4_0>(tile, x, &mut out),
-        Q5_0 => dot8_avx2::<L_Q5_0>(tile, x, &mut out),
+        Q8_0 => dot8_avx2::<L_Q8_0>(tile, x, c, &mut out),
+        Q4_1 => dot8_avx2::<L_Q4_1>(tile, x, c, &mut out),
+        Q4_0 => dot8_avx2::<L_Q4_0>(tile, x, c, &mut out),
+        Q5_0 => dot8_avx2::<L_Q5_0>(tile, x, c, &mut out),
         _ => unreachable!("has_dot16_avx2 is checked by the caller"),
     }
     out
@@ -257,30 +270,33 @@ pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row) -> [f32; 1
 /// Prefill: one tile against every token of `xs`, in exactly `dot16_avx2`'s order per row and
 /// token. The tile is unpacked once into `buf` (reused between calls; about 10 KiB for 640
 /// columns, so it stays in L1), then each token runs over it. `out(t, lanes)` receives token
-/// t's sixteen values.
+/// t's sixteen values; `corrs[t]` as `dot16_avx2`'s `corr`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm16_avx2(
     ty: super::GgmlType,
     tile: &Tile,
     xs: &[Q8Row],
+    corrs: &[&[i32]],
     buf: &mut Vec<Block8>,
     out: impl FnMut(usize, &[f32; 16]),
 ) {
     use super::GgmlType::*;
-    for x in xs {
-        check_q8(x, tile.n_blocks());
+    assert_eq!(xs.len(), corrs.len());
+    for (x, c) in xs.iter().zip(corrs) {
+        check_q8(ty, x, c, tile.n_blocks());
     }
     match ty {
-        Q8_0 => gemm8_avx2::<L_Q8_0>(tile, xs, buf, out),
-        Q4_1 => gemm8_avx2::<L_Q4_1>(tile, xs, buf, out),
-        Q4_0 => gemm8_avx2::<L_Q4_0>(tile, xs, buf, out),
-        Q5_0 => gemm8_avx2::<L_Q5_0>(tile, xs, buf, out),
+        Q8_0 => gemm8_avx2::<L_Q8_0>(tile, xs, corrs, buf, out),
+        Q4_1 => gemm8_avx2::<L_Q4_1>(tile, xs, corrs, buf, out),
+        Q4_0 => gemm8_avx2::<L_Q4_0>(tile, xs, corrs, buf, out),
+        Q5_0 => gemm8_avx2::<L_Q5_0>(tile, xs, corrs, buf, out),
         _ => unreachable!("has_dot16_avx2 is checked by the caller"),
     }
 }
 
-fn check_q8(x: &Q8Row, nb: usize) {
-    assert!(x.d.len() >= nb && x.s.len() >= nb && x.sum4.len() >= 8 * nb && x.q.len() >= nb * 32);
+fn check_q8(ty: super::GgmlType, x: &Q8Row, corr: &[i32], nb: usize) {
+    assert!(x.d.len() >= nb && x.s.len() >= nb && x.q.len() >= nb * 32);
+    assert!(avx2_offset(ty) == 0 || corr.len() >= 8 * nb);
 }
 
 /// Block b of half a tile (eight rows, one per lane), unpacked: each 4-value group's values
@@ -338,22 +354,19 @@ unsafe fn load8<const T: u8>(tile: &Tile, b: usize, half: usize) -> Block8 {
     Block8 { w, d, m }
 }
 
-/// Add block b of token `x` to eight rows' accumulators (`dot16_avx2`'s order).
+/// Add block b of token `x` to eight rows' accumulators (`dot16_avx2`'s order); `corr` the
+/// token's offset shares (read for Q4_0 and Q5_0 only).
 #[inline(always)]
 unsafe fn add8<const T: u8>(
     blk: &Block8,
     x: &Q8Row,
+    corr: *const i32,
     b: usize,
     acc: &mut [__m256; 8],
     accm: &mut __m256,
 ) {
     let yp = x.q.as_ptr() as *const i32;
     let ones = _mm256_set1_epi16(1);
-    let offset: i32 = match T {
-        L_Q4_0 => 8,
-        L_Q5_0 => 16,
-        _ => 0,
-    };
     if T == L_Q4_1 {
         *accm = _mm256_fmadd_ps(blk.m, _mm256_set1_ps(*x.s.get_unchecked(b)), *accm);
     }
@@ -368,9 +381,8 @@ unsafe fn add8<const T: u8>(
             )
         } else {
             let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones);
-            if offset != 0 {
-                let c = offset * *x.sum4.get_unchecked(b * 8 + j);
-                _mm256_sub_epi32(s, _mm256_set1_epi32(c))
+            if T == L_Q4_0 || T == L_Q5_0 {
+                _mm256_add_epi32(s, _mm256_set1_epi32(*corr.add(b * 8 + j)))
             } else {
                 s
             }
@@ -393,7 +405,7 @@ unsafe fn fold8<const T: u8>(acc: &[__m256; 8], accm: __m256) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, out: &mut [f32; 16]) {
+unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, corr: *const i32, out: &mut [f32; 16]) {
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut accm = _mm256_setzero_ps();
@@ -401,7 +413,7 @@ unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, out: &mut [f32; 16]) {
             if half == 0 {
                 prefetch_tile(tile, b);
             }
-            add8::<T>(&load8::<T>(tile, b, half), x, b, &mut acc, &mut accm);
+            add8::<T>(&load8::<T>(tile, b, half), x, corr, b, &mut acc, &mut accm);
         }
         _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
     }
@@ -411,6 +423,7 @@ unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, out: &mut [f32; 16]) {
 unsafe fn gemm8_avx2<const T: u8>(
     tile: &Tile,
     xs: &[Q8Row],
+    corrs: &[&[i32]],
     buf: &mut Vec<Block8>,
     mut out: impl FnMut(usize, &[f32; 16]),
 ) {
@@ -420,12 +433,12 @@ unsafe fn gemm8_avx2<const T: u8>(
         buf.extend((0..nb).map(|b| load8::<T>(tile, b, half)));
     }
     let mut lanes = [0f32; 16];
-    for (t, x) in xs.iter().enumerate() {
+    for (t, (x, corr)) in xs.iter().zip(corrs).enumerate() {
         for half in 0..2 {
             let mut acc = [_mm256_setzero_ps(); 8];
             let mut accm = _mm256_setzero_ps();
             for (b, blk) in buf[half * nb..(half + 1) * nb].iter().enumerate() {
-                add8::<T>(blk, x, b, &mut acc, &mut accm);
+                add8::<T>(blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
             }
             _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
         }

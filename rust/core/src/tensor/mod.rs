@@ -291,6 +291,8 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 // streams each tile eight rows per pass; a batch unpacks each tile once and
                 // takes every token against it (r0 is on a tile boundary).
                 let mut buf = Vec::new();
+                // Each token's offset shares (Q4_0, Q5_0; none needed for the others).
+                let corr = |t: usize| gemm.map_or(&[][..], |g| g[t].as_slice());
                 for r in (r0..r1).step_by(TILE) {
                     let m = (r1 - r).min(TILE);
                     let tile = tiles.tile(r / TILE);
@@ -302,9 +304,13 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                     // SAFETY: AVX2, FMA and F16C are present at this level.
                     unsafe {
                         if n == 1 {
-                            emit(0, &crate::quant::x86::dot16_avx2(w.ty, &tile, &xs[0]));
+                            emit(
+                                0,
+                                &crate::quant::x86::dot16_avx2(w.ty, &tile, &xs[0], corr(0)),
+                            );
                         } else {
-                            crate::quant::x86::gemm16_avx2(w.ty, &tile, xs, &mut buf, emit);
+                            let corrs: Vec<&[i32]> = (0..n).map(corr).collect();
+                            crate::quant::x86::gemm16_avx2(w.ty, &tile, xs, &corrs, &mut buf, emit);
                         }
                     }
                 }
@@ -621,7 +627,7 @@ type Gemm = Vec<Vec<i32>>;
 #[cfg(not(target_arch = "x86_64"))]
 enum Gemm {}
 
-/// The offsets' shares of `a` for `w`'s type when the AVX-512 sixteen-row kernels apply: cached
+/// The offsets' shares of `a` for `w`'s type when the sixteen-row kernels need them: cached
 /// in `a` for the first weight offset asked for, else built into `own`.
 fn gemm_layout<'a>(
     level: SimdLevel,
@@ -633,10 +639,14 @@ fn gemm_layout<'a>(
     {
         use crate::quant::x86;
         let Acts::Q8(xs) = &a.acts else { return None };
-        if level != SimdLevel::Avx512 || !x86::has_dot16_512(w.ty) {
-            return None;
-        }
-        let off = x86::gemm_offset(w.ty);
+        let off = match level {
+            SimdLevel::Avx512 if x86::has_dot16_512(w.ty) => x86::gemm_offset(w.ty),
+            // The AVX2 tile kernels, for the types they store with an offset.
+            SimdLevel::Avx2 if w.tiles.is_some() && x86::avx2_offset(w.ty) != 0 => {
+                x86::avx2_offset(w.ty)
+            }
+            _ => return None,
+        };
         let make = || xs.iter().map(|x| x86::offset_shares(x, off)).collect();
         let (o, g) = a.gemm.get_or_init(|| (off, make()));
         if *o == off {
