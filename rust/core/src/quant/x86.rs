@@ -59,6 +59,9 @@ const L_Q8_0: u8 = 0;
 const L_Q4_1: u8 = 1;
 const L_Q4_0: u8 = 2;
 const L_Q5_0: u8 = 3;
+// Only the AVX2 tile kernels take these two.
+const L_Q5_1: u8 = 4;
+const L_IQ4_NL: u8 = 5;
 
 /// Block `b` of a legacy-type row (`blk` its bytes) against the activations: the combined scale,
 /// the lane sums, and Q4_1's offset term m·s (0 for the others).
@@ -210,7 +213,7 @@ unsafe fn dot4<const UNSIGNED: bool>(rows: [&[Block]; 4], x: &Q8Row) -> [f32; 4]
 /// the AVX2 level too.
 pub fn has_dot16_avx2(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
-    matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0)
+    matches!(ty, Q8_0 | Q4_1 | Q4_0 | Q5_0 | Q5_1 | IQ4_NL)
 }
 
 /// What the AVX2 tile kernels add to Q4_0's and Q5_0's stored values to make them unsigned (its
@@ -248,9 +251,10 @@ unsafe fn halves_of_words(v: __m256i) -> (__m256, __m256) {
 /// `dot16_512`'s arithmetic with AVX2 instructions. Each group of four values of a block is one
 /// 32-byte load of the tile (eight rows); its exact integer sum per row comes from `maddubs`
 /// (Q4_0 / Q5_0 values unsigned, their offset taken back through the activations' sums of
-/// four; Q8_0 signed, by the sign trick), then accumulator j = fma(d_w·d_y, sum, accumulator j),
-/// folded as `hsum_f32_8`, Q4_1's mins last: each row's value equals `dot_rows`'s. `corr`: the
-/// token's `offset_shares` for `avx2_offset(ty)` (unread when that is 0).
+/// four; Q4_1 / Q5_1 unsigned as stored; Q8_0 and IQ4_NL's table values signed, by the sign
+/// trick), then accumulator j = fma(d_w·d_y, sum, accumulator j), folded as `hsum_f32_8`, the
+/// mins last: each row's value equals the per-row kernels'. `corr`: the token's
+/// `offset_shares` for `avx2_offset(ty)` (unread when that is 0).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32]) -> [f32; 16] {
     use super::GgmlType::*;
@@ -262,6 +266,8 @@ pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i3
         Q4_1 => dot8_avx2::<L_Q4_1>(tile, x, c, &mut out),
         Q4_0 => dot8_avx2::<L_Q4_0>(tile, x, c, &mut out),
         Q5_0 => dot8_avx2::<L_Q5_0>(tile, x, c, &mut out),
+        Q5_1 => dot8_avx2::<L_Q5_1>(tile, x, c, &mut out),
+        IQ4_NL => dot8_avx2::<L_IQ4_NL>(tile, x, c, &mut out),
         _ => unreachable!("has_dot16_avx2 is checked by the caller"),
     }
     out
@@ -290,6 +296,8 @@ pub unsafe fn gemm16_avx2(
         Q4_1 => gemm8_avx2::<L_Q4_1>(tile, xs, corrs, buf, out),
         Q4_0 => gemm8_avx2::<L_Q4_0>(tile, xs, corrs, buf, out),
         Q5_0 => gemm8_avx2::<L_Q5_0>(tile, xs, corrs, buf, out),
+        Q5_1 => gemm8_avx2::<L_Q5_1>(tile, xs, corrs, buf, out),
+        IQ4_NL => gemm8_avx2::<L_IQ4_NL>(tile, xs, corrs, buf, out),
         _ => unreachable!("has_dot16_avx2 is checked by the caller"),
     }
 }
@@ -300,7 +308,7 @@ fn check_q8(ty: super::GgmlType, x: &Q8Row, corr: &[i32], nb: usize) {
 }
 
 /// Block b of half a tile (eight rows, one per lane), unpacked: each 4-value group's values
-/// (unsigned for Q4_0/Q4_1/Q5_0, signed for Q8_0), the rows' scales and Q4_1's mins.
+/// (unsigned for Q4_0/Q4_1/Q5_0/Q5_1, signed for Q8_0 and IQ4_NL), the rows' scales and the mins.
 #[derive(Clone, Copy)]
 pub struct Block8 {
     w: [__m256i; 8],
@@ -314,7 +322,7 @@ unsafe fn load8<const T: u8>(tile: &Tile, b: usize, half: usize) -> Block8 {
     let word = |k: usize| _mm256_loadu_si256(blk.words.add(64 * k + 32 * half) as *const __m256i);
     let nib = _mm256_set1_epi8(0x0f);
     let mut w = [_mm256_setzero_si256(); 8];
-    let (d, m) = if T == L_Q4_1 {
+    let (d, m) = if T == L_Q4_1 || T == L_Q5_1 {
         halves_of_words(word(0))
     } else {
         let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.half.add(16 * half) as *const __m128i));
@@ -326,19 +334,33 @@ unsafe fn load8<const T: u8>(tile: &Tile, b: usize, half: usize) -> Block8 {
                 *wj = word(j);
             }
         }
-        L_Q5_0 => {
-            let qh = word(0);
+        L_Q5_0 | L_Q5_1 => {
+            // Q5_0: qh word 0, quants words 1..5; Q5_1: d·m word 0, qh 1, quants 2..6.
+            let first = usize::from(T == L_Q5_1);
+            let qh = word(first);
             let fifth = |shift: i32| {
                 let t = _mm256_srlv_epi32(qh, _mm256_set1_epi32(shift));
                 fifth_bits(_mm256_and_si256(t, _mm256_set1_epi32(0xf)))
             };
             for g in 0..4 {
-                let q = word(1 + g);
+                let q = word(first + 1 + g);
                 w[g] = _mm256_or_si256(_mm256_and_si256(q, nib), fifth(4 * g as i32));
                 w[g + 4] = _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib),
                     fifth(16 + 4 * g as i32),
                 );
+            }
+        }
+        L_IQ4_NL => {
+            // The table's signed values, looked up by nibble in each 128-bit half.
+            let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                super::dequant::KVALUES_IQ4NL.as_ptr() as *const __m128i,
+            ));
+            for g in 0..4 {
+                let q = word(g);
+                w[g] = _mm256_shuffle_epi8(table, _mm256_and_si256(q, nib));
+                w[g + 4] =
+                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib));
             }
         }
         _ => {
@@ -367,14 +389,14 @@ unsafe fn add8<const T: u8>(
 ) {
     let yp = x.q.as_ptr() as *const i32;
     let ones = _mm256_set1_epi16(1);
-    if T == L_Q4_1 {
+    if T == L_Q4_1 || T == L_Q5_1 {
         *accm = _mm256_fmadd_ps(blk.m, _mm256_set1_ps(*x.s.get_unchecked(b)), *accm);
     }
     let dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(*x.d.get_unchecked(b)));
     for j in 0..8 {
         let w = blk.w[j];
         let y = _mm256_set1_epi32(yp.add(b * 8 + j).read_unaligned());
-        let s = if T == L_Q8_0 {
+        let s = if T == L_Q8_0 || T == L_IQ4_NL {
             _mm256_madd_epi16(
                 _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w)),
                 ones,
@@ -397,7 +419,7 @@ unsafe fn add8<const T: u8>(
 unsafe fn fold8<const T: u8>(acc: &[__m256; 8], accm: __m256) -> __m256 {
     let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[4 + i], acc[i]));
     let v = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
-    if T == L_Q4_1 {
+    if T == L_Q4_1 || T == L_Q5_1 {
         _mm256_add_ps(v, accm)
     } else {
         v
