@@ -764,13 +764,15 @@ impl Scheduler {
             return true;
         };
         let s = &self.slots[si];
+        // Most steps have nothing to regroup: decide that before copying any positions.
+        let done = s.grouping.as_ref().map_or(0, |g| g.done);
+        if s.next_pos() < done + se.w {
+            return true;
+        }
         let mut g = s
             .grouping
             .clone()
             .unwrap_or_else(|| Grouping::new(s.tokens.len()));
-        if g.next < g.done + se.w {
-            return true;
-        }
         let (from, deltas) = g.regroup(se);
         for b in from / BLOCK..(from + deltas.len()).div_ceil(BLOCK) {
             if !self.writable(si, b * BLOCK) {
