@@ -14,15 +14,21 @@ from rllama.model_args import Parser, int_in, int_list
 from rllama.validate import N_THREADS_MAX
 
 SHAPES = [(4096, 4096), (1536, 576), (49152, 576)]  # (rows = n_out, cols = n_in)
-TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"]
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32"]
+FLOATS = ("F32", "F16", "BF16")
 F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208],
               "Q5_K": [0, 2], "Q2_K": [80, 82], "Q3_K": [108], "IQ4_XS": [0]}
 
 
 def random_weights(ty: str, rows: int, cols: int, rng) -> bytes:
     bs, ts = _core.type_sizes(ty)
-    if ty == "F32":
-        return rng.standard_normal(rows * cols).astype(np.float32).tobytes()
+    if ty in FLOATS:
+        x = rng.standard_normal(rows * cols).astype(np.float32)
+        if ty == "F16":
+            return x.astype(np.float16).tobytes()
+        if ty == "BF16":  # the high half of each f32 (truncation is as good as rounding here)
+            return (x.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+        return x.tobytes()
     n_blocks = rows * cols // bs
     raw = rng.integers(0, 256, size=(n_blocks, ts), dtype=np.uint8)
     for off in F16_FIELDS[ty]:
@@ -65,7 +71,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     types = args.types.split(",")
-    known = [*F16_FIELDS, "F32"]
+    known = [*F16_FIELDS, *FLOATS]
     if not args.model and (bad := [t for t in types if t not in known]):
         raise SystemExit(f"error: no random weights for type {', '.join(bad)} (known: {', '.join(known)})")
     rng = np.random.default_rng(0)

@@ -93,10 +93,61 @@ unsafe fn widen_f16c(src: &[u8], dst: &mut [f32]) -> usize {
     i
 }
 
+/// `x` rounded to the nearest f16 (ties to even) and back into `out`, with F16C where the CPU
+/// has it (`vcvtps2ph` with round-to-nearest-even, as ggml converts activations).
+pub fn round_f16_into(x: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.reserve(x.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd_level() != crate::cpu::SimdLevel::Scalar {
+        let whole = x.len() / 8 * 8;
+        // SAFETY: F16C and AVX are present whenever the level is not Scalar; the kernel
+        // writes the first `whole` values of the capacity, which then hold initialized f32s.
+        unsafe {
+            round_f16c(&x[..whole], out.as_mut_ptr());
+            out.set_len(whole);
+        }
+    }
+    let done = out.len();
+    out.extend(x[done..].iter().map(|&v| round_f16(v)));
+}
+
+/// Groups of eight (`src.len()` a multiple of 8) into `dst`, which has room for them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn round_f16c(src: &[f32], dst: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    while i + 8 <= src.len() {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+        _mm256_storeu_ps(dst.add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use half::f16;
+
+    #[test]
+    fn rounding_with_f16c_is_the_scalar_rounding() {
+        // Every f32 exponent, with mantissas around the f16 rounding points and ties.
+        let mut x = Vec::new();
+        for e in 0..255u32 {
+            for m in [
+                0u32, 1, 0x0fff, 0x1000, 0x1001, 0x2000, 0x3000, 0x7f_e000, 0x7f_f000, 0x7f_ffff,
+            ] {
+                x.push(f32::from_bits((e << 23) | m));
+                x.push(-f32::from_bits((e << 23) | m));
+            }
+        }
+        let mut got = Vec::new();
+        round_f16_into(&x, &mut got);
+        for (v, g) in x.iter().zip(&got) {
+            assert_eq!(g.to_bits(), round_f16(*v).to_bits(), "{v:e}");
+        }
+    }
 
     #[test]
     fn matches_half_exhaustively() {

@@ -5,6 +5,7 @@
 mod dequant;
 pub mod dot;
 pub mod f16;
+pub mod float;
 pub mod kquant;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
@@ -16,6 +17,8 @@ pub mod testing;
 mod types;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86f;
 #[cfg(target_arch = "x86_64")]
 pub mod x86k;
 

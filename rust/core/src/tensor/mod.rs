@@ -15,6 +15,7 @@ pub use pool::{SendPtr, ThreadPool};
 use crate::cpu::{available, simd_dispatch, simd_level, SimdLevel};
 use crate::error::{Error, Result};
 use crate::quant::dot::*;
+use crate::quant::float::{self, FloatOrder};
 use crate::quant::kquant::{dot_k, is_kquant, KOrder, KRow};
 use crate::quant::q8::{quantize_q8, quantize_q8k, Q8KRow, Q8Row};
 use crate::quant::repack::{self, Tile, Tiles, TILE};
@@ -74,7 +75,10 @@ impl<'a> QMatrix<'a> {
 enum Acts {
     Q8(Vec<Q8Row>),
     Q8K(Vec<Q8KRow>),
-    F32,
+    /// F16 / BF16 weights: the rows rounded to that format (F32 weights: empty, `x` is read).
+    Float(float::FloatActs),
+    /// Other types: each weight row dequantized and dotted with `x`.
+    Dequant,
 }
 
 /// The activation format a weight type is dotted against.
@@ -82,14 +86,16 @@ enum Acts {
 enum ActFormat {
     Q8,
     Q8K,
-    F32,
+    Float(GgmlType),
+    Dequant,
 }
 
 fn act_format(ty: GgmlType) -> ActFormat {
     match ty {
         _ if is_legacy(ty) => ActFormat::Q8,
         _ if is_kquant(ty) => ActFormat::Q8K,
-        _ => ActFormat::F32,
+        _ if float::is_float(ty) => ActFormat::Float(ty),
+        _ => ActFormat::Dequant,
     }
 }
 
@@ -166,7 +172,8 @@ impl<'x> Activations<'x> {
                 #[inline(always)]
                 |r, q| quantize_q8k(r, q),
             )),
-            ActFormat::F32 => Acts::F32,
+            ActFormat::Float(ty) => Acts::Float(float::FloatActs::new(ty, x)),
+            ActFormat::Dequant => Acts::Dequant,
             _ => {
                 return Err(Error::invalid(format!(
                     "{cols} columns is not a multiple of the {ty} block size"
@@ -389,7 +396,8 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
             }
         }
         Acts::Q8K(xs) => rows_k(level, w, xs, r0, r1, invariant, put),
-        Acts::F32 => {
+        Acts::Float(conv) => float_rows(level, w, x, conv, n, invariant, r0, r1, put),
+        Acts::Dequant => {
             let mut buf = vec![0f32; w.cols];
             for r in r0..r1 {
                 if dequantize(w.ty, w.row(r), &mut buf).is_err() {
@@ -399,6 +407,115 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                     put(t, r, dot_f32(&buf, &x[t * w.cols..(t + 1) * w.cols]));
                 }
             }
+        }
+    }
+}
+
+/// Rows [r0, r1) of a float matrix (F32, F16, BF16) in llama.cpp's order for `level`
+/// (`float.rs`): tinyBLAS's four-row × several-token tiles for a batch it takes, ggml's dot
+/// (four rows at a time sharing each activation load) otherwise and in deterministic mode.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn float_rows(
+    level: SimdLevel,
+    w: &QMatrix,
+    x: &[f32],
+    conv: &float::FloatActs,
+    n: usize,
+    invariant: bool,
+    r0: usize,
+    r1: usize,
+    put: impl Fn(usize, usize, f32),
+) {
+    let (ty, k) = (w.ty, w.cols);
+    let order = FloatOrder::of(level);
+    let act = |t: usize| float::act_row(x, conv, t, k);
+    #[cfg(target_arch = "x86_64")]
+    if order != FloatOrder::Scalar {
+        use crate::quant::x86f;
+        let tiled = !invariant && order.tiled(ty, w.rows, k, n);
+        if tiled {
+            // Chunks start on sixteen-row boundaries and the matrix has a multiple of four rows.
+            debug_assert!((r1 - r0).is_multiple_of(4));
+            // As many tokens per tile as the registers hold (32 at AVX-512, 16 at AVX2).
+            let rn = if level == SimdLevel::Avx512 { 6 } else { 2 };
+            let mut widened: Vec<f32> = Vec::new();
+            // Tokens in blocks whose activations stay in L2 while the chunk's rows pass.
+            for tb in (0..n).step_by(96) {
+                let te = (tb + 96).min(n);
+                for r in (r0..r1).step_by(4) {
+                    let mut rows = std::array::from_fn(|i| w.row(r + i).as_ptr());
+                    // F16 rows widened to f32 once for all the block's tiles (exactly, as each
+                    // tile's conversion would): the conversions otherwise take the FMA ports.
+                    let mut tty = ty;
+                    if ty == GgmlType::F16 {
+                        widened.resize(4 * k, 0.0);
+                        for (i, dst) in widened.chunks_exact_mut(k).enumerate() {
+                            crate::quant::f16::widen_f16(w.row(r + i), dst);
+                        }
+                        rows = std::array::from_fn(|i| widened[i * k..].as_ptr() as *const u8);
+                        tty = GgmlType::F32;
+                    }
+                    let mut t = tb;
+                    while t < te {
+                        let m = (te - t).min(rn);
+                        // SAFETY: the level is this CPU's (`matmul_at`) and `tiled` checked k.
+                        unsafe {
+                            match m {
+                                1 => float_tile::<1>(order, tty, rows, t, &act, k, r, &put),
+                                2 => float_tile::<2>(order, tty, rows, t, &act, k, r, &put),
+                                3 => float_tile::<3>(order, tty, rows, t, &act, k, r, &put),
+                                4 => float_tile::<4>(order, tty, rows, t, &act, k, r, &put),
+                                5 => float_tile::<5>(order, tty, rows, t, &act, k, r, &put),
+                                _ => float_tile::<6>(order, tty, rows, t, &act, k, r, &put),
+                            }
+                        }
+                        t += m;
+                    }
+                }
+            }
+            return;
+        }
+        // One row at a time: consecutive rows are one sequential stream for the hardware
+        // prefetcher (four rows side by side, or software prefetches, measured slower).
+        for r in r0..r1 {
+            for t in 0..n {
+                // SAFETY: the level is this CPU's; each row and activation holds k values.
+                put(t, r, unsafe {
+                    x86f::dot(order, ty, w.row(r).as_ptr(), act(t).as_ptr(), k)
+                });
+            }
+        }
+        return;
+    }
+    let _ = (order, invariant);
+    for r in r0..r1 {
+        for t in 0..n {
+            put(t, r, float::dot_scalar(ty, w.row(r), act(t), k));
+        }
+    }
+}
+
+/// One tinyBLAS tile: rows `r`..`r + 4` × tokens `t`..`t + RN`.
+/// Safety: as `x86f::tile`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn float_tile<'a, const RN: usize>(
+    order: FloatOrder,
+    ty: GgmlType,
+    rows: [*const u8; 4],
+    t: usize,
+    act: &impl Fn(usize) -> &'a [u8],
+    k: usize,
+    r: usize,
+    put: &impl Fn(usize, usize, f32),
+) {
+    let xs = std::array::from_fn(|j| act(t + j).as_ptr());
+    let v = crate::quant::x86f::tile::<RN>(order, ty, rows, xs, k);
+    for (j, vj) in v.iter().enumerate() {
+        for (i, &v) in vj.iter().enumerate() {
+            put(t + j, r + i, v);
         }
     }
 }
@@ -937,6 +1054,49 @@ mod tests {
                             y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "{ty} {level:?} n={n} t={threads} packed={packed}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_matmuls_follow_llama_cpp_order() {
+        use crate::quant::float::{reference, tests::random_row};
+        use crate::quant::testing::Rng;
+        let mut rng = Rng::new(0x5851_f42d_4c95_7f2d);
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            // Tiled shapes, a row count tinyBLAS refuses, and columns off its step.
+            for (rows, cols) in [(36, 64), (20, 224), (18, 64), (16, 200)] {
+                let raw: Vec<u8> = (0..rows)
+                    .flat_map(|_| random_row(ty, cols, &mut rng))
+                    .collect();
+                let w = QMatrix::new(ty, &raw, rows, cols).unwrap();
+                let x: Vec<f32> = (0..13 * cols).map(|_| rng.unit() * 3.0).collect();
+                let conv = float::FloatActs::new(ty, &x);
+                for level in levels() {
+                    let order = FloatOrder::of(level);
+                    for n in [1, 2, 7, 13] {
+                        for (threads, invariant) in [(1, false), (2, false), (2, true)] {
+                            let pool = ThreadPool::new(threads);
+                            let a = Activations::new(&pool, ty, &x[..n * cols], n)
+                                .unwrap()
+                                .batch_invariant(invariant);
+                            let mut y = vec![0f32; n * rows];
+                            matmul_acts_at(level, &pool, &w, &a, &mut y).unwrap();
+                            let tiled = !invariant && order.tiled(ty, rows, cols, n);
+                            for t in 0..n {
+                                let xt = float::act_row(&x, &conv, t, cols);
+                                for r in 0..rows {
+                                    let want = reference(order, ty, w.row(r), xt, cols, tiled);
+                                    assert_eq!(
+                                        y[t * rows + r].to_bits(),
+                                        want.to_bits(),
+                                        "{ty} {level:?} {rows}x{cols} n={n} t={threads} inv={invariant} ({t},{r})"
+                                    );
+                                }
+                            }
+                        }
                     }
                 }
             }
