@@ -440,8 +440,18 @@ pub mod tests {
                     }
                     let xp: [*const u8; 6] = std::array::from_fn(|j| xs[j].as_ptr());
                     // SAFETY: as above, and k is a multiple of the tile step.
-                    let t6 = unsafe { x86f::tile::<6>(o, ty, ptrs, xp, k) };
-                    let t1 = unsafe { x86f::tile::<1>(o, ty, ptrs, [xp[4]], k) };
+                    let t6 = unsafe { x86f::tile::<4, 6>(o, ty, ptrs, xp, k) };
+                    let t1 = unsafe { x86f::tile::<4, 1>(o, ty, ptrs, [xp[4]], k) };
+                    let t2 = unsafe { x86f::tile::<2, 6>(o, ty, [ptrs[1], ptrs[3]], xp, k) };
+                    for (i, row) in [1, 3].into_iter().enumerate() {
+                        for j in 0..6 {
+                            assert_eq!(
+                                t2[j][i].to_bits(),
+                                want(row, j, true).to_bits(),
+                                "{ty} {o:?} k={k} 2-row tile"
+                            );
+                        }
+                    }
                     for i in 0..4 {
                         for j in 0..6 {
                             assert_eq!(

@@ -1,6 +1,5 @@
 //! x86 kernels for float weight matrices in llama.cpp's orders (see `float.rs`): ggml's dots,
-//! one row at a time, and tinyBLAS's tiles of four rows by
-//! up to six tokens. `E` is the weights' element format (0 f32, 1 f16, 2 bf16); the activations'
+//! one row at a time, and tinyBLAS's tiles of a few rows by a few tokens. `E` is the weights' element format (0 f32, 1 f16, 2 bf16); the activations'
 //! is `act_elem(E)`.
 
 #![allow(clippy::missing_safety_doc)]
@@ -237,21 +236,21 @@ pub unsafe fn vec_dot_bf16_dp(w: *const u8, x: *const u8, k: usize) -> f32 {
     tail_f64(s, w, x, np, k)
 }
 
-/// tinyBLAS at AVX-512 for four rows × `RN` tokens: each output one sixteen-lane fused
+/// tinyBLAS at AVX-512 for `RM` rows × `RN` tokens: each output one sixteen-lane fused
 /// accumulator over the row (`k` a multiple of 16), summed across lanes; `out[j][i]`.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-pub unsafe fn tile_512<const E: u8, const RN: usize>(
-    rows: [*const u8; 4],
+pub unsafe fn tile_512<const E: u8, const RM: usize, const RN: usize>(
+    rows: [*const u8; RM],
     xs: [*const u8; RN],
     k: usize,
-) -> [[f32; 4]; RN] {
-    let mut acc = [[_mm512_setzero_ps(); 4]; RN];
+) -> [[f32; RM]; RN] {
+    let mut acc = [[_mm512_setzero_ps(); RM]; RN];
     let mut l = 0;
     while l < k {
-        let a: [__m512; 4] = std::array::from_fn(|i| w16::<E>(rows[i], l));
+        let a: [__m512; RM] = std::array::from_fn(|i| w16::<E>(rows[i], l));
         for j in 0..RN {
             let b = x16::<E>(xs[j], l);
-            for i in 0..4 {
+            for i in 0..RM {
                 acc[j][i] = _mm512_fmadd_ps(a[i], b, acc[j][i]);
             }
         }
@@ -262,18 +261,18 @@ pub unsafe fn tile_512<const E: u8, const RN: usize>(
 
 /// tinyBLAS at AVX2: eight lanes (`k` a multiple of 8), across lanes by halves.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_256<const E: u8, const RN: usize>(
-    rows: [*const u8; 4],
+pub unsafe fn tile_256<const E: u8, const RM: usize, const RN: usize>(
+    rows: [*const u8; RM],
     xs: [*const u8; RN],
     k: usize,
-) -> [[f32; 4]; RN] {
-    let mut acc = [[_mm256_setzero_ps(); 4]; RN];
+) -> [[f32; RM]; RN] {
+    let mut acc = [[_mm256_setzero_ps(); RM]; RN];
     let mut l = 0;
     while l < k {
-        let a: [__m256; 4] = std::array::from_fn(|i| w8::<E>(rows[i], l));
+        let a: [__m256; RM] = std::array::from_fn(|i| w8::<E>(rows[i], l));
         for j in 0..RN {
             let b = x8::<E>(xs[j], l);
-            for i in 0..4 {
+            for i in 0..RM {
                 acc[j][i] = _mm256_fmadd_ps(a[i], b, acc[j][i]);
             }
         }
@@ -285,21 +284,21 @@ pub unsafe fn tile_256<const E: u8, const RN: usize>(
 /// tinyBLAS for BF16 with AVX512_BF16: one `vdpbf16ps` accumulator per output over every 32
 /// values (`k` a multiple of 32).
 #[target_feature(enable = "avx512f,avx512vl,avx512bf16,avx2,fma,f16c")]
-pub unsafe fn tile_bf16_dp<const RN: usize>(
-    rows: [*const u8; 4],
+pub unsafe fn tile_bf16_dp<const RM: usize, const RN: usize>(
+    rows: [*const u8; RM],
     xs: [*const u8; RN],
     k: usize,
-) -> [[f32; 4]; RN] {
-    let mut acc = [[_mm512_setzero_ps(); 4]; RN];
+) -> [[f32; RM]; RN] {
+    let mut acc = [[_mm512_setzero_ps(); RM]; RN];
     let mut l = 0;
     while l < k {
         let off = l * 2;
-        let a: [__m512bh; 4] = std::array::from_fn(|i| {
+        let a: [__m512bh; RM] = std::array::from_fn(|i| {
             std::mem::transmute(_mm512_loadu_si512(rows[i].add(off) as *const _))
         });
         for j in 0..RN {
             let b: __m512bh = std::mem::transmute(_mm512_loadu_si512(xs[j].add(off) as *const _));
-            for i in 0..4 {
+            for i in 0..RM {
                 acc[j][i] = _mm512_dpbf16_ps(acc[j][i], a[i], b);
             }
         }
@@ -324,24 +323,25 @@ pub unsafe fn dot(order: FloatOrder, ty: GgmlType, w: *const u8, x: *const u8, k
     }
 }
 
-/// tinyBLAS for `order` and `ty`: four rows × `RN` tokens, `out[j][i]`.
+/// tinyBLAS for `order` and `ty`: `RM` rows × `RN` tokens, `out[j][i]` (the tile's shape changes
+/// no output's sum).
 /// Safety: as `dot_rows`, and `k` is a multiple of `order.tile_step(ty)`.
 #[inline(always)]
-pub unsafe fn tile<const RN: usize>(
+pub unsafe fn tile<const RM: usize, const RN: usize>(
     order: FloatOrder,
     ty: GgmlType,
-    rows: [*const u8; 4],
+    rows: [*const u8; RM],
     xs: [*const u8; RN],
     k: usize,
-) -> [[f32; 4]; RN] {
+) -> [[f32; RM]; RN] {
     use GgmlType::*;
     match (order, ty) {
-        (FloatOrder::Avx512 { bf16_dot: true }, BF16) => tile_bf16_dp(rows, xs, k),
-        (FloatOrder::Avx512 { .. }, BF16) => tile_512::<E_BF16, RN>(rows, xs, k),
-        (FloatOrder::Avx512 { .. }, F16) => tile_512::<E_F16, RN>(rows, xs, k),
-        (FloatOrder::Avx512 { .. }, _) => tile_512::<E_F32, RN>(rows, xs, k),
-        (_, BF16) => tile_256::<E_BF16, RN>(rows, xs, k),
-        (_, F16) => tile_256::<E_F16, RN>(rows, xs, k),
-        _ => tile_256::<E_F32, RN>(rows, xs, k),
+        (FloatOrder::Avx512 { bf16_dot: true }, BF16) => tile_bf16_dp::<RM, RN>(rows, xs, k),
+        (FloatOrder::Avx512 { .. }, BF16) => tile_512::<E_BF16, RM, RN>(rows, xs, k),
+        (FloatOrder::Avx512 { .. }, F16) => tile_512::<E_F16, RM, RN>(rows, xs, k),
+        (FloatOrder::Avx512 { .. }, _) => tile_512::<E_F32, RM, RN>(rows, xs, k),
+        (_, BF16) => tile_256::<E_BF16, RM, RN>(rows, xs, k),
+        (_, F16) => tile_256::<E_F16, RM, RN>(rows, xs, k),
+        _ => tile_256::<E_F32, RM, RN>(rows, xs, k),
     }
 }
