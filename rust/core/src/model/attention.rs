@@ -1129,6 +1129,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn register_one_row_pass_is_the_generic_one() {
         // The AVX-512 register kernels give the generic one-row loop's bits, for each head

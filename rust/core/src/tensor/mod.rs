@@ -8,6 +8,7 @@
 
 mod pool;
 
+#[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
 
 pub use pool::{SendPtr, ThreadPool};
@@ -18,7 +19,9 @@ use crate::quant::dot::*;
 use crate::quant::float::{self, FloatOrder};
 use crate::quant::kquant::{dot_k, is_kquant, KOrder, KRow};
 use crate::quant::q8::{quantize_q8, quantize_q8k, Q8KRow, Q8Row};
-use crate::quant::repack::{self, Tile, Tiles, TILE};
+#[cfg(target_arch = "x86_64")]
+use crate::quant::repack::{self, Tile};
+use crate::quant::repack::{Tiles, TILE};
 use crate::quant::{dequantize, GgmlType};
 
 /// A row-major weight matrix [rows = n_out] × [cols = n_in] in GGUF layout (each row whole
