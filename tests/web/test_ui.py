@@ -63,6 +63,15 @@ def test_page_loads(ui, server):
 
 def test_message_streams_in(ui):
     page, errors = ui
+
+    # A reply long enough to span many frames: the page renders at most once per animation
+    # frame, and a one-sentence reply from a fast server can land in two (seen in CI).
+    def longer_reply(route):
+        body = json.loads(route.request.post_data)
+        body.update(ignore_eos=True, max_tokens=120, n_predict=120)
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/chat/completions", longer_reply)
     # record the reply's text each time it changes, to see it grow token by token
     page.evaluate("""() => {
         window.__lengths = [];
