@@ -7,11 +7,13 @@
 //! portable code forms (Q6_K keeps ggml's eight lanes), and the f32 steps after them are
 //! `kquant::KAcc`'s, in block order: every level returns bit-identical results.
 //!
-//! AVX2: a single token dots Q4_K / Q6_K rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`);
-//! several tokens take a row unpacked once (`KRow`) and run four tokens per weight load
+//! AVX2, Q4_K and Q6_K: sixteen rows per pass from tiles (`quant::repack`) as two halves of
+//! eight lanes, one row per lane (`gemm16_k_avx2`, every token count); without tiles, a single
+//! token dots the rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`). The other types, and those
+//! two without tiles, take a row unpacked once (`KRow`) and run four tokens per weight load
 //! (`gemm_k_avx2`, and `gemm_k_512` for the types without tiles). AVX-512, Q3_K..Q6_K: sixteen
-//! rows per pass from tiles (`quant::repack`), one row per lane (`dot16_q4k_512`,
-//! `gemm16_k45_512`, `gemm16_k36_512`).
+//! rows per pass from tiles, one row per lane (`dot16_q4k_512`, `gemm16_k45_512`,
+//! `gemm16_k36_512`).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -397,6 +399,596 @@ pub unsafe fn gemm_k_avx2(
             (false, _) => gemm4_avx2::<false, 4>(u, quad(xs), nb, o),
         };
         out.copy_from_slice(&r[..out.len()]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 over tiles: Q4_K and Q6_K, a tile of sixteen rows per pass as two halves of eight rows,
+// one row per 32-bit lane (the tile layout of `quant::repack`, its 64-byte words read as two
+// 32-byte halves). Without VNNI a group of four values is `maddubs` (two i16 per lane) and the
+// groups of a scale are summed in i16 before one `madd` with the scale: |q·x| pairs are at most
+// 2·15·127 = 3810 for Q4_K, so eight groups (a sub-block) fit an i16; 2·63·127 = 16002 for Q6_K,
+// so two do. The sums are exact, so the float steps (`KAcc`'s, lane by lane) give the same bits
+// as every other level.
+
+/// Q4_K super-block of eight rows (half a tile), one row per lane.
+#[derive(Clone, Copy)]
+pub struct K4Half {
+    /// [sub-block][4-value group]: the quants (0..15), four bytes per lane.
+    q: [[__m256i; 8]; 8],
+    /// Sub-block scales, each in both i16 of its lane (for `madd`).
+    sc: [__m256i; 8],
+    /// Sub-block mins in pairs (2p in the low i16, 2p + 1 in the high one).
+    mn: [__m256i; 4],
+    d: __m256,
+    dmin: __m256,
+}
+
+/// Q6_K super-block of eight rows (half a tile), one row per lane.
+#[derive(Clone, Copy)]
+pub struct K6Half {
+    /// [16-value group][4-value word]: the quants (0..63), four bytes per lane.
+    q: [[__m256i; 4]; 16],
+    /// Group scales, each in both i16 of its lane.
+    sc: [__m256i; 16],
+    /// Scales in pairs (2p in the low i16, 2p + 1 in the high one).
+    scp: [__m256i; 8],
+    d: __m256,
+}
+
+/// A tile's two halves of one super-block, unpacked.
+pub type KHalves<B> = [B; 2];
+
+/// The word at byte `o` of a tile block for rows 8·half.. (eight lanes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn word8(blk: TileBlock, o: usize, half: usize) -> __m256i {
+    _mm256_loadu_si256(blk.words.add(16 * o + 32 * half) as *const __m256i)
+}
+
+/// An i32 per lane (|v| < 2^15) in both of its i16.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn both16(v: __m256i) -> __m256i {
+    _mm256_or_si256(
+        _mm256_and_si256(v, _mm256_set1_epi32(0xffff)),
+        _mm256_slli_epi32::<16>(v),
+    )
+}
+
+/// Two i32 per lane (|v| < 2^15) as one i16 pair (`lo` low).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn pair16(lo: __m256i, hi: __m256i) -> __m256i {
+    _mm256_or_si256(
+        _mm256_and_si256(lo, _mm256_set1_epi32(0xffff)),
+        _mm256_slli_epi32::<16>(hi),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_k4_half(p: TileBlock, half: usize) -> K4Half {
+    let word = |o: usize| word8(p, o, half);
+    let (s0, s1, s2) = (word(4), word(8), word(12));
+    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
+    let (k6, k4, k3) = (
+        _mm256_set1_epi32(63),
+        _mm256_set1_epi32(15),
+        _mm256_set1_epi32(3),
+    );
+    // Scale and min of sub-block j, six bits each (as `k4_scales_mins`, lane by lane).
+    let scale_min = |j: u32| -> (__m256i, __m256i) {
+        if j < 4 {
+            (
+                _mm256_and_si256(shr(s0, 8 * j), k6),
+                _mm256_and_si256(shr(s1, 8 * j), k6),
+            )
+        } else {
+            let j = j - 4;
+            let hi = |v: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(shr(v, 8 * j + 6), k3));
+            (
+                _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j), k4), hi(s0)),
+                _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j + 4), k4), hi(s1)),
+            )
+        }
+    };
+    // d (low half of word 0) and dmin (high half), eight f16 each.
+    let dm = word(0);
+    let packed = _mm256_packus_epi32(
+        _mm256_and_si256(dm, _mm256_set1_epi32(0xffff)),
+        _mm256_srli_epi32::<16>(dm),
+    );
+    let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+    let mut blk = K4Half {
+        q: [[_mm256_setzero_si256(); 8]; 8],
+        sc: [_mm256_setzero_si256(); 8],
+        mn: [_mm256_setzero_si256(); 4],
+        d: _mm256_cvtph_ps(_mm256_castsi256_si128(packed)),
+        dmin: _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(packed)),
+    };
+    let nib = _mm256_set1_epi8(0x0f);
+    for c in 0..4 {
+        for g in 0..8 {
+            // 32 bytes of quants per chunk c: low nibbles are sub-block 2c, high nibbles 2c + 1.
+            let q = word(16 + 32 * c + 4 * g);
+            blk.q[2 * c][g] = _mm256_and_si256(q, nib);
+            blk.q[2 * c + 1][g] = _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib);
+        }
+    }
+    for k in 0..4u32 {
+        let (sc0, mn0) = scale_min(2 * k);
+        let (sc1, mn1) = scale_min(2 * k + 1);
+        blk.sc[2 * k as usize] = both16(sc0);
+        blk.sc[2 * k as usize + 1] = both16(sc1);
+        blk.mn[k as usize] = pair16(mn0, mn1);
+    }
+    blk
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_k6_half(p: TileBlock, half: usize) -> K6Half {
+    let word = |o: usize| word8(p, o, half);
+    let (lo4, hi2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+    let mut blk = K6Half {
+        q: [[_mm256_setzero_si256(); 4]; 16],
+        sc: [_mm256_setzero_si256(); 16],
+        scp: [_mm256_setzero_si256(); 8],
+        d: _mm256_cvtph_ps(_mm_loadu_si128(p.half.add(16 * half) as *const __m128i)),
+    };
+    for h in 0..2 {
+        for g in 0..8 {
+            let a = word(64 * h + 4 * g);
+            let c = word(64 * h + 32 + 4 * g);
+            let hb = word(128 + 32 * h + 4 * g);
+            // Values 128h + 32k + 4g.. (k = 0..4), as `KRow::unpack` builds them.
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(a, lo4),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(hb), hi2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(c, lo4),
+                    _mm256_and_si256(_mm256_slli_epi16::<2>(hb), hi2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(a), lo4),
+                    _mm256_and_si256(hb, hi2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(c), lo4),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(hb), hi2),
+                ),
+            ];
+            for (k, v) in q.into_iter().enumerate() {
+                blk.q[8 * h + 2 * k + g / 4][g % 4] = v;
+            }
+        }
+    }
+    let mut sc = [_mm256_setzero_si256(); 16];
+    for k in 0..4 {
+        let s = word(192 + 4 * k);
+        // Sign-extend byte j of each lane: scale 4k + j.
+        sc[4 * k] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(s));
+        sc[4 * k + 1] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(s));
+        sc[4 * k + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(s));
+        sc[4 * k + 3] = _mm256_srai_epi32::<24>(s);
+    }
+    for g in 0..16 {
+        blk.sc[g] = both16(sc[g]);
+    }
+    for p in 0..8 {
+        blk.scp[p] = pair16(sc[2 * p], sc[2 * p + 1]);
+    }
+    blk
+}
+
+/// Hand token t.. their sixteen lanes each (`r[k]` = token t + k's two halves).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn emit16_avx2(r: &[[__m256; 2]], t: usize, out: &mut impl FnMut(usize, &[f32; 16])) {
+    let mut lanes = [0f32; 16];
+    for (k, v) in r.iter().enumerate() {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v[0]);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), v[1]);
+        out(t + k, &lanes);
+    }
+}
+
+/// Q4_K super-blocks in `KOrder::Split` or `Split64` (`MODE`) for `T` tokens, both halves.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn run_k4_avx2<const T: usize, const MODE: u8>(
+    buf: &[KHalves<K4Half>],
+    b0: usize,
+    xs: [&Q8KRow; T],
+    acc: &mut [[__m256; 2]; T],
+    accm: &mut [[__m256; 2]; T],
+) {
+    let yp = xs.map(|x| x.q.as_ptr() as *const i32);
+    for (b, blk) in (b0..).zip(buf) {
+        let mut sumi = [[_mm256_setzero_si256(); 2]; T];
+        let mut summ = [[_mm256_setzero_si256(); 2]; T];
+        let step = |sumi: &mut [[__m256i; 2]; T],
+                    summ: &mut [[__m256i; 2]; T],
+                    acc: &mut [[__m256; 2]; T],
+                    accm: &mut [[__m256; 2]; T]| {
+            for k in 0..T {
+                let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
+                for h in 0..2 {
+                    let dd = _mm256_mul_ps(blk[h].d, xd);
+                    let dm = _mm256_mul_ps(blk[h].dmin, xd);
+                    acc[k][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[k][h]), dd, acc[k][h]);
+                    accm[k][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ[k][h]), dm, accm[k][h]);
+                    sumi[k][h] = _mm256_setzero_si256();
+                    summ[k][h] = _mm256_setzero_si256();
+                }
+            }
+        };
+        for p in 0..4 {
+            for j in [2 * p, 2 * p + 1] {
+                let mut s = [[_mm256_setzero_si256(); 2]; T];
+                for g in 0..8 {
+                    for k in 0..T {
+                        let y = _mm256_set1_epi32(yp[k].add(b * 64 + 8 * j + g).read_unaligned());
+                        for h in 0..2 {
+                            let m = _mm256_maddubs_epi16(blk[h].q[j][g], y);
+                            s[k][h] = _mm256_add_epi16(s[k][h], m);
+                        }
+                    }
+                }
+                for k in 0..T {
+                    for h in 0..2 {
+                        let v = _mm256_madd_epi16(s[k][h], blk[h].sc[j]);
+                        sumi[k][h] = _mm256_add_epi32(sumi[k][h], v);
+                    }
+                }
+            }
+            for k in 0..T {
+                // Activation sums of sub-blocks 2p and 2p + 1 (|sum| ≤ 32·127: an i16 each).
+                let bs = xs[k].bsums.as_ptr().add(16 * b);
+                let lo = *bs.add(4 * p) as i32 + *bs.add(4 * p + 1) as i32;
+                let hi = *bs.add(4 * p + 2) as i32 + *bs.add(4 * p + 3) as i32;
+                let pair = _mm256_set1_epi32((lo & 0xffff) | (hi << 16));
+                for h in 0..2 {
+                    let v = _mm256_madd_epi16(blk[h].mn[p], pair);
+                    summ[k][h] = _mm256_add_epi32(summ[k][h], v);
+                }
+            }
+            if MODE == SPLIT64 {
+                step(&mut sumi, &mut summ, acc, accm);
+            }
+        }
+        if MODE == SPLIT {
+            step(&mut sumi, &mut summ, acc, accm);
+        }
+    }
+}
+
+/// Q6_K super-blocks in `KOrder::Tiled` for `T` tokens, both halves (acc[k][h][0] used).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn run_k6_tiled_avx2<const T: usize>(
+    buf: &[KHalves<K6Half>],
+    b0: usize,
+    xs: [&Q8KRow; T],
+    acc: &mut [[[__m256; 8]; 2]; T],
+) {
+    let yp = xs.map(|x| x.q.as_ptr() as *const i32);
+    for (b, blk) in (b0..).zip(buf) {
+        let mut sumi = [[_mm256_setzero_si256(); 2]; T];
+        for j in 0..16 {
+            // Words 0, 1 and 2, 3 of the group summed in i16 (two pairs of 2·63·127 fit).
+            for half_group in 0..2 {
+                let mut s = [[_mm256_setzero_si256(); 2]; T];
+                for g in 2 * half_group..2 * half_group + 2 {
+                    for k in 0..T {
+                        let y = _mm256_set1_epi32(yp[k].add(b * 64 + 4 * j + g).read_unaligned());
+                        for h in 0..2 {
+                            let m = _mm256_maddubs_epi16(blk[h].q[j][g], y);
+                            s[k][h] = _mm256_add_epi16(s[k][h], m);
+                        }
+                    }
+                }
+                for k in 0..T {
+                    for h in 0..2 {
+                        let v = _mm256_madd_epi16(s[k][h], blk[h].sc[j]);
+                        sumi[k][h] = _mm256_add_epi32(sumi[k][h], v);
+                    }
+                }
+            }
+        }
+        for k in 0..T {
+            let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
+            let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
+            for h in 0..2 {
+                // Σ scale·bsum over the sixteen groups; the mins are 32·scale.
+                let mut summ = _mm256_setzero_si256();
+                for p in 0..8 {
+                    let pair = _mm256_set1_epi32(bs.add(p).read_unaligned());
+                    summ = _mm256_add_epi32(summ, _mm256_madd_epi16(blk[h].scp[p], pair));
+                }
+                let diff = _mm256_sub_epi32(sumi[k][h], _mm256_slli_epi32::<5>(summ));
+                let r = _mm256_mul_ps(_mm256_cvtepi32_ps(diff), blk[h].d);
+                acc[k][h][0] = _mm256_fmadd_ps(r, xd, acc[k][h][0]);
+            }
+        }
+    }
+}
+
+/// Q6_K super-blocks in `KOrder::Lanes` (ggml's gemv, see `lanes_block`) for `T` tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn run_k6_lanes_avx2<const T: usize>(
+    buf: &[KHalves<K6Half>],
+    b0: usize,
+    xs: [&Q8KRow; T],
+    acc: &mut [[[__m256; 8]; 2]; T],
+) {
+    let yp = xs.map(|x| x.q.as_ptr() as *const i32);
+    for (b, blk) in (b0..).zip(buf) {
+        for k in 0..T {
+            let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
+            let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
+            let dd = [_mm256_mul_ps(xd, blk[0].d), _mm256_mul_ps(xd, blk[1].d)];
+            for j in 0..8 {
+                let (hf, i) = (j / 4, j % 4);
+                let mut lane = [_mm256_setzero_si256(); 2];
+                for g in (hf..16).step_by(2) {
+                    let y = _mm256_set1_epi32(yp[k].add(b * 64 + 4 * g + i).read_unaligned());
+                    for h in 0..2 {
+                        let m = _mm256_maddubs_epi16(blk[h].q[g][i], y);
+                        lane[h] = _mm256_add_epi32(lane[h], _mm256_madd_epi16(m, blk[h].sc[g]));
+                    }
+                }
+                let pair = _mm256_set1_epi32(bs.add(j).read_unaligned());
+                for h in 0..2 {
+                    let mins = _mm256_madd_epi16(blk[h].scp[j], pair);
+                    let l = _mm256_sub_epi32(lane[h], _mm256_slli_epi32::<5>(mins));
+                    acc[k][h][j] = _mm256_fmadd_ps(dd[h], _mm256_cvtepi32_ps(l), acc[k][h][j]);
+                }
+            }
+        }
+    }
+}
+
+/// One token against a tile of sixteen Q4_K rows in `KOrder::Split`, streaming the tile (each
+/// word loaded once, unpacked as it is used): the sums of `run_k4_avx2` for one token.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
+    let yp = x.q.as_ptr() as *const i32;
+    let nib = _mm256_set1_epi8(0x0f);
+    let (k6, k4, k3) = (
+        _mm256_set1_epi32(63),
+        _mm256_set1_epi32(15),
+        _mm256_set1_epi32(3),
+    );
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut accm = [_mm256_setzero_ps(); 2];
+    for b in 0..tile.n_blocks() {
+        let p = tile.block(b);
+        let word = |o: usize, h: usize| word8(p, o, h);
+        let s = [[word(4, 0), word(8, 0), word(12, 0)], [word(4, 1), word(8, 1), word(12, 1)]];
+        let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
+        // Scale and min of sub-block j of half h (as `unpack_k4_half`).
+        let scale_min = |h: usize, j: u32| -> (__m256i, __m256i) {
+            let [s0, s1, s2] = s[h];
+            if j < 4 {
+                (
+                    _mm256_and_si256(shr(s0, 8 * j), k6),
+                    _mm256_and_si256(shr(s1, 8 * j), k6),
+                )
+            } else {
+                let j = j - 4;
+                let hi =
+                    |v: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(shr(v, 8 * j + 6), k3));
+                (
+                    _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j), k4), hi(s0)),
+                    _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j + 4), k4), hi(s1)),
+                )
+            }
+        };
+        let mut sumi = [_mm256_setzero_si256(); 2];
+        let mut summ = [_mm256_setzero_si256(); 2];
+        let bs = x.bsums.as_ptr().add(16 * b);
+        for c in 0..4 {
+            let (mut lo, mut hi) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
+            for g in 0..8 {
+                let y0 = _mm256_set1_epi32(yp.add(b * 64 + 16 * c + g).read_unaligned());
+                let y1 = _mm256_set1_epi32(yp.add(b * 64 + 16 * c + 8 + g).read_unaligned());
+                for h in 0..2 {
+                    let q = word(16 + 32 * c + 4 * g, h);
+                    let q0 = _mm256_and_si256(q, nib);
+                    let q1 = _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib);
+                    lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(q0, y0));
+                    hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(q1, y1));
+                }
+            }
+            let l = *bs.add(4 * c) as i32 + *bs.add(4 * c + 1) as i32;
+            let u = *bs.add(4 * c + 2) as i32 + *bs.add(4 * c + 3) as i32;
+            let pair = _mm256_set1_epi32((l & 0xffff) | (u << 16));
+            for h in 0..2 {
+                let (sc0, mn0) = scale_min(h, 2 * c as u32);
+                let (sc1, mn1) = scale_min(h, 2 * c as u32 + 1);
+                let v0 = _mm256_madd_epi16(lo[h], both16(sc0));
+                let v1 = _mm256_madd_epi16(hi[h], both16(sc1));
+                sumi[h] = _mm256_add_epi32(sumi[h], _mm256_add_epi32(v0, v1));
+                let m = _mm256_madd_epi16(pair16(mn0, mn1), pair);
+                summ[h] = _mm256_add_epi32(summ[h], m);
+            }
+        }
+        // d (low half of word 0) and dmin (high half), as `unpack_k4_half`.
+        let xd = _mm256_set1_ps(*x.d.get_unchecked(b));
+        for h in 0..2 {
+            let dm = word(0, h);
+            let packed = _mm256_packus_epi32(
+                _mm256_and_si256(dm, _mm256_set1_epi32(0xffff)),
+                _mm256_srli_epi32::<16>(dm),
+            );
+            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+            let d = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
+            let dmin = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(packed));
+            let dd = _mm256_mul_ps(d, xd);
+            let dm = _mm256_mul_ps(dmin, xd);
+            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[h]), dd, acc[h]);
+            accm[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ[h]), dm, accm[h]);
+        }
+    }
+    [
+        _mm256_sub_ps(acc[0], accm[0]),
+        _mm256_sub_ps(acc[1], accm[1]),
+    ]
+}
+
+/// Eight accumulators (ggml's eight lanes, eight rows each) folded as `hsum_float_8` folds.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fold8_8(a: &[__m256; 8]) -> __m256 {
+    let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(a[4 + i], a[i]));
+    _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]))
+}
+
+/// Buffers `gemm16_k_avx2` reuses between tiles.
+#[derive(Default)]
+pub struct KTileBufs {
+    k4: Vec<KHalves<K4Half>>,
+    k6: Vec<KHalves<K6Half>>,
+}
+
+/// Whether the AVX2 tile kernels (`gemm16_k_avx2`) take `ty`.
+pub fn has_k16_avx2(ty: super::GgmlType) -> bool {
+    matches!(ty, super::GgmlType::Q4_K | super::GgmlType::Q6_K)
+}
+
+/// A tile of sixteen Q4_K or Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
+/// `order(t)`: Q4_K in `KOrder::Split` or `Split64`, Q6_K in `Tiled` or `Lanes`, as `KAcc`
+/// steps them lane by lane, so the bits of every other level. One token unpacks each
+/// super-block just before using it; a batch unpacks the tile once into `bufs`, then takes its
+/// tokens two at a time. `out(t, lanes)` receives token t's sixteen lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm16_k_avx2(
+    tile: &Tile,
+    ty: super::GgmlType,
+    xs: &[Q8KRow],
+    bufs: &mut KTileBufs,
+    order: impl Fn(usize) -> KOrder,
+    mut out: impl FnMut(usize, &[f32; 16]),
+) {
+    assert!(has_k16_avx2(ty));
+    let nb = tile.n_blocks();
+    for x in xs {
+        check_x(x, nb);
+    }
+    let zero = [_mm256_setzero_ps(); 2];
+    if ty == super::GgmlType::Q4_K && xs.len() == 1 && order(0) == KOrder::Split {
+        emit16_avx2(&[dot16_q4k_avx2(tile, &xs[0])], 0, &mut out);
+        return;
+    }
+    if ty == super::GgmlType::Q4_K {
+        let unpack = |b: usize| {
+            let p = tile.block(b);
+            [unpack_k4_half(p, 0), unpack_k4_half(p, 1)]
+        };
+        let buf = &mut bufs.k4;
+        let one = xs.len() == 1;
+        if !one {
+            buf.clear();
+            buf.extend((0..nb).map(unpack));
+        }
+        let mut t = 0;
+        while t < xs.len() {
+            let o = order(t);
+            let two = t + 1 < xs.len() && order(t + 1) == o;
+            let (mut acc, mut accm) = ([zero; 2], [zero; 2]);
+            let (a, c) = (&xs[t], &xs[(t + 1).min(xs.len() - 1)]);
+            let run = |buf: &[KHalves<K4Half>], b0, acc: &mut [[__m256; 2]; 2], accm: &mut [[__m256; 2]; 2]| {
+                match (two, o) {
+                    (true, KOrder::Split) => run_k4_avx2::<2, SPLIT>(buf, b0, [a, c], acc, accm),
+                    (true, KOrder::Split64) => run_k4_avx2::<2, SPLIT64>(buf, b0, [a, c], acc, accm),
+                    (false, KOrder::Split | KOrder::Split64) => {
+                        let (mut a1, mut m1) = ([acc[0]], [accm[0]]);
+                        if o == KOrder::Split {
+                            run_k4_avx2::<1, SPLIT>(buf, b0, [a], &mut a1, &mut m1);
+                        } else {
+                            run_k4_avx2::<1, SPLIT64>(buf, b0, [a], &mut a1, &mut m1);
+                        }
+                        acc[0] = a1[0];
+                        accm[0] = m1[0];
+                    }
+                    (_, o) => panic!("gemm16_k_avx2 does not sum Q4_K in {o:?}"),
+                }
+            };
+            if one {
+                for b in 0..nb {
+                    let blk = [unpack(b)];
+                    run(&blk, b, &mut acc, &mut accm);
+                }
+            } else {
+                run(buf, 0, &mut acc, &mut accm);
+            }
+            let n = 1 + two as usize;
+            let r: [[__m256; 2]; 2] = std::array::from_fn(|k| {
+                [
+                    _mm256_sub_ps(acc[k][0], accm[k][0]),
+                    _mm256_sub_ps(acc[k][1], accm[k][1]),
+                ]
+            });
+            emit16_avx2(&r[..n], t, &mut out);
+            t += n;
+        }
+        return;
+    }
+    let unpack = |b: usize| {
+        let p = tile.block(b);
+        [unpack_k6_half(p, 0), unpack_k6_half(p, 1)]
+    };
+    let buf = &mut bufs.k6;
+    let one = xs.len() == 1;
+    if !one {
+        buf.clear();
+        buf.extend((0..nb).map(unpack));
+    }
+    let mut t = 0;
+    while t < xs.len() {
+        let o = order(t);
+        let two = t + 1 < xs.len() && order(t + 1) == o;
+        let mut acc = [[[_mm256_setzero_ps(); 8]; 2]; 2];
+        let (a, c) = (&xs[t], &xs[(t + 1).min(xs.len() - 1)]);
+        let run = |buf: &[KHalves<K6Half>], b0, acc: &mut [[[__m256; 8]; 2]; 2]| match (two, o) {
+            (true, KOrder::Tiled) => run_k6_tiled_avx2::<2>(buf, b0, [a, c], acc),
+            (true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, b0, [a, c], acc),
+            (false, KOrder::Tiled | KOrder::Lanes) => {
+                let mut a1 = [acc[0]];
+                if o == KOrder::Tiled {
+                    run_k6_tiled_avx2::<1>(buf, b0, [a], &mut a1);
+                } else {
+                    run_k6_lanes_avx2::<1>(buf, b0, [a], &mut a1);
+                }
+                acc[0] = a1[0];
+            }
+            (_, o) => panic!("gemm16_k_avx2 does not sum Q6_K in {o:?}"),
+        };
+        if one {
+            for b in 0..nb {
+                let blk = [unpack(b)];
+                run(&blk, b, &mut acc);
+            }
+        } else {
+            run(buf, 0, &mut acc);
+        }
+        let n = 1 + two as usize;
+        let r: [[__m256; 2]; 2] = std::array::from_fn(|k| {
+            if o == KOrder::Lanes {
+                [fold8_8(&acc[k][0]), fold8_8(&acc[k][1])]
+            } else {
+                [acc[k][0][0], acc[k][1][0]]
+            }
+        });
+        emit16_avx2(&r[..n], t, &mut out);
+        t += n;
     }
 }
 

@@ -687,6 +687,28 @@ fn rows_k(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(tiles), SimdLevel::Avx2) = (w.tiles, level) {
+        use crate::quant::x86k;
+        if x86k::has_k16_avx2(w.ty) {
+            // Tiles made at load (r0 is on a tile boundary): sixteen rows per pass, every token
+            // count (`x86k::gemm16_k_avx2`).
+            let mut bufs = x86k::KTileBufs::default();
+            for r in (r0..r1).step_by(TILE) {
+                let m = (r1 - r).min(TILE);
+                let emit = |t: usize, v: &[f32; 16]| {
+                    for (i, &v) in v[..m].iter().enumerate() {
+                        put(t, r + i, v);
+                    }
+                };
+                // SAFETY: AVX2, FMA and F16C are present at this level.
+                unsafe {
+                    x86k::gemm16_k_avx2(&tiles.tile(r / TILE), w.ty, xs, &mut bufs, order, emit)
+                };
+            }
+            return;
+        }
+    }
     for r in r0..r1 {
         let row = w.row(r);
         prefetch_row(w, r + 2, r1);
@@ -757,7 +779,9 @@ pub fn pack_tiles(
     let wanted = match simd_level() {
         SimdLevel::Avx512 => true,
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => crate::quant::x86::has_dot16_avx2(w.ty),
+        SimdLevel::Avx2 => {
+            crate::quant::x86::has_dot16_avx2(w.ty) || crate::quant::x86k::has_k16_avx2(w.ty)
+        }
         _ => false,
     };
     if !wanted {
