@@ -434,6 +434,15 @@ unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, corr: *const i32, out: 
         for b in 0..tile.n_blocks() {
             if half == 0 {
                 prefetch_tile(tile, b);
+            } else {
+                // The second pass reads from the caches: keep the memory stream going with the
+                // next tile's bytes.
+                let len = tile.next_tile().1;
+                for k in 0..tile.words_per_block() {
+                    _mm_prefetch::<_MM_HINT_T1>(
+                        tile.ahead(b, PREFETCH_AHEAD + len + 64 * k) as *const i8,
+                    );
+                }
             }
             add8::<T>(&load8::<T>(tile, b, half), x, corr, b, &mut acc, &mut accm);
         }

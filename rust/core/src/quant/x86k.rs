@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 use super::kquant::{k4_scales_mins, KAcc, KOrder, KRow};
 use super::q8::Q8KRow;
 use super::repack::{Tile, TileBlock};
-use super::x86::hsum_f32_8;
+use super::x86::{hsum_f32_8, prefetch_tile};
 
 #[inline(always)]
 unsafe fn f16le(b: &[u8], i: usize) -> f32 {
@@ -575,8 +575,8 @@ unsafe fn unpack_k6_half(p: TileBlock, half: usize) -> K6Half {
         sc[4 * k + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(s));
         sc[4 * k + 3] = _mm256_srai_epi32::<24>(s);
     }
-    for g in 0..16 {
-        blk.sc[g] = both16(sc[g]);
+    for (b, &s) in blk.sc.iter_mut().zip(&sc) {
+        *b = both16(s);
     }
     for p in 0..8 {
         blk.scp[p] = pair16(sc[2 * p], sc[2 * p + 1]);
@@ -769,6 +769,7 @@ unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut accm = [_mm256_setzero_ps(); 2];
     for b in 0..tile.n_blocks() {
+        prefetch_tile(tile, b);
         let p = tile.block(b);
         let word = |o: usize, h: usize| word8(p, o, h);
         let s = [[word(4, 0), word(8, 0), word(12, 0)], [word(4, 1), word(8, 1), word(12, 1)]];
@@ -973,6 +974,7 @@ pub unsafe fn gemm16_k_avx2(
         };
         if one {
             for b in 0..nb {
+                prefetch_tile(tile, b);
                 let blk = [unpack(b)];
                 run(&blk, b, &mut acc);
             }
