@@ -435,14 +435,7 @@ unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, corr: *const i32, out: 
             if half == 0 {
                 prefetch_tile(tile, b);
             } else {
-                // The second pass reads from the caches: keep the memory stream going with the
-                // next tile's bytes.
-                let len = tile.next_tile().1;
-                for k in 0..tile.words_per_block() {
-                    _mm_prefetch::<_MM_HINT_T1>(
-                        tile.ahead(b, PREFETCH_AHEAD + len + 64 * k) as *const i8,
-                    );
-                }
+                prefetch_tile_after(tile, b);
             }
             add8::<T>(&load8::<T>(tile, b, half), x, corr, b, &mut acc, &mut accm);
         }
@@ -515,6 +508,16 @@ pub(crate) unsafe fn prefetch_tile(tile: &Tile, b: usize) {
             _mm_prefetch::<_MM_HINT_T0>(own.wrapping_add(off) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8);
         }
+    }
+}
+
+/// `prefetch_tile` one tile further on: for the second pass of a gemv that reads each tile in
+/// two halves (AVX2), whose bytes come from the caches, so that the memory stream keeps going.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_tile_after(tile: &Tile, b: usize) {
+    let len = tile.next_tile().1;
+    for k in 0..tile.words_per_block() {
+        _mm_prefetch::<_MM_HINT_T1>(tile.ahead(b, PREFETCH_AHEAD + len + 64 * k) as *const i8);
     }
 }
 

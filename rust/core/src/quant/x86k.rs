@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 use super::kquant::{k4_scales_mins, KAcc, KOrder, KRow};
 use super::q8::Q8KRow;
 use super::repack::{Tile, TileBlock};
-use super::x86::{hsum_f32_8, prefetch_tile};
+use super::x86::{hsum_f32_8, prefetch_tile, prefetch_tile_after};
 
 #[inline(always)]
 unsafe fn f16le(b: &[u8], i: usize) -> f32 {
@@ -601,13 +601,12 @@ unsafe fn emit16_avx2(r: &[[__m256; 2]], t: usize, out: &mut impl FnMut(usize, &
 #[inline]
 unsafe fn run_k4_avx2<const T: usize, const MODE: u8>(
     buf: &[KHalves<K4Half>],
-    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[__m256; 2]; T],
     accm: &mut [[__m256; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in (b0..).zip(buf) {
+    for (b, blk) in buf.iter().enumerate() {
         let mut sumi = [[_mm256_setzero_si256(); 2]; T];
         let mut summ = [[_mm256_setzero_si256(); 2]; T];
         let step = |sumi: &mut [[__m256i; 2]; T],
@@ -671,12 +670,11 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8>(
 #[inline]
 unsafe fn run_k6_tiled_avx2<const T: usize>(
     buf: &[KHalves<K6Half>],
-    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[[__m256; 8]; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in (b0..).zip(buf) {
+    for (b, blk) in buf.iter().enumerate() {
         let mut sumi = [[_mm256_setzero_si256(); 2]; T];
         for j in 0..16 {
             // Words 0, 1 and 2, 3 of the group summed in i16 (two pairs of 2·63·127 fit).
@@ -723,12 +721,11 @@ unsafe fn run_k6_tiled_avx2<const T: usize>(
 #[allow(clippy::needless_range_loop)]
 unsafe fn run_k6_lanes_avx2<const T: usize>(
     buf: &[KHalves<K6Half>],
-    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[[__m256; 8]; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in (b0..).zip(buf) {
+    for (b, blk) in buf.iter().enumerate() {
         for k in 0..T {
             let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
             let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
@@ -772,7 +769,10 @@ unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
         prefetch_tile(tile, b);
         let p = tile.block(b);
         let word = |o: usize, h: usize| word8(p, o, h);
-        let s = [[word(4, 0), word(8, 0), word(12, 0)], [word(4, 1), word(8, 1), word(12, 1)]];
+        let s = [
+            [word(4, 0), word(8, 0), word(12, 0)],
+            [word(4, 1), word(8, 1), word(12, 1)],
+        ];
         let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
         // Scale and min of sub-block j of half h (as `unpack_k4_half`).
         let scale_min = |h: usize, j: u32| -> (__m256i, __m256i) {
@@ -844,6 +844,85 @@ unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     ]
 }
 
+/// One token against a tile of sixteen Q6_K rows in `KOrder::Lanes`, streaming the tile eight
+/// rows per pass: the three words that hold values 128h + 32k + 4g.. (k = 0..4) give four
+/// quant words of the 16-value groups 8h + 2k + g/4, all of ggml's integer lane g (see
+/// `lanes_block`), so each lane's sum is formed as the words arrive. The same sums as
+/// `run_k6_lanes_avx2`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot16_q6k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
+    let yp = x.q.as_ptr() as *const i32;
+    let (lo4, hi2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+    let mut out = [_mm256_setzero_ps(); 2];
+    for (half, out) in out.iter_mut().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..tile.n_blocks() {
+            if half == 0 {
+                prefetch_tile(tile, b);
+            } else {
+                prefetch_tile_after(tile, b);
+            }
+            let p = tile.block(b);
+            let word = |o: usize| word8(p, o, half);
+            let mut sc = [_mm256_setzero_si256(); 16];
+            for k in 0..4 {
+                let s = word(192 + 4 * k);
+                sc[4 * k] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(s));
+                sc[4 * k + 1] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(s));
+                sc[4 * k + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(s));
+                sc[4 * k + 3] = _mm256_srai_epi32::<24>(s);
+            }
+            let sc2: [__m256i; 16] = std::array::from_fn(|g| both16(sc[g]));
+            let mut lane = [_mm256_setzero_si256(); 8];
+            for h in 0..2 {
+                for (g, l) in lane.iter_mut().enumerate() {
+                    let a = word(64 * h + 4 * g);
+                    let c = word(64 * h + 32 + 4 * g);
+                    let hb = word(128 + 32 * h + 4 * g);
+                    let q = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(a, lo4),
+                            _mm256_and_si256(_mm256_slli_epi16::<4>(hb), hi2),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(c, lo4),
+                            _mm256_and_si256(_mm256_slli_epi16::<2>(hb), hi2),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(a), lo4),
+                            _mm256_and_si256(hb, hi2),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(c), lo4),
+                            _mm256_and_si256(_mm256_srli_epi16::<2>(hb), hi2),
+                        ),
+                    ];
+                    for (k, q) in q.into_iter().enumerate() {
+                        let grp = 8 * h + 2 * k + g / 4;
+                        let y =
+                            _mm256_set1_epi32(yp.add(b * 64 + 4 * grp + g % 4).read_unaligned());
+                        let m = _mm256_maddubs_epi16(q, y);
+                        *l = _mm256_add_epi32(*l, _mm256_madd_epi16(m, sc2[grp]));
+                    }
+                }
+            }
+            let bs = x.bsums.as_ptr().add(16 * b) as *const i32;
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.half.add(16 * half) as *const __m128i));
+            let dd = _mm256_mul_ps(_mm256_set1_ps(*x.d.get_unchecked(b)), d);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let pair = _mm256_set1_epi32(bs.add(j).read_unaligned());
+                let scp = pair16(sc[2 * j], sc[2 * j + 1]);
+                let mins = _mm256_madd_epi16(scp, pair);
+                let l = _mm256_sub_epi32(lane[j], _mm256_slli_epi32::<5>(mins));
+                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(l), *a);
+            }
+        }
+        *out = fold8_8(&acc);
+    }
+    out
+}
+
 /// Eight accumulators (ggml's eight lanes, eight rows each) folded as `hsum_float_8` folds.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -866,8 +945,8 @@ pub fn has_k16_avx2(ty: super::GgmlType) -> bool {
 
 /// A tile of sixteen Q4_K or Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
 /// `order(t)`: Q4_K in `KOrder::Split` or `Split64`, Q6_K in `Tiled` or `Lanes`, as `KAcc`
-/// steps them lane by lane, so the bits of every other level. One token unpacks each
-/// super-block just before using it; a batch unpacks the tile once into `bufs`, then takes its
+/// steps them lane by lane, so the bits of every other level. One token streams the tile
+/// (`dot16_q4k_avx2`, `dot16_q6k_avx2`); a batch unpacks it once into `bufs`, then takes its
 /// tokens two at a time. `out(t, lanes)` receives token t's sixteen lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm16_k_avx2(
@@ -883,112 +962,83 @@ pub unsafe fn gemm16_k_avx2(
     for x in xs {
         check_x(x, nb);
     }
-    let zero = [_mm256_setzero_ps(); 2];
-    if ty == super::GgmlType::Q4_K && xs.len() == 1 && order(0) == KOrder::Split {
-        emit16_avx2(&[dot16_q4k_avx2(tile, &xs[0])], 0, &mut out);
+    if xs.len() == 1 {
+        // One token streams the tile.
+        let r = match (ty, order(0)) {
+            (super::GgmlType::Q4_K, KOrder::Split) => dot16_q4k_avx2(tile, &xs[0]),
+            (super::GgmlType::Q6_K, KOrder::Lanes) => dot16_q6k_avx2(tile, &xs[0]),
+            (_, o) => panic!("gemm16_k_avx2 does not sum one {ty} token in {o:?}"),
+        };
+        emit16_avx2(&[r], 0, &mut out);
         return;
     }
-    if ty == super::GgmlType::Q4_K {
-        let unpack = |b: usize| {
+    // A batch: the tile unpacked once, then tokens two at a time (one when the next token sums
+    // in another order, or is the last).
+    let zero = [_mm256_setzero_ps(); 2];
+    let q4 = ty == super::GgmlType::Q4_K;
+    if q4 {
+        bufs.k4.clear();
+        bufs.k4.extend((0..nb).map(|b| {
             let p = tile.block(b);
             [unpack_k4_half(p, 0), unpack_k4_half(p, 1)]
-        };
-        let buf = &mut bufs.k4;
-        let one = xs.len() == 1;
-        if !one {
-            buf.clear();
-            buf.extend((0..nb).map(unpack));
-        }
-        let mut t = 0;
-        while t < xs.len() {
-            let o = order(t);
-            let two = t + 1 < xs.len() && order(t + 1) == o;
-            let (mut acc, mut accm) = ([zero; 2], [zero; 2]);
-            let (a, c) = (&xs[t], &xs[(t + 1).min(xs.len() - 1)]);
-            let run = |buf: &[KHalves<K4Half>], b0, acc: &mut [[__m256; 2]; 2], accm: &mut [[__m256; 2]; 2]| {
-                match (two, o) {
-                    (true, KOrder::Split) => run_k4_avx2::<2, SPLIT>(buf, b0, [a, c], acc, accm),
-                    (true, KOrder::Split64) => run_k4_avx2::<2, SPLIT64>(buf, b0, [a, c], acc, accm),
-                    (false, KOrder::Split | KOrder::Split64) => {
-                        let (mut a1, mut m1) = ([acc[0]], [accm[0]]);
-                        if o == KOrder::Split {
-                            run_k4_avx2::<1, SPLIT>(buf, b0, [a], &mut a1, &mut m1);
-                        } else {
-                            run_k4_avx2::<1, SPLIT64>(buf, b0, [a], &mut a1, &mut m1);
-                        }
-                        acc[0] = a1[0];
-                        accm[0] = m1[0];
-                    }
-                    (_, o) => panic!("gemm16_k_avx2 does not sum Q4_K in {o:?}"),
-                }
-            };
-            if one {
-                for b in 0..nb {
-                    let blk = [unpack(b)];
-                    run(&blk, b, &mut acc, &mut accm);
-                }
-            } else {
-                run(buf, 0, &mut acc, &mut accm);
-            }
-            let n = 1 + two as usize;
-            let r: [[__m256; 2]; 2] = std::array::from_fn(|k| {
-                [
-                    _mm256_sub_ps(acc[k][0], accm[k][0]),
-                    _mm256_sub_ps(acc[k][1], accm[k][1]),
-                ]
-            });
-            emit16_avx2(&r[..n], t, &mut out);
-            t += n;
-        }
-        return;
-    }
-    let unpack = |b: usize| {
-        let p = tile.block(b);
-        [unpack_k6_half(p, 0), unpack_k6_half(p, 1)]
-    };
-    let buf = &mut bufs.k6;
-    let one = xs.len() == 1;
-    if !one {
-        buf.clear();
-        buf.extend((0..nb).map(unpack));
+        }));
+    } else {
+        bufs.k6.clear();
+        bufs.k6.extend((0..nb).map(|b| {
+            let p = tile.block(b);
+            [unpack_k6_half(p, 0), unpack_k6_half(p, 1)]
+        }));
     }
     let mut t = 0;
     while t < xs.len() {
         let o = order(t);
         let two = t + 1 < xs.len() && order(t + 1) == o;
-        let mut acc = [[[_mm256_setzero_ps(); 8]; 2]; 2];
         let (a, c) = (&xs[t], &xs[(t + 1).min(xs.len() - 1)]);
-        let run = |buf: &[KHalves<K6Half>], b0, acc: &mut [[[__m256; 8]; 2]; 2]| match (two, o) {
-            (true, KOrder::Tiled) => run_k6_tiled_avx2::<2>(buf, b0, [a, c], acc),
-            (true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, b0, [a, c], acc),
-            (false, KOrder::Tiled | KOrder::Lanes) => {
-                let mut a1 = [acc[0]];
-                if o == KOrder::Tiled {
-                    run_k6_tiled_avx2::<1>(buf, b0, [a], &mut a1);
-                } else {
-                    run_k6_lanes_avx2::<1>(buf, b0, [a], &mut a1);
+        let r: [[__m256; 2]; 2] = if q4 {
+            let (mut acc, mut accm) = ([zero; 2], [zero; 2]);
+            let (mut a1, mut m1) = ([zero], [zero]);
+            let buf = &bufs.k4;
+            match (two, o) {
+                (true, KOrder::Split) => run_k4_avx2::<2, SPLIT>(buf, [a, c], &mut acc, &mut accm),
+                (true, KOrder::Split64) => {
+                    run_k4_avx2::<2, SPLIT64>(buf, [a, c], &mut acc, &mut accm)
                 }
+                (false, KOrder::Split) => run_k4_avx2::<1, SPLIT>(buf, [a], &mut a1, &mut m1),
+                (false, KOrder::Split64) => run_k4_avx2::<1, SPLIT64>(buf, [a], &mut a1, &mut m1),
+                (_, o) => panic!("gemm16_k_avx2 does not sum Q4_K in {o:?}"),
+            }
+            if !two {
+                (acc[0], accm[0]) = (a1[0], m1[0]);
+            }
+            std::array::from_fn(|k| {
+                [
+                    _mm256_sub_ps(acc[k][0], accm[k][0]),
+                    _mm256_sub_ps(acc[k][1], accm[k][1]),
+                ]
+            })
+        } else {
+            let mut acc = [[[_mm256_setzero_ps(); 8]; 2]; 2];
+            let mut a1 = [[[_mm256_setzero_ps(); 8]; 2]; 1];
+            let buf = &bufs.k6;
+            match (two, o) {
+                (true, KOrder::Tiled) => run_k6_tiled_avx2::<2>(buf, [a, c], &mut acc),
+                (true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, [a, c], &mut acc),
+                (false, KOrder::Tiled) => run_k6_tiled_avx2::<1>(buf, [a], &mut a1),
+                (false, KOrder::Lanes) => run_k6_lanes_avx2::<1>(buf, [a], &mut a1),
+                (_, o) => panic!("gemm16_k_avx2 does not sum Q6_K in {o:?}"),
+            }
+            if !two {
                 acc[0] = a1[0];
             }
-            (_, o) => panic!("gemm16_k_avx2 does not sum Q6_K in {o:?}"),
+            std::array::from_fn(|k| {
+                if o == KOrder::Lanes {
+                    [fold8_8(&acc[k][0]), fold8_8(&acc[k][1])]
+                } else {
+                    [acc[k][0][0], acc[k][1][0]]
+                }
+            })
         };
-        if one {
-            for b in 0..nb {
-                prefetch_tile(tile, b);
-                let blk = [unpack(b)];
-                run(&blk, b, &mut acc);
-            }
-        } else {
-            run(buf, 0, &mut acc);
-        }
         let n = 1 + two as usize;
-        let r: [[__m256; 2]; 2] = std::array::from_fn(|k| {
-            if o == KOrder::Lanes {
-                [fold8_8(&acc[k][0]), fold8_8(&acc[k][1])]
-            } else {
-                [acc[k][0][0], acc[k][1][0]]
-            }
-        });
         emit16_avx2(&r[..n], t, &mut out);
         t += n;
     }
