@@ -7,10 +7,10 @@
 //! portable code forms (Q6_K keeps ggml's eight lanes), and the f32 steps after them are
 //! `kquant::KAcc`'s, in block order: every level returns bit-identical results.
 //!
-//! AVX2, Q4_K and Q6_K: sixteen rows per pass from tiles (`quant::repack`) as two halves of
+//! AVX2, Q3_K..Q6_K: sixteen rows per pass from tiles (`quant::repack`) as two halves of
 //! eight lanes, one row per lane (`gemm16_k_avx2`, every token count); without tiles, a single
-//! token dots the rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`). The other types, and those
-//! two without tiles, take a row unpacked once (`KRow`) and run four tokens per weight load
+//! token dots Q4_K / Q6_K rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`). The other types, and
+//! those without tiles, take a row unpacked once (`KRow`) and run four tokens per weight load
 //! (`gemm_k_avx2`, and `gemm_k_512` for the types without tiles). AVX-512, Q3_K..Q6_K: sixteen
 //! rows per pass from tiles, one row per lane (`dot16_q4k_512`, `gemm16_k45_512`,
 //! `gemm16_k36_512`).
@@ -403,7 +403,7 @@ pub unsafe fn gemm_k_avx2(
 }
 
 // ---------------------------------------------------------------------------------------------
-// AVX2 over tiles: Q4_K and Q6_K, a tile of sixteen rows per pass as two halves of eight rows,
+// AVX2 over tiles: Q3_K..Q6_K, a tile of sixteen rows per pass as two halves of eight rows,
 // one row per 32-bit lane (the tile layout of `quant::repack`, its 64-byte words read as two
 // 32-byte halves). Without VNNI a group of four values is `maddubs` (two i16 per lane) and the
 // groups of a scale are summed in i16 before one `madd` with the scale: |q·x| pairs are at most
@@ -468,7 +468,7 @@ unsafe fn pair16(lo: __m256i, hi: __m256i) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn unpack_k4_half(p: TileBlock, half: usize) -> K4Half {
+unsafe fn unpack_k4_half(p: TileBlock, half: usize, q5: bool) -> K4Half {
     let word = |o: usize| word8(p, o, half);
     let (s0, s1, s2) = (word(4), word(8), word(12));
     let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
@@ -507,13 +507,29 @@ unsafe fn unpack_k4_half(p: TileBlock, half: usize) -> K4Half {
         d: _mm256_cvtph_ps(_mm256_castsi256_si128(packed)),
         dmin: _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(packed)),
     };
-    let nib = _mm256_set1_epi8(0x0f);
-    for c in 0..4 {
-        for g in 0..8 {
+    let (nib, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
+    let quants = if q5 { 48 } else { 16 };
+    for g in 0..8 {
+        // Q5_K's fifth bits of values 4g.. of every 32: bit 2c (low nibbles of chunk c) and
+        // 2c + 1 (high nibbles) of qh[l].
+        let h = word(16 + 4 * g);
+        let bit = |s: usize| {
+            let v = _mm256_srl_epi16(h, _mm_cvtsi32_si128(s as i32));
+            _mm256_slli_epi16::<4>(_mm256_and_si256(v, one))
+        };
+        for c in 0..4 {
             // 32 bytes of quants per chunk c: low nibbles are sub-block 2c, high nibbles 2c + 1.
-            let q = word(16 + 32 * c + 4 * g);
-            blk.q[2 * c][g] = _mm256_and_si256(q, nib);
-            blk.q[2 * c + 1][g] = _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib);
+            let q = word(quants + 32 * c + 4 * g);
+            let (mut lo, mut hi) = (
+                _mm256_and_si256(q, nib),
+                _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib),
+            );
+            if q5 {
+                lo = _mm256_or_si256(lo, bit(2 * c));
+                hi = _mm256_or_si256(hi, bit(2 * c + 1));
+            }
+            blk.q[2 * c][g] = lo;
+            blk.q[2 * c + 1][g] = hi;
         }
     }
     for k in 0..4u32 {
@@ -584,6 +600,58 @@ unsafe fn unpack_k6_half(p: TileBlock, half: usize) -> K6Half {
     blk
 }
 
+/// Q3_K super-block of eight rows (half a tile) in `K6Half`'s form (quants 0..7, the scales
+/// less 32 as `q3k_scales` makes them), lane by lane as `gemm16_k36_512` unpacks them.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_k3_half(p: TileBlock, half: usize) -> K6Half {
+    let word = |o: usize| word8(p, o, half);
+    let (a0, a1, t) = (word(96), word(100), word(104));
+    let (k1, k2) = (
+        _mm256_set1_epi32(0x0303_0303),
+        _mm256_set1_epi32(0x0f0f_0f0f),
+    );
+    let hi = |v: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(v, k1));
+    let aux = [
+        _mm256_or_si256(_mm256_and_si256(a0, k2), hi(t)),
+        _mm256_or_si256(_mm256_and_si256(a1, k2), hi(_mm256_srli_epi32::<2>(t))),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<4>(a0), k2),
+            hi(_mm256_srli_epi32::<4>(t)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<4>(a1), k2),
+            hi(_mm256_srli_epi32::<6>(t)),
+        ),
+    ];
+    let (byte, k32) = (_mm256_set1_epi32(0xff), _mm256_set1_epi32(32));
+    let sc: [__m256i; 16] = std::array::from_fn(|i| {
+        let v = _mm256_srlv_epi32(aux[i / 4], _mm256_set1_epi32(8 * (i % 4) as i32));
+        _mm256_sub_epi32(_mm256_and_si256(v, byte), k32)
+    });
+    let mut blk = K6Half {
+        q: [[_mm256_setzero_si256(); 4]; 16],
+        sc: std::array::from_fn(|g| both16(sc[g])),
+        scp: std::array::from_fn(|k| pair16(sc[2 * k], sc[2 * k + 1])),
+        d: _mm256_cvtph_ps(_mm_loadu_si128(p.half.add(16 * half) as *const __m128i)),
+    };
+    let (three, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
+    let shr = |v: __m256i, s: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32));
+    for g in 0..8 {
+        let hm = word(4 * g);
+        for n in 0..2 {
+            let qs = word(32 + 32 * n + 4 * g);
+            for j in 0..4 {
+                // Values 128n + 32j + 4g..: two bits of qs, the third from hmask bit 4n + j.
+                let lo = _mm256_and_si256(shr(qs, 2 * j), three);
+                let hb = _mm256_slli_epi16::<2>(_mm256_and_si256(shr(hm, 4 * n + j), one));
+                blk.q[8 * n + 2 * j + g / 4][g % 4] = _mm256_or_si256(lo, hb);
+            }
+        }
+    }
+    blk
+}
+
 /// Hand token t.. their sixteen lanes each (`r[k]` = token t + k's two halves).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -596,17 +664,20 @@ unsafe fn emit16_avx2(r: &[[__m256; 2]], t: usize, out: &mut impl FnMut(usize, &
     }
 }
 
-/// Q4_K super-blocks in `KOrder::Split` or `Split64` (`MODE`) for `T` tokens, both halves.
+/// Q4_K super-blocks in `KOrder::Split`, `Split64` or `Combine` (`MODE`), or Q5_K's (`Q5`, in
+/// `Combine`), for `T` tokens, both halves. Q5_K's pairs reach 2·31·127 = 7874, so its groups
+/// go to the i16 sums four at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn run_k4_avx2<const T: usize, const MODE: u8>(
+unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const Q5: bool>(
     buf: &[KHalves<K4Half>],
+    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[__m256; 2]; T],
     accm: &mut [[__m256; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in buf.iter().enumerate() {
+    for (b, blk) in (b0..).zip(buf) {
         let mut sumi = [[_mm256_setzero_si256(); 2]; T];
         let mut summ = [[_mm256_setzero_si256(); 2]; T];
         let step = |sumi: &mut [[__m256i; 2]; T],
@@ -618,8 +689,17 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8>(
                 for h in 0..2 {
                     let dd = _mm256_mul_ps(blk[h].d, xd);
                     let dm = _mm256_mul_ps(blk[h].dmin, xd);
-                    acc[k][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[k][h]), dd, acc[k][h]);
-                    accm[k][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ[k][h]), dm, accm[k][h]);
+                    let (si, sm) = (
+                        _mm256_cvtepi32_ps(sumi[k][h]),
+                        _mm256_cvtepi32_ps(summ[k][h]),
+                    );
+                    if MODE == COMBINE {
+                        let c = _mm256_sub_ps(_mm256_mul_ps(dd, si), _mm256_mul_ps(dm, sm));
+                        acc[k][h] = _mm256_add_ps(acc[k][h], c);
+                    } else {
+                        acc[k][h] = _mm256_fmadd_ps(si, dd, acc[k][h]);
+                        accm[k][h] = _mm256_fmadd_ps(sm, dm, accm[k][h]);
+                    }
                     sumi[k][h] = _mm256_setzero_si256();
                     summ[k][h] = _mm256_setzero_si256();
                 }
@@ -627,20 +707,24 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8>(
         };
         for p in 0..4 {
             for j in [2 * p, 2 * p + 1] {
-                let mut s = [[_mm256_setzero_si256(); 2]; T];
-                for g in 0..8 {
-                    for k in 0..T {
-                        let y = _mm256_set1_epi32(yp[k].add(b * 64 + 8 * j + g).read_unaligned());
-                        for h in 0..2 {
-                            let m = _mm256_maddubs_epi16(blk[h].q[j][g], y);
-                            s[k][h] = _mm256_add_epi16(s[k][h], m);
+                let per = if Q5 { 4 } else { 8 };
+                for g0 in (0..8).step_by(per) {
+                    let mut s = [[_mm256_setzero_si256(); 2]; T];
+                    for g in g0..g0 + per {
+                        for k in 0..T {
+                            let y =
+                                _mm256_set1_epi32(yp[k].add(b * 64 + 8 * j + g).read_unaligned());
+                            for h in 0..2 {
+                                let m = _mm256_maddubs_epi16(blk[h].q[j][g], y);
+                                s[k][h] = _mm256_add_epi16(s[k][h], m);
+                            }
                         }
                     }
-                }
-                for k in 0..T {
-                    for h in 0..2 {
-                        let v = _mm256_madd_epi16(s[k][h], blk[h].sc[j]);
-                        sumi[k][h] = _mm256_add_epi32(sumi[k][h], v);
+                    for k in 0..T {
+                        for h in 0..2 {
+                            let v = _mm256_madd_epi16(s[k][h], blk[h].sc[j]);
+                            sumi[k][h] = _mm256_add_epi32(sumi[k][h], v);
+                        }
                     }
                 }
             }
@@ -659,22 +743,24 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8>(
                 step(&mut sumi, &mut summ, acc, accm);
             }
         }
-        if MODE == SPLIT {
+        if MODE != SPLIT64 {
             step(&mut sumi, &mut summ, acc, accm);
         }
     }
 }
 
-/// Q6_K super-blocks in `KOrder::Tiled` for `T` tokens, both halves (acc[k][h][0] used).
+/// Q6_K super-blocks in `KOrder::Tiled`, or Q3_K's (`Q3`, in `Combine` with its mins folded:
+/// 4·scale), for `T` tokens, both halves (acc[k][h][0] used).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn run_k6_tiled_avx2<const T: usize>(
+unsafe fn run_k6_tiled_avx2<const T: usize, const Q3: bool>(
     buf: &[KHalves<K6Half>],
+    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[[__m256; 8]; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in buf.iter().enumerate() {
+    for (b, blk) in (b0..).zip(buf) {
         let mut sumi = [[_mm256_setzero_si256(); 2]; T];
         for j in 0..16 {
             // Words 0, 1 and 2, 3 of the group summed in i16 (two pairs of 2·63·127 fit).
@@ -701,15 +787,22 @@ unsafe fn run_k6_tiled_avx2<const T: usize>(
             let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
             let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
             for h in 0..2 {
-                // Σ scale·bsum over the sixteen groups; the mins are 32·scale.
+                // Σ scale·bsum over the sixteen groups; the mins are 32·scale (Q3_K: 4·scale).
                 let mut summ = _mm256_setzero_si256();
                 for p in 0..8 {
                     let pair = _mm256_set1_epi32(bs.add(p).read_unaligned());
                     summ = _mm256_add_epi32(summ, _mm256_madd_epi16(blk[h].scp[p], pair));
                 }
-                let diff = _mm256_sub_epi32(sumi[k][h], _mm256_slli_epi32::<5>(summ));
-                let r = _mm256_mul_ps(_mm256_cvtepi32_ps(diff), blk[h].d);
-                acc[k][h][0] = _mm256_fmadd_ps(r, xd, acc[k][h][0]);
+                if Q3 {
+                    let diff = _mm256_sub_epi32(sumi[k][h], _mm256_slli_epi32::<2>(summ));
+                    let dd = _mm256_mul_ps(blk[h].d, xd);
+                    let c = _mm256_mul_ps(dd, _mm256_cvtepi32_ps(diff));
+                    acc[k][h][0] = _mm256_add_ps(acc[k][h][0], c);
+                } else {
+                    let diff = _mm256_sub_epi32(sumi[k][h], _mm256_slli_epi32::<5>(summ));
+                    let r = _mm256_mul_ps(_mm256_cvtepi32_ps(diff), blk[h].d);
+                    acc[k][h][0] = _mm256_fmadd_ps(r, xd, acc[k][h][0]);
+                }
             }
         }
     }
@@ -721,11 +814,12 @@ unsafe fn run_k6_tiled_avx2<const T: usize>(
 #[allow(clippy::needless_range_loop)]
 unsafe fn run_k6_lanes_avx2<const T: usize>(
     buf: &[KHalves<K6Half>],
+    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[[__m256; 8]; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in buf.iter().enumerate() {
+    for (b, blk) in (b0..).zip(buf) {
         for k in 0..T {
             let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
             let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
@@ -940,13 +1034,15 @@ pub struct KTileBufs {
 
 /// Whether the AVX2 tile kernels (`gemm16_k_avx2`) take `ty`.
 pub fn has_k16_avx2(ty: super::GgmlType) -> bool {
-    matches!(ty, super::GgmlType::Q4_K | super::GgmlType::Q6_K)
+    use super::GgmlType::*;
+    matches!(ty, Q3_K | Q4_K | Q5_K | Q6_K)
 }
 
-/// A tile of sixteen Q4_K or Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
-/// `order(t)`: Q4_K in `KOrder::Split` or `Split64`, Q6_K in `Tiled` or `Lanes`, as `KAcc`
-/// steps them lane by lane, so the bits of every other level. One token streams the tile
-/// (`dot16_q4k_avx2`, `dot16_q6k_avx2`); a batch unpacks it once into `bufs`, then takes its
+/// A tile of sixteen Q3_K..Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
+/// `order(t)`: Q4_K in `KOrder::Split` or `Split64`, Q6_K in `Tiled` or `Lanes`, Q3_K and Q5_K
+/// in `Combine`, as `KAcc`
+/// steps them lane by lane, so the bits of every other level. One Q4_K or Q6_K token streams
+/// the tile (`dot16_q4k_avx2`, `dot16_q6k_avx2`); otherwise the tile is unpacked once into `bufs`, then takes its
 /// tokens two at a time. `out(t, lanes)` receives token t's sixteen lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm16_k_avx2(
@@ -962,82 +1058,124 @@ pub unsafe fn gemm16_k_avx2(
     for x in xs {
         check_x(x, nb);
     }
-    if xs.len() == 1 {
-        // One token streams the tile.
-        let r = match (ty, order(0)) {
-            (super::GgmlType::Q4_K, KOrder::Split) => dot16_q4k_avx2(tile, &xs[0]),
-            (super::GgmlType::Q6_K, KOrder::Lanes) => dot16_q6k_avx2(tile, &xs[0]),
-            (_, o) => panic!("gemm16_k_avx2 does not sum one {ty} token in {o:?}"),
-        };
+    use super::GgmlType::*;
+    let one = match (ty, order(0)) {
+        _ if xs.len() > 1 => None,
+        (Q4_K, KOrder::Split) => Some(dot16_q4k_avx2(tile, &xs[0])),
+        (Q6_K, KOrder::Lanes) => Some(dot16_q6k_avx2(tile, &xs[0])),
+        _ => None,
+    };
+    if let Some(r) = one {
+        // One token streamed the tile.
         emit16_avx2(&[r], 0, &mut out);
         return;
     }
-    // A batch: the tile unpacked once, then tokens two at a time (one when the next token sums
-    // in another order, or is the last).
+    // Otherwise the tile is unpacked into `bufs`: at once for a batch, whose tokens then go two
+    // at a time (one when the next token sums in another order, or is the last); a super-block
+    // at a time, just before its use, for one token.
     let zero = [_mm256_setzero_ps(); 2];
-    let q4 = ty == super::GgmlType::Q4_K;
-    if q4 {
-        bufs.k4.clear();
-        bufs.k4.extend((0..nb).map(|b| {
-            let p = tile.block(b);
-            [unpack_k4_half(p, 0), unpack_k4_half(p, 1)]
-        }));
-    } else {
-        bufs.k6.clear();
-        bufs.k6.extend((0..nb).map(|b| {
-            let p = tile.block(b);
-            [unpack_k6_half(p, 0), unpack_k6_half(p, 1)]
-        }));
+    let zero8 = [[_mm256_setzero_ps(); 8]; 2];
+    let (q4, q5, q3) = (matches!(ty, Q4_K | Q5_K), ty == Q5_K, ty == Q3_K);
+    let fill = |bufs: &mut KTileBufs, blocks: std::ops::Range<usize>| {
+        if q4 {
+            bufs.k4.clear();
+            bufs.k4.extend(blocks.map(|b| {
+                let p = tile.block(b);
+                [unpack_k4_half(p, 0, q5), unpack_k4_half(p, 1, q5)]
+            }));
+        } else {
+            bufs.k6.clear();
+            bufs.k6.extend(blocks.map(|b| {
+                let p = tile.block(b);
+                if q3 {
+                    [unpack_k3_half(p, 0), unpack_k3_half(p, 1)]
+                } else {
+                    [unpack_k6_half(p, 0), unpack_k6_half(p, 1)]
+                }
+            }));
+        }
+    };
+    let lone = xs.len() == 1;
+    if !lone {
+        fill(bufs, 0..nb);
     }
     let mut t = 0;
     while t < xs.len() {
         let o = order(t);
         let two = t + 1 < xs.len() && order(t + 1) == o;
         let (a, c) = (&xs[t], &xs[(t + 1).min(xs.len() - 1)]);
-        let r: [[__m256; 2]; 2] = if q4 {
-            let (mut acc, mut accm) = ([zero; 2], [zero; 2]);
-            let (mut a1, mut m1) = ([zero], [zero]);
-            let buf = &bufs.k4;
-            match (two, o) {
-                (true, KOrder::Split) => run_k4_avx2::<2, SPLIT>(buf, [a, c], &mut acc, &mut accm),
-                (true, KOrder::Split64) => {
-                    run_k4_avx2::<2, SPLIT64>(buf, [a, c], &mut acc, &mut accm)
+        let (x2, x1) = ([a, c], [a]);
+        let (mut acc, mut accm, mut a1, mut m1) = ([zero; 2], [zero; 2], [zero], [zero]);
+        let (mut acc6, mut a6) = ([zero8; 2], [zero8]);
+        for span in 0..if lone { nb } else { 1 } {
+            let b0 = if lone {
+                prefetch_tile(tile, span);
+                fill(bufs, span..span + 1);
+                span
+            } else {
+                0
+            };
+            if q4 {
+                let buf = &bufs.k4;
+                let (acc2, accm2) = (&mut acc, &mut accm);
+                let (acc1, accm1) = (&mut a1, &mut m1);
+                match (q5, two, o) {
+                    (false, true, KOrder::Split) => {
+                        run_k4_avx2::<2, SPLIT, false>(buf, b0, x2, acc2, accm2)
+                    }
+                    (false, true, KOrder::Split64) => {
+                        run_k4_avx2::<2, SPLIT64, false>(buf, b0, x2, acc2, accm2)
+                    }
+                    (false, false, KOrder::Split) => {
+                        run_k4_avx2::<1, SPLIT, false>(buf, b0, x1, acc1, accm1)
+                    }
+                    (false, false, KOrder::Split64) => {
+                        run_k4_avx2::<1, SPLIT64, false>(buf, b0, x1, acc1, accm1)
+                    }
+                    (true, true, KOrder::Combine) => {
+                        run_k4_avx2::<2, COMBINE, true>(buf, b0, x2, acc2, accm2)
+                    }
+                    (true, false, KOrder::Combine) => {
+                        run_k4_avx2::<1, COMBINE, true>(buf, b0, x1, acc1, accm1)
+                    }
+                    (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
                 }
-                (false, KOrder::Split) => run_k4_avx2::<1, SPLIT>(buf, [a], &mut a1, &mut m1),
-                (false, KOrder::Split64) => run_k4_avx2::<1, SPLIT64>(buf, [a], &mut a1, &mut m1),
-                (_, o) => panic!("gemm16_k_avx2 does not sum Q4_K in {o:?}"),
+            } else {
+                let buf = &bufs.k6;
+                match (q3, two, o) {
+                    (false, true, KOrder::Tiled) => {
+                        run_k6_tiled_avx2::<2, false>(buf, b0, x2, &mut acc6)
+                    }
+                    (false, true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, b0, x2, &mut acc6),
+                    (false, false, KOrder::Tiled) => {
+                        run_k6_tiled_avx2::<1, false>(buf, b0, x1, &mut a6)
+                    }
+                    (false, false, KOrder::Lanes) => run_k6_lanes_avx2::<1>(buf, b0, x1, &mut a6),
+                    (true, true, KOrder::Combine) => {
+                        run_k6_tiled_avx2::<2, true>(buf, b0, x2, &mut acc6)
+                    }
+                    (true, false, KOrder::Combine) => {
+                        run_k6_tiled_avx2::<1, true>(buf, b0, x1, &mut a6)
+                    }
+                    (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
+                }
             }
-            if !two {
-                (acc[0], accm[0]) = (a1[0], m1[0]);
-            }
-            std::array::from_fn(|k| {
+        }
+        if !two {
+            (acc[0], accm[0], acc6[0]) = (a1[0], m1[0], a6[0]);
+        }
+        let r: [[__m256; 2]; 2] = std::array::from_fn(|k| {
+            if q4 {
                 [
                     _mm256_sub_ps(acc[k][0], accm[k][0]),
                     _mm256_sub_ps(acc[k][1], accm[k][1]),
                 ]
-            })
-        } else {
-            let mut acc = [[[_mm256_setzero_ps(); 8]; 2]; 2];
-            let mut a1 = [[[_mm256_setzero_ps(); 8]; 2]; 1];
-            let buf = &bufs.k6;
-            match (two, o) {
-                (true, KOrder::Tiled) => run_k6_tiled_avx2::<2>(buf, [a, c], &mut acc),
-                (true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, [a, c], &mut acc),
-                (false, KOrder::Tiled) => run_k6_tiled_avx2::<1>(buf, [a], &mut a1),
-                (false, KOrder::Lanes) => run_k6_lanes_avx2::<1>(buf, [a], &mut a1),
-                (_, o) => panic!("gemm16_k_avx2 does not sum Q6_K in {o:?}"),
+            } else if o == KOrder::Lanes {
+                [fold8_8(&acc6[k][0]), fold8_8(&acc6[k][1])]
+            } else {
+                [acc6[k][0][0], acc6[k][1][0]]
             }
-            if !two {
-                acc[0] = a1[0];
-            }
-            std::array::from_fn(|k| {
-                if o == KOrder::Lanes {
-                    [fold8_8(&acc[k][0]), fold8_8(&acc[k][1])]
-                } else {
-                    [acc[k][0][0], acc[k][1][0]]
-                }
-            })
-        };
+        });
         let n = 1 + two as usize;
         emit16_avx2(&r[..n], t, &mut out);
         t += n;
