@@ -685,7 +685,10 @@ pub unsafe fn dot16_512(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32
     let mut accm = _mm512_setzero_ps();
     let mins = has_mins(ty);
     for b in 0..nb {
+        // Two streams of hints, one tile apart: 3-5% off gemma3's Q8_0 output gemv (7.1-7.8 ->
+        // 7.0-7.3 ms at -t 1 on an EPYC, interleaved), as the AVX2 kernel's second pass gets.
         prefetch_tile(tile, b);
+        prefetch_tile_after(tile, b);
         let blk = load16(ty, tile.block(b));
         if mins {
             add_block::<true>(&blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
