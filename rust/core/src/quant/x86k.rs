@@ -861,6 +861,7 @@ unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let mut accm = [_mm256_setzero_ps(); 2];
     for b in 0..tile.n_blocks() {
         prefetch_tile(tile, b);
+        prefetch_tile_after(tile, b);
         let p = tile.block(b);
         let word = |o: usize, h: usize| word8(p, o, h);
         let s = [
@@ -1354,6 +1355,7 @@ pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let mut accm = _mm512_setzero_ps();
     for b in 0..nb {
         super::x86::prefetch_tile(tile, b);
+        super::x86::prefetch_tile_after(tile, b);
         let p = tile.block(b);
         let word = |o: usize| word_at(p, o);
         let dm = word(0);
@@ -1410,6 +1412,7 @@ pub unsafe fn dot16_q6k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let mut acc = [_mm512_setzero_ps(); 8];
     for b in 0..nb {
         super::x86::prefetch_tile(tile, b);
+        super::x86::prefetch_tile_after(tile, b);
         let p = tile.block(b);
         let word = |o: usize| word_at(p, o);
         // Scale G (sign-extended to 16 bits, the high half zero) and the pairs (2p | 2p + 1).
