@@ -431,9 +431,12 @@ pub struct K6Half {
     q: [[__m256i; 4]; 16],
     /// Group scales, each in both i16 of its lane.
     sc: [__m256i; 16],
-    /// Scales in pairs (2p in the low i16, 2p + 1 in the high one).
+    /// What multiplies the activations' 16-value sums, in pairs (2p in the low i16, 2p + 1 in
+    /// the high one): the scales (Q6_K, Q3_K: their mins are a multiple of them) or Q2_K's mins.
     scp: [__m256i; 8],
     d: __m256,
+    /// Q2_K's dmin (zero for the others).
+    dmin: __m256,
 }
 
 /// A tile's two halves of one super-block, unpacked.
@@ -466,6 +469,21 @@ unsafe fn pair16(lo: __m256i, hi: __m256i) -> __m256i {
     )
 }
 
+/// d (the low f16 of each lane's word) and dmin (the high one) of eight super-blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn d_dmin8(dm: __m256i) -> (__m256, __m256) {
+    let packed = _mm256_packus_epi32(
+        _mm256_and_si256(dm, _mm256_set1_epi32(0xffff)),
+        _mm256_srli_epi32::<16>(dm),
+    );
+    let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+    (
+        _mm256_cvtph_ps(_mm256_castsi256_si128(packed)),
+        _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(packed)),
+    )
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn unpack_k4_half(p: TileBlock, half: usize, q5: bool) -> K4Half {
@@ -493,19 +511,13 @@ unsafe fn unpack_k4_half(p: TileBlock, half: usize, q5: bool) -> K4Half {
             )
         }
     };
-    // d (low half of word 0) and dmin (high half), eight f16 each.
-    let dm = word(0);
-    let packed = _mm256_packus_epi32(
-        _mm256_and_si256(dm, _mm256_set1_epi32(0xffff)),
-        _mm256_srli_epi32::<16>(dm),
-    );
-    let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+    let (d, dmin) = d_dmin8(word(0));
     let mut blk = K4Half {
         q: [[_mm256_setzero_si256(); 8]; 8],
         sc: [_mm256_setzero_si256(); 8],
         mn: [_mm256_setzero_si256(); 4],
-        d: _mm256_cvtph_ps(_mm256_castsi256_si128(packed)),
-        dmin: _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(packed)),
+        d,
+        dmin,
     };
     let (nib, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
     let quants = if q5 { 48 } else { 16 };
@@ -552,6 +564,7 @@ unsafe fn unpack_k6_half(p: TileBlock, half: usize) -> K6Half {
         sc: [_mm256_setzero_si256(); 16],
         scp: [_mm256_setzero_si256(); 8],
         d: _mm256_cvtph_ps(_mm_loadu_si128(p.half.add(16 * half) as *const __m128i)),
+        dmin: _mm256_setzero_ps(),
     };
     for h in 0..2 {
         for g in 0..8 {
@@ -634,6 +647,7 @@ unsafe fn unpack_k3_half(p: TileBlock, half: usize) -> K6Half {
         sc: std::array::from_fn(|g| both16(sc[g])),
         scp: std::array::from_fn(|k| pair16(sc[2 * k], sc[2 * k + 1])),
         d: _mm256_cvtph_ps(_mm_loadu_si128(p.half.add(16 * half) as *const __m128i)),
+        dmin: _mm256_setzero_ps(),
     };
     let (three, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
     let shr = |v: __m256i, s: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32));
@@ -646,6 +660,45 @@ unsafe fn unpack_k3_half(p: TileBlock, half: usize) -> K6Half {
                 let lo = _mm256_and_si256(shr(qs, 2 * j), three);
                 let hb = _mm256_slli_epi16::<2>(_mm256_and_si256(shr(hm, 4 * n + j), one));
                 blk.q[8 * n + 2 * j + g / 4][g % 4] = _mm256_or_si256(lo, hb);
+            }
+        }
+    }
+    blk
+}
+
+/// Q2_K super-block of eight rows (half a tile) in `K6Half`'s form: quants 0..3, the sixteen
+/// 4-bit scales and (in `scp`) mins, d and dmin, as `unpack_kblock` makes them lane by lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_k2_half(p: TileBlock, half: usize) -> K6Half {
+    let word = |o: usize| word8(p, o, half);
+    let (k4, byte) = (_mm256_set1_epi32(15), _mm256_set1_epi32(0xff));
+    let mut sc = [_mm256_setzero_si256(); 16];
+    let mut mn = [_mm256_setzero_si256(); 16];
+    for k in 0..4 {
+        let s = word(4 * k);
+        for i in 0..4 {
+            let b = _mm256_and_si256(_mm256_srlv_epi32(s, _mm256_set1_epi32(8 * i as i32)), byte);
+            sc[4 * k + i] = _mm256_and_si256(b, k4);
+            mn[4 * k + i] = _mm256_srli_epi32::<4>(b);
+        }
+    }
+    let (d, dmin) = d_dmin8(word(80));
+    let mut blk = K6Half {
+        q: [[_mm256_setzero_si256(); 4]; 16],
+        sc: std::array::from_fn(|g| both16(sc[g])),
+        scp: std::array::from_fn(|k| pair16(mn[2 * k], mn[2 * k + 1])),
+        d,
+        dmin,
+    };
+    let three = _mm256_set1_epi8(3);
+    for n in 0..2 {
+        for g in 0..8 {
+            let qs = word(16 + 32 * n + 4 * g);
+            for j in 0..4 {
+                // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of each byte.
+                let v = _mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32));
+                blk.q[8 * n + 2 * j + g / 4][g % 4] = _mm256_and_si256(v, three);
             }
         }
     }
@@ -749,11 +802,12 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const Q5: bool>(
     }
 }
 
-/// Q6_K super-blocks in `KOrder::Tiled`, or Q3_K's (`Q3`, in `Combine` with its mins folded:
-/// 4·scale), for `T` tokens, both halves (acc[k][h][0] used).
+/// Q6_K super-blocks in `KOrder::Tiled` (`MODE` `TILED`), or Q3_K's (`Q3`: `Combine` with its
+/// mins folded, 4·scale) or Q2_K's (`Q2`: `Combine`, d·xd·sumi − dmin·xd·summ), for `T` tokens,
+/// both halves (acc[k][h][0] used).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn run_k6_tiled_avx2<const T: usize, const Q3: bool>(
+unsafe fn run_k6_tiled_avx2<const T: usize, const MODE: u8>(
     buf: &[KHalves<K6Half>],
     b0: usize,
     xs: [&Q8KRow; T],
@@ -787,13 +841,20 @@ unsafe fn run_k6_tiled_avx2<const T: usize, const Q3: bool>(
             let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
             let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
             for h in 0..2 {
-                // Σ scale·bsum over the sixteen groups; the mins are 32·scale (Q3_K: 4·scale).
+                // Σ scp·bsum over the sixteen groups: the scales (Q6_K's mins are 32·scale,
+                // Q3_K's 4·scale) or Q2_K's mins.
                 let mut summ = _mm256_setzero_si256();
                 for p in 0..8 {
                     let pair = _mm256_set1_epi32(bs.add(p).read_unaligned());
                     summ = _mm256_add_epi32(summ, _mm256_madd_epi16(blk[h].scp[p], pair));
                 }
-                if Q3 {
+                if MODE == Q2 {
+                    let dd = _mm256_mul_ps(blk[h].d, xd);
+                    let dm = _mm256_mul_ps(blk[h].dmin, xd);
+                    let si = _mm256_mul_ps(dd, _mm256_cvtepi32_ps(sumi[k][h]));
+                    let c = _mm256_sub_ps(si, _mm256_mul_ps(dm, _mm256_cvtepi32_ps(summ)));
+                    acc[k][h][0] = _mm256_add_ps(acc[k][h][0], c);
+                } else if MODE == Q3 {
                     let diff = _mm256_sub_epi32(sumi[k][h], _mm256_slli_epi32::<2>(summ));
                     let dd = _mm256_mul_ps(blk[h].d, xd);
                     let c = _mm256_mul_ps(dd, _mm256_cvtepi32_ps(diff));
@@ -919,14 +980,7 @@ unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
         // d (low half of word 0) and dmin (high half), as `unpack_k4_half`.
         let xd = _mm256_set1_ps(*x.d.get_unchecked(b));
         for h in 0..2 {
-            let dm = word(0, h);
-            let packed = _mm256_packus_epi32(
-                _mm256_and_si256(dm, _mm256_set1_epi32(0xffff)),
-                _mm256_srli_epi32::<16>(dm),
-            );
-            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
-            let d = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
-            let dmin = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(packed));
+            let (d, dmin) = d_dmin8(word(0, h));
             let dd = _mm256_mul_ps(d, xd);
             let dm = _mm256_mul_ps(dmin, xd);
             acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[h]), dd, acc[h]);
@@ -1036,6 +1090,13 @@ pub struct KTileBufs {
 /// Whether the AVX2 tile kernels (`gemm16_k_avx2`) take `ty`.
 pub fn has_k16_avx2(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
+    matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+}
+
+/// Whether the AVX-512 tile kernels (`dot16_q4k_512`, `gemm16_k45_512`, `gemm16_k36_512`)
+/// take `ty`.
+pub fn has_k16_512(ty: super::GgmlType) -> bool {
+    use super::GgmlType::*;
     matches!(ty, Q3_K | Q4_K | Q5_K | Q6_K)
 }
 
@@ -1076,7 +1137,12 @@ pub unsafe fn gemm16_k_avx2(
     // at a time, just before its use, for one token.
     let zero = [_mm256_setzero_ps(); 2];
     let zero8 = [[_mm256_setzero_ps(); 8]; 2];
-    let (q4, q5, q3) = (matches!(ty, Q4_K | Q5_K), ty == Q5_K, ty == Q3_K);
+    let (q4, q5, q3, q2) = (
+        matches!(ty, Q4_K | Q5_K),
+        ty == Q5_K,
+        ty == Q3_K,
+        ty == Q2_K,
+    );
     let fill = |bufs: &mut KTileBufs, blocks: std::ops::Range<usize>| {
         if q4 {
             bufs.k4.clear();
@@ -1090,6 +1156,8 @@ pub unsafe fn gemm16_k_avx2(
                 let p = tile.block(b);
                 if q3 {
                     [unpack_k3_half(p, 0), unpack_k3_half(p, 1)]
+                } else if q2 {
+                    [unpack_k2_half(p, 0), unpack_k2_half(p, 1)]
                 } else {
                     [unpack_k6_half(p, 0), unpack_k6_half(p, 1)]
                 }
@@ -1143,20 +1211,26 @@ pub unsafe fn gemm16_k_avx2(
                 }
             } else {
                 let buf = &bufs.k6;
-                match (q3, two, o) {
-                    (false, true, KOrder::Tiled) => {
-                        run_k6_tiled_avx2::<2, false>(buf, b0, x2, &mut acc6)
+                match (ty, two, o) {
+                    (Q6_K, true, KOrder::Tiled) => {
+                        run_k6_tiled_avx2::<2, TILED>(buf, b0, x2, &mut acc6)
                     }
-                    (false, true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, b0, x2, &mut acc6),
-                    (false, false, KOrder::Tiled) => {
-                        run_k6_tiled_avx2::<1, false>(buf, b0, x1, &mut a6)
+                    (Q6_K, true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, b0, x2, &mut acc6),
+                    (Q6_K, false, KOrder::Tiled) => {
+                        run_k6_tiled_avx2::<1, TILED>(buf, b0, x1, &mut a6)
                     }
-                    (false, false, KOrder::Lanes) => run_k6_lanes_avx2::<1>(buf, b0, x1, &mut a6),
-                    (true, true, KOrder::Combine) => {
-                        run_k6_tiled_avx2::<2, true>(buf, b0, x2, &mut acc6)
+                    (Q6_K, false, KOrder::Lanes) => run_k6_lanes_avx2::<1>(buf, b0, x1, &mut a6),
+                    (Q3_K, true, KOrder::Combine) => {
+                        run_k6_tiled_avx2::<2, Q3>(buf, b0, x2, &mut acc6)
                     }
-                    (true, false, KOrder::Combine) => {
-                        run_k6_tiled_avx2::<1, true>(buf, b0, x1, &mut a6)
+                    (Q3_K, false, KOrder::Combine) => {
+                        run_k6_tiled_avx2::<1, Q3>(buf, b0, x1, &mut a6)
+                    }
+                    (Q2_K, true, KOrder::Combine) => {
+                        run_k6_tiled_avx2::<2, Q2>(buf, b0, x2, &mut acc6)
+                    }
+                    (Q2_K, false, KOrder::Combine) => {
+                        run_k6_tiled_avx2::<1, Q2>(buf, b0, x1, &mut a6)
                     }
                     (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
                 }
@@ -1904,6 +1978,8 @@ pub unsafe fn gemm16_k36_512(
 const TILED: u8 = 0;
 const LANES: u8 = 1;
 const Q3: u8 = 2;
+/// Q2_K, in `Combine` (AVX2 only).
+const Q2: u8 = 3;
 
 /// Σ over the sixteen 16-value groups of scale·bsum (one i32 per row), in i16 pairs.
 #[inline(always)]

@@ -654,7 +654,7 @@ fn rows_k(
         }
     };
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512 && repack::layout(w.ty).is_some() {
+    if level == SimdLevel::Avx512 && crate::quant::x86k::has_k16_512(w.ty) {
         use crate::quant::x86k;
         // A tile of sixteen rows at a time (r0 is on a tile boundary), one row per lane: a Q4_K
         // (`Split`) or Q6_K (`Lanes`) token alone streams the tile; batches of Q4_K (`Split`, `Split64`), Q5_K and
@@ -777,7 +777,10 @@ pub fn pack_tiles(
     done: &(dyn Fn(std::ops::Range<usize>) + Sync),
 ) -> Option<Tiles> {
     let wanted = match simd_level() {
-        SimdLevel::Avx512 => true,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => {
+            crate::quant::x86::has_dot16_512(w.ty) || crate::quant::x86k::has_k16_512(w.ty)
+        }
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => {
             crate::quant::x86::has_dot16_avx2(w.ty) || crate::quant::x86k::has_k16_avx2(w.ty)
