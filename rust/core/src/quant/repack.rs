@@ -34,6 +34,7 @@ pub fn layout(ty: GgmlType) -> Option<Layout> {
         Q4_1 => (0, 5, None),
         Q5_1 => (0, 6, None),
         IQ4_NL => (2, 4, Some(0)),
+        IQ4_XS => (0, 34, None),
         Q2_K => (0, 21, None),
         Q3_K => (0, 27, Some(108)),
         Q4_K => (0, 36, None),

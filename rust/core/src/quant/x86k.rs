@@ -411,7 +411,13 @@ pub unsafe fn gemm_k_avx2(
 // so two do. The sums are exact, so the float steps (`KAcc`'s, lane by lane) give the same bits
 // as every other level.
 
-/// Q4_K super-block of eight rows (half a tile), one row per lane.
+/// `run_k4_avx2`'s weight types.
+const K4: u8 = 0;
+const K5: u8 = 1;
+const KX: u8 = 2;
+
+/// Q4_K super-block of eight rows (half a tile), one row per lane (also Q5_K's, and IQ4_XS's
+/// with signed quants and no mins).
 #[derive(Clone, Copy)]
 pub struct K4Half {
     /// [sub-block][4-value group]: the quants (0..15), four bytes per lane.
@@ -705,6 +711,46 @@ unsafe fn unpack_k2_half(p: TileBlock, half: usize) -> K6Half {
     blk
 }
 
+/// IQ4_XS super-block of eight rows (half a tile) in `K4Half`'s form: the table's signed values
+/// of sub-block j (values 32j.. : low nibbles, then high), its scale (six bits less 32), no mins.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_iq4xs_half(p: TileBlock, half: usize) -> K4Half {
+    let word = |o: usize| word8(p, o, half);
+    let w0 = word(0);
+    let (d, _) = d_dmin8(w0);
+    let (sh, sl) = (_mm256_srli_epi32::<16>(w0), word(4));
+    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
+    let (k15, k3, k32) = (
+        _mm256_set1_epi32(15),
+        _mm256_set1_epi32(3),
+        _mm256_set1_epi32(32),
+    );
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+        super::dequant::KVALUES_IQ4NL.as_ptr() as *const __m128i,
+    ));
+    let nib = _mm256_set1_epi8(0x0f);
+    let mut blk = K4Half {
+        q: [[_mm256_setzero_si256(); 8]; 8],
+        sc: [_mm256_setzero_si256(); 8],
+        mn: [_mm256_setzero_si256(); 4],
+        d,
+        dmin: _mm256_setzero_ps(),
+    };
+    for ib in 0..8u32 {
+        let lo = _mm256_and_si256(shr(sl, 8 * (ib / 2) + 4 * (ib % 2)), k15);
+        let hi = _mm256_slli_epi32::<4>(_mm256_and_si256(shr(sh, 2 * ib), k3));
+        blk.sc[ib as usize] = both16(_mm256_sub_epi32(_mm256_or_si256(lo, hi), k32));
+        for i in 0..4 {
+            let q = word(8 + 16 * ib as usize + 4 * i);
+            blk.q[ib as usize][i] = _mm256_shuffle_epi8(table, _mm256_and_si256(q, nib));
+            blk.q[ib as usize][4 + i] =
+                _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib));
+        }
+    }
+    blk
+}
+
 /// Hand token t.. their sixteen lanes each (`r[k]` = token t + k's two halves).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -718,11 +764,12 @@ unsafe fn emit16_avx2(r: &[[__m256; 2]], t: usize, out: &mut impl FnMut(usize, &
 }
 
 /// Q4_K super-blocks in `KOrder::Split`, `Split64` or `Combine` (`MODE`), or Q5_K's (`Q5`, in
-/// `Combine`), for `T` tokens, both halves. Q5_K's pairs reach 2·31·127 = 7874, so its groups
+/// `Combine`), or IQ4_XS's (`KIND` `KX`: signed values, the sign trick, the mins zero), for `T`
+/// tokens, both halves. Q5_K's pairs reach 2·31·127 = 7874, so its groups
 /// go to the i16 sums four at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const Q5: bool>(
+unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const KIND: u8>(
     buf: &[KHalves<K4Half>],
     b0: usize,
     xs: [&Q8KRow; T],
@@ -760,7 +807,13 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const Q5: bool>(
         };
         for p in 0..4 {
             for j in [2 * p, 2 * p + 1] {
-                let per = if Q5 { 4 } else { 8 };
+                // Groups summed in i16 before the scale's `madd`: IQ4_XS's pairs reach
+                // 2·127·127, so each goes alone.
+                let per = match KIND {
+                    K5 => 4,
+                    KX => 1,
+                    _ => 8,
+                };
                 for g0 in (0..8).step_by(per) {
                     let mut s = [[_mm256_setzero_si256(); 2]; T];
                     for g in g0..g0 + per {
@@ -768,7 +821,13 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const Q5: bool>(
                             let y =
                                 _mm256_set1_epi32(yp[k].add(b * 64 + 8 * j + g).read_unaligned());
                             for h in 0..2 {
-                                let m = _mm256_maddubs_epi16(blk[h].q[j][g], y);
+                                let w = blk[h].q[j][g];
+                                let m = if KIND == KX {
+                                    let aw = _mm256_sign_epi8(w, w);
+                                    _mm256_maddubs_epi16(aw, _mm256_sign_epi8(y, w))
+                                } else {
+                                    _mm256_maddubs_epi16(w, y)
+                                };
                                 s[k][h] = _mm256_add_epi16(s[k][h], m);
                             }
                         }
@@ -1090,7 +1149,7 @@ pub struct KTileBufs {
 /// Whether the AVX2 tile kernels (`gemm16_k_avx2`) take `ty`.
 pub fn has_k16_avx2(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
-    matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+    matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS)
 }
 
 /// Whether the AVX-512 tile kernels (`dot16_q4k_512`, `gemm16_k45_512`, `gemm16_k36_512`)
@@ -1138,7 +1197,7 @@ pub unsafe fn gemm16_k_avx2(
     let zero = [_mm256_setzero_ps(); 2];
     let zero8 = [[_mm256_setzero_ps(); 8]; 2];
     let (q4, q5, q3, q2) = (
-        matches!(ty, Q4_K | Q5_K),
+        matches!(ty, Q4_K | Q5_K | IQ4_XS),
         ty == Q5_K,
         ty == Q3_K,
         ty == Q2_K,
@@ -1148,7 +1207,11 @@ pub unsafe fn gemm16_k_avx2(
             bufs.k4.clear();
             bufs.k4.extend(blocks.map(|b| {
                 let p = tile.block(b);
-                [unpack_k4_half(p, 0, q5), unpack_k4_half(p, 1, q5)]
+                if ty == IQ4_XS {
+                    [unpack_iq4xs_half(p, 0), unpack_iq4xs_half(p, 1)]
+                } else {
+                    [unpack_k4_half(p, 0, q5), unpack_k4_half(p, 1, q5)]
+                }
             }));
         } else {
             bufs.k6.clear();
@@ -1188,24 +1251,30 @@ pub unsafe fn gemm16_k_avx2(
                 let buf = &bufs.k4;
                 let (acc2, accm2) = (&mut acc, &mut accm);
                 let (acc1, accm1) = (&mut a1, &mut m1);
-                match (q5, two, o) {
-                    (false, true, KOrder::Split) => {
-                        run_k4_avx2::<2, SPLIT, false>(buf, b0, x2, acc2, accm2)
+                match (ty, two, o) {
+                    (Q4_K, true, KOrder::Split) => {
+                        run_k4_avx2::<2, SPLIT, K4>(buf, b0, x2, acc2, accm2)
                     }
-                    (false, true, KOrder::Split64) => {
-                        run_k4_avx2::<2, SPLIT64, false>(buf, b0, x2, acc2, accm2)
+                    (Q4_K, true, KOrder::Split64) => {
+                        run_k4_avx2::<2, SPLIT64, K4>(buf, b0, x2, acc2, accm2)
                     }
-                    (false, false, KOrder::Split) => {
-                        run_k4_avx2::<1, SPLIT, false>(buf, b0, x1, acc1, accm1)
+                    (Q4_K, false, KOrder::Split) => {
+                        run_k4_avx2::<1, SPLIT, K4>(buf, b0, x1, acc1, accm1)
                     }
-                    (false, false, KOrder::Split64) => {
-                        run_k4_avx2::<1, SPLIT64, false>(buf, b0, x1, acc1, accm1)
+                    (Q4_K, false, KOrder::Split64) => {
+                        run_k4_avx2::<1, SPLIT64, K4>(buf, b0, x1, acc1, accm1)
                     }
-                    (true, true, KOrder::Combine) => {
-                        run_k4_avx2::<2, COMBINE, true>(buf, b0, x2, acc2, accm2)
+                    (Q5_K, true, KOrder::Combine) => {
+                        run_k4_avx2::<2, COMBINE, K5>(buf, b0, x2, acc2, accm2)
                     }
-                    (true, false, KOrder::Combine) => {
-                        run_k4_avx2::<1, COMBINE, true>(buf, b0, x1, acc1, accm1)
+                    (Q5_K, false, KOrder::Combine) => {
+                        run_k4_avx2::<1, COMBINE, K5>(buf, b0, x1, acc1, accm1)
+                    }
+                    (IQ4_XS, true, KOrder::Combine) => {
+                        run_k4_avx2::<2, COMBINE, KX>(buf, b0, x2, acc2, accm2)
+                    }
+                    (IQ4_XS, false, KOrder::Combine) => {
+                        run_k4_avx2::<1, COMBINE, KX>(buf, b0, x1, acc1, accm1)
                     }
                     (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
                 }
