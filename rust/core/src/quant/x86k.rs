@@ -965,13 +965,15 @@ unsafe fn run_k6_lanes_avx2<const T: usize>(
     }
 }
 
-/// One token against a tile of sixteen Q4_K rows in `KOrder::Split`, streaming the tile (each
-/// word loaded once, unpacked as it is used): the sums of `run_k4_avx2` for one token.
+/// One token against a tile of sixteen Q4_K rows in `KOrder::Split`, or Q5_K rows (`Q5`) in
+/// `Combine`, streaming the tile (each word loaded once, unpacked as it is used): the sums of
+/// `run_k4_avx2` for one token.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
+unsafe fn dot16_q4k_avx2<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let yp = x.q.as_ptr() as *const i32;
-    let nib = _mm256_set1_epi8(0x0f);
+    let (nib, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
+    let (quants, per) = if Q5 { (48, 4) } else { (16, 8) };
     let (k6, k4, k3) = (
         _mm256_set1_epi32(63),
         _mm256_set1_epi32(15),
@@ -1011,28 +1013,43 @@ unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
         let mut summ = [_mm256_setzero_si256(); 2];
         let bs = x.bsums.as_ptr().add(16 * b);
         for c in 0..4 {
-            let (mut lo, mut hi) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
-            for g in 0..8 {
-                let y0 = _mm256_set1_epi32(yp.add(b * 64 + 16 * c + g).read_unaligned());
-                let y1 = _mm256_set1_epi32(yp.add(b * 64 + 16 * c + 8 + g).read_unaligned());
+            let sm: [[(__m256i, __m256i); 2]; 2] = std::array::from_fn(|h| {
+                [scale_min(h, 2 * c as u32), scale_min(h, 2 * c as u32 + 1)]
+            });
+            let fifth = |qh: __m256i, s: usize| {
+                let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32));
+                _mm256_slli_epi16::<4>(_mm256_and_si256(v, one))
+            };
+            for g0 in (0..8).step_by(per) {
+                let (mut lo, mut hi) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
+                for g in g0..g0 + per {
+                    let y0 = _mm256_set1_epi32(yp.add(b * 64 + 16 * c + g).read_unaligned());
+                    let y1 = _mm256_set1_epi32(yp.add(b * 64 + 16 * c + 8 + g).read_unaligned());
+                    for h in 0..2 {
+                        let q = word(quants + 32 * c + 4 * g, h);
+                        let mut q0 = _mm256_and_si256(q, nib);
+                        let mut q1 = _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib);
+                        if Q5 {
+                            // Fifth bits: bit 2c (low nibbles) and 2c + 1 (high) of qh[l].
+                            let qh = word(16 + 4 * g, h);
+                            q0 = _mm256_or_si256(q0, fifth(qh, 2 * c));
+                            q1 = _mm256_or_si256(q1, fifth(qh, 2 * c + 1));
+                        }
+                        lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(q0, y0));
+                        hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(q1, y1));
+                    }
+                }
                 for h in 0..2 {
-                    let q = word(16 + 32 * c + 4 * g, h);
-                    let q0 = _mm256_and_si256(q, nib);
-                    let q1 = _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib);
-                    lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(q0, y0));
-                    hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(q1, y1));
+                    let v0 = _mm256_madd_epi16(lo[h], both16(sm[h][0].0));
+                    let v1 = _mm256_madd_epi16(hi[h], both16(sm[h][1].0));
+                    sumi[h] = _mm256_add_epi32(sumi[h], _mm256_add_epi32(v0, v1));
                 }
             }
             let l = *bs.add(4 * c) as i32 + *bs.add(4 * c + 1) as i32;
             let u = *bs.add(4 * c + 2) as i32 + *bs.add(4 * c + 3) as i32;
             let pair = _mm256_set1_epi32((l & 0xffff) | (u << 16));
             for h in 0..2 {
-                let (sc0, mn0) = scale_min(h, 2 * c as u32);
-                let (sc1, mn1) = scale_min(h, 2 * c as u32 + 1);
-                let v0 = _mm256_madd_epi16(lo[h], both16(sc0));
-                let v1 = _mm256_madd_epi16(hi[h], both16(sc1));
-                sumi[h] = _mm256_add_epi32(sumi[h], _mm256_add_epi32(v0, v1));
-                let m = _mm256_madd_epi16(pair16(mn0, mn1), pair);
+                let m = _mm256_madd_epi16(pair16(sm[h][0].1, sm[h][1].1), pair);
                 summ[h] = _mm256_add_epi32(summ[h], m);
             }
         }
@@ -1042,8 +1059,14 @@ unsafe fn dot16_q4k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
             let (d, dmin) = d_dmin8(word(0, h));
             let dd = _mm256_mul_ps(d, xd);
             let dm = _mm256_mul_ps(dmin, xd);
-            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[h]), dd, acc[h]);
-            accm[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ[h]), dm, accm[h]);
+            let (si, sm) = (_mm256_cvtepi32_ps(sumi[h]), _mm256_cvtepi32_ps(summ[h]));
+            if Q5 {
+                let c = _mm256_sub_ps(_mm256_mul_ps(dd, si), _mm256_mul_ps(dm, sm));
+                acc[h] = _mm256_add_ps(acc[h], c);
+            } else {
+                acc[h] = _mm256_fmadd_ps(si, dd, acc[h]);
+                accm[h] = _mm256_fmadd_ps(sm, dm, accm[h]);
+            }
         }
     }
     [
@@ -1162,8 +1185,8 @@ pub fn has_k16_512(ty: super::GgmlType) -> bool {
 /// A tile of sixteen Q3_K..Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
 /// `order(t)`: Q4_K in `KOrder::Split` or `Split64`, Q6_K in `Tiled` or `Lanes`, Q3_K and Q5_K
 /// in `Combine`, as `KAcc`
-/// steps them lane by lane, so the bits of every other level. One Q4_K or Q6_K token streams
-/// the tile (`dot16_q4k_avx2`, `dot16_q6k_avx2`); otherwise the tile is unpacked once into `bufs`, then takes its
+/// steps them lane by lane, so the bits of every other level. One Q4_K, Q5_K or Q6_K token
+/// streams the tile (`dot16_q4k_avx2`, `dot16_q6k_avx2`); otherwise the tile is unpacked once into `bufs`, then takes its
 /// tokens two at a time. `out(t, lanes)` receives token t's sixteen lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm16_k_avx2(
@@ -1182,7 +1205,8 @@ pub unsafe fn gemm16_k_avx2(
     use super::GgmlType::*;
     let one = match (ty, order(0)) {
         _ if xs.len() > 1 => None,
-        (Q4_K, KOrder::Split) => Some(dot16_q4k_avx2(tile, &xs[0])),
+        (Q4_K, KOrder::Split) => Some(dot16_q4k_avx2::<false>(tile, &xs[0])),
+        (Q5_K, KOrder::Combine) => Some(dot16_q4k_avx2::<true>(tile, &xs[0])),
         (Q6_K, KOrder::Lanes) => Some(dot16_q6k_avx2(tile, &xs[0])),
         _ => None,
     };
