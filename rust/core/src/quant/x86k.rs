@@ -475,6 +475,76 @@ unsafe fn pair16(lo: __m256i, hi: __m256i) -> __m256i {
     )
 }
 
+/// The scale and min of sub-block `j` of eight Q4_K/Q5_K super-blocks, one per lane, from their
+/// 12 packed bytes as three 4-byte words (`k4_scale_min16` for eight lanes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_scale_min8(packed: [__m256i; 3], j: u32) -> (__m256i, __m256i) {
+    let [s0, s1, s2] = packed;
+    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
+    let (k6, k4, k3) = (
+        _mm256_set1_epi32(63),
+        _mm256_set1_epi32(15),
+        _mm256_set1_epi32(3),
+    );
+    if j < 4 {
+        (
+            _mm256_and_si256(shr(s0, 8 * j), k6),
+            _mm256_and_si256(shr(s1, 8 * j), k6),
+        )
+    } else {
+        let j = j - 4;
+        let hi = |v: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(shr(v, 8 * j + 6), k3));
+        (
+            _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j), k4), hi(s0)),
+            _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j + 4), k4), hi(s1)),
+        )
+    }
+}
+
+/// Q6_K's quants of values 128h + 32k + 4g.. (k = 0..4) from the words `a` (ql at 64h + 4g),
+/// `c` (ql at 64h + 32 + 4g) and `hb` (qh at 128 + 32h + 4g), as `KRow::unpack` builds them.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_quants8(a: __m256i, c: __m256i, hb: __m256i) -> [__m256i; 4] {
+    let (lo4, hi2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+    [
+        _mm256_or_si256(
+            _mm256_and_si256(a, lo4),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(hb), hi2),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(c, lo4),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(hb), hi2),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(a), lo4),
+            _mm256_and_si256(hb, hi2),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(c), lo4),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(hb), hi2),
+        ),
+    ]
+}
+
+/// The sixteen signed scales of eight Q6_K super-blocks (bytes 192.., four per word), one i32 per
+/// lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_scales8(p: TileBlock, half: usize) -> [__m256i; 16] {
+    let mut sc = [_mm256_setzero_si256(); 16];
+    for k in 0..4 {
+        let s = word8(p, 192 + 4 * k, half);
+        // Sign-extend byte j of each lane: scale 4k + j.
+        sc[4 * k] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(s));
+        sc[4 * k + 1] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(s));
+        sc[4 * k + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(s));
+        sc[4 * k + 3] = _mm256_srai_epi32::<24>(s);
+    }
+    sc
+}
+
 /// d (the low f16 of each lane's word) and dmin (the high one) of eight super-blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -494,29 +564,8 @@ unsafe fn d_dmin8(dm: __m256i) -> (__m256, __m256) {
 #[inline]
 unsafe fn unpack_k4_half(p: TileBlock, half: usize, q5: bool) -> K4Half {
     let word = |o: usize| word8(p, o, half);
-    let (s0, s1, s2) = (word(4), word(8), word(12));
-    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
-    let (k6, k4, k3) = (
-        _mm256_set1_epi32(63),
-        _mm256_set1_epi32(15),
-        _mm256_set1_epi32(3),
-    );
-    // Scale and min of sub-block j, six bits each (as `k4_scales_mins`, lane by lane).
-    let scale_min = |j: u32| -> (__m256i, __m256i) {
-        if j < 4 {
-            (
-                _mm256_and_si256(shr(s0, 8 * j), k6),
-                _mm256_and_si256(shr(s1, 8 * j), k6),
-            )
-        } else {
-            let j = j - 4;
-            let hi = |v: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(shr(v, 8 * j + 6), k3));
-            (
-                _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j), k4), hi(s0)),
-                _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j + 4), k4), hi(s1)),
-            )
-        }
-    };
+    let packed = [word(4), word(8), word(12)];
+    let scale_min = |j: u32| k4_scale_min8(packed, j);
     let (d, dmin) = d_dmin8(word(0));
     let mut blk = K4Half {
         q: [[_mm256_setzero_si256(); 8]; 8],
@@ -564,7 +613,6 @@ unsafe fn unpack_k4_half(p: TileBlock, half: usize, q5: bool) -> K4Half {
 #[inline]
 unsafe fn unpack_k6_half(p: TileBlock, half: usize) -> K6Half {
     let word = |o: usize| word8(p, o, half);
-    let (lo4, hi2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
     let mut blk = K6Half {
         q: [[_mm256_setzero_si256(); 4]; 16],
         sc: [_mm256_setzero_si256(); 16],
@@ -574,42 +622,17 @@ unsafe fn unpack_k6_half(p: TileBlock, half: usize) -> K6Half {
     };
     for h in 0..2 {
         for g in 0..8 {
-            let a = word(64 * h + 4 * g);
-            let c = word(64 * h + 32 + 4 * g);
-            let hb = word(128 + 32 * h + 4 * g);
-            // Values 128h + 32k + 4g.. (k = 0..4), as `KRow::unpack` builds them.
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(a, lo4),
-                    _mm256_and_si256(_mm256_slli_epi16::<4>(hb), hi2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(c, lo4),
-                    _mm256_and_si256(_mm256_slli_epi16::<2>(hb), hi2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(a), lo4),
-                    _mm256_and_si256(hb, hi2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(c), lo4),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(hb), hi2),
-                ),
-            ];
+            let q = q6_quants8(
+                word(64 * h + 4 * g),
+                word(64 * h + 32 + 4 * g),
+                word(128 + 32 * h + 4 * g),
+            );
             for (k, v) in q.into_iter().enumerate() {
                 blk.q[8 * h + 2 * k + g / 4][g % 4] = v;
             }
         }
     }
-    let mut sc = [_mm256_setzero_si256(); 16];
-    for k in 0..4 {
-        let s = word(192 + 4 * k);
-        // Sign-extend byte j of each lane: scale 4k + j.
-        sc[4 * k] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(s));
-        sc[4 * k + 1] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(s));
-        sc[4 * k + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(s));
-        sc[4 * k + 3] = _mm256_srai_epi32::<24>(s);
-    }
+    let sc = q6_scales8(p, half);
     for (b, &s) in blk.sc.iter_mut().zip(&sc) {
         *b = both16(s);
     }
@@ -974,11 +997,6 @@ unsafe fn dot16_q4k_avx2<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [__m256; 2]
     let yp = x.q.as_ptr() as *const i32;
     let (nib, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
     let (quants, per) = if Q5 { (48, 4) } else { (16, 8) };
-    let (k6, k4, k3) = (
-        _mm256_set1_epi32(63),
-        _mm256_set1_epi32(15),
-        _mm256_set1_epi32(3),
-    );
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut accm = [_mm256_setzero_ps(); 2];
     for b in 0..tile.n_blocks() {
@@ -990,25 +1008,7 @@ unsafe fn dot16_q4k_avx2<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [__m256; 2]
             [word(4, 0), word(8, 0), word(12, 0)],
             [word(4, 1), word(8, 1), word(12, 1)],
         ];
-        let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
-        // Scale and min of sub-block j of half h (as `unpack_k4_half`).
-        let scale_min = |h: usize, j: u32| -> (__m256i, __m256i) {
-            let [s0, s1, s2] = s[h];
-            if j < 4 {
-                (
-                    _mm256_and_si256(shr(s0, 8 * j), k6),
-                    _mm256_and_si256(shr(s1, 8 * j), k6),
-                )
-            } else {
-                let j = j - 4;
-                let hi =
-                    |v: __m256i| _mm256_slli_epi32::<4>(_mm256_and_si256(shr(v, 8 * j + 6), k3));
-                (
-                    _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j), k4), hi(s0)),
-                    _mm256_or_si256(_mm256_and_si256(shr(s2, 8 * j + 4), k4), hi(s1)),
-                )
-            }
-        };
+        let scale_min = |h: usize, j: u32| k4_scale_min8(s[h], j);
         let mut sumi = [_mm256_setzero_si256(); 2];
         let mut summ = [_mm256_setzero_si256(); 2];
         let bs = x.bsums.as_ptr().add(16 * b);
@@ -1084,7 +1084,6 @@ unsafe fn dot16_q4k_avx2<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [__m256; 2]
 #[inline]
 unsafe fn dot16_q6k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let yp = x.q.as_ptr() as *const i32;
-    let (lo4, hi2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
     let mut out = [_mm256_setzero_ps(); 2];
     for (half, out) in out.iter_mut().enumerate() {
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -1096,39 +1095,16 @@ unsafe fn dot16_q6k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
             }
             let p = tile.block(b);
             let word = |o: usize| word8(p, o, half);
-            let mut sc = [_mm256_setzero_si256(); 16];
-            for k in 0..4 {
-                let s = word(192 + 4 * k);
-                sc[4 * k] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(s));
-                sc[4 * k + 1] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(s));
-                sc[4 * k + 2] = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(s));
-                sc[4 * k + 3] = _mm256_srai_epi32::<24>(s);
-            }
+            let sc = q6_scales8(p, half);
             let sc2: [__m256i; 16] = std::array::from_fn(|g| both16(sc[g]));
             let mut lane = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
                 for (g, l) in lane.iter_mut().enumerate() {
-                    let a = word(64 * h + 4 * g);
-                    let c = word(64 * h + 32 + 4 * g);
-                    let hb = word(128 + 32 * h + 4 * g);
-                    let q = [
-                        _mm256_or_si256(
-                            _mm256_and_si256(a, lo4),
-                            _mm256_and_si256(_mm256_slli_epi16::<4>(hb), hi2),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(c, lo4),
-                            _mm256_and_si256(_mm256_slli_epi16::<2>(hb), hi2),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(a), lo4),
-                            _mm256_and_si256(hb, hi2),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(c), lo4),
-                            _mm256_and_si256(_mm256_srli_epi16::<2>(hb), hi2),
-                        ),
-                    ];
+                    let q = q6_quants8(
+                        word(64 * h + 4 * g),
+                        word(64 * h + 32 + 4 * g),
+                        word(128 + 32 * h + 4 * g),
+                    );
                     for (k, q) in q.into_iter().enumerate() {
                         let grp = 8 * h + 2 * k + g / 4;
                         let y =
