@@ -77,7 +77,9 @@ fn main() {
     }
     let pool = ThreadPool::new(threads);
     let w = QMatrix::new(ty, &data, rows, cols).unwrap();
-    let tiles = pack_tiles(&pool, &w, &|_| {});
+    let tiles = pack_tiles(&pool, std::slice::from_ref(&w), &|_, _| {})
+        .pop()
+        .flatten();
     let w = w.with_tiles(tiles.as_ref());
     let x: Vec<f32> = (0..n * cols)
         .map(|_| (next() % 2000) as f32 / 1000.0 - 1.0)

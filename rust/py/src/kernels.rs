@@ -50,7 +50,7 @@ impl PyKernelMatrix {
             .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
         let w = QMatrix::new(ty, &data, rows, cols).map_err(to_py)?;
         let pool = ThreadPool::new(n_threads);
-        let tiles = pack_tiles(&pool, &w, &|_| {});
+        let tiles = pack_tiles(&pool, &[w], &|_, _| {}).pop().flatten();
         Ok(Self {
             ty,
             data,

@@ -97,17 +97,24 @@ pub struct ForwardOutput {
 /// `pool`. The file's pages of a repacked tensor are given back as packing goes, sixteen tiles
 /// at a time, so memory holds one copy of the weights (and a little), not two. (The token
 /// embeddings are still read from the file; only the rows looked up come back in.)
+/// The matrices `ts` repacked for the kernels in use, all in one buffer in the order given (see
+/// `Tiles::pack_all`), keyed by file offset; the file's pages of each are given back as read.
 fn pack_weights(pool: &ThreadPool, file: &GgufFile, ts: &[&TensorInfo]) -> HashMap<u64, Tiles> {
+    let mut seen = std::collections::HashSet::new();
+    // Shapes were checked; a type without blocks of `cols` has no tiles.
+    let (infos, ws): (Vec<&TensorInfo>, Vec<QMatrix>) = ts
+        .iter()
+        .filter(|t| seen.insert(t.offset))
+        .filter_map(|t| {
+            let (cols, rows) = t.rows();
+            let w = QMatrix::new(t.ggml_type, file.tensor_data(t), rows, cols).ok()?;
+            Some((*t, w))
+        })
+        .unzip();
+    let packed = pack_tiles(pool, &ws, &|i, range| file.release(infos[i], range));
     let mut out = HashMap::new();
-    for t in ts {
-        if out.contains_key(&t.offset) {
-            continue;
-        }
-        let (cols, rows) = t.rows();
-        let Ok(w) = QMatrix::new(t.ggml_type, file.tensor_data(t), rows, cols) else {
-            continue; // shapes were checked; a type without blocks of `cols` has no tiles
-        };
-        if let Some(tiles) = pack_tiles(pool, &w, &|range| file.release(t, range)) {
+    for (t, tiles) in infos.into_iter().zip(packed) {
+        if let Some(tiles) = tiles {
             // Once more as a whole: a page fault maps the pages around it too (fault-around), so
             // a task's first reads brought some of the previous task's pages back.
             file.release(t, 0..t.nbytes);
@@ -296,15 +303,18 @@ impl Model {
         }
         let theta_scale = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base);
         let theta_scale_swa = ops::rope_theta_scale(cfg.n_rot, cfg.rope_base_swa);
-        let mut matrices: Vec<&TensorInfo> = vec![&output];
+        // In the order a forward pass reads them (see `pack_weights`).
+        let mut matrices: Vec<&TensorInfo> = Vec::new();
         for l in &layers {
             match &l.qkv {
                 Qkv::Separate(qkv) => matrices.extend(qkv),
                 Qkv::Fused(t) => matrices.push(t),
             }
-            matrices.extend([&l.wo, &l.ffn_up, &l.ffn_down]);
+            matrices.push(&l.wo);
             matrices.extend(&l.ffn_gate);
+            matrices.extend([&l.ffn_up, &l.ffn_down]);
         }
+        matrices.push(&output);
         let pool = ThreadPool::new(n_threads);
         let tiles = pack_weights(&pool, &file, &matrices);
         Ok(Model {

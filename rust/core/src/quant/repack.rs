@@ -9,6 +9,7 @@
 //! matrix repeats its last row in the lanes past the end.
 
 use super::GgmlType;
+use std::sync::Arc;
 
 /// Rows per tile.
 pub const TILE: usize = 16;
@@ -168,15 +169,28 @@ impl<'a> Tile<'a> {
     }
 }
 
-/// A whole matrix in tiles, owned: anonymous pages (tiles start on a cache line; zeroed by the
-/// OS as first touched, not written twice), transparent huge pages where Linux grants them (a
-/// gemv streams the whole buffer: fewer TLB misses).
+/// A whole matrix in tiles. Every matrix packed by one `pack_all` call lies in one buffer, back to
+/// back in the order given (a model gives them in the order a forward pass reads them), so a
+/// gemv's prefetch stream runs on from one matrix into the next and the small matrices of a
+/// layer share huge pages: anonymous pages (tiles start on a cache line; zeroed by the OS as
+/// first touched, not written twice), transparent huge pages where Linux grants them (a gemv
+/// streams the whole buffer: fewer TLB misses).
 pub struct Tiles {
     ty: GgmlType,
     nb: usize,
     tile_bytes: usize,
     n_tiles: usize,
-    buf: memmap2::MmapMut,
+    buf: Arc<memmap2::MmapMut>,
+    /// Where this matrix's first tile starts in `buf`.
+    start: usize,
+}
+
+/// A matrix for `pack_all`: `rows` rows of `nb` blocks each in `data` (GGUF layout).
+pub struct PackJob<'d> {
+    pub ty: GgmlType,
+    pub data: &'d [u8],
+    pub rows: usize,
+    pub nb: usize,
 }
 
 /// Tiles packed per task of `pack`, and the rows given back after each.
@@ -194,49 +208,91 @@ impl Out {
 }
 
 impl Tiles {
-    /// Repack `rows` rows of `nb` blocks each from `data` (GGUF layout), sixteen tiles per task:
-    /// `run(n, task)` must call `task(g)` once for every g in 0..n, from any threads. After
-    /// task g, `done(range)` is told the bytes of `data` it read (no later task reads them but
-    /// at the ends: the caller may drop those pages). None for a type with no tile layout, or
-    /// when the OS has no memory.
+    /// Repack one matrix (see `pack_all`).
     pub fn pack(
         ty: GgmlType,
         data: &[u8],
         rows: usize,
         nb: usize,
-        run: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
+        run: impl Fn(usize, &(dyn Fn(usize) + Sync)),
         done: &(dyn Fn(std::ops::Range<usize>) + Sync),
     ) -> Option<Self> {
-        layout(ty)?;
-        let rb = nb * ty.type_size();
-        if rows == 0 || data.len() != rows * rb {
-            return None;
+        let job = PackJob { ty, data, rows, nb };
+        Self::pack_all(&[job], run, &|_, r| done(r)).pop().flatten()
+    }
+
+    /// Repack each job's matrix into one shared buffer, sixteen tiles per task: `run(n, task)`
+    /// must call `task(g)` once for every g in 0..n, from any threads. After a task, `done(job,
+    /// range)` is told the bytes of that job's `data` it read (no later task reads them but at
+    /// the ends: the caller may drop those pages). None for a job whose type has no tile layout
+    /// or whose bytes do not match its shape; all None when the OS has no memory.
+    pub fn pack_all(
+        jobs: &[PackJob],
+        run: impl Fn(usize, &(dyn Fn(usize) + Sync)),
+        done: &(dyn Fn(usize, std::ops::Range<usize>) + Sync),
+    ) -> Vec<Option<Self>> {
+        let mut starts = Vec::with_capacity(jobs.len());
+        let mut total = 0usize;
+        for j in jobs {
+            let rb = j.nb * j.ty.type_size();
+            let fits = layout(j.ty).is_some()
+                && j.rows > 0
+                && Some(j.data.len()) == j.rows.checked_mul(rb);
+            let len = fits
+                .then(|| j.rows.div_ceil(TILE).checked_mul(tile_bytes(j.ty, j.nb)))
+                .flatten();
+            match len.and_then(|l| total.checked_add(l)) {
+                Some(end) => {
+                    starts.push(Some(total));
+                    total = end;
+                }
+                None => starts.push(None),
+            }
         }
-        let tb = tile_bytes(ty, nb);
-        let n_tiles = rows.div_ceil(TILE);
-        let mut buf = memmap2::MmapMut::map_anon(n_tiles.checked_mul(tb)?).ok()?;
+        let none = || jobs.iter().map(|_| None).collect();
+        if total == 0 {
+            return none();
+        }
+        let Ok(mut buf) = memmap2::MmapMut::map_anon(total) else {
+            return none();
+        };
         #[cfg(target_os = "linux")]
         let _ = buf.advise(memmap2::Advice::HugePage);
         let out = Out(buf.as_mut_ptr());
-        run(n_tiles.div_ceil(GROUP), &|g| {
-            let tiles = g * GROUP..((g + 1) * GROUP).min(n_tiles);
-            let bytes = tiles.start * TILE * rb..(tiles.end * TILE).min(rows) * rb;
-            for i in tiles {
-                let src = &data[i * TILE * rb..((i + 1) * TILE).min(rows) * rb];
-                // SAFETY: tile i lies inside the buffer, and only this task (of group g) writes
-                // it; the buffer outlives `run`.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(i * tb), tb) };
-                pack_tile(ty, src, nb, dst);
-            }
-            done(bytes);
-        });
-        Some(Self {
-            ty,
-            nb,
-            tile_bytes: tb,
-            n_tiles,
-            buf,
-        })
+        for (k, (j, start)) in jobs.iter().zip(&starts).enumerate() {
+            let Some(start) = *start else { continue };
+            let (ty, nb, rows) = (j.ty, j.nb, j.rows);
+            let rb = nb * ty.type_size();
+            let tb = tile_bytes(ty, nb);
+            let n_tiles = rows.div_ceil(TILE);
+            run(n_tiles.div_ceil(GROUP), &|g| {
+                let tiles = g * GROUP..((g + 1) * GROUP).min(n_tiles);
+                let bytes = tiles.start * TILE * rb..(tiles.end * TILE).min(rows) * rb;
+                for i in tiles {
+                    let src = &j.data[i * TILE * rb..((i + 1) * TILE).min(rows) * rb];
+                    // SAFETY: tile i of this job lies inside the buffer (`start` and the lengths
+                    // were summed above), and only this task (of group g) writes it; the buffer
+                    // outlives `run`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(start + i * tb), tb) };
+                    pack_tile(ty, src, nb, dst);
+                }
+                done(k, bytes);
+            });
+        }
+        let buf = Arc::new(buf);
+        jobs.iter()
+            .zip(starts)
+            .map(|(j, start)| {
+                Some(Self {
+                    ty: j.ty,
+                    nb: j.nb,
+                    tile_bytes: tile_bytes(j.ty, j.nb),
+                    n_tiles: j.rows.div_ceil(TILE),
+                    buf: buf.clone(),
+                    start: start?,
+                })
+            })
+            .collect()
     }
 
     pub fn ty(&self) -> GgmlType {
@@ -249,7 +305,8 @@ impl Tiles {
 
     /// Tile `i`: rows 16i .. 16i + 16.
     pub fn tile(&self, i: usize) -> Tile<'_> {
-        let b = &self.buf[i * self.tile_bytes..(i + 1) * self.tile_bytes];
+        assert!(i < self.n_tiles);
+        let b = &self.buf[self.start + i * self.tile_bytes..][..self.tile_bytes];
         Tile::new(self.ty, b, self.nb)
     }
 }
@@ -296,6 +353,55 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Matrices packed together lie back to back in one buffer, each tile as `pack` alone makes
+    /// it; a job that does not fit its shape (or has no layout) is left out, the others not.
+    #[test]
+    fn pack_all_lays_matrices_back_to_back() {
+        use GgmlType::*;
+        let mats: Vec<(GgmlType, usize, usize)> =
+            vec![(Q5_0, 21, 3), (F32, 4, 1), (Q4_K, 37, 2), (Q8_0, 16, 5)];
+        let datas: Vec<Vec<u8>> = mats
+            .iter()
+            .map(|&(ty, rows, nb)| {
+                let n = rows * nb * ty.type_size() * if ty == F32 { 32 } else { 1 };
+                (0..n).map(|i| (i * 13 % 253) as u8).collect()
+            })
+            .collect();
+        let mut jobs: Vec<PackJob> = mats
+            .iter()
+            .zip(&datas)
+            .map(|(&(ty, rows, nb), data)| PackJob { ty, data, rows, nb })
+            .collect();
+        let short = &datas[3][..datas[3].len() - 1];
+        jobs.push(PackJob {
+            ty: Q8_0,
+            data: short,
+            rows: 16,
+            nb: 5,
+        });
+        let serial = |n: usize, f: &(dyn Fn(usize) + Sync)| (0..n).for_each(f);
+        let read = std::sync::Mutex::new(vec![0usize; jobs.len()]);
+        let all = Tiles::pack_all(&jobs, serial, &|k, r| read.lock().unwrap()[k] += r.len());
+        assert_eq!(all.len(), 5);
+        assert!(all[1].is_none() && all[4].is_none());
+        let read = read.into_inner().unwrap();
+        let mut next: Option<*const u8> = None;
+        for (k, j) in jobs.iter().enumerate() {
+            let Some(t) = &all[k] else { continue };
+            assert_eq!(read[k], j.data.len());
+            let alone = Tiles::pack(j.ty, j.data, j.rows, j.nb, serial, &|_| {}).unwrap();
+            assert_eq!(t.n_tiles(), alone.n_tiles());
+            for i in 0..t.n_tiles() {
+                let (a, b) = (t.tile(i), alone.tile(i));
+                if let Some(p) = next.take() {
+                    assert_eq!(a.bytes.as_ptr(), p, "job {k} follows the one before");
+                }
+                assert_eq!(a.bytes, b.bytes, "job {k} tile {i}");
+                next = Some(a.next_tile().0);
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::quant::kquant::{dot_k, is_kquant, KOrder, KRow};
 use crate::quant::q8::{quantize_q8, quantize_q8k, Q8KRow, Q8Row};
 #[cfg(target_arch = "x86_64")]
 use crate::quant::repack::{self, Tile};
-use crate::quant::repack::{Tiles, TILE};
+use crate::quant::repack::{PackJob, Tiles, TILE};
 use crate::quant::{dequantize, GgmlType};
 
 /// A row-major weight matrix [rows = n_out] × [cols = n_in] in GGUF layout (each row whole
@@ -776,30 +776,52 @@ fn tile_at<'t>(w: &QMatrix<'t>, r: usize, scratch: &'t mut Vec<u8>) -> Tile<'t> 
     Tile::new(w.ty, scratch, nb)
 }
 
-/// Repack `w` on `pool` for the sixteen-row kernels when they are in use and have a layout for
-/// its type (`done` as for `Tiles::pack`).
-pub fn pack_tiles(
-    pool: &ThreadPool,
-    w: &QMatrix,
-    done: &(dyn Fn(std::ops::Range<usize>) + Sync),
-) -> Option<Tiles> {
-    let wanted = match simd_level() {
+/// Whether the sixteen-row kernels in use have a tile layout for `ty`.
+pub fn tiles_wanted(ty: GgmlType) -> bool {
+    match simd_level() {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => {
             use crate::quant::{x86, x86k};
-            x86::has_dot16_512(w.ty) || x86k::has_k16_512(w.ty) || x86k::has_k16_avx2(w.ty)
+            x86::has_dot16_512(ty) || x86k::has_k16_512(ty) || x86k::has_k16_avx2(ty)
         }
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => {
-            crate::quant::x86::has_dot16_avx2(w.ty) || crate::quant::x86k::has_k16_avx2(w.ty)
+            crate::quant::x86::has_dot16_avx2(ty) || crate::quant::x86k::has_k16_avx2(ty)
         }
-        _ => false,
-    };
-    if !wanted {
-        return None;
+        _ => {
+            let _ = ty;
+            false
+        }
     }
-    let nb = w.cols / w.ty.block_size();
-    Tiles::pack(w.ty, w.data, w.rows, nb, |n, f| pool.run(n, f), done)
+}
+
+/// Repack the matrices `ws` on `pool` for the sixteen-row kernels, those whose type they have a
+/// layout for, into one buffer in the order given (`done(i, range)` as for `Tiles::pack_all`,
+/// `i` indexing `ws`). None for a matrix left in its rows.
+pub fn pack_tiles(
+    pool: &ThreadPool,
+    ws: &[QMatrix],
+    done: &(dyn Fn(usize, std::ops::Range<usize>) + Sync),
+) -> Vec<Option<Tiles>> {
+    let picked: Vec<usize> = (0..ws.len()).filter(|&i| tiles_wanted(ws[i].ty)).collect();
+    let jobs: Vec<PackJob> = picked
+        .iter()
+        .map(|&i| {
+            let w = &ws[i];
+            PackJob {
+                ty: w.ty,
+                data: w.data,
+                rows: w.rows,
+                nb: w.cols / w.ty.block_size(),
+            }
+        })
+        .collect();
+    let packed = Tiles::pack_all(&jobs, |n, f| pool.run(n, f), &|k, r| done(picked[k], r));
+    let mut out: Vec<Option<Tiles>> = ws.iter().map(|_| None).collect();
+    for (i, t) in picked.into_iter().zip(packed) {
+        out[i] = t;
+    }
+    out
 }
 
 /// Per token, −offset·(sum of every four activations): what the AVX-512 sixteen-row kernels
