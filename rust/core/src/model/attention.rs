@@ -488,7 +488,14 @@ fn one_chunk(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn one_chunk_avx2(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32) {
-    one_chunk_kernel(kv, heads, lo, hi, scale)
+    let hd = heads.first().map_or(0, |r| r.q.len());
+    // As at AVX-512, with each sixteen-lane step in two AVX2 registers.
+    match hd {
+        64 => x86::one_rows_avx2::<4>(kv, heads, lo, hi, scale),
+        128 => x86::one_rows_avx2::<8>(kv, heads, lo, hi, scale),
+        256 => x86::one_rows_avx2::<16>(kv, heads, lo, hi, scale),
+        _ => one_chunk_kernel(kv, heads, lo, hi, scale),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -602,6 +609,127 @@ mod x86 {
 
     use super::{gemm_portable, reduce16, HeadKv, OneRow, TILE};
 
+    /// Sixteen f32 lanes: one AVX-512 register, or two AVX2 ones (lanes 0..8 first), so that the
+    /// one-row kernel is written once for both levels (the same lane operations, the same bits).
+    trait F32x16: Copy {
+        unsafe fn zero() -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn splat(v: f32) -> Self;
+        unsafe fn add(self, b: Self) -> Self;
+        unsafe fn mul(self, b: Self) -> Self;
+        /// self·b + c, fused.
+        unsafe fn fmadd(self, b: Self, c: Self) -> Self;
+        /// Each lane rounded to f16 and back.
+        unsafe fn round_f16(self) -> Self;
+        /// Sixteen f16 at `p`, widened.
+        unsafe fn widen(p: *const u8) -> Self;
+        /// Lanes 8..16 plus lanes 0..8, then `hsum_f32_8`: ggml's fold of a sixteen-lane sum.
+        unsafe fn fold(self) -> f32;
+    }
+
+    impl F32x16 for __m512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            _mm512_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            _mm512_add_ps(self, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            _mm512_mul_ps(self, b)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+            _mm512_fmadd_ps(self, b, c)
+        }
+        #[inline(always)]
+        unsafe fn round_f16(self) -> Self {
+            _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self))
+        }
+        #[inline(always)]
+        unsafe fn widen(p: *const u8) -> Self {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        }
+        #[inline(always)]
+        unsafe fn fold(self) -> f32 {
+            let t = _mm256_add_ps(
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self))),
+                _mm512_castps512_ps256(self),
+            );
+            hsum_f32_8(t)
+        }
+    }
+
+    /// Two AVX2 registers as sixteen lanes (see `F32x16`).
+    #[derive(Clone, Copy)]
+    struct Avx2x2(__m256, __m256);
+
+    impl F32x16 for Avx2x2 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx2x2(_mm256_setzero_ps(), _mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2x2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(8), self.1);
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx2x2(_mm256_set1_ps(v), _mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx2x2(_mm256_add_ps(self.0, b.0), _mm256_add_ps(self.1, b.1))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Avx2x2(_mm256_mul_ps(self.0, b.0), _mm256_mul_ps(self.1, b.1))
+        }
+        #[inline(always)]
+        unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+            Avx2x2(
+                _mm256_fmadd_ps(self.0, b.0, c.0),
+                _mm256_fmadd_ps(self.1, b.1, c.1),
+            )
+        }
+        #[inline(always)]
+        unsafe fn round_f16(self) -> Self {
+            let r = |v: __m256| _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+            Avx2x2(r(self.0), r(self.1))
+        }
+        #[inline(always)]
+        unsafe fn widen(p: *const u8) -> Self {
+            Avx2x2(
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn fold(self) -> f32 {
+            hsum_f32_8(_mm256_add_ps(self.1, self.0))
+        }
+    }
+
     /// `super::one_chunk_kernel` for head size 16·N (a multiple of 64), the same operations in
     /// the same order per head: the query and the f16-rounded accumulator live in registers for
     /// the whole pass instead of being stored and reloaded for every cell, and for N = 4 up to
@@ -618,6 +746,33 @@ mod x86 {
         hi: usize,
         scale: f32,
     ) {
+        one_rows::<__m512, N>(kv, heads, lo, hi, scale)
+    }
+
+    /// `one_rows_512` with AVX2 registers (the query and accumulator spill where sixteen
+    /// registers do not hold them).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; every head's `q` and `acc` hold 16·N values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn one_rows_avx2<const N: usize>(
+        kv: &HeadKv,
+        heads: &mut [OneRow],
+        lo: usize,
+        hi: usize,
+        scale: f32,
+    ) {
+        one_rows::<Avx2x2, N>(kv, heads, lo, hi, scale)
+    }
+
+    #[inline(always)]
+    unsafe fn one_rows<V: F32x16, const N: usize>(
+        kv: &HeadKv,
+        heads: &mut [OneRow],
+        lo: usize,
+        hi: usize,
+        scale: f32,
+    ) {
         let hd = 16 * N;
         for r in heads.iter() {
             assert!(r.q.len() == hd && r.acc.len() == hd && kv.cols.len() == hd);
@@ -627,10 +782,10 @@ mod x86 {
             let left = heads.len() - h0;
             let part = &mut heads[h0..];
             h0 += match (N, left) {
-                (4, 1) => pass::<N, 1>(kv, part, lo, hi, scale),
-                (4, 2) => pass::<N, 2>(kv, part, lo, hi, scale),
-                (4, _) => pass::<N, 3>(kv, part, lo, hi, scale),
-                _ => pass::<N, 1>(kv, part, lo, hi, scale),
+                (4, 1) => pass::<V, N, 1>(kv, part, lo, hi, scale),
+                (4, 2) => pass::<V, N, 2>(kv, part, lo, hi, scale),
+                (4, _) => pass::<V, N, 3>(kv, part, lo, hi, scale),
+                _ => pass::<V, N, 1>(kv, part, lo, hi, scale),
             };
         }
     }
@@ -638,21 +793,19 @@ mod x86 {
     /// The first H heads of `heads` over [lo, hi], the f16 cache read in place (widening is
     /// exact, so converting in registers gives the widened tile's values); returns H.
     #[inline(always)]
-    unsafe fn pass<const N: usize, const H: usize>(
+    unsafe fn pass<V: F32x16, const N: usize, const H: usize>(
         kv: &HeadKv,
         heads: &mut [OneRow],
         lo: usize,
         hi: usize,
         scale: f32,
     ) -> usize {
-        let q: [[__m512; N]; H] = std::array::from_fn(|h| {
-            std::array::from_fn(|i| _mm512_loadu_ps(heads[h].q.as_ptr().add(16 * i)))
+        let q: [[V; N]; H] = std::array::from_fn(|h| {
+            std::array::from_fn(|i| V::load(heads[h].q.as_ptr().add(16 * i)))
         });
-        let mut acc = [[_mm512_setzero_ps(); N]; H];
+        let mut acc = [[V::zero(); N]; H];
         let mut m = [f32::NEG_INFINITY; H];
         let mut sum = [0f32; H];
-        let round = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
-        let widen = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let stride = kv.cache.f16_row_bytes();
         let n_cells = if lo > hi { 0 } else { hi - lo + 1 };
         let read = kv
@@ -666,31 +819,26 @@ mod x86 {
                     for h in 0..H {
                         // `dot_f16_order`: four accumulators over steps of 64, folded (0+2)+(1+3),
                         // then the sixteen lanes halved three times.
-                        let mut d = [_mm512_setzero_ps(); 4];
+                        let mut d = [V::zero(); 4];
                         for i in 0..N {
-                            d[i % 4] = _mm512_fmadd_ps(q[h][i], widen(kp.add(32 * i)), d[i % 4]);
+                            d[i % 4] = q[h][i].fmadd(V::widen(kp.add(32 * i)), d[i % 4]);
                         }
-                        let x = _mm512_add_ps(_mm512_add_ps(d[0], d[2]), _mm512_add_ps(d[1], d[3]));
-                        let t = _mm256_add_ps(
-                            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
-                            _mm512_castps512_ps256(x),
-                        );
-                        let s = hsum_f32_8(t) * scale;
+                        let s = (d[0].add(d[2])).add(d[1].add(d[3])).fold() * scale;
                         let mut ms = 1.0;
                         let mut vs = 1.0;
                         if s > m[h] {
                             ms = (m[h] - s).exp();
                             m[h] = s;
-                            let f = _mm512_set1_ps(ms);
+                            let f = V::splat(ms);
                             for a in acc[h].iter_mut() {
-                                *a = round(_mm512_mul_ps(*a, f));
+                                *a = a.mul(f).round_f16();
                             }
                         } else {
                             vs = (s - m[h]).exp();
                         }
-                        let f = _mm512_set1_ps(vs);
+                        let f = V::splat(vs);
                         for (i, a) in acc[h].iter_mut().enumerate() {
-                            *a = round(_mm512_fmadd_ps(widen(vp.add(32 * i)), f, *a));
+                            *a = V::widen(vp.add(32 * i)).fmadd(f, *a).round_f16();
                         }
                         sum[h] = sum[h].mul_add(ms, vs);
                     }
@@ -699,7 +847,7 @@ mod x86 {
         assert!(read.is_some(), "the one-row path reads an f16 cache");
         for h in 0..H {
             for i in 0..N {
-                _mm512_storeu_ps(heads[h].acc.as_mut_ptr().add(16 * i), acc[h][i]);
+                acc[h][i].store(heads[h].acc.as_mut_ptr().add(16 * i));
             }
             heads[h].m = m[h];
             heads[h].sum = sum[h];
@@ -1132,10 +1280,15 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn register_one_row_pass_is_the_generic_one() {
-        // The AVX-512 register kernels give the generic one-row loop's bits, for each head
-        // size they take and one to four heads sharing a KV head (a range crossing blocks).
-        if simd_level() != SimdLevel::Avx512 {
-            return;
+        // The register kernels (AVX-512 and AVX2) give the generic one-row loop's bits, for
+        // each head size they take and one to four heads sharing a KV head (a range crossing
+        // blocks).
+        let mut levels = vec![];
+        if simd_level() == SimdLevel::Avx512 {
+            levels.push(SimdLevel::Avx512);
+        }
+        if simd_level() != SimdLevel::Scalar {
+            levels.push(SimdLevel::Avx2);
         }
         for hd in [64, 128, 256] {
             let (cp, ct) = cache(300, hd, CacheTypes::default());
@@ -1148,18 +1301,21 @@ mod tests {
                 let q: Vec<f32> = (0..n * hd)
                     .map(|i| ((i * 7 % 13) as f32 / 5.0 - 1.2) * 0.9)
                     .collect();
-                let run = |fast: bool| {
+                let run = |fast: Option<SimdLevel>| {
                     let mut out = vec![0f32; n * hd];
                     let mut heads: Vec<OneRow> = out
                         .chunks_exact_mut(hd)
                         .zip(q.chunks_exact(hd))
                         .map(|(o, q)| OneRow::new(q, o))
                         .collect();
-                    if fast {
-                        // SAFETY: the level is AVX-512 (checked above).
-                        unsafe { one_chunk_avx512(&kv, &mut heads, 5, 290, 0.1) };
-                    } else {
-                        one_chunk_kernel(&kv, &mut heads, 5, 290, 0.1);
+                    match fast {
+                        // SAFETY: the CPU has the level (checked above).
+                        Some(SimdLevel::Avx512) => unsafe {
+                            one_chunk_avx512(&kv, &mut heads, 5, 290, 0.1)
+                        },
+                        // SAFETY: as above.
+                        Some(_) => unsafe { one_chunk_avx2(&kv, &mut heads, 5, 290, 0.1) },
+                        None => one_chunk_kernel(&kv, &mut heads, 5, 290, 0.1),
                     }
                     let ms: Vec<(u32, u32)> = heads
                         .iter()
@@ -1168,7 +1324,10 @@ mod tests {
                     drop(heads);
                     (out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), ms)
                 };
-                assert_eq!(run(true), run(false), "hd {hd}, {n} heads");
+                let want = run(None);
+                for &l in &levels {
+                    assert_eq!(run(Some(l)), want, "hd {hd}, {n} heads, {l:?}");
+                }
             }
         }
     }
