@@ -600,6 +600,17 @@ impl Model {
         });
     }
 
+    /// `ops::rmsnorm_rows` over `data`'s `len`-long rows, on the pool for big batches.
+    fn norm_rows(&self, data: &mut [f32], len: usize, w: &[f32]) {
+        let eps = self.cfg.rms_eps;
+        self.pool.for_row_runs(data, len, 16, &|_, rows| {
+            simd_dispatch(
+                #[inline(always)]
+                || ops::rmsnorm_rows(rows, len, w, eps),
+            )
+        });
+    }
+
     /// Evaluate `batch`. `tables[seq]` is the block table of sequence `seq` in `cache`: it must
     /// hold a block for every position of the batch, the ones written not shared (see
     /// `KvPool::make_writable`), and every position earlier than a token's own must already be
@@ -707,12 +718,7 @@ impl Model {
         let mut att = vec![0f32; n * cfg.q_dim()];
         for (il, l) in self.layers.iter().enumerate() {
             xn.copy_from_slice(&x);
-            self.rows(
-                &mut xn,
-                e,
-                #[inline(always)]
-                |_, r| ops::rmsnorm(r, &l.attn_norm, cfg.rms_eps),
-            );
+            self.norm_rows(&mut xn, e, &l.attn_norm);
             let [mut q, mut k, mut v]: [Vec<f32>; 3] = match &l.qkv {
                 Qkv::Separate([wq, wk, wv]) => self
                     .linears(&[wq, wk, wv], &xn, n)?
@@ -749,10 +755,10 @@ impl Model {
                     width,
                     #[inline(always)]
                     |i, row| {
+                        if let Some(w) = norm {
+                            ops::rmsnorm_rows(row, hd, w, cfg.rms_eps);
+                        }
                         for h in row.chunks_exact_mut(hd) {
-                            if let Some(w) = norm {
-                                ops::rmsnorm(h, w, cfg.rms_eps);
-                            }
                             ops::rope(&mut h[..cfg.n_rot], &table[i * half..(i + 1) * half], neox);
                         }
                     },
@@ -809,12 +815,7 @@ impl Model {
                 }
             }
             if let Some(w) = &l.attn_post_norm {
-                self.rows(
-                    &mut o,
-                    e,
-                    #[inline(always)]
-                    |_, r| ops::rmsnorm(r, w, cfg.rms_eps),
-                );
+                self.norm_rows(&mut o, e, w);
             }
             self.rows(
                 &mut x,
@@ -824,12 +825,7 @@ impl Model {
             );
 
             xn.copy_from_slice(&x);
-            self.rows(
-                &mut xn,
-                e,
-                #[inline(always)]
-                |_, r| ops::rmsnorm(r, &l.ffn_norm, cfg.rms_eps),
-            );
+            self.norm_rows(&mut xn, e, &l.ffn_norm);
             let nff = cfg.n_ff;
             let [mut g, u]: [Vec<f32>; 2] = match &l.ffn_gate {
                 Some(gate) => self
@@ -867,12 +863,7 @@ impl Model {
             }
             let mut d = self.linear(&l.ffn_down, &g, n)?;
             if let Some(w) = &l.ffn_post_norm {
-                self.rows(
-                    &mut d,
-                    e,
-                    #[inline(always)]
-                    |_, r| ops::rmsnorm(r, w, cfg.rms_eps),
-                );
+                self.norm_rows(&mut d, e, w);
             }
             self.rows(
                 &mut x,
@@ -882,8 +873,7 @@ impl Model {
             );
         }
 
-        x.chunks_exact_mut(e)
-            .for_each(|r| ops::rmsnorm(r, &self.output_norm, cfg.rms_eps));
+        self.norm_rows(&mut x, e, &self.output_norm);
         let rows: Vec<usize> = (0..n).filter(|&i| pruned || batch[i].logits).collect();
         let mut logits = Vec::new();
         if !rows.is_empty() {

@@ -5,10 +5,48 @@
 #[inline(always)]
 pub fn rmsnorm(x: &mut [f32], w: &[f32], eps: f32) {
     let ss: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    scale_row(x, ss, w, eps);
+}
+
+#[inline(always)]
+fn scale_row(x: &mut [f32], ss: f64, w: &[f32], eps: f32) {
     let mean = (ss / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for (v, &g) in x.iter_mut().zip(w) {
         *v = (*v * scale) * g;
+    }
+}
+
+/// `rmsnorm` of every `len`-long row of `x`, eight rows at a time: each row's sum of squares is
+/// still one f64 chain in ggml's order, but eight independent chains run side by side instead
+/// of one waiting on each add (the same bits, several times the speed).
+#[inline(always)]
+pub fn rmsnorm_rows(x: &mut [f32], len: usize, w: &[f32], eps: f32) {
+    let mut groups = x.chunks_exact_mut(8 * len.max(1));
+    for g in &mut groups {
+        norm_group::<8>(g, len, w, eps);
+    }
+    let rest = groups.into_remainder();
+    let mut fours = rest.chunks_exact_mut(4 * len.max(1));
+    for g in &mut fours {
+        norm_group::<4>(g, len, w, eps);
+    }
+    for r in fours.into_remainder().chunks_exact_mut(len.max(1)) {
+        rmsnorm(r, w, eps);
+    }
+}
+
+#[inline(always)]
+fn norm_group<const R: usize>(g: &mut [f32], len: usize, w: &[f32], eps: f32) {
+    let mut ss = [0f64; R];
+    for i in 0..len {
+        for (r, s) in ss.iter_mut().enumerate() {
+            let v = g[r * len + i];
+            *s += (v * v) as f64;
+        }
+    }
+    for (r, row) in g.chunks_exact_mut(len).enumerate() {
+        scale_row(row, ss[r], w, eps);
     }
 }
 
@@ -273,6 +311,29 @@ pub fn add_into(dst: &mut [f32], src: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows normed eight or four at a time keep each row's bits from `rmsnorm` alone.
+    #[test]
+    fn rows_normed_together_match_each_alone() {
+        let len = 67;
+        let w: Vec<f32> = (0..len).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        for n in 0..=21 {
+            let x: Vec<f32> = (0..n * len)
+                .map(|i| ((i * 7919 % 1009) as f32 - 504.0) * 1e-2 * (1 + i % 5) as f32)
+                .collect();
+            let mut want = x.clone();
+            want.chunks_exact_mut(len)
+                .for_each(|r| rmsnorm(r, &w, 1e-6));
+            let mut got = x;
+            rmsnorm_rows(&mut got, len, &w, 1e-6);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{n} rows"
+            );
+        }
+    }
 
     #[test]
     fn ggml_expf_is_close_to_exp_and_saturates() {

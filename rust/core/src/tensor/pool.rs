@@ -243,25 +243,39 @@ impl ThreadPool {
         f: &(dyn Fn(usize, &mut [T]) + Sync),
     ) {
         let row_len = row_len.max(1);
+        self.for_row_runs(data, row_len, min_rows, &|first, rows| {
+            for (k, r) in rows.chunks_exact_mut(row_len).enumerate() {
+                f(first + k, r);
+            }
+        });
+    }
+
+    /// `for_rows` handing each thread its run of consecutive rows at once: `f(first, rows)`,
+    /// `rows` whole rows from row `first` on.
+    pub fn for_row_runs<T: Send>(
+        &self,
+        data: &mut [T],
+        row_len: usize,
+        min_rows: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        let row_len = row_len.max(1);
         let n_rows = data.len() / row_len;
         if n_rows < min_rows.max(2) || self.n_threads() == 1 {
-            data.chunks_exact_mut(row_len)
-                .enumerate()
-                .for_each(|(i, r)| f(i, r));
+            f(0, &mut data[..n_rows * row_len]);
             return;
         }
         let n_tasks = self.n_threads().min(n_rows);
         let per = n_rows.div_ceil(n_tasks);
         let base = SendPtr(data.as_mut_ptr());
         self.run(n_tasks, &|c| {
-            let r1 = ((c + 1) * per).min(n_rows);
-            for i in c * per..r1 {
-                // SAFETY: rows [c*per, r1) belong to task c only, and lie inside `data`, which the
-                // caller borrows mutably for the whole call.
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut(base.get().add(i * row_len), row_len) };
-                f(i, row);
-            }
+            let (r0, r1) = ((c * per).min(n_rows), ((c + 1) * per).min(n_rows));
+            // SAFETY: rows [r0, r1) belong to task c only, and lie inside `data`, which the
+            // caller borrows mutably for the whole call.
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(base.get().add(r0 * row_len), (r1 - r0) * row_len)
+            };
+            f(r0, rows);
         });
     }
 
