@@ -848,11 +848,7 @@ impl Model {
                     &mut g,
                     nff,
                     #[inline(always)]
-                    |i, r| {
-                        r.iter_mut()
-                            .zip(&u[i * nff..(i + 1) * nff])
-                            .for_each(|(a, b)| *a = ops::gelu_f16_table(*a) * b)
-                    },
+                    |i, r| ops::gelu_mul(r, &u[i * nff..(i + 1) * nff]),
                 ),
                 Arch::Llama | Arch::Qwen2 | Arch::Phi3 => self.rows(
                     &mut g,
