@@ -93,6 +93,37 @@ unsafe fn widen_f16c(src: &[u8], dst: &mut [f32]) -> usize {
     i
 }
 
+/// `src` narrowed to little-endian f16 (`dst`, two bytes each; round to nearest even, as
+/// `f32_to_f16`), with F16C where the CPU has it.
+pub fn narrow_f16(src: &[f32], dst: &mut [u8]) {
+    let n = src.len().min(dst.len() / 2);
+    #[allow(unused_mut)]
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd_level() != crate::cpu::SimdLevel::Scalar {
+        // SAFETY: F16C and AVX are present whenever the level is not Scalar.
+        i = unsafe { narrow_f16c(&src[..n], &mut dst[..2 * n]) };
+    }
+    for j in i..n {
+        dst[2 * j..2 * j + 2].copy_from_slice(&f32_to_f16(src[j]).to_le_bytes());
+    }
+}
+
+/// Whole groups of eight; returns how many values were done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn narrow_f16c(src: &[f32], dst: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+        _mm_storeu_si128(dst.as_mut_ptr().add(2 * i) as *mut __m128i, h);
+        i += 8;
+    }
+    i
+}
+
 /// `x` rounded to the nearest f16 (ties to even) and back into `out`, with F16C where the CPU
 /// has it (`vcvtps2ph` with round-to-nearest-even, as ggml converts activations).
 pub fn round_f16_into(x: &[f32], out: &mut Vec<f32>) {
@@ -129,6 +160,36 @@ unsafe fn round_f16c(src: &[f32], dst: *mut f32) {
 mod tests {
     use super::*;
     use half::f16;
+
+    #[test]
+    fn narrowing_with_f16c_is_the_scalar_rounding() {
+        // Every f32 exponent, with mantissas around the f16 rounding points and ties, the
+        // infinities, and a length off a multiple of eight.
+        let mut x = Vec::new();
+        for e in 0..255u32 {
+            for m in [
+                0u32, 1, 0x0fff, 0x1000, 0x1001, 0x2000, 0x3000, 0x7f_e000, 0x7f_f000, 0x7f_ffff,
+            ] {
+                x.push(f32::from_bits((e << 23) | m));
+                x.push(-f32::from_bits((e << 23) | m));
+            }
+        }
+        x.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            65504.0,
+            65519.0,
+            65520.0,
+            1e-8,
+            3e-5,
+        ]);
+        let mut got = vec![0u8; 2 * x.len()];
+        narrow_f16(&x, &mut got);
+        for (i, v) in x.iter().enumerate() {
+            let g = u16::from_le_bytes([got[2 * i], got[2 * i + 1]]);
+            assert_eq!(g, f32_to_f16(*v), "{v:e}");
+        }
+    }
 
     #[test]
     fn rounding_with_f16c_is_the_scalar_rounding() {

@@ -37,13 +37,16 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
             out.len()
         )));
     }
+    if ty == F16 {
+        super::f16::narrow_f16(x, out);
+        return Ok(());
+    }
     let ts = ty.type_size();
     let blocks = x
         .chunks_exact(ty.block_size())
         .zip(out.chunks_exact_mut(ts));
     match ty {
         F32 => blocks.for_each(|(x, o)| o.copy_from_slice(&x[0].to_le_bytes())),
-        F16 => blocks.for_each(|(x, o)| o.copy_from_slice(&f32_to_f16(x[0]).to_le_bytes())),
         BF16 => blocks.for_each(|(x, o)| o.copy_from_slice(&f32_to_bf16(x[0]).to_le_bytes())),
         Q8_0 => blocks.for_each(|(x, o)| q8_0(x, o)),
         Q4_0 => blocks.for_each(|(x, o)| q4_0(x, o)),
