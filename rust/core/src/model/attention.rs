@@ -488,27 +488,16 @@ fn one_chunk(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn one_chunk_avx2(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32) {
-    let hd = heads.first().map_or(0, |r| r.q.len());
-    // As at AVX-512, with each sixteen-lane step in two AVX2 registers.
-    match hd {
-        64 => x86::one_rows_avx2::<4>(kv, heads, lo, hi, scale),
-        128 => x86::one_rows_avx2::<8>(kv, heads, lo, hi, scale),
-        256 => x86::one_rows_avx2::<16>(kv, heads, lo, hi, scale),
-        _ => one_chunk_kernel(kv, heads, lo, hi, scale),
+    if !x86::one_rows_avx2(kv, heads, lo, hi, scale) {
+        one_chunk_kernel(kv, heads, lo, hi, scale)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn one_chunk_avx512(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32) {
-    let hd = heads.first().map_or(0, |r| r.q.len());
-    // Head sizes of 64, 128 and 256 keep each head's query and accumulator in registers, up to
-    // three heads at once for 64 (a dozen accumulator registers); others take the generic loop.
-    match hd {
-        64 => x86::one_rows_512::<4>(kv, heads, lo, hi, scale),
-        128 => x86::one_rows_512::<8>(kv, heads, lo, hi, scale),
-        256 => x86::one_rows_512::<16>(kv, heads, lo, hi, scale),
-        _ => one_chunk_kernel(kv, heads, lo, hi, scale),
+    if !x86::one_rows_512(kv, heads, lo, hi, scale) {
+        one_chunk_kernel(kv, heads, lo, hi, scale)
     }
 }
 
@@ -730,39 +719,57 @@ mod x86 {
         }
     }
 
-    /// `super::one_chunk_kernel` for head size 16·N (a multiple of 64), the same operations in
-    /// the same order per head: the query and the f16-rounded accumulator live in registers for
-    /// the whole pass instead of being stored and reloaded for every cell, and for N = 4 up to
-    /// three heads go cell by cell together, so their independent accumulator chains (a fused
-    /// multiply-add and two f16 conversions per cell) overlap.
+    /// `super::one_chunk_kernel` for head sizes 64, 128 and 256 (false for others, left
+    /// undone), the same operations in the same order per head: the query and the f16-rounded
+    /// accumulator live in registers for the whole pass instead of being stored and reloaded for
+    /// every cell, and for head size 64 up to three heads go cell by cell together (a dozen
+    /// accumulator registers), so their independent accumulator chains (a fused multiply-add and
+    /// two f16 conversions per cell) overlap.
     ///
     /// # Safety
-    /// The CPU has AVX-512F and F16C; every head's `q` and `acc` hold 16·N values.
+    /// The CPU has AVX-512F and F16C; every head's `q` and `acc` hold the head size.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub unsafe fn one_rows_512<const N: usize>(
+    pub unsafe fn one_rows_512(
         kv: &HeadKv,
         heads: &mut [OneRow],
         lo: usize,
         hi: usize,
         scale: f32,
-    ) {
-        one_rows::<__m512, N>(kv, heads, lo, hi, scale)
+    ) -> bool {
+        by_head_size::<__m512>(kv, heads, lo, hi, scale)
     }
 
     /// `one_rows_512` with AVX2 registers (the query and accumulator spill where sixteen
     /// registers do not hold them).
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C; every head's `q` and `acc` hold 16·N values.
+    /// The CPU has AVX2, FMA and F16C; every head's `q` and `acc` hold the head size.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn one_rows_avx2<const N: usize>(
+    pub unsafe fn one_rows_avx2(
         kv: &HeadKv,
         heads: &mut [OneRow],
         lo: usize,
         hi: usize,
         scale: f32,
-    ) {
-        one_rows::<Avx2x2, N>(kv, heads, lo, hi, scale)
+    ) -> bool {
+        by_head_size::<Avx2x2>(kv, heads, lo, hi, scale)
+    }
+
+    #[inline(always)]
+    unsafe fn by_head_size<V: F32x16>(
+        kv: &HeadKv,
+        heads: &mut [OneRow],
+        lo: usize,
+        hi: usize,
+        scale: f32,
+    ) -> bool {
+        match heads.first().map_or(0, |r| r.q.len()) {
+            64 => one_rows::<V, 4>(kv, heads, lo, hi, scale),
+            128 => one_rows::<V, 8>(kv, heads, lo, hi, scale),
+            256 => one_rows::<V, 16>(kv, heads, lo, hi, scale),
+            _ => return false,
+        }
+        true
     }
 
     #[inline(always)]
