@@ -564,7 +564,7 @@ pub fn has_dot16_512(ty: super::GgmlType) -> bool {
 }
 
 /// IQ4_NL's sixteen values plus 128: unsigned bytes for VNNI.
-static IQ4NL_UNSIGNED: [u8; 16] = {
+pub(crate) static IQ4NL_UNSIGNED: [u8; 16] = {
     let k = super::dequant::KVALUES_IQ4NL;
     let mut t = [0u8; 16];
     let mut i = 0;

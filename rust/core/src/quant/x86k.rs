@@ -1536,6 +1536,69 @@ pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     out
 }
 
+/// A tile of sixteen IQ4_XS rows against one Q8_K row in `KOrder::Combine`, one row per lane,
+/// streaming the tile: each word of quants gives two 4-value groups (low and high nibbles), the
+/// table's values plus 128 (unsigned, for VNNI) by one byte shuffle each, one `dpbusd` per
+/// group against the broadcast activations. A sub-block's sum starts at −128·(its activations'
+/// sum), so it is exactly Σ q·y, then times the sub-block's scale into the super-block's total;
+/// acc += d·xd·f32(total), the bits of every other level.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_iq4xs_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
+    let nb = tile.n_blocks();
+    check_x(x, nb);
+    let nib = _mm512_set1_epi8(0x0f);
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(
+        super::x86::IQ4NL_UNSIGNED.as_ptr() as *const __m128i
+    ));
+    let (k15, k3, k32) = (
+        _mm512_set1_epi32(15),
+        _mm512_set1_epi32(3),
+        _mm512_set1_epi32(32),
+    );
+    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
+    let yp = x.q.as_ptr() as *const i32;
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..nb {
+        super::x86::prefetch_tile(tile, b);
+        super::x86::prefetch_tile_after(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize| word_at(p, o);
+        // Word 0: d (low f16) and the scales' high bits (two per sub-block); word 1: their low
+        // four bits; the quants from byte 8, sixteen bytes per sub-block.
+        let (w0, sl) = (word(0), word(4));
+        let sh = _mm512_srli_epi32::<16>(w0);
+        let bs = x.bsums.as_ptr().add(16 * b);
+        let mut sumi = _mm512_setzero_si512();
+        for j in 0..8u32 {
+            let lo = _mm512_and_si512(shr(sl, 4 * j), k15);
+            let hi = _mm512_slli_epi32::<4>(_mm512_and_si512(shr(sh, 2 * j), k3));
+            let sc = _mm512_sub_epi32(_mm512_or_si512(lo, hi), k32);
+            let ysum = *bs.add(2 * j as usize) as i32 + *bs.add(2 * j as usize + 1) as i32;
+            let mut s = _mm512_set1_epi32(-128 * ysum);
+            let y0 = b * 64 + 8 * j as usize;
+            for i in 0..4 {
+                let q = word(8 + 16 * j as usize + 4 * i);
+                let ql = _mm512_shuffle_epi8(table, _mm512_and_si512(q, nib));
+                let qh =
+                    _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib));
+                s = _mm512_dpbusd_epi32(s, ql, _mm512_set1_epi32(yp.add(y0 + i).read_unaligned()));
+                s = _mm512_dpbusd_epi32(
+                    s,
+                    qh,
+                    _mm512_set1_epi32(yp.add(y0 + 4 + i).read_unaligned()),
+                );
+            }
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s, sc));
+        }
+        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w0));
+        let dd = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(sumi)));
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
 /// A tile of sixteen Q6_K rows against one Q8_K row in `KOrder::Lanes` (llama.cpp's gemv), one
 /// row per lane, streaming the tile: ggml's integer lane g of a row (values 4g.. of every 32,
 /// see `kquant::q6k_lanes`) is formed word by word, each word's four-value sum (below 2^15, so

@@ -699,7 +699,8 @@ fn rows_k(
         if x86k::has_k16_avx2(w.ty) {
             // Tiles made at load (r0 is on a tile boundary): sixteen rows per pass, every token
             // count (`x86k::gemm16_k_avx2`). The AVX-512 level takes these for the types its own
-            // tile kernels lack (Q2_K, IQ4_XS): the same bits, 2-3x its row kernels' speed.
+            // tile kernels lack (Q2_K, IQ4_XS): the same bits, 2-3x its row kernels' speed; one
+            // IQ4_XS token streams the tile with VNNI (`x86k::dot16_iq4xs_512`).
             let mut bufs = x86k::KTileBufs::default();
             for r in (r0..r1).step_by(TILE) {
                 let m = (r1 - r).min(TILE);
@@ -708,9 +709,15 @@ fn rows_k(
                         put(t, r + i, v);
                     }
                 };
-                // SAFETY: AVX2, FMA and F16C are present at this level.
+                let tile = tiles.tile(r / TILE);
+                // SAFETY: AVX2, FMA and F16C are present at this level, AVX-512 at that one.
                 unsafe {
-                    x86k::gemm16_k_avx2(&tiles.tile(r / TILE), w.ty, xs, &mut bufs, order, emit)
+                    match (w.ty, n, level) {
+                        (GgmlType::IQ4_XS, 1, SimdLevel::Avx512) => {
+                            emit(0, &x86k::dot16_iq4xs_512(&tile, &xs[0]))
+                        }
+                        _ => x86k::gemm16_k_avx2(&tile, w.ty, xs, &mut bufs, order, emit),
+                    }
                 };
             }
             return;
