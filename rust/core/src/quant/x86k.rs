@@ -1865,6 +1865,158 @@ pub unsafe fn gemm16_k45_512(
     }
 }
 
+/// The sixteen scales of sixteen Q3_K super-blocks, six bits each less 32 (`q3k_scales` lane
+/// by lane), from bytes 96..108.
+#[inline(always)]
+unsafe fn q3_scales16(p: TileBlock) -> [__m512i; 16] {
+    let word = |o: usize| word_at(p, o);
+    let (a0, a1, t) = (word(96), word(100), word(104));
+    let (k1, k2) = (
+        _mm512_set1_epi32(0x0303_0303),
+        _mm512_set1_epi32(0x0f0f_0f0f),
+    );
+    let hi = |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(v, k1));
+    let aux = [
+        _mm512_or_si512(_mm512_and_si512(a0, k2), hi(t)),
+        _mm512_or_si512(_mm512_and_si512(a1, k2), hi(_mm512_srli_epi32::<2>(t))),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi32::<4>(a0), k2),
+            hi(_mm512_srli_epi32::<4>(t)),
+        ),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi32::<4>(a1), k2),
+            hi(_mm512_srli_epi32::<6>(t)),
+        ),
+    ];
+    let (byte, k32) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(32));
+    std::array::from_fn(|i| {
+        let v = _mm512_srlv_epi32(aux[i / 4], _mm512_set1_epi32(8 * (i % 4) as i32));
+        _mm512_sub_epi32(_mm512_and_si512(v, byte), k32)
+    })
+}
+
+/// A tile of sixteen Q3_K rows against one Q8_K row in `KOrder::Combine` (the mins folded),
+/// one row per lane, streaming the tile: each word of quants gives four 4-value groups (two bits
+/// each, the third from the high-bit mask), one `dpbusd` each against the broadcast activations.
+/// A 16-value group's sum starts at −4·(its activations' sum), so it is exactly Σ (q − 4)·y,
+/// then times the group's scale into the super-block's total: sumi − 4·summ, as the other
+/// levels form it; acc += d·xd·f32(total), the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_q3k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
+    let nb = tile.n_blocks();
+    check_x(x, nb);
+    let (three, four) = (_mm512_set1_epi8(3), _mm512_set1_epi8(4));
+    let yp = x.q.as_ptr() as *const i32;
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..nb {
+        super::x86::prefetch_tile(tile, b);
+        super::x86::prefetch_tile_after(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize| word_at(p, o);
+        let sc = q3_scales16(p);
+        let bs = x.bsums.as_ptr().add(16 * b);
+        // s[i]: 16-value group i's sum.
+        let mut s: [__m512i; 16] =
+            std::array::from_fn(|i| _mm512_set1_epi32(-4 * *bs.add(i) as i32));
+        for g in 0..8 {
+            let hm = word(4 * g);
+            for n in 0..2 {
+                let qs = word(32 + 32 * n + 4 * g);
+                for j in 0..4 {
+                    // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of qs, bit 4n + j of hmask as 4.
+                    let k = 4 * n + j;
+                    let lo = _mm512_srlv_epi16(qs, _mm512_set1_epi16(2 * j as i16));
+                    let hb = if k >= 2 {
+                        _mm512_srlv_epi16(hm, _mm512_set1_epi16(k as i16 - 2))
+                    } else {
+                        _mm512_sllv_epi16(hm, _mm512_set1_epi16(2 - k as i16))
+                    };
+                    // (lo & 3) | (hb & 4)
+                    let q =
+                        _mm512_or_si512(_mm512_and_si512(lo, three), _mm512_and_si512(hb, four));
+                    let i = 8 * n + 2 * j + g / 4;
+                    let y = _mm512_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
+                    s[i] = _mm512_dpbusd_epi32(s[i], q, y);
+                }
+            }
+        }
+        let mut sumi = _mm512_setzero_si512();
+        for i in 0..16 {
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s[i], sc[i]));
+        }
+        let dd = _mm512_mul_ps(half16(p), _mm512_set1_ps(*x.d.get_unchecked(b)));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(sumi)));
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+/// A tile of sixteen Q2_K rows against one Q8_K row in `KOrder::Combine`, one row per lane,
+/// streaming the tile: each word of quants gives four 4-value groups (two bits each), one
+/// `dpbusd` each against the broadcast activations; the 16-value groups' sums times their
+/// scales make sumi, the mins (in i16 pairs) times the activations' sums by `vpdpwssd` summ;
+/// acc += d·xd·f32(sumi) − dmin·xd·f32(summ), the same bits as every level.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_q2k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
+    let nb = tile.n_blocks();
+    check_x(x, nb);
+    let three = _mm512_set1_epi8(3);
+    let (k4, k4x2) = (_mm512_set1_epi32(15), _mm512_set1_epi32(0x000f_000f));
+    let yp = x.q.as_ptr() as *const i32;
+    let mut acc = _mm512_setzero_ps();
+    for b in 0..nb {
+        super::x86::prefetch_tile(tile, b);
+        super::x86::prefetch_tile_after(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize| word_at(p, o);
+        let bs = x.bsums.as_ptr().add(16 * b);
+        let mut s = [_mm512_setzero_si512(); 16];
+        for g in 0..8 {
+            for n in 0..2 {
+                let qs = word(16 + 32 * n + 4 * g);
+                for j in 0..4 {
+                    // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of each byte.
+                    let v = _mm512_srlv_epi16(qs, _mm512_set1_epi16(2 * j as i16));
+                    let i = 8 * n + 2 * j + g / 4;
+                    let y = _mm512_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
+                    s[i] = _mm512_dpbusd_epi32(s[i], _mm512_and_si512(v, three), y);
+                }
+            }
+        }
+        // Scale bytes: the scale in the low four bits, the min in the high four.
+        let mut sumi = _mm512_setzero_si512();
+        let mut summ = _mm512_setzero_si512();
+        for k in 0..4 {
+            let w = word(4 * k);
+            for i in 0..4 {
+                let sc = _mm512_and_si512(_mm512_srlv_epi32(w, _mm512_set1_epi32(8 * i)), k4);
+                sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s[4 * k + i as usize], sc));
+            }
+            // The mins of groups 4k, 4k + 2 (low and high i16), then of 4k + 1, 4k + 3.
+            for o in 0..2 {
+                let mn = _mm512_and_si512(
+                    _mm512_srlv_epi16(w, _mm512_set1_epi16(4 + 8 * o as i16)),
+                    k4x2,
+                );
+                let (a, c) = (
+                    *bs.add(4 * k + o) as u16 as i32,
+                    *bs.add(4 * k + o + 2) as i32,
+                );
+                summ = _mm512_dpwssd_epi32(summ, mn, _mm512_set1_epi32(a | (c << 16)));
+            }
+        }
+        let xd = _mm512_set1_ps(*x.d.get_unchecked(b));
+        let (d, dmin) = k4_d_dmin16(word(80));
+        let si = _mm512_mul_ps(_mm512_mul_ps(d, xd), _mm512_cvtepi32_ps(sumi));
+        let sm = _mm512_mul_ps(_mm512_mul_ps(dmin, xd), _mm512_cvtepi32_ps(summ));
+        acc = _mm512_add_ps(acc, _mm512_sub_ps(si, sm));
+    }
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
 /// One super-block of sixteen Q6_K or Q3_K rows, one row per lane (see `gemm16_k36_512`).
 #[derive(Clone, Copy)]
 pub struct K6Block16 {
@@ -1908,30 +2060,7 @@ pub unsafe fn gemm16_k36_512(
     };
     let q3_block = |p: TileBlock| -> K6Block16 {
         let word = |o: usize| word_at(p, o);
-        // The sixteen scales, six bits each less 32 (`q3k_scales` lane by lane).
-        let (a0, a1, t) = (word(96), word(100), word(104));
-        let (k1, k2) = (
-            _mm512_set1_epi32(0x0303_0303),
-            _mm512_set1_epi32(0x0f0f_0f0f),
-        );
-        let hi = |v: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(v, k1));
-        let aux = [
-            _mm512_or_si512(_mm512_and_si512(a0, k2), hi(t)),
-            _mm512_or_si512(_mm512_and_si512(a1, k2), hi(_mm512_srli_epi32::<2>(t))),
-            _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi32::<4>(a0), k2),
-                hi(_mm512_srli_epi32::<4>(t)),
-            ),
-            _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi32::<4>(a1), k2),
-                hi(_mm512_srli_epi32::<6>(t)),
-            ),
-        ];
-        let (byte, k32) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(32));
-        let sc: [__m512i; 16] = std::array::from_fn(|i| {
-            let v = _mm512_srlv_epi32(aux[i / 4], _mm512_set1_epi32(8 * (i % 4) as i32));
-            _mm512_sub_epi32(_mm512_and_si512(v, byte), k32)
-        });
+        let sc = q3_scales16(p);
         let mut blk = K6Block16 {
             q: [[_mm512_setzero_si512(); 4]; 16],
             scp: pairs(&sc),

@@ -657,9 +657,9 @@ fn rows_k(
     if level == SimdLevel::Avx512 && crate::quant::x86k::has_k16_512(w.ty) {
         use crate::quant::x86k;
         // A tile of sixteen rows at a time (r0 is on a tile boundary), one row per lane: a Q4_K
-        // (`Split`) or Q6_K (`Lanes`) token alone streams the tile; batches of Q4_K (`Split`, `Split64`), Q5_K and
-        // Q3_K (`Combine`, single tokens too) and Q6_K (`Tiled`, `Lanes`) unpack it once, then
-        // take every token against it.
+        // (`Split`), Q6_K (`Lanes`) or Q3_K (`Combine`) token alone streams the tile; batches of
+        // Q4_K (`Split`, `Split64`), Q5_K and Q3_K (`Combine`) and Q6_K (`Tiled`, `Lanes`)
+        // unpack it once, then take every token against it.
         let (mut scratch, mut b4, mut b6) = (Vec::new(), Vec::new(), Vec::new());
         for r in (r0..r1).step_by(TILE) {
             let m = (r1 - r).min(TILE);
@@ -674,6 +674,7 @@ fn rows_k(
                 match w.ty {
                     GgmlType::Q4_K if n == 1 => emit(0, &x86k::dot16_q4k_512(&tile, &xs[0])),
                     GgmlType::Q6_K if n == 1 => emit(0, &x86k::dot16_q6k_512(&tile, &xs[0])),
+                    GgmlType::Q3_K if n == 1 => emit(0, &x86k::dot16_q3k_512(&tile, &xs[0])),
                     // The AVX2 streaming gemv, the same bits as `gemm16_k45_512`'s and 1.7x its
                     // speed for one token (12 against 7 GB/s cold on 4096x4096).
                     GgmlType::Q5_K if n == 1 => {
@@ -700,7 +701,8 @@ fn rows_k(
             // Tiles made at load (r0 is on a tile boundary): sixteen rows per pass, every token
             // count (`x86k::gemm16_k_avx2`). The AVX-512 level takes these for the types its own
             // tile kernels lack (Q2_K, IQ4_XS): the same bits, 2-3x its row kernels' speed; one
-            // IQ4_XS token streams the tile with VNNI (`x86k::dot16_iq4xs_512`).
+            // IQ4_XS or Q2_K token streams the tile with VNNI (`x86k::dot16_iq4xs_512`,
+            // `dot16_q2k_512`).
             let mut bufs = x86k::KTileBufs::default();
             for r in (r0..r1).step_by(TILE) {
                 let m = (r1 - r).min(TILE);
@@ -715,6 +717,9 @@ fn rows_k(
                     match (w.ty, n, level) {
                         (GgmlType::IQ4_XS, 1, SimdLevel::Avx512) => {
                             emit(0, &x86k::dot16_iq4xs_512(&tile, &xs[0]))
+                        }
+                        (GgmlType::Q2_K, 1, SimdLevel::Avx512) => {
+                            emit(0, &x86k::dot16_q2k_512(&tile, &xs[0]))
                         }
                         _ => x86k::gemm16_k_avx2(&tile, w.ty, xs, &mut bufs, order, emit),
                     }
