@@ -1961,7 +1961,6 @@ pub unsafe fn dot16_q3k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
 pub unsafe fn dot16_q2k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let nb = tile.n_blocks();
     check_x(x, nb);
-    let three = _mm512_set1_epi8(3);
     let (k4, k4x2) = (_mm512_set1_epi32(15), _mm512_set1_epi32(0x000f_000f));
     let yp = x.q.as_ptr() as *const i32;
     let mut acc = _mm512_setzero_ps();
@@ -1976,11 +1975,12 @@ pub unsafe fn dot16_q2k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
             for n in 0..2 {
                 let qs = word(16 + 32 * n + 4 * g);
                 for j in 0..4 {
-                    // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of each byte.
-                    let v = _mm512_srlv_epi16(qs, _mm512_set1_epi16(2 * j as i16));
+                    // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of each byte, left in place
+                    // (the quants times 4^j, at most 192: the sums are 4^j times theirs).
+                    let v = _mm512_and_si512(qs, _mm512_set1_epi8(3 << (2 * j)));
                     let i = 8 * n + 2 * j + g / 4;
                     let y = _mm512_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
-                    s[i] = _mm512_dpbusd_epi32(s[i], _mm512_and_si512(v, three), y);
+                    s[i] = _mm512_dpbusd_epi32(s[i], v, y);
                 }
             }
         }
@@ -1991,7 +1991,10 @@ pub unsafe fn dot16_q2k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
             let w = word(4 * k);
             for i in 0..4 {
                 let sc = _mm512_and_si512(_mm512_srlv_epi32(w, _mm512_set1_epi32(8 * i)), k4);
-                sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s[4 * k + i as usize], sc));
+                // Group 4k + i's sum, exactly (a multiple of 4^j, j its 2-bit position).
+                let at = 4 * k + i as usize;
+                let si = _mm512_srav_epi32(s[at], _mm512_set1_epi32(2 * ((at % 8) / 2) as i32));
+                sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(si, sc));
             }
             // The mins of groups 4k, 4k + 2 (low and high i16), then of 4k + 1, 4k + 3.
             for o in 0..2 {
