@@ -7,13 +7,15 @@
 //! portable code forms (Q6_K keeps ggml's eight lanes), and the f32 steps after them are
 //! `kquant::KAcc`'s, in block order: every level returns bit-identical results.
 //!
-//! AVX2, Q3_K..Q6_K: sixteen rows per pass from tiles (`quant::repack`) as two halves of
-//! eight lanes, one row per lane (`gemm16_k_avx2`, every token count); without tiles, a single
+//! AVX2, Q2_K..Q6_K and IQ4_XS: sixteen rows per pass from tiles (`quant::repack`) as two halves
+//! of eight lanes, one row per lane (`gemm16_k_avx2`, every token count; one token streams the
+//! tile, a batch unpacks it once); without tiles, a single
 //! token dots Q4_K / Q6_K rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`). The other types, and
 //! those without tiles, take a row unpacked once (`KRow`) and run four tokens per weight load
 //! (`gemm_k_avx2`, and `gemm_k_512` for the types without tiles). AVX-512, Q3_K..Q6_K: sixteen
-//! rows per pass from tiles, one row per lane (`dot16_q4k_512`, `gemm16_k45_512`,
-//! `gemm16_k36_512`).
+//! rows per pass from tiles, one row per lane (`gemm16_k45_512`, `gemm16_k36_512`; one token
+//! streams the tile with VNNI: `dot16_q4k_512`, `dot16_q6k_512`, `dot16_q3k_512`, and for Q2_K
+//! and IQ4_XS, whose batches take the AVX2 tile kernels, `dot16_q2k_512`, `dot16_iq4xs_512`).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -642,11 +644,11 @@ unsafe fn unpack_k6_half(p: TileBlock, half: usize) -> K6Half {
     blk
 }
 
-/// Q3_K super-block of eight rows (half a tile) in `K6Half`'s form (quants 0..7, the scales
-/// less 32 as `q3k_scales` makes them), lane by lane as `gemm16_k36_512` unpacks them.
+/// The sixteen scales of eight Q3_K super-blocks (half a tile), six bits each less 32
+/// (`q3k_scales` lane by lane), from bytes 96..108.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn unpack_k3_half(p: TileBlock, half: usize) -> K6Half {
+unsafe fn q3_scales8(p: TileBlock, half: usize) -> [__m256i; 16] {
     let word = |o: usize| word8(p, o, half);
     let (a0, a1, t) = (word(96), word(100), word(104));
     let (k1, k2) = (
@@ -667,10 +669,19 @@ unsafe fn unpack_k3_half(p: TileBlock, half: usize) -> K6Half {
         ),
     ];
     let (byte, k32) = (_mm256_set1_epi32(0xff), _mm256_set1_epi32(32));
-    let sc: [__m256i; 16] = std::array::from_fn(|i| {
+    std::array::from_fn(|i| {
         let v = _mm256_srlv_epi32(aux[i / 4], _mm256_set1_epi32(8 * (i % 4) as i32));
         _mm256_sub_epi32(_mm256_and_si256(v, byte), k32)
-    });
+    })
+}
+
+/// Q3_K super-block of eight rows (half a tile) in `K6Half`'s form (quants 0..7, the scales
+/// less 32 as `q3k_scales` makes them), lane by lane as `gemm16_k36_512` unpacks them.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack_k3_half(p: TileBlock, half: usize) -> K6Half {
+    let word = |o: usize| word8(p, o, half);
+    let sc = q3_scales8(p, half);
     let mut blk = K6Half {
         q: [[_mm256_setzero_si256(); 4]; 16],
         sc: std::array::from_fn(|g| both16(sc[g])),
@@ -794,13 +805,12 @@ unsafe fn emit16_avx2(r: &[[__m256; 2]], t: usize, out: &mut impl FnMut(usize, &
 #[inline]
 unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const KIND: u8>(
     buf: &[KHalves<K4Half>],
-    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[__m256; 2]; T],
     accm: &mut [[__m256; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in (b0..).zip(buf) {
+    for (b, blk) in buf.iter().enumerate() {
         let mut sumi = [[_mm256_setzero_si256(); 2]; T];
         let mut summ = [[_mm256_setzero_si256(); 2]; T];
         let step = |sumi: &mut [[__m256i; 2]; T],
@@ -891,12 +901,11 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const KIND: u8>(
 #[inline]
 unsafe fn run_k6_tiled_avx2<const T: usize, const MODE: u8>(
     buf: &[KHalves<K6Half>],
-    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[[__m256; 8]; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in (b0..).zip(buf) {
+    for (b, blk) in buf.iter().enumerate() {
         let mut sumi = [[_mm256_setzero_si256(); 2]; T];
         for j in 0..16 {
             // Words 0, 1 and 2, 3 of the group summed in i16 (two pairs of 2·63·127 fit).
@@ -957,12 +966,11 @@ unsafe fn run_k6_tiled_avx2<const T: usize, const MODE: u8>(
 #[allow(clippy::needless_range_loop)]
 unsafe fn run_k6_lanes_avx2<const T: usize>(
     buf: &[KHalves<K6Half>],
-    b0: usize,
     xs: [&Q8KRow; T],
     acc: &mut [[[__m256; 8]; 2]; T],
 ) {
     let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-    for (b, blk) in (b0..).zip(buf) {
+    for (b, blk) in buf.iter().enumerate() {
         for k in 0..T {
             let bs = xs[k].bsums.as_ptr().add(16 * b) as *const i32;
             let xd = _mm256_set1_ps(*xs[k].d.get_unchecked(b));
@@ -1130,6 +1138,191 @@ unsafe fn dot16_q6k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     out
 }
 
+/// One IQ4_XS token against a tile of sixteen rows in `KOrder::Combine`, streaming the tile
+/// eight rows per half: each 4-value group's values by table lookup, multiplied by the sign
+/// trick (`maddubs`), its pairs times the sub-block's scale by `madd` into the super-block's
+/// exact total; acc += d·xd·f32(total), the bits of `run_k4_avx2` and every level.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot16_iq4xs_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
+    let yp = x.q.as_ptr() as *const i32;
+    let nib = _mm256_set1_epi8(0x0f);
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+        super::dequant::KVALUES_IQ4NL.as_ptr() as *const __m128i,
+    ));
+    let (k15, k3, k32) = (
+        _mm256_set1_epi32(15),
+        _mm256_set1_epi32(3),
+        _mm256_set1_epi32(32),
+    );
+    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..tile.n_blocks() {
+        prefetch_tile(tile, b);
+        prefetch_tile_after(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize, h: usize| word8(p, o, h);
+        let w0 = [word(0, 0), word(0, 1)];
+        let sl = [word(4, 0), word(4, 1)];
+        let mut sumi = [_mm256_setzero_si256(); 2];
+        for j in 0..8u32 {
+            let sc: [__m256i; 2] = std::array::from_fn(|h| {
+                let lo = _mm256_and_si256(shr(sl[h], 4 * j), k15);
+                let sh = _mm256_srli_epi32::<16>(w0[h]);
+                let hi = _mm256_slli_epi32::<4>(_mm256_and_si256(shr(sh, 2 * j), k3));
+                both16(_mm256_sub_epi32(_mm256_or_si256(lo, hi), k32))
+            });
+            let y0 = b * 64 + 8 * j as usize;
+            for i in 0..4 {
+                let yl = _mm256_set1_epi32(yp.add(y0 + i).read_unaligned());
+                let yh = _mm256_set1_epi32(yp.add(y0 + 4 + i).read_unaligned());
+                for h in 0..2 {
+                    let q = word(8 + 16 * j as usize + 4 * i, h);
+                    for (v, y) in [
+                        (_mm256_and_si256(q, nib), yl),
+                        (_mm256_and_si256(_mm256_srli_epi32::<4>(q), nib), yh),
+                    ] {
+                        let w = _mm256_shuffle_epi8(table, v);
+                        let m =
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
+                        sumi[h] = _mm256_add_epi32(sumi[h], _mm256_madd_epi16(m, sc[h]));
+                    }
+                }
+            }
+        }
+        let xd = _mm256_set1_ps(*x.d.get_unchecked(b));
+        for h in 0..2 {
+            let dd = _mm256_mul_ps(d_dmin8(w0[h]).0, xd);
+            acc[h] = _mm256_add_ps(acc[h], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(sumi[h])));
+        }
+    }
+    acc
+}
+
+/// One Q3_K token against a tile of sixteen rows in `KOrder::Combine` (the mins folded),
+/// streaming the tile eight rows per half: each 4-value group's quants (two bits of qs, the
+/// third from hmask) by `maddubs` into the i16 sum of its 16-value group, which starts at
+/// −4·(the group's activation sum) in its low half (|sum| ≤ 16·7·127 + 4·16·127 < 2^15), then
+/// times the group's scale by `madd`: sumi − 4·summ exactly, as `run_k6_tiled_avx2` forms it.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot16_q3k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
+    let yp = x.q.as_ptr() as *const i32;
+    let (three, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+    let shr = |v: __m256i, s: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32));
+    let shl = |v: __m256i, s: usize| _mm256_sll_epi16(v, _mm_cvtsi32_si128(s as i32));
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..tile.n_blocks() {
+        prefetch_tile(tile, b);
+        prefetch_tile_after(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize, h: usize| word8(p, o, h);
+        let bs = x.bsums.as_ptr().add(16 * b);
+        let mut s: [[__m256i; 2]; 16] =
+            std::array::from_fn(|i| [_mm256_set1_epi32((-4 * *bs.add(i) as i32) & 0xffff); 2]);
+        for g in 0..8 {
+            for h in 0..2 {
+                let hm = word(4 * g, h);
+                for n in 0..2 {
+                    let qs = word(32 + 32 * n + 4 * g, h);
+                    for j in 0..4 {
+                        // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of qs, bit 4n + j of hmask
+                        // as 4.
+                        let k = 4 * n + j;
+                        let hb = if k >= 2 {
+                            shr(hm, k - 2)
+                        } else {
+                            shl(hm, 2 - k)
+                        };
+                        let q = _mm256_or_si256(
+                            _mm256_and_si256(shr(qs, 2 * j), three),
+                            _mm256_and_si256(hb, four),
+                        );
+                        let i = 8 * n + 2 * j + g / 4;
+                        let y = _mm256_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
+                        s[i][h] = _mm256_add_epi16(s[i][h], _mm256_maddubs_epi16(q, y));
+                    }
+                }
+            }
+        }
+        let xd = _mm256_set1_ps(*x.d.get_unchecked(b));
+        for h in 0..2 {
+            let sc = q3_scales8(p, h);
+            let mut sumi = _mm256_setzero_si256();
+            for i in 0..16 {
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s[i][h], both16(sc[i])));
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.half.add(16 * h) as *const __m128i));
+            let dd = _mm256_mul_ps(d, xd);
+            acc[h] = _mm256_add_ps(acc[h], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(sumi)));
+        }
+    }
+    acc
+}
+
+/// One Q2_K token against a tile of sixteen rows in `KOrder::Combine`, streaming the tile
+/// eight rows per half: each 4-value group's quants by `maddubs` into its 16-value group's i16
+/// sum, times the group's scale by `madd` (sumi); the mins in i16 pairs times the activation
+/// sums by `madd` (summ); acc += d·xd·f32(sumi) − dmin·xd·f32(summ), as `run_k6_tiled_avx2`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot16_q2k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
+    let yp = x.q.as_ptr() as *const i32;
+    let three = _mm256_set1_epi8(3);
+    let (k4, k4x2) = (_mm256_set1_epi32(15), _mm256_set1_epi32(0x000f_000f));
+    let shr = |v: __m256i, s: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32));
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..tile.n_blocks() {
+        prefetch_tile(tile, b);
+        prefetch_tile_after(tile, b);
+        let p = tile.block(b);
+        let word = |o: usize, h: usize| word8(p, o, h);
+        let bs = x.bsums.as_ptr().add(16 * b);
+        let mut s = [[_mm256_setzero_si256(); 2]; 16];
+        for g in 0..8 {
+            for n in 0..2 {
+                for j in 0..4 {
+                    // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of each byte.
+                    let i = 8 * n + 2 * j + g / 4;
+                    let y = _mm256_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
+                    for h in 0..2 {
+                        let q = _mm256_and_si256(shr(word(16 + 32 * n + 4 * g, h), 2 * j), three);
+                        s[i][h] = _mm256_add_epi16(s[i][h], _mm256_maddubs_epi16(q, y));
+                    }
+                }
+            }
+        }
+        let xd = _mm256_set1_ps(*x.d.get_unchecked(b));
+        for h in 0..2 {
+            // Scale bytes: the scale in the low four bits, the min in the high four.
+            let (mut sumi, mut summ) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for k in 0..4 {
+                let w = word(4 * k, h);
+                for i in 0..4 {
+                    let sc = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_set1_epi32(8 * i)), k4);
+                    let v = _mm256_madd_epi16(s[4 * k + i as usize][h], both16(sc));
+                    sumi = _mm256_add_epi32(sumi, v);
+                }
+                // The mins of groups 4k, 4k + 2 (low and high i16), then of 4k + 1, 4k + 3.
+                for o in 0..2 {
+                    let mn = _mm256_and_si256(shr(w, 4 + 8 * o), k4x2);
+                    let (a, c) = (
+                        *bs.add(4 * k + o) as u16 as i32,
+                        *bs.add(4 * k + o + 2) as i32,
+                    );
+                    let v = _mm256_madd_epi16(mn, _mm256_set1_epi32(a | (c << 16)));
+                    summ = _mm256_add_epi32(summ, v);
+                }
+            }
+            let (d, dmin) = d_dmin8(word(80, h));
+            let si = _mm256_mul_ps(_mm256_mul_ps(d, xd), _mm256_cvtepi32_ps(sumi));
+            let sm = _mm256_mul_ps(_mm256_mul_ps(dmin, xd), _mm256_cvtepi32_ps(summ));
+            acc[h] = _mm256_add_ps(acc[h], _mm256_sub_ps(si, sm));
+        }
+    }
+    acc
+}
+
 /// Eight accumulators (ggml's eight lanes, eight rows each) folded as `hsum_float_8` folds.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -1161,9 +1354,10 @@ pub fn has_k16_512(ty: super::GgmlType) -> bool {
 /// A tile of sixteen Q3_K..Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
 /// `order(t)`: Q4_K in `KOrder::Split` or `Split64`, Q6_K in `Tiled` or `Lanes`, Q3_K and Q5_K
 /// in `Combine`, as `KAcc`
-/// steps them lane by lane, so the bits of every other level. One Q4_K, Q5_K or Q6_K token
-/// streams the tile (`dot16_q4k_avx2`, `dot16_q6k_avx2`); otherwise the tile is unpacked once into `bufs`, then takes its
-/// tokens two at a time. `out(t, lanes)` receives token t's sixteen lanes.
+/// steps them lane by lane, so the bits of every other level. One token streams the tile
+/// (`dot16_q4k_avx2`, `dot16_q6k_avx2`, `dot16_iq4xs_avx2`, `dot16_q3k_avx2`,
+/// `dot16_q2k_avx2`); otherwise the tile is unpacked once into `bufs`, then takes its tokens
+/// two at a time. `out(t, lanes)` receives token t's sixteen lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm16_k_avx2(
     tile: &Tile,
@@ -1184,6 +1378,9 @@ pub unsafe fn gemm16_k_avx2(
         (Q4_K, KOrder::Split) => Some(dot16_q4k_avx2::<false>(tile, &xs[0])),
         (Q5_K, KOrder::Combine) => Some(dot16_q4k_avx2::<true>(tile, &xs[0])),
         (Q6_K, KOrder::Lanes) => Some(dot16_q6k_avx2(tile, &xs[0])),
+        (IQ4_XS, KOrder::Combine) => Some(dot16_iq4xs_avx2(tile, &xs[0])),
+        (Q3_K, KOrder::Combine) => Some(dot16_q3k_avx2(tile, &xs[0])),
+        (Q2_K, KOrder::Combine) => Some(dot16_q2k_avx2(tile, &xs[0])),
         _ => None,
     };
     if let Some(r) = one {
@@ -1191,9 +1388,8 @@ pub unsafe fn gemm16_k_avx2(
         emit16_avx2(&[r], 0, &mut out);
         return;
     }
-    // Otherwise the tile is unpacked into `bufs`: at once for a batch, whose tokens then go two
-    // at a time (one when the next token sums in another order, or is the last); a super-block
-    // at a time, just before its use, for one token.
+    // Otherwise the tile is unpacked into `bufs` once; its tokens then go two at a time (one
+    // when the next token sums in another order, or is the last).
     let zero = [_mm256_setzero_ps(); 2];
     let zero8 = [[_mm256_setzero_ps(); 8]; 2];
     let (q4, q5, q3, q2) = (
@@ -1227,10 +1423,7 @@ pub unsafe fn gemm16_k_avx2(
             }));
         }
     };
-    let lone = xs.len() == 1;
-    if !lone {
-        fill(bufs, 0..nb);
-    }
+    fill(bufs, 0..nb);
     let mut t = 0;
     while t < xs.len() {
         let o = order(t);
@@ -1239,70 +1432,45 @@ pub unsafe fn gemm16_k_avx2(
         let (x2, x1) = ([a, c], [a]);
         let (mut acc, mut accm, mut a1, mut m1) = ([zero; 2], [zero; 2], [zero], [zero]);
         let (mut acc6, mut a6) = ([zero8; 2], [zero8]);
-        for span in 0..if lone { nb } else { 1 } {
-            let b0 = if lone {
-                prefetch_tile(tile, span);
-                fill(bufs, span..span + 1);
-                span
-            } else {
-                0
-            };
-            if q4 {
-                let buf = &bufs.k4;
-                let (acc2, accm2) = (&mut acc, &mut accm);
-                let (acc1, accm1) = (&mut a1, &mut m1);
-                match (ty, two, o) {
-                    (Q4_K, true, KOrder::Split) => {
-                        run_k4_avx2::<2, SPLIT, K4>(buf, b0, x2, acc2, accm2)
-                    }
-                    (Q4_K, true, KOrder::Split64) => {
-                        run_k4_avx2::<2, SPLIT64, K4>(buf, b0, x2, acc2, accm2)
-                    }
-                    (Q4_K, false, KOrder::Split) => {
-                        run_k4_avx2::<1, SPLIT, K4>(buf, b0, x1, acc1, accm1)
-                    }
-                    (Q4_K, false, KOrder::Split64) => {
-                        run_k4_avx2::<1, SPLIT64, K4>(buf, b0, x1, acc1, accm1)
-                    }
-                    (Q5_K, true, KOrder::Combine) => {
-                        run_k4_avx2::<2, COMBINE, K5>(buf, b0, x2, acc2, accm2)
-                    }
-                    (Q5_K, false, KOrder::Combine) => {
-                        run_k4_avx2::<1, COMBINE, K5>(buf, b0, x1, acc1, accm1)
-                    }
-                    (IQ4_XS, true, KOrder::Combine) => {
-                        run_k4_avx2::<2, COMBINE, KX>(buf, b0, x2, acc2, accm2)
-                    }
-                    (IQ4_XS, false, KOrder::Combine) => {
-                        run_k4_avx2::<1, COMBINE, KX>(buf, b0, x1, acc1, accm1)
-                    }
-                    (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
+        if q4 {
+            let buf = &bufs.k4;
+            let (acc2, accm2) = (&mut acc, &mut accm);
+            let (acc1, accm1) = (&mut a1, &mut m1);
+            match (ty, two, o) {
+                (Q4_K, true, KOrder::Split) => run_k4_avx2::<2, SPLIT, K4>(buf, x2, acc2, accm2),
+                (Q4_K, true, KOrder::Split64) => {
+                    run_k4_avx2::<2, SPLIT64, K4>(buf, x2, acc2, accm2)
                 }
-            } else {
-                let buf = &bufs.k6;
-                match (ty, two, o) {
-                    (Q6_K, true, KOrder::Tiled) => {
-                        run_k6_tiled_avx2::<2, TILED>(buf, b0, x2, &mut acc6)
-                    }
-                    (Q6_K, true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, b0, x2, &mut acc6),
-                    (Q6_K, false, KOrder::Tiled) => {
-                        run_k6_tiled_avx2::<1, TILED>(buf, b0, x1, &mut a6)
-                    }
-                    (Q6_K, false, KOrder::Lanes) => run_k6_lanes_avx2::<1>(buf, b0, x1, &mut a6),
-                    (Q3_K, true, KOrder::Combine) => {
-                        run_k6_tiled_avx2::<2, Q3>(buf, b0, x2, &mut acc6)
-                    }
-                    (Q3_K, false, KOrder::Combine) => {
-                        run_k6_tiled_avx2::<1, Q3>(buf, b0, x1, &mut a6)
-                    }
-                    (Q2_K, true, KOrder::Combine) => {
-                        run_k6_tiled_avx2::<2, Q2>(buf, b0, x2, &mut acc6)
-                    }
-                    (Q2_K, false, KOrder::Combine) => {
-                        run_k6_tiled_avx2::<1, Q2>(buf, b0, x1, &mut a6)
-                    }
-                    (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
+                (Q4_K, false, KOrder::Split) => run_k4_avx2::<1, SPLIT, K4>(buf, x1, acc1, accm1),
+                (Q4_K, false, KOrder::Split64) => {
+                    run_k4_avx2::<1, SPLIT64, K4>(buf, x1, acc1, accm1)
                 }
+                (Q5_K, true, KOrder::Combine) => {
+                    run_k4_avx2::<2, COMBINE, K5>(buf, x2, acc2, accm2)
+                }
+                (Q5_K, false, KOrder::Combine) => {
+                    run_k4_avx2::<1, COMBINE, K5>(buf, x1, acc1, accm1)
+                }
+                (IQ4_XS, true, KOrder::Combine) => {
+                    run_k4_avx2::<2, COMBINE, KX>(buf, x2, acc2, accm2)
+                }
+                (IQ4_XS, false, KOrder::Combine) => {
+                    run_k4_avx2::<1, COMBINE, KX>(buf, x1, acc1, accm1)
+                }
+                (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
+            }
+        } else {
+            let buf = &bufs.k6;
+            match (ty, two, o) {
+                (Q6_K, true, KOrder::Tiled) => run_k6_tiled_avx2::<2, TILED>(buf, x2, &mut acc6),
+                (Q6_K, true, KOrder::Lanes) => run_k6_lanes_avx2::<2>(buf, x2, &mut acc6),
+                (Q6_K, false, KOrder::Tiled) => run_k6_tiled_avx2::<1, TILED>(buf, x1, &mut a6),
+                (Q6_K, false, KOrder::Lanes) => run_k6_lanes_avx2::<1>(buf, x1, &mut a6),
+                (Q3_K, true, KOrder::Combine) => run_k6_tiled_avx2::<2, Q3>(buf, x2, &mut acc6),
+                (Q3_K, false, KOrder::Combine) => run_k6_tiled_avx2::<1, Q3>(buf, x1, &mut a6),
+                (Q2_K, true, KOrder::Combine) => run_k6_tiled_avx2::<2, Q2>(buf, x2, &mut acc6),
+                (Q2_K, false, KOrder::Combine) => run_k6_tiled_avx2::<1, Q2>(buf, x1, &mut a6),
+                (_, _, o) => panic!("gemm16_k_avx2 does not sum {ty} in {o:?}"),
             }
         }
         if !two {
@@ -2143,12 +2311,11 @@ pub unsafe fn gemm16_k36_512(
     #[inline]
     unsafe fn run<const T: usize, const MODE: u8>(
         buf: &[K6Block16],
-        b0: usize,
         xs: [&Q8KRow; T],
         acc: &mut [[__m512; 8]; T],
     ) {
         let yp = xs.map(|x| x.q.as_ptr() as *const i32);
-        for (b, blk) in (b0..).zip(buf) {
+        for (b, blk) in buf.iter().enumerate() {
             if MODE == LANES {
                 lanes_block(blk, b, &xs, &yp, acc);
                 continue;
@@ -2198,21 +2365,6 @@ pub unsafe fn gemm16_k36_512(
             a[0]
         }
     };
-    if xs.len() == 1 {
-        // One token: each super-block unpacked just before it is used.
-        let mut acc = [[_mm512_setzero_ps(); 8]; 1];
-        for b in 0..nb {
-            buf.clear();
-            buf.push(unpack(b));
-            match mode {
-                Q3 => run::<1, Q3>(buf, b, [&xs[0]], &mut acc),
-                TILED => run::<1, TILED>(buf, b, [&xs[0]], &mut acc),
-                _ => run::<1, LANES>(buf, b, [&xs[0]], &mut acc),
-            }
-        }
-        emit16(&[finish(&acc[0])], 0, &mut out);
-        return;
-    }
     buf.clear();
     buf.extend((0..nb).map(unpack));
     let mut t = 0;
@@ -2221,17 +2373,17 @@ pub unsafe fn gemm16_k36_512(
             let mut acc = [[_mm512_setzero_ps(); 8]; 2];
             let x2 = [&xs[t], &xs[t + 1]];
             match mode {
-                Q3 => run::<2, Q3>(buf, 0, x2, &mut acc),
-                TILED => run::<2, TILED>(buf, 0, x2, &mut acc),
-                _ => run::<2, LANES>(buf, 0, x2, &mut acc),
+                Q3 => run::<2, Q3>(buf, x2, &mut acc),
+                TILED => run::<2, TILED>(buf, x2, &mut acc),
+                _ => run::<2, LANES>(buf, x2, &mut acc),
             }
             t += emit16(&[finish(&acc[0]), finish(&acc[1])], t, &mut out);
         } else {
             let mut acc = [[_mm512_setzero_ps(); 8]; 1];
             match mode {
-                Q3 => run::<1, Q3>(buf, 0, [&xs[t]], &mut acc),
-                TILED => run::<1, TILED>(buf, 0, [&xs[t]], &mut acc),
-                _ => run::<1, LANES>(buf, 0, [&xs[t]], &mut acc),
+                Q3 => run::<1, Q3>(buf, [&xs[t]], &mut acc),
+                TILED => run::<1, TILED>(buf, [&xs[t]], &mut acc),
+                _ => run::<1, LANES>(buf, [&xs[t]], &mut acc),
             }
             t += emit16(&[finish(&acc[0])], t, &mut out);
         }
