@@ -1206,6 +1206,7 @@ unsafe fn dot16_iq4xs_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
 /// times the group's scale by `madd`: sumi − 4·summ exactly, as `run_k6_tiled_avx2` forms it.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
+#[allow(clippy::needless_range_loop)]
 unsafe fn dot16_q3k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let yp = x.q.as_ptr() as *const i32;
     let (three, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
@@ -1266,6 +1267,7 @@ unsafe fn dot16_q3k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
 /// sums by `madd` (summ); acc += d·xd·f32(sumi) − dmin·xd·f32(summ), as `run_k6_tiled_avx2`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
+#[allow(clippy::needless_range_loop)]
 unsafe fn dot16_q2k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let yp = x.q.as_ptr() as *const i32;
     let three = _mm256_set1_epi8(3);
