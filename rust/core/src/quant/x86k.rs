@@ -1350,7 +1350,7 @@ pub fn has_k16_avx2(ty: super::GgmlType) -> bool {
 /// take `ty`.
 pub fn has_k16_512(ty: super::GgmlType) -> bool {
     use super::GgmlType::*;
-    matches!(ty, Q3_K | Q4_K | Q5_K | Q6_K)
+    matches!(ty, Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS)
 }
 
 /// A tile of sixteen Q3_K..Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
@@ -1716,16 +1716,6 @@ pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
 pub unsafe fn dot16_iq4xs_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let nb = tile.n_blocks();
     check_x(x, nb);
-    let nib = _mm512_set1_epi8(0x0f);
-    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(
-        super::x86::IQ4NL_UNSIGNED.as_ptr() as *const __m128i
-    ));
-    let (k15, k3, k32) = (
-        _mm512_set1_epi32(15),
-        _mm512_set1_epi32(3),
-        _mm512_set1_epi32(32),
-    );
-    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
     let yp = x.q.as_ptr() as *const i32;
     let mut acc = _mm512_setzero_ps();
     for b in 0..nb {
@@ -1736,29 +1726,20 @@ pub unsafe fn dot16_iq4xs_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
         // Word 0: d (low f16) and the scales' high bits (two per sub-block); word 1: their low
         // four bits; the quants from byte 8, sixteen bytes per sub-block.
         let (w0, sl) = (word(0), word(4));
-        let sh = _mm512_srli_epi32::<16>(w0);
         let bs = x.bsums.as_ptr().add(16 * b);
         let mut sumi = _mm512_setzero_si512();
         for j in 0..8u32 {
-            let lo = _mm512_and_si512(shr(sl, 4 * j), k15);
-            let hi = _mm512_slli_epi32::<4>(_mm512_and_si512(shr(sh, 2 * j), k3));
-            let sc = _mm512_sub_epi32(_mm512_or_si512(lo, hi), k32);
             let ysum = *bs.add(2 * j as usize) as i32 + *bs.add(2 * j as usize + 1) as i32;
             let mut s = _mm512_set1_epi32(-128 * ysum);
             let y0 = b * 64 + 8 * j as usize;
             for i in 0..4 {
                 let q = word(8 + 16 * j as usize + 4 * i);
-                let ql = _mm512_shuffle_epi8(table, _mm512_and_si512(q, nib));
-                let qh =
-                    _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib));
-                s = _mm512_dpbusd_epi32(s, ql, _mm512_set1_epi32(yp.add(y0 + i).read_unaligned()));
-                s = _mm512_dpbusd_epi32(
-                    s,
-                    qh,
-                    _mm512_set1_epi32(yp.add(y0 + 4 + i).read_unaligned()),
-                );
+                let yl = _mm512_set1_epi32(yp.add(y0 + i).read_unaligned());
+                let yh = _mm512_set1_epi32(yp.add(y0 + 4 + i).read_unaligned());
+                s = _mm512_dpbusd_epi32(s, iq4xs_values16(q, false), yl);
+                s = _mm512_dpbusd_epi32(s, iq4xs_values16(q, true), yh);
             }
-            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s, sc));
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(s, iq4xs_scale16(w0, sl, j)));
         }
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w0));
         let dd = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
@@ -1858,7 +1839,48 @@ const SPLIT: u8 = 0;
 const SPLIT64: u8 = 1;
 const COMBINE: u8 = 2;
 
-/// One super-block of sixteen Q4_K or Q5_K rows, one row per lane (see `gemm16_k45_512`).
+/// The scale of sub-block `j` of sixteen IQ4_XS super-blocks, one i32 per lane (six bits less
+/// 32): the low four bits from word 1 (`sl`), the high two from the top half of word 0 (`w0`).
+#[inline(always)]
+unsafe fn iq4xs_scale16(w0: __m512i, sl: __m512i, j: u32) -> __m512i {
+    let shr = |v: __m512i, n: u32| _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32));
+    let lo = _mm512_and_si512(shr(sl, 4 * j), _mm512_set1_epi32(15));
+    let hi = _mm512_and_si512(shr(w0, 16 + 2 * j), _mm512_set1_epi32(3));
+    _mm512_sub_epi32(
+        _mm512_or_si512(lo, _mm512_slli_epi32::<4>(hi)),
+        _mm512_set1_epi32(32),
+    )
+}
+
+/// IQ4_XS's sixteen values plus 128, as unsigned bytes, looked up by nibble in every 128-bit
+/// lane: the low (`hi` false) or high nibbles of `q`.
+#[inline(always)]
+unsafe fn iq4xs_values16(q: __m512i, hi: bool) -> __m512i {
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(
+        super::x86::IQ4NL_UNSIGNED.as_ptr() as *const __m128i
+    ));
+    let v = if hi { _mm512_srli_epi32::<4>(q) } else { q };
+    _mm512_shuffle_epi8(table, _mm512_and_si512(v, _mm512_set1_epi8(0x0f)))
+}
+
+/// One IQ4_XS super-block of sixteen rows unpacked for `gemm16_k45_512`: sub-block j's values
+/// (32j.., low nibbles then high) plus 128, its scale, no mins.
+#[inline(always)]
+unsafe fn iq4xs_block16(p: TileBlock) -> K4Block16 {
+    let word = |o: usize| word_at(p, o);
+    let (w0, sl) = (word(0), word(4));
+    K4Block16 {
+        q: std::array::from_fn(|j| {
+            std::array::from_fn(|g| iq4xs_values16(word(8 + 16 * j + 4 * (g % 4)), g >= 4))
+        }),
+        sc: std::array::from_fn(|j| iq4xs_scale16(w0, sl, j as u32)),
+        mn: [_mm512_setzero_si512(); 4],
+        d: _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w0)),
+        dmin: _mm512_setzero_ps(),
+    }
+}
+
+/// One super-block of sixteen Q4_K, Q5_K or IQ4_XS rows, one row per lane (see `gemm16_k45_512`).
 #[derive(Clone, Copy)]
 pub struct K4Block16 {
     /// [sub-block][4-value group]: the quants (0..15) of that group, four bytes per lane.
@@ -1871,15 +1893,17 @@ pub struct K4Block16 {
     dmin: __m512,
 }
 
-/// Prefill: a tile of sixteen Q4_K rows, or Q5_K rows when `q5`, against every token of `xs`,
+/// Prefill: a tile of sixteen Q4_K, Q5_K or IQ4_XS rows (`ty`) against every token of `xs`,
 /// token t in `order(t)`: `Split` (exactly `dot16_q4k_512`'s order), `Split64` or `Combine`, as
-/// `KAcc` steps them, so the bits of every other level. The tile is unpacked once into `buf`
+/// `KAcc` steps them, so the bits of every other level. IQ4_XS's values are the table's plus
+/// 128 (unsigned, for VNNI), so each sub-block's sum starts at −128·(its activations' sum) and
+/// is exact; it has no mins. The tile is unpacked once into `buf`
 /// (reused between calls); tokens then go two at a time. `out(t, lanes)` receives token t's
 /// sixteen lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm16_k45_512(
     tile: &Tile,
-    q5: bool,
+    ty: super::GgmlType,
     xs: &[Q8KRow],
     buf: &mut Vec<K4Block16>,
     order: impl Fn(usize) -> KOrder,
@@ -1889,11 +1913,17 @@ pub unsafe fn gemm16_k45_512(
     for x in xs {
         check_x(x, nb);
     }
+    use super::GgmlType::{IQ4_XS, Q4_K, Q5_K};
+    assert!(matches!(ty, Q4_K | Q5_K | IQ4_XS));
+    let (q5, xs4) = (ty == Q5_K, ty == IQ4_XS);
     let nib = _mm512_set1_epi8(0x0f);
     let (one, quants) = (_mm512_set1_epi8(1), if q5 { 48 } else { 16 });
     buf.clear();
     buf.extend((0..nb).map(|b| {
         let p = tile.block(b);
+        if xs4 {
+            return iq4xs_block16(p);
+        }
         let word = |o: usize| word_at(p, o);
         let packed = [word(4), word(8), word(12)];
         let scale_min = |j: u32| k4_scale_min16(packed, j);
@@ -1944,7 +1974,7 @@ pub unsafe fn gemm16_k45_512(
     // Token t's f32 sums over every super-block, `T` tokens sharing each weight load.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     #[inline]
-    unsafe fn run<const T: usize, const MODE: u8>(
+    unsafe fn run<const T: usize, const MODE: u8, const OFFSET: bool>(
         buf: &[K4Block16],
         xs: [&Q8KRow; T],
     ) -> [__m512; T] {
@@ -1981,8 +2011,15 @@ pub unsafe fn gemm16_k45_512(
                 }
             };
             for (p, &mn) in blk.mn.iter().enumerate() {
+                let bs: [*const i16; T] = std::array::from_fn(|k| xs[k].bsums.as_ptr().add(16 * b));
                 for j in [2 * p, 2 * p + 1] {
                     let mut s = [_mm512_setzero_si512(); T];
+                    if OFFSET {
+                        for k in 0..T {
+                            let ysum = *bs[k].add(2 * j) as i32 + *bs[k].add(2 * j + 1) as i32;
+                            s[k] = _mm512_set1_epi32(-128 * ysum);
+                        }
+                    }
                     for g in 0..8 {
                         let w = blk.q[j][g];
                         for k in 0..T {
@@ -1996,8 +2033,11 @@ pub unsafe fn gemm16_k45_512(
                     }
                 }
                 for k in 0..T {
+                    if OFFSET {
+                        break; // no mins
+                    }
                     // Activation sums of sub-blocks 2p and 2p + 1 (|sum| ≤ 32·128: an i16 each).
-                    let bs = xs[k].bsums.as_ptr().add(16 * b);
+                    let bs = bs[k];
                     let lo = *bs.add(4 * p) as i32 + *bs.add(4 * p + 1) as i32;
                     let hi = *bs.add(4 * p + 2) as i32 + *bs.add(4 * p + 3) as i32;
                     let pair = (lo & 0xffff) | (hi << 16);
@@ -2022,14 +2062,16 @@ pub unsafe fn gemm16_k45_512(
         let o = order(t);
         let pair = t + 1 < xs.len() && order(t + 1) == o;
         let (a, b) = (&xs[t], &xs[(t + 1).min(xs.len() - 1)]);
-        let r: &[__m512] = match (pair, o) {
-            (true, KOrder::Split) => &run::<2, SPLIT>(buf, [a, b]),
-            (true, KOrder::Split64) => &run::<2, SPLIT64>(buf, [a, b]),
-            (true, KOrder::Combine) => &run::<2, COMBINE>(buf, [a, b]),
-            (false, KOrder::Split) => &run::<1, SPLIT>(buf, [a]),
-            (false, KOrder::Split64) => &run::<1, SPLIT64>(buf, [a]),
-            (false, KOrder::Combine) => &run::<1, COMBINE>(buf, [a]),
-            (_, o) => panic!("gemm16_k45_512 does not sum in {o:?}"),
+        let r: &[__m512] = match (pair, o, xs4) {
+            (true, KOrder::Split, false) => &run::<2, SPLIT, false>(buf, [a, b]),
+            (true, KOrder::Split64, false) => &run::<2, SPLIT64, false>(buf, [a, b]),
+            (true, KOrder::Combine, false) => &run::<2, COMBINE, false>(buf, [a, b]),
+            (true, KOrder::Combine, true) => &run::<2, COMBINE, true>(buf, [a, b]),
+            (false, KOrder::Split, false) => &run::<1, SPLIT, false>(buf, [a]),
+            (false, KOrder::Split64, false) => &run::<1, SPLIT64, false>(buf, [a]),
+            (false, KOrder::Combine, false) => &run::<1, COMBINE, false>(buf, [a]),
+            (false, KOrder::Combine, true) => &run::<1, COMBINE, true>(buf, [a]),
+            (_, o, _) => panic!("gemm16_k45_512 does not sum {ty} in {o:?}"),
         };
         t += emit16(r, t, &mut out);
     }

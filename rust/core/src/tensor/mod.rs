@@ -657,9 +657,9 @@ fn rows_k(
     if level == SimdLevel::Avx512 && crate::quant::x86k::has_k16_512(w.ty) {
         use crate::quant::x86k;
         // A tile of sixteen rows at a time (r0 is on a tile boundary), one row per lane: a Q4_K
-        // (`Split`), Q6_K (`Lanes`) or Q3_K (`Combine`) token alone streams the tile; batches of
-        // Q4_K (`Split`, `Split64`), Q5_K and Q3_K (`Combine`) and Q6_K (`Tiled`, `Lanes`)
-        // unpack it once, then take every token against it.
+        // (`Split`), Q6_K (`Lanes`), Q3_K or IQ4_XS (`Combine`) token alone streams the tile;
+        // batches of Q4_K (`Split`, `Split64`), Q5_K, Q3_K and IQ4_XS (`Combine`) and Q6_K
+        // (`Tiled`, `Lanes`) unpack it once, then take every token against it.
         let (mut scratch, mut b4, mut b6) = (Vec::new(), Vec::new(), Vec::new());
         for r in (r0..r1).step_by(TILE) {
             let m = (r1 - r).min(TILE);
@@ -681,9 +681,9 @@ fn rows_k(
                         let mut bufs = x86k::KTileBufs::default();
                         x86k::gemm16_k_avx2(&tile, w.ty, xs, &mut bufs, order, emit)
                     }
-                    GgmlType::Q4_K | GgmlType::Q5_K => {
-                        let q5 = w.ty == GgmlType::Q5_K;
-                        x86k::gemm16_k45_512(&tile, q5, xs, &mut b4, order, emit)
+                    GgmlType::IQ4_XS if n == 1 => emit(0, &x86k::dot16_iq4xs_512(&tile, &xs[0])),
+                    GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::IQ4_XS => {
+                        x86k::gemm16_k45_512(&tile, w.ty, xs, &mut b4, order, emit)
                     }
                     _ => {
                         let q3 = w.ty == GgmlType::Q3_K;
@@ -699,10 +699,9 @@ fn rows_k(
         use crate::quant::x86k;
         if x86k::has_k16_avx2(w.ty) {
             // Tiles made at load (r0 is on a tile boundary): sixteen rows per pass, every token
-            // count (`x86k::gemm16_k_avx2`). The AVX-512 level takes these for the types its own
-            // tile kernels lack (Q2_K, IQ4_XS): the same bits, 2-3x its row kernels' speed; one
-            // IQ4_XS or Q2_K token streams the tile with VNNI (`x86k::dot16_iq4xs_512`,
-            // `dot16_q2k_512`).
+            // count (`x86k::gemm16_k_avx2`). The AVX-512 level takes these for Q2_K batches, which
+            // its own tile kernels lack (the same bits); one Q2_K token streams the tile with
+            // VNNI (`x86k::dot16_q2k_512`).
             let mut bufs = x86k::KTileBufs::default();
             for r in (r0..r1).step_by(TILE) {
                 let m = (r1 - r).min(TILE);
@@ -715,9 +714,6 @@ fn rows_k(
                 // SAFETY: AVX2, FMA and F16C are present at this level, AVX-512 at that one.
                 unsafe {
                     match (w.ty, n, level) {
-                        (GgmlType::IQ4_XS, 1, SimdLevel::Avx512) => {
-                            emit(0, &x86k::dot16_iq4xs_512(&tile, &xs[0]))
-                        }
                         (GgmlType::Q2_K, 1, SimdLevel::Avx512) => {
                             emit(0, &x86k::dot16_q2k_512(&tile, &xs[0]))
                         }
