@@ -1653,16 +1653,17 @@ unsafe fn half16(blk: TileBlock) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(blk.half as *const __m256i))
 }
 
-/// A tile of sixteen Q4_K rows against one Q8_K row, one row per lane, as `x86::dot16_512`
-/// does for the legacy types: each 4-byte group of quants one load of the tile (all sixteen
-/// rows), one VNNI per group and half against broadcast activations, the sub-block scales and
-/// mins unpacked sixteen rows at a time. The integer sums are exact and the float steps are
-/// `KOrder::Split`'s, so results equal `dot_q4k_512`'s.
+/// A tile of sixteen Q4_K rows (Q5_K rows when `Q5`) against one Q8_K row, one row per lane, as
+/// `x86::dot16_512` does for the legacy types: each 4-byte group of quants one load of the tile
+/// (all sixteen rows; Q5_K's fifth bits from its qh words), one VNNI per group and half against
+/// broadcast activations, the sub-block scales and mins unpacked sixteen rows at a time. The
+/// integer sums are exact and the float steps are `KOrder::Split`'s (Q5_K: `Combine`'s), so
+/// results equal every other level's.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
+pub unsafe fn dot16_q4k_512<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let nb = tile.n_blocks();
     check_x(x, nb);
-    let nib = _mm512_set1_epi8(0x0f);
+    let (nib, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
     let yp = x.q.as_ptr() as *const i32;
     let mut acc = _mm512_setzero_ps();
     let mut accm = _mm512_setzero_ps();
@@ -1682,11 +1683,25 @@ pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
             let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
             let y0 = b * 64 + c as usize * 16;
             for g in 0..8 {
-                let q = word(16 + 32 * c as usize + 4 * g);
+                let q = word(if Q5 { 48 } else { 16 } + 32 * c as usize + 4 * g);
                 let ylo = _mm512_set1_epi32(yp.add(y0 + g).read_unaligned());
                 let yhi = _mm512_set1_epi32(yp.add(y0 + 8 + g).read_unaligned());
-                lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(q, nib), ylo);
-                hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib), yhi);
+                let (mut ql, mut qh) = (
+                    _mm512_and_si512(q, nib),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
+                );
+                if Q5 {
+                    // Fifth bits: bit 2c (low nibbles) and 2c + 1 (high) of qh[l], as 16.
+                    let h = word(16 + 4 * g);
+                    let bit = |s: u32| {
+                        let v = _mm512_srlv_epi16(h, _mm512_set1_epi16(s as i16));
+                        _mm512_slli_epi16::<4>(_mm512_and_si512(v, one))
+                    };
+                    ql = _mm512_or_si512(ql, bit(2 * c));
+                    qh = _mm512_or_si512(qh, bit(2 * c + 1));
+                }
+                lo = _mm512_dpbusd_epi32(lo, ql, ylo);
+                hi = _mm512_dpbusd_epi32(hi, qh, yhi);
             }
             for (j, s) in [(2 * c, lo), (2 * c + 1, hi)] {
                 let (sc, mn) = scale_min(j);
@@ -1697,9 +1712,19 @@ pub unsafe fn dot16_q4k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
         }
         let (d, dmin) = k4_d_dmin16(dm);
         let xd = _mm512_set1_ps(*x.d.get_unchecked(b));
-        // `KOrder::Split`, lane by lane: the same bits as every other level.
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(d, xd), acc);
-        accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmin, xd), accm);
+        // `KOrder::Split` (Q4_K) or `Combine` (Q5_K), lane by lane: the same bits as every
+        // other level.
+        let (si, sm) = (_mm512_cvtepi32_ps(sumi), _mm512_cvtepi32_ps(summ));
+        let (dd, dm) = (_mm512_mul_ps(d, xd), _mm512_mul_ps(dmin, xd));
+        if Q5 {
+            acc = _mm512_add_ps(
+                acc,
+                _mm512_sub_ps(_mm512_mul_ps(dd, si), _mm512_mul_ps(dm, sm)),
+            );
+        } else {
+            acc = _mm512_fmadd_ps(si, dd, acc);
+            accm = _mm512_fmadd_ps(sm, dm, accm);
+        }
     }
     let mut out = [0f32; 16];
     _mm512_storeu_ps(out.as_mut_ptr(), _mm512_sub_ps(acc, accm));

@@ -657,7 +657,7 @@ fn rows_k(
     if level == SimdLevel::Avx512 && crate::quant::x86k::has_k16_512(w.ty) {
         use crate::quant::x86k;
         // A tile of sixteen rows at a time (r0 is on a tile boundary), one row per lane: a Q4_K
-        // (`Split`), Q6_K (`Lanes`), Q3_K or IQ4_XS (`Combine`) token alone streams the tile;
+        // (`Split`), Q6_K (`Lanes`), Q3_K, Q5_K or IQ4_XS (`Combine`) token alone streams the tile;
         // batches of Q4_K (`Split`, `Split64`), Q5_K, Q3_K and IQ4_XS (`Combine`) and Q6_K
         // (`Tiled`, `Lanes`) unpack it once, then take every token against it.
         let (mut scratch, mut b4, mut b6) = (Vec::new(), Vec::new(), Vec::new());
@@ -672,15 +672,14 @@ fn rows_k(
             // SAFETY: the AVX-512 level is only chosen when the CPU has these features.
             unsafe {
                 match w.ty {
-                    GgmlType::Q4_K if n == 1 => emit(0, &x86k::dot16_q4k_512(&tile, &xs[0])),
+                    GgmlType::Q4_K if n == 1 => {
+                        emit(0, &x86k::dot16_q4k_512::<false>(&tile, &xs[0]))
+                    }
+                    GgmlType::Q5_K if n == 1 => {
+                        emit(0, &x86k::dot16_q4k_512::<true>(&tile, &xs[0]))
+                    }
                     GgmlType::Q6_K if n == 1 => emit(0, &x86k::dot16_q6k_512(&tile, &xs[0])),
                     GgmlType::Q3_K if n == 1 => emit(0, &x86k::dot16_q3k_512(&tile, &xs[0])),
-                    // The AVX2 streaming gemv, the same bits as `gemm16_k45_512`'s and 1.7x its
-                    // speed for one token (12 against 7 GB/s cold on 4096x4096).
-                    GgmlType::Q5_K if n == 1 => {
-                        let mut bufs = x86k::KTileBufs::default();
-                        x86k::gemm16_k_avx2(&tile, w.ty, xs, &mut bufs, order, emit)
-                    }
                     GgmlType::IQ4_XS if n == 1 => emit(0, &x86k::dot16_iq4xs_512(&tile, &xs[0])),
                     GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::IQ4_XS => {
                         x86k::gemm16_k45_512(&tile, w.ty, xs, &mut b4, order, emit)
