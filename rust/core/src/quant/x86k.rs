@@ -12,10 +12,11 @@
 //! tile, a batch unpacks it once); without tiles, a single
 //! token dots Q4_K / Q6_K rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`). The other types, and
 //! those without tiles, take a row unpacked once (`KRow`) and run four tokens per weight load
-//! (`gemm_k_avx2`, and `gemm_k_512` for the types without tiles). AVX-512, Q3_K..Q6_K: sixteen
+//! (`gemm_k_avx2`, and `gemm_k_512` for the types without tiles). AVX-512, Q2_K..Q6_K and
+//! IQ4_XS: sixteen
 //! rows per pass from tiles, one row per lane (`gemm16_k45_512`, `gemm16_k36_512`; one token
-//! streams the tile with VNNI: `dot16_q4k_512`, `dot16_q6k_512`, `dot16_q3k_512`, and for Q2_K
-//! and IQ4_XS, whose batches take the AVX2 tile kernels, `dot16_q2k_512`, `dot16_iq4xs_512`).
+//! streams the tile with VNNI: `dot16_q4k_512` (Q4_K, Q5_K), `dot16_q6k_512`, `dot16_q3k_512`,
+//! `dot16_q2k_512`, `dot16_iq4xs_512`).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -1349,8 +1350,8 @@ pub fn has_k16_avx2(ty: super::GgmlType) -> bool {
 /// Whether the AVX-512 tile kernels (`dot16_q4k_512`, `gemm16_k45_512`, `gemm16_k36_512`)
 /// take `ty`.
 pub fn has_k16_512(ty: super::GgmlType) -> bool {
-    use super::GgmlType::*;
-    matches!(ty, Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS)
+    // Every K-quant with a tile layout has tile kernels at both levels.
+    has_k16_avx2(ty)
 }
 
 /// A tile of sixteen Q3_K..Q6_K rows (`has_k16_avx2`) against every token of `xs`, token t in
@@ -2257,28 +2258,34 @@ pub unsafe fn dot16_q2k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     out
 }
 
-/// One super-block of sixteen Q6_K or Q3_K rows, one row per lane (see `gemm16_k36_512`).
+/// One super-block of sixteen Q6_K, Q3_K or Q2_K rows, one row per lane (see `gemm16_k36_512`).
 #[derive(Clone, Copy)]
 pub struct K6Block16 {
-    /// [16-value sub-block][4-value group]: the quants (0..63 or 0..7), four bytes per lane.
+    /// [16-value sub-block][4-value group]: the quants (0..63, 0..7 or 0..3), four bytes per
+    /// lane.
     q: [[__m512i; 4]; 16],
     /// Sub-block scales, one i32 per lane.
     sc: [__m512i; 16],
-    /// Scales in pairs (2k in the low i16, 2k + 1 in the high one), for `vpdpwssd`.
+    /// What multiplies the activations' 16-value sums, in pairs (2k in the low i16, 2k + 1 in
+    /// the high one), for `vpdpwssd`: the scales (Q6_K's and Q3_K's mins are multiples of
+    /// them), or Q2_K's mins.
     scp: [__m512i; 8],
     d: __m512,
+    /// Q2_K's dmin (zero for the others).
+    dmin: __m512,
 }
 
 /// A tile of sixteen Q6_K rows in `order`: `KOrder::Tiled` (llama.cpp's Q6_K order from 8
-/// tokens) or `Lanes` (its gemv's, below), or Q3_K rows when `q3` (in `Combine`, its order at
-/// every batch size), against every token of `xs`: per row and token the integer sums of
-/// `kblock_sums`, then acc = fma(f32(sumi − summ)·d, xd, acc) (Tiled), acc += d·xd·f32(sumi −
-/// summ) (Combine with the mins folded) or ggml's eight lanes (Lanes), the same bits as every
-/// other level. Calling as `gemm16_k45_512`.
+/// tokens) or `Lanes` (its gemv's, below), or Q3_K or Q2_K rows (`ty`; in `Combine`, their
+/// order at every batch size), against every token of `xs`: per row and token the integer sums
+/// of `kblock_sums`, then acc = fma(f32(sumi − summ)·d, xd, acc) (Tiled), acc += d·xd·f32(sumi −
+/// summ) (Q3_K: Combine with the mins folded), acc += d·xd·f32(sumi) − dmin·xd·f32(summ) (Q2_K)
+/// or ggml's eight lanes (Lanes), the same bits as every other level. Calling as
+/// `gemm16_k45_512`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm16_k36_512(
     tile: &Tile,
-    q3: bool,
+    ty: super::GgmlType,
     order: KOrder,
     xs: &[Q8KRow],
     buf: &mut Vec<K6Block16>,
@@ -2288,6 +2295,9 @@ pub unsafe fn gemm16_k36_512(
     for x in xs {
         check_x(x, nb);
     }
+    use super::GgmlType::{Q2_K, Q3_K, Q6_K};
+    assert!(matches!(ty, Q2_K | Q3_K | Q6_K));
+    let (q3, q2) = (ty == Q3_K, ty == Q2_K);
     let (lo4, hi2) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
     let low = _mm512_set1_epi32(0xffff);
     let pairs = |sc: &[__m512i; 16]| -> [__m512i; 8] {
@@ -2306,6 +2316,7 @@ pub unsafe fn gemm16_k36_512(
             scp: pairs(&sc),
             sc,
             d: half16(p),
+            dmin: _mm512_setzero_ps(),
         };
         let (three, one) = (_mm512_set1_epi8(3), _mm512_set1_epi8(1));
         for g in 0..8 {
@@ -2324,10 +2335,45 @@ pub unsafe fn gemm16_k36_512(
         }
         blk
     };
+    let q2_block = |p: TileBlock| -> K6Block16 {
+        let word = |o: usize| word_at(p, o);
+        // Scale bytes 0..16: the scale in the low four bits, the min in the high four.
+        let (k4, byte) = (_mm512_set1_epi32(15), _mm512_set1_epi32(0xff));
+        let bytes: [__m512i; 16] = std::array::from_fn(|i| {
+            _mm512_and_si512(
+                _mm512_srlv_epi32(word(4 * (i / 4)), _mm512_set1_epi32(8 * (i % 4) as i32)),
+                byte,
+            )
+        });
+        let mn: [__m512i; 16] = std::array::from_fn(|i| _mm512_srli_epi32::<4>(bytes[i]));
+        let (d, dmin) = k4_d_dmin16(word(80));
+        let mut blk = K6Block16 {
+            q: [[_mm512_setzero_si512(); 4]; 16],
+            sc: std::array::from_fn(|i| _mm512_and_si512(bytes[i], k4)),
+            scp: pairs(&mn),
+            d,
+            dmin,
+        };
+        let three = _mm512_set1_epi8(3);
+        for n in 0..2 {
+            for g in 0..8 {
+                let qs = word(16 + 32 * n + 4 * g);
+                for j in 0..4 {
+                    // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of each byte.
+                    let v = _mm512_srlv_epi16(qs, _mm512_set1_epi16(2 * j as i16));
+                    blk.q[8 * n + 2 * j + g / 4][g % 4] = _mm512_and_si512(v, three);
+                }
+            }
+        }
+        blk
+    };
     let unpack = |b: usize| -> K6Block16 {
         let p = tile.block(b);
         if q3 {
             return q3_block(p);
+        }
+        if q2 {
+            return q2_block(p);
         }
         let word = |o: usize| word_at(p, o);
         let mut blk = K6Block16 {
@@ -2335,6 +2381,7 @@ pub unsafe fn gemm16_k36_512(
             sc: [_mm512_setzero_si512(); 16],
             scp: [_mm512_setzero_si512(); 8],
             d: half16(p),
+            dmin: _mm512_setzero_ps(),
         };
         for h in 0..2 {
             for g in 0..8 {
@@ -2406,7 +2453,13 @@ pub unsafe fn gemm16_k36_512(
             for k in 0..T {
                 let summ = scaled_bsums(blk, xs[k], b);
                 let xd = _mm512_set1_ps(*xs[k].d.get_unchecked(b));
-                if MODE == Q3 {
+                if MODE == Q2 {
+                    // Combine: d·xd·sumi − dmin·xd·summ, summ over the mins.
+                    let si = _mm512_mul_ps(_mm512_mul_ps(blk.d, xd), _mm512_cvtepi32_ps(sumi[k]));
+                    let dm = _mm512_mul_ps(blk.dmin, xd);
+                    let c = _mm512_sub_ps(si, _mm512_mul_ps(dm, _mm512_cvtepi32_ps(summ)));
+                    acc[k][0] = _mm512_add_ps(acc[k][0], c);
+                } else if MODE == Q3 {
                     // mins are 4·scale (the −4 of the three-bit values); Combine, folded.
                     let diff = _mm512_sub_epi32(sumi[k], _mm512_slli_epi32::<2>(summ));
                     let dd = _mm512_mul_ps(blk.d, xd);
@@ -2421,11 +2474,12 @@ pub unsafe fn gemm16_k36_512(
             }
         }
     }
-    let mode = match (q3, order) {
-        (true, _) => Q3,
-        (false, KOrder::Tiled) => TILED,
-        (false, KOrder::Lanes) => LANES,
-        (false, o) => panic!("gemm16_k36_512 does not sum Q6_K in {o:?}"),
+    let mode = match (ty, order) {
+        (Q3_K, KOrder::Combine) => Q3,
+        (Q2_K, KOrder::Combine) => Q2,
+        (Q6_K, KOrder::Tiled) => TILED,
+        (Q6_K, KOrder::Lanes) => LANES,
+        (_, o) => panic!("gemm16_k36_512 does not sum {ty} in {o:?}"),
     };
     let finish = |a: &[__m512; 8]| {
         if mode == LANES {
@@ -2443,6 +2497,7 @@ pub unsafe fn gemm16_k36_512(
             let x2 = [&xs[t], &xs[t + 1]];
             match mode {
                 Q3 => run::<2, Q3>(buf, x2, &mut acc),
+                Q2 => run::<2, Q2>(buf, x2, &mut acc),
                 TILED => run::<2, TILED>(buf, x2, &mut acc),
                 _ => run::<2, LANES>(buf, x2, &mut acc),
             }
@@ -2451,6 +2506,7 @@ pub unsafe fn gemm16_k36_512(
             let mut acc = [[_mm512_setzero_ps(); 8]; 1];
             match mode {
                 Q3 => run::<1, Q3>(buf, [&xs[t]], &mut acc),
+                Q2 => run::<1, Q2>(buf, [&xs[t]], &mut acc),
                 TILED => run::<1, TILED>(buf, [&xs[t]], &mut acc),
                 _ => run::<1, LANES>(buf, [&xs[t]], &mut acc),
             }

@@ -657,9 +657,9 @@ fn rows_k(
     if level == SimdLevel::Avx512 && crate::quant::x86k::has_k16_512(w.ty) {
         use crate::quant::x86k;
         // A tile of sixteen rows at a time (r0 is on a tile boundary), one row per lane: a Q4_K
-        // (`Split`), Q6_K (`Lanes`), Q3_K, Q5_K or IQ4_XS (`Combine`) token alone streams the tile;
-        // batches of Q4_K (`Split`, `Split64`), Q5_K, Q3_K and IQ4_XS (`Combine`) and Q6_K
-        // (`Tiled`, `Lanes`) unpack it once, then take every token against it.
+        // (`Split`), Q6_K (`Lanes`), Q2_K, Q3_K, Q5_K or IQ4_XS (`Combine`) token alone streams
+        // the tile; batches of Q4_K (`Split`, `Split64`), Q2_K, Q3_K, Q5_K and IQ4_XS
+        // (`Combine`) and Q6_K (`Tiled`, `Lanes`) unpack it once, then take every token.
         let (mut scratch, mut b4, mut b6) = (Vec::new(), Vec::new(), Vec::new());
         for r in (r0..r1).step_by(TILE) {
             let m = (r1 - r).min(TILE);
@@ -684,23 +684,19 @@ fn rows_k(
                     GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::IQ4_XS => {
                         x86k::gemm16_k45_512(&tile, w.ty, xs, &mut b4, order, emit)
                     }
-                    _ => {
-                        let q3 = w.ty == GgmlType::Q3_K;
-                        x86k::gemm16_k36_512(&tile, q3, order(0), xs, &mut b6, emit)
-                    }
+                    GgmlType::Q2_K if n == 1 => emit(0, &x86k::dot16_q2k_512(&tile, &xs[0])),
+                    _ => x86k::gemm16_k36_512(&tile, w.ty, order(0), xs, &mut b6, emit),
                 }
             }
         }
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let (Some(tiles), SimdLevel::Avx2 | SimdLevel::Avx512) = (w.tiles, level) {
+    if let (Some(tiles), SimdLevel::Avx2) = (w.tiles, level) {
         use crate::quant::x86k;
         if x86k::has_k16_avx2(w.ty) {
             // Tiles made at load (r0 is on a tile boundary): sixteen rows per pass, every token
-            // count (`x86k::gemm16_k_avx2`). The AVX-512 level takes these for Q2_K batches, which
-            // its own tile kernels lack (the same bits); one Q2_K token streams the tile with
-            // VNNI (`x86k::dot16_q2k_512`).
+            // count (`x86k::gemm16_k_avx2`).
             let mut bufs = x86k::KTileBufs::default();
             for r in (r0..r1).step_by(TILE) {
                 let m = (r1 - r).min(TILE);
@@ -709,15 +705,9 @@ fn rows_k(
                         put(t, r + i, v);
                     }
                 };
-                let tile = tiles.tile(r / TILE);
-                // SAFETY: AVX2, FMA and F16C are present at this level, AVX-512 at that one.
+                // SAFETY: AVX2, FMA and F16C are present at this level.
                 unsafe {
-                    match (w.ty, n, level) {
-                        (GgmlType::Q2_K, 1, SimdLevel::Avx512) => {
-                            emit(0, &x86k::dot16_q2k_512(&tile, &xs[0]))
-                        }
-                        _ => x86k::gemm16_k_avx2(&tile, w.ty, xs, &mut bufs, order, emit),
-                    }
+                    x86k::gemm16_k_avx2(&tiles.tile(r / TILE), w.ty, xs, &mut bufs, order, emit)
                 };
             }
             return;
@@ -789,7 +779,7 @@ pub fn tiles_wanted(ty: GgmlType) -> bool {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => {
             use crate::quant::{x86, x86k};
-            x86::has_dot16_512(ty) || x86k::has_k16_512(ty) || x86k::has_k16_avx2(ty)
+            x86::has_dot16_512(ty) || x86k::has_k16_512(ty)
         }
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => {
