@@ -14,10 +14,12 @@ from rllama.model_args import Parser, int_in, int_list
 from rllama.validate import N_THREADS_MAX
 
 SHAPES = [(4096, 4096), (1536, 576), (49152, 576)]  # (rows = n_out, cols = n_in)
-TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F16", "BF16", "F32"]
 FLOATS = ("F32", "F16", "BF16")
-F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208],
-              "Q5_K": [0, 2], "Q2_K": [80, 82], "Q3_K": [108], "IQ4_XS": [0]}
+# Byte offsets of each block's f16 scales (set to a sane value; the other bytes are random).
+F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
+              "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+              "IQ4_XS": [0]}
+TYPES = [*F16_FIELDS, *FLOATS]  # every type with tiles, and the float ones
 
 
 def random_weights(ty: str, rows: int, cols: int, rng) -> bytes:
