@@ -680,11 +680,11 @@ fn rows_k(
                     }
                     GgmlType::Q6_K if n == 1 => emit(0, &x86k::dot16_q6k_512(&tile, &xs[0])),
                     GgmlType::Q3_K if n == 1 => emit(0, &x86k::dot16_q3k_512(&tile, &xs[0])),
+                    GgmlType::Q2_K if n == 1 => emit(0, &x86k::dot16_q2k_512(&tile, &xs[0])),
                     GgmlType::IQ4_XS if n == 1 => emit(0, &x86k::dot16_iq4xs_512(&tile, &xs[0])),
                     GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::IQ4_XS => {
                         x86k::gemm16_k45_512(&tile, w.ty, xs, &mut b4, order, emit)
                     }
-                    GgmlType::Q2_K if n == 1 => emit(0, &x86k::dot16_q2k_512(&tile, &xs[0])),
                     _ => x86k::gemm16_k36_512(&tile, w.ty, order(0), xs, &mut b6, emit),
                 }
             }
