@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from rllama import _core
 from rllama.model import Model
 
