@@ -988,8 +988,8 @@ fn matmul_acts_at(
 /// another thread's stream), and the last eighth goes in 2·nt small chunks to whichever thread
 /// is free, so a thread that starts late or is preempted does not hold the others up. Against
 /// 4·nt equal chunks for one token too (an EPYC, -t 2, tg128 alternating, 4 rounds): gemma3
-/// best 127.6 -> 139.3 t/s at AVX-512, 123.8 -> 128.8 at AVX2; smollm2 AVX2 282 -> 325, AVX-512
-/// level; 13 of the 16 pairs faster. Timers around gemma3's matmuls put the gain in the layers'
+/// best 127.6 -> 139.3 t/s at AVX-512, 123.8 -> 128.8 at AVX2; smollm2 282 -> 325 at AVX2,
+/// level at AVX-512; 13 of the 16 pairs faster. Timers around gemma3's matmuls put the gain in the layers'
 /// small matrices (2.4-2.7 -> 2.1-2.3 ms a token), each of which eight chunks cut into pieces
 /// of 14-134 KiB.
 fn chunk_rows(rows: usize, n_tokens: usize, nt: usize, align: usize) -> Vec<(usize, usize)> {
