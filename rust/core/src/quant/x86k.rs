@@ -13,10 +13,9 @@
 //! token dots Q4_K / Q6_K rows directly (`dot_q4k_avx2`, `dot_q6k_avx2`). The other types, and
 //! those without tiles, take a row unpacked once (`KRow`) and run four tokens per weight load
 //! (`gemm_k_avx2`, and `gemm_k_512` for the types without tiles). AVX-512, Q2_K..Q6_K and
-//! IQ4_XS: sixteen
-//! rows per pass from tiles, one row per lane (`gemm16_k45_512`, `gemm16_k36_512`; one token
-//! streams the tile with VNNI: `dot16_q4k_512` (Q4_K, Q5_K), `dot16_q6k_512`, `dot16_q3k_512`,
-//! `dot16_q2k_512`, `dot16_iq4xs_512`).
+//! IQ4_XS: sixteen rows per pass from tiles, one row per lane (`gemm16_k45_512`,
+//! `gemm16_k36_512`; one token streams the tile with VNNI: `dot16_q4k_512` (Q4_K, Q5_K),
+//! `dot16_q6k_512`, `dot16_q3k_512`, `dot16_q2k_512`, `dot16_iq4xs_512`).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -676,6 +675,25 @@ unsafe fn q3_scales8(p: TileBlock, half: usize) -> [__m256i; 16] {
     })
 }
 
+/// Q3_K's quants (0..7) of values 128n + 32j + 4g.. of eight super-blocks: bits 2j, 2j + 1 of
+/// the qs word, the third bit from bit 4n + j of the hmask word `hm` (both at 4g).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q3_quants8(qs: __m256i, hm: __m256i, n: usize, j: usize) -> __m256i {
+    let count = |s: usize| _mm_cvtsi32_si128(s as i32);
+    let k = 4 * n + j;
+    // hmask bit k moved to bit 2 of each byte.
+    let hb = if k >= 2 {
+        _mm256_srl_epi16(hm, count(k - 2))
+    } else {
+        _mm256_sll_epi16(hm, count(2 - k))
+    };
+    _mm256_or_si256(
+        _mm256_and_si256(_mm256_srl_epi16(qs, count(2 * j)), _mm256_set1_epi8(3)),
+        _mm256_and_si256(hb, _mm256_set1_epi8(4)),
+    )
+}
+
 /// Q3_K super-block of eight rows (half a tile) in `K6Half`'s form (quants 0..7, the scales
 /// less 32 as `q3k_scales` makes them), lane by lane as `gemm16_k36_512` unpacks them.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -690,17 +708,12 @@ unsafe fn unpack_k3_half(p: TileBlock, half: usize) -> K6Half {
         d: _mm256_cvtph_ps(_mm_loadu_si128(p.half.add(16 * half) as *const __m128i)),
         dmin: _mm256_setzero_ps(),
     };
-    let (three, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
-    let shr = |v: __m256i, s: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32));
     for g in 0..8 {
         let hm = word(4 * g);
         for n in 0..2 {
             let qs = word(32 + 32 * n + 4 * g);
             for j in 0..4 {
-                // Values 128n + 32j + 4g..: two bits of qs, the third from hmask bit 4n + j.
-                let lo = _mm256_and_si256(shr(qs, 2 * j), three);
-                let hb = _mm256_slli_epi16::<2>(_mm256_and_si256(shr(hm, 4 * n + j), one));
-                blk.q[8 * n + 2 * j + g / 4][g % 4] = _mm256_or_si256(lo, hb);
+                blk.q[8 * n + 2 * j + g / 4][g % 4] = q3_quants8(qs, hm, n, j);
             }
         }
     }
@@ -746,25 +759,39 @@ unsafe fn unpack_k2_half(p: TileBlock, half: usize) -> K6Half {
     blk
 }
 
+/// The scale of sub-block `j` of eight IQ4_XS super-blocks, one i32 per lane (six bits less
+/// 32): the low four bits from word 1 (`sl`), the high two from the top half of word 0 (`w0`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn iq4xs_scale8(w0: __m256i, sl: __m256i, j: u32) -> __m256i {
+    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
+    let lo = _mm256_and_si256(shr(sl, 4 * j), _mm256_set1_epi32(15));
+    let hi = _mm256_and_si256(shr(w0, 16 + 2 * j), _mm256_set1_epi32(3));
+    _mm256_sub_epi32(
+        _mm256_or_si256(lo, _mm256_slli_epi32::<4>(hi)),
+        _mm256_set1_epi32(32),
+    )
+}
+
+/// IQ4_XS's signed table values of the low (`hi` false) or high nibbles of `q` (eight lanes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn iq4xs_values8(q: __m256i, hi: bool) -> __m256i {
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+        super::dequant::KVALUES_IQ4NL.as_ptr() as *const __m128i,
+    ));
+    let v = if hi { _mm256_srli_epi32::<4>(q) } else { q };
+    _mm256_shuffle_epi8(table, _mm256_and_si256(v, _mm256_set1_epi8(0x0f)))
+}
+
 /// IQ4_XS super-block of eight rows (half a tile) in `K4Half`'s form: the table's signed values
 /// of sub-block j (values 32j.. : low nibbles, then high), its scale (six bits less 32), no mins.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn unpack_iq4xs_half(p: TileBlock, half: usize) -> K4Half {
     let word = |o: usize| word8(p, o, half);
-    let w0 = word(0);
+    let (w0, sl) = (word(0), word(4));
     let (d, _) = d_dmin8(w0);
-    let (sh, sl) = (_mm256_srli_epi32::<16>(w0), word(4));
-    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
-    let (k15, k3, k32) = (
-        _mm256_set1_epi32(15),
-        _mm256_set1_epi32(3),
-        _mm256_set1_epi32(32),
-    );
-    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-        super::dequant::KVALUES_IQ4NL.as_ptr() as *const __m128i,
-    ));
-    let nib = _mm256_set1_epi8(0x0f);
     let mut blk = K4Half {
         q: [[_mm256_setzero_si256(); 8]; 8],
         sc: [_mm256_setzero_si256(); 8],
@@ -773,14 +800,11 @@ unsafe fn unpack_iq4xs_half(p: TileBlock, half: usize) -> K4Half {
         dmin: _mm256_setzero_ps(),
     };
     for ib in 0..8u32 {
-        let lo = _mm256_and_si256(shr(sl, 8 * (ib / 2) + 4 * (ib % 2)), k15);
-        let hi = _mm256_slli_epi32::<4>(_mm256_and_si256(shr(sh, 2 * ib), k3));
-        blk.sc[ib as usize] = both16(_mm256_sub_epi32(_mm256_or_si256(lo, hi), k32));
+        blk.sc[ib as usize] = both16(iq4xs_scale8(w0, sl, ib));
         for i in 0..4 {
             let q = word(8 + 16 * ib as usize + 4 * i);
-            blk.q[ib as usize][i] = _mm256_shuffle_epi8(table, _mm256_and_si256(q, nib));
-            blk.q[ib as usize][4 + i] =
-                _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib));
+            blk.q[ib as usize][i] = iq4xs_values8(q, false);
+            blk.q[ib as usize][4 + i] = iq4xs_values8(q, true);
         }
     }
     blk
@@ -1147,16 +1171,6 @@ unsafe fn dot16_q6k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
 #[inline]
 unsafe fn dot16_iq4xs_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let yp = x.q.as_ptr() as *const i32;
-    let nib = _mm256_set1_epi8(0x0f);
-    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-        super::dequant::KVALUES_IQ4NL.as_ptr() as *const __m128i,
-    ));
-    let (k15, k3, k32) = (
-        _mm256_set1_epi32(15),
-        _mm256_set1_epi32(3),
-        _mm256_set1_epi32(32),
-    );
-    let shr = |v: __m256i, n: u32| _mm256_srlv_epi32(v, _mm256_set1_epi32(n as i32));
     let mut acc = [_mm256_setzero_ps(); 2];
     for b in 0..tile.n_blocks() {
         prefetch_tile(tile, b);
@@ -1167,23 +1181,15 @@ unsafe fn dot16_iq4xs_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
         let sl = [word(4, 0), word(4, 1)];
         let mut sumi = [_mm256_setzero_si256(); 2];
         for j in 0..8u32 {
-            let sc: [__m256i; 2] = std::array::from_fn(|h| {
-                let lo = _mm256_and_si256(shr(sl[h], 4 * j), k15);
-                let sh = _mm256_srli_epi32::<16>(w0[h]);
-                let hi = _mm256_slli_epi32::<4>(_mm256_and_si256(shr(sh, 2 * j), k3));
-                both16(_mm256_sub_epi32(_mm256_or_si256(lo, hi), k32))
-            });
+            let sc: [__m256i; 2] = std::array::from_fn(|h| both16(iq4xs_scale8(w0[h], sl[h], j)));
             let y0 = b * 64 + 8 * j as usize;
             for i in 0..4 {
                 let yl = _mm256_set1_epi32(yp.add(y0 + i).read_unaligned());
                 let yh = _mm256_set1_epi32(yp.add(y0 + 4 + i).read_unaligned());
                 for h in 0..2 {
                     let q = word(8 + 16 * j as usize + 4 * i, h);
-                    for (v, y) in [
-                        (_mm256_and_si256(q, nib), yl),
-                        (_mm256_and_si256(_mm256_srli_epi32::<4>(q), nib), yh),
-                    ] {
-                        let w = _mm256_shuffle_epi8(table, v);
+                    for (hi, y) in [(false, yl), (true, yh)] {
+                        let w = iq4xs_values8(q, hi);
                         let m =
                             _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
                         sumi[h] = _mm256_add_epi32(sumi[h], _mm256_madd_epi16(m, sc[h]));
@@ -1210,9 +1216,6 @@ unsafe fn dot16_iq4xs_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
 #[allow(clippy::needless_range_loop)]
 unsafe fn dot16_q3k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let yp = x.q.as_ptr() as *const i32;
-    let (three, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
-    let shr = |v: __m256i, s: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32));
-    let shl = |v: __m256i, s: usize| _mm256_sll_epi16(v, _mm_cvtsi32_si128(s as i32));
     let mut acc = [_mm256_setzero_ps(); 2];
     for b in 0..tile.n_blocks() {
         prefetch_tile(tile, b);
@@ -1228,18 +1231,8 @@ unsafe fn dot16_q3k_avx2(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
                 for n in 0..2 {
                     let qs = word(32 + 32 * n + 4 * g, h);
                     for j in 0..4 {
-                        // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of qs, bit 4n + j of hmask
-                        // as 4.
-                        let k = 4 * n + j;
-                        let hb = if k >= 2 {
-                            shr(hm, k - 2)
-                        } else {
-                            shl(hm, 2 - k)
-                        };
-                        let q = _mm256_or_si256(
-                            _mm256_and_si256(shr(qs, 2 * j), three),
-                            _mm256_and_si256(hb, four),
-                        );
+                        // Values 128n + 32j + 4g..
+                        let q = q3_quants8(qs, hm, n, j);
                         let i = 8 * n + 2 * j + g / 4;
                         let y = _mm256_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
                         s[i][h] = _mm256_add_epi16(s[i][h], _mm256_maddubs_epi16(q, y));
@@ -2036,8 +2029,8 @@ pub unsafe fn gemm16_k45_512(
                     summ[k] = _mm512_setzero_si512();
                 }
             };
+            let bs: [*const i16; T] = std::array::from_fn(|k| xs[k].bsums.as_ptr().add(16 * b));
             for (p, &mn) in blk.mn.iter().enumerate() {
-                let bs: [*const i16; T] = std::array::from_fn(|k| xs[k].bsums.as_ptr().add(16 * b));
                 for j in [2 * p, 2 * p + 1] {
                     let mut s = [_mm512_setzero_si512(); T];
                     if OFFSET {
@@ -2058,16 +2051,16 @@ pub unsafe fn gemm16_k45_512(
                         sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(s[k], blk.sc[j]));
                     }
                 }
-                for k in 0..T {
-                    if OFFSET {
-                        break; // no mins
+                // Activation sums of sub-blocks 2p and 2p + 1 (|sum| ≤ 32·128: an i16 each) times
+                // the mins (IQ4_XS has none).
+                if !OFFSET {
+                    for k in 0..T {
+                        let bs = bs[k];
+                        let lo = *bs.add(4 * p) as i32 + *bs.add(4 * p + 1) as i32;
+                        let hi = *bs.add(4 * p + 2) as i32 + *bs.add(4 * p + 3) as i32;
+                        let pair = (lo & 0xffff) | (hi << 16);
+                        summ[k] = _mm512_dpwssd_epi32(summ[k], mn, _mm512_set1_epi32(pair));
                     }
-                    // Activation sums of sub-blocks 2p and 2p + 1 (|sum| ≤ 32·128: an i16 each).
-                    let bs = bs[k];
-                    let lo = *bs.add(4 * p) as i32 + *bs.add(4 * p + 1) as i32;
-                    let hi = *bs.add(4 * p + 2) as i32 + *bs.add(4 * p + 3) as i32;
-                    let pair = (lo & 0xffff) | (hi << 16);
-                    summ[k] = _mm512_dpwssd_epi32(summ[k], mn, _mm512_set1_epi32(pair));
                 }
                 if MODE == SPLIT64 {
                     step(&mut sumi, &mut summ, &mut acc, &mut accm);
@@ -2101,6 +2094,24 @@ pub unsafe fn gemm16_k45_512(
         };
         t += emit16(r, t, &mut out);
     }
+}
+
+/// Q3_K's quants (0..7) of values 128n + 32j + 4g.. of sixteen super-blocks: bits 2j, 2j + 1
+/// of the qs word, the third bit from bit 4n + j of the hmask word `hm` (both at 4g).
+#[inline(always)]
+unsafe fn q3_quants16(qs: __m512i, hm: __m512i, n: usize, j: usize) -> __m512i {
+    let k = 4 * n + j;
+    // hmask bit k moved to bit 2 of each byte.
+    let hb = if k >= 2 {
+        _mm512_srlv_epi16(hm, _mm512_set1_epi16(k as i16 - 2))
+    } else {
+        _mm512_sllv_epi16(hm, _mm512_set1_epi16(2 - k as i16))
+    };
+    let lo = _mm512_srlv_epi16(qs, _mm512_set1_epi16(2 * j as i16));
+    _mm512_or_si512(
+        _mm512_and_si512(lo, _mm512_set1_epi8(3)),
+        _mm512_and_si512(hb, _mm512_set1_epi8(4)),
+    )
 }
 
 /// The sixteen scales of sixteen Q3_K super-blocks, six bits each less 32 (`q3k_scales` lane
@@ -2143,7 +2154,6 @@ unsafe fn q3_scales16(p: TileBlock) -> [__m512i; 16] {
 pub unsafe fn dot16_q3k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let nb = tile.n_blocks();
     check_x(x, nb);
-    let (three, four) = (_mm512_set1_epi8(3), _mm512_set1_epi8(4));
     let yp = x.q.as_ptr() as *const i32;
     let mut acc = _mm512_setzero_ps();
     for b in 0..nb {
@@ -2161,17 +2171,8 @@ pub unsafe fn dot16_q3k_512(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
             for n in 0..2 {
                 let qs = word(32 + 32 * n + 4 * g);
                 for j in 0..4 {
-                    // Values 128n + 32j + 4g..: bits 2j, 2j + 1 of qs, bit 4n + j of hmask as 4.
-                    let k = 4 * n + j;
-                    let lo = _mm512_srlv_epi16(qs, _mm512_set1_epi16(2 * j as i16));
-                    let hb = if k >= 2 {
-                        _mm512_srlv_epi16(hm, _mm512_set1_epi16(k as i16 - 2))
-                    } else {
-                        _mm512_sllv_epi16(hm, _mm512_set1_epi16(2 - k as i16))
-                    };
-                    // (lo & 3) | (hb & 4)
-                    let q =
-                        _mm512_or_si512(_mm512_and_si512(lo, three), _mm512_and_si512(hb, four));
+                    // Values 128n + 32j + 4g..
+                    let q = q3_quants16(qs, hm, n, j);
                     let i = 8 * n + 2 * j + g / 4;
                     let y = _mm512_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
                     s[i] = _mm512_dpbusd_epi32(s[i], q, y);
@@ -2318,18 +2319,12 @@ pub unsafe fn gemm16_k36_512(
             d: half16(p),
             dmin: _mm512_setzero_ps(),
         };
-        let (three, one) = (_mm512_set1_epi8(3), _mm512_set1_epi8(1));
         for g in 0..8 {
             let hm = word(4 * g);
             for n in 0..2 {
                 let qs = word(32 + 32 * n + 4 * g);
                 for j in 0..4 {
-                    // Values 128n + 32j + 4g..: two bits of qs, the third from hmask bit 4n + j.
-                    let shr =
-                        |v: __m512i, s: usize| _mm512_srlv_epi16(v, _mm512_set1_epi16(s as i16));
-                    let lo = _mm512_and_si512(shr(qs, 2 * j), three);
-                    let hb = _mm512_slli_epi16::<2>(_mm512_and_si512(shr(hm, 4 * n + j), one));
-                    blk.q[8 * n + 2 * j + g / 4][g % 4] = _mm512_or_si512(lo, hb);
+                    blk.q[8 * n + 2 * j + g / 4][g % 4] = q3_quants16(qs, hm, n, j);
                 }
             }
         }
