@@ -641,6 +641,7 @@ fn rows_dispatch(job: &Job, r0: usize, r1: usize) {
 /// unpack each row once and run four tokens per pass over it.
 #[inline(always)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+#[allow(clippy::too_many_arguments)]
 fn rows_k(
     level: SimdLevel,
     w: &QMatrix,
