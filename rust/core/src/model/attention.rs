@@ -276,22 +276,35 @@ fn reduce_partials<'a>(parts: impl Iterator<Item = &'a [f32]>, out: &mut [f32]) 
 /// softmax(q·K^T · scale) · V for one head's query rows (llama.cpp's tiled path; see the module
 /// comment), written to each row's `out`.
 ///
+/// The scores are computed transposed, one cell per row and one query per column (`st`, `ld`
+/// lanes a cell): the queries are transposed once, the keys are used as they are widened, and the
+/// softmax runs sixteen queries to a vector. Each score is still one fused multiply-add chain over
+/// the head's values, and each query's softmax the same operations in the same order, so the bits
+/// are those of one query at a time.
+///
 /// # Safety
 /// Every row's `out` points to `hd` writable values that nothing else accesses.
 #[inline(always)]
 unsafe fn tile_rows(kv: &HeadKv, hd: usize, rows: &[Row], scale: f32) {
     let nr = rows.len();
-    let mut qs = vec![0f32; nr * hd];
+    let ld = nr.next_multiple_of(16);
+    let mut qt = vec![0f32; hd * ld];
     for (r, row) in rows.iter().enumerate() {
-        qs[r * hd..(r + 1) * hd].copy_from_slice(row.q);
+        for (d, &v) in row.q.iter().enumerate() {
+            qt[d * ld + r] = v;
+        }
     }
+    // Each lane's visible cells; the padding lanes see none.
+    let lo: Vec<usize> = (0..ld)
+        .map(|r| rows.get(r).map_or(usize::MAX, |x| x.lo))
+        .collect();
+    let hi: Vec<usize> = (0..ld).map(|r| rows.get(r).map_or(0, |x| x.hi)).collect();
     let mut keys = vec![0f32; TILE * hd];
-    let mut kt = vec![0f32; hd * TILE];
     let mut vals = vec![0f32; TILE * hd];
-    let mut s = vec![0f32; nr * TILE];
+    let mut st = vec![0f32; TILE * ld];
     let mut acc = vec![0f32; nr * hd];
-    let mut mx = vec![f32::NEG_INFINITY; nr];
-    let mut sum = vec![0f32; nr];
+    let mut mx = vec![f32::NEG_INFINITY; ld];
+    let mut sum = vec![0f32; ld];
     let klo = rows.iter().map(|r| r.lo).min().unwrap_or(0);
     let khi = rows.iter().map(|r| r.hi).max().unwrap_or(0);
     // Cell tiles start at multiples of TILE, like llama.cpp's over its view of the cache.
@@ -303,43 +316,25 @@ unsafe fn tile_rows(kv: &HeadKv, hd: usize, rows: &[Row], scale: f32) {
             c0 += TILE;
             continue;
         }
-        // Keys transposed ([value][cell]), cells past the last zero.
         kv.keys(c0, w, &mut keys[..w * hd]);
-        kt.fill(0.0);
-        for j in 0..w {
-            for d in 0..hd {
-                kt[d * TILE + j] = keys[j * hd + d];
-            }
-        }
-        s.fill(0.0);
-        gemm_acc(&mut s, TILE, &qs, hd, &kt, TILE, nr, hd, TILE);
-        for (r, row) in rows.iter().enumerate() {
-            let sr: &mut [f32; TILE] = (&mut s[r * TILE..(r + 1) * TILE]).try_into().unwrap();
-            let (a, b) = (row.lo.max(c0), row.hi.min(c1));
-            if a > b {
-                // No cell of this tile is visible to the row: it adds nothing.
-                sr.fill(0.0);
-                continue;
-            }
-            for (j, v) in sr.iter_mut().enumerate() {
-                *v = if (a - c0..=b - c0).contains(&j) {
-                    *v * scale
-                } else {
-                    f32::NEG_INFINITY
-                };
-            }
-            let tile_max = sr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let m = mx[r].max(tile_max);
-            if m > mx[r] {
-                let ms = (mx[r] - m).exp();
+        st[..w * ld].fill(0.0);
+        gemm_acc(&mut st, ld, &keys, hd, 1, &qt, ld, w, hd, ld);
+        let mut rescale = |r: usize, ms: f32| {
+            if r < nr {
                 acc[r * hd..(r + 1) * hd].iter_mut().for_each(|v| *v *= ms);
-                sum[r] *= ms;
             }
-            mx[r] = m;
-            sum[r] = (sum[r] as f64 + softmax_tile(sr, m)) as f32;
-        }
+        };
+        let tile = ScoreTile {
+            c0,
+            w,
+            ld,
+            lo: &lo,
+            hi: &hi,
+            scale,
+        };
+        softmax_lanes(&tile, &mut st, &mut mx, &mut sum, &mut rescale);
         kv.values(c0, w, &mut vals[..w * hd]);
-        gemm_acc(&mut acc, hd, &s, TILE, &vals, hd, nr, w, hd);
+        gemm_acc(&mut acc, hd, &st, 1, ld, &vals, hd, nr, w, hd);
         c0 += TILE;
     }
     for (r, row) in rows.iter().enumerate() {
@@ -350,14 +345,87 @@ unsafe fn tile_rows(kv: &HeadKv, hd: usize, rows: &[Row], scale: f32) {
     }
 }
 
-/// c[i][j] += Σ_k a[i][k] · b[k][j] over row-major matrices (leading dimensions `ldc`, `lda`,
-/// `ldb`), each element one fused multiply-add chain in k order (ggml's `simd_gemm`).
+/// One key tile's transposed scores: cells c0..c0 + w (row j of the tile is cell c0 + j; rows up
+/// to TILE are read as masked), `ld` query lanes a row, lane r seeing cells lo[r]..=hi[r].
+struct ScoreTile<'a> {
+    c0: usize,
+    w: usize,
+    ld: usize,
+    lo: &'a [usize],
+    hi: &'a [usize],
+    scale: f32,
+}
+
+/// The online-softmax step of one key tile for every lane of `st`: the scores scaled, the cells a
+/// lane does not see at −∞, the lane's max updated (`rescale(r, e^(old − new))` for each lane
+/// whose max grew, its sum scaled too), the scores replaced by e^(s − max) and their sum added
+/// (`softmax_tile`'s order). A lane that sees no cell of the tile gets zeros and keeps its state.
+#[inline(always)]
+fn softmax_lanes(
+    t: &ScoreTile,
+    st: &mut [f32],
+    mx: &mut [f32],
+    sum: &mut [f32],
+    rescale: &mut impl FnMut(usize, f32),
+) {
+    assert!(st.len() >= TILE * t.ld && mx.len() >= t.ld && sum.len() >= t.ld);
+    assert!(t.lo.len() >= t.ld && t.hi.len() >= t.ld && t.ld.is_multiple_of(16));
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx512 {
+        // SAFETY: the AVX-512 level is only chosen when the CPU has it; the lengths are checked.
+        unsafe { x86::softmax_lanes_512(t, st, mx, sum, rescale) };
+        return;
+    }
+    softmax_lanes_portable(t, st, mx, sum, rescale);
+}
+
+/// `softmax_lanes` one lane at a time.
+#[inline(always)]
+fn softmax_lanes_portable(
+    t: &ScoreTile,
+    st: &mut [f32],
+    mx: &mut [f32],
+    sum: &mut [f32],
+    rescale: &mut impl FnMut(usize, f32),
+) {
+    let c1 = t.c0 + t.w - 1;
+    for r in 0..t.ld {
+        let (a, b) = (t.lo[r].max(t.c0), t.hi[r].min(c1));
+        let mut v = [0f32; TILE];
+        if a <= b {
+            for (j, vj) in v.iter_mut().enumerate() {
+                *vj = if (a - t.c0..=b - t.c0).contains(&j) {
+                    st[j * t.ld + r] * t.scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            let tile_max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let m = mx[r].max(tile_max);
+            if m > mx[r] {
+                let ms = (mx[r] - m).exp();
+                rescale(r, ms);
+                sum[r] *= ms;
+            }
+            mx[r] = m;
+            sum[r] = (sum[r] as f64 + softmax_tile(&mut v, m)) as f32;
+        }
+        for (j, &vj) in v.iter().enumerate() {
+            st[j * t.ld + r] = vj;
+        }
+    }
+}
+
+/// c[i][j] += Σ_k a[i][k] · b[k][j] over row-major c and b (leading dimensions `ldc`, `ldb`), a's
+/// element (i, k) at `i·lda + k·ak` (`ak` 1: row-major; `lda` 1: a transposed), each element one
+/// fused multiply-add chain in k order (ggml's `simd_gemm`).
 #[allow(clippy::too_many_arguments)]
 fn gemm_acc(
     c: &mut [f32],
     ldc: usize,
     a: &[f32],
     lda: usize,
+    ak: usize,
     b: &[f32],
     ldb: usize,
     m: usize,
@@ -369,17 +437,17 @@ fn gemm_acc(
     }
     assert!(
         c.len() >= (m - 1) * ldc + n
-            && a.len() >= (m - 1) * lda + k
+            && a.len() > (m - 1) * lda + (k - 1) * ak
             && b.len() >= (k - 1) * ldb + n
     );
     match simd_level() {
         // SAFETY: the level is only chosen when the CPU has these features; the lengths are
         // checked above.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::gemm_acc_512(c, ldc, a, lda, b, ldb, m, k, n) },
+        SimdLevel::Avx512 => unsafe { x86::gemm_acc_512(c, ldc, a, lda, ak, b, ldb, m, k, n) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::gemm_acc_avx2(c, ldc, a, lda, b, ldb, m, k, n) },
-        _ => gemm_portable(c, ldc, a, lda, b, ldb, m, k, n, 0),
+        SimdLevel::Avx2 => unsafe { x86::gemm_acc_avx2(c, ldc, a, lda, ak, b, ldb, m, k, n) },
+        _ => gemm_portable(c, ldc, a, lda, ak, b, ldb, m, k, n, 0),
     }
 }
 
@@ -391,6 +459,7 @@ fn gemm_portable(
     ldc: usize,
     a: &[f32],
     lda: usize,
+    ak: usize,
     b: &[f32],
     ldb: usize,
     m: usize,
@@ -405,7 +474,7 @@ fn gemm_portable(
     }
     for i in 0..m {
         for kk in 0..k {
-            let x = a[i * lda + kk];
+            let x = a[i * lda + kk * ak];
             let br = &b[kk * ldb + j0..kk * ldb + n];
             for (cv, &bv) in c[i * ldc + j0..i * ldc + n].iter_mut().zip(br) {
                 *cv = x.mul_add(bv, *cv);
@@ -426,11 +495,6 @@ fn reduce16(a: &[f32]) -> f32 {
 /// (`ggml_vec_soft_max_f32`).
 #[inline(always)]
 fn softmax_tile(s: &mut [f32; TILE], m: f32) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if simd_level() == SimdLevel::Avx512 {
-        // SAFETY: the AVX-512 level is only chosen when the CPU has it.
-        return unsafe { x86::softmax_tile_512(s, m) };
-    }
     let mut sum = 0f64;
     for g in s.chunks_exact_mut(16) {
         g.iter_mut().for_each(|v| *v = expf_ggml(*v - m));
@@ -601,7 +665,7 @@ mod x86 {
     use crate::quant::f16::round_f16;
     use crate::quant::x86::hsum_f32_8;
 
-    use super::{gemm_portable, reduce16, HeadKv, OneRow, TILE};
+    use super::{gemm_portable, HeadKv, OneRow, ScoreTile, TILE};
 
     /// Sixteen f32 lanes: one AVX-512 register, or two AVX2 ones (lanes 0..8 first), so that the
     /// one-row kernel is written once for both levels (the same lane operations, the same bits).
@@ -879,6 +943,7 @@ mod x86 {
         ldc: usize,
         a: &[f32],
         lda: usize,
+        ak: usize,
         b: &[f32],
         ldb: usize,
         m: usize,
@@ -892,6 +957,7 @@ mod x86 {
                 ldc,
                 a.as_ptr(),
                 lda,
+                ak,
                 b.as_ptr().add(j0),
                 ldb,
                 m,
@@ -905,6 +971,7 @@ mod x86 {
                 ldc,
                 a.as_ptr(),
                 lda,
+                ak,
                 b.as_ptr().add(j0),
                 ldb,
                 m,
@@ -912,7 +979,7 @@ mod x86 {
             );
             j0 += 16;
         }
-        gemm_portable(c, ldc, a, lda, b, ldb, m, k, n, j0);
+        gemm_portable(c, ldc, a, lda, ak, b, ldb, m, k, n, j0);
     }
 
     #[inline(always)]
@@ -922,6 +989,7 @@ mod x86 {
         ldc: usize,
         a: *const f32,
         lda: usize,
+        ak: usize,
         b: *const f32,
         ldb: usize,
         m: usize,
@@ -947,7 +1015,7 @@ mod x86 {
                     bv[r] = _mm512_loadu_ps(b.add(kk * ldb + 16 * r));
                 }
                 for i in 0..4 {
-                    let x = _mm512_set1_ps(*ar[i].add(kk));
+                    let x = _mm512_set1_ps(*ar[i].add(kk * ak));
                     for r in 0..RN {
                         acc[i][r] = _mm512_fmadd_ps(x, bv[r], acc[i][r]);
                     }
@@ -974,6 +1042,7 @@ mod x86 {
         ldc: usize,
         a: &[f32],
         lda: usize,
+        ak: usize,
         b: &[f32],
         ldb: usize,
         m: usize,
@@ -987,6 +1056,7 @@ mod x86 {
                 ldc,
                 a.as_ptr(),
                 lda,
+                ak,
                 b.as_ptr().add(j0),
                 ldb,
                 m,
@@ -1000,6 +1070,7 @@ mod x86 {
                 ldc,
                 a.as_ptr(),
                 lda,
+                ak,
                 b.as_ptr().add(j0),
                 ldb,
                 m,
@@ -1007,7 +1078,7 @@ mod x86 {
             );
             j0 += 8;
         }
-        gemm_portable(c, ldc, a, lda, b, ldb, m, k, n, j0);
+        gemm_portable(c, ldc, a, lda, ak, b, ldb, m, k, n, j0);
     }
 
     #[inline(always)]
@@ -1017,6 +1088,7 @@ mod x86 {
         ldc: usize,
         a: *const f32,
         lda: usize,
+        ak: usize,
         b: *const f32,
         ldb: usize,
         m: usize,
@@ -1041,7 +1113,7 @@ mod x86 {
                     bv[r] = _mm256_loadu_ps(b.add(kk * ldb + 8 * r));
                 }
                 for i in 0..4 {
-                    let x = _mm256_set1_ps(*ar[i].add(kk));
+                    let x = _mm256_set1_ps(*ar[i].add(kk * ak));
                     for r in 0..RN {
                         acc[i][r] = _mm256_fmadd_ps(x, bv[r], acc[i][r]);
                     }
@@ -1056,20 +1128,101 @@ mod x86 {
         }
     }
 
-    /// `super::softmax_tile` with `ggml_v_expf`'s own AVX-512 instructions.
+    /// `super::softmax_lanes` sixteen lanes to a vector: per lane the same operations in the same
+    /// order (the masked scaling, a max that skips nothing, `ggml_v_expf`, `reduce16`'s tree and
+    /// the tile's sums in f64), libm's exp for a grown max's factor as there.
     ///
     /// # Safety
-    /// The CPU has AVX-512F.
+    /// The CPU has AVX-512F; the slices are as long as `super::softmax_lanes` checks.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn softmax_tile_512(s: &mut [f32; TILE], m: f32) -> f64 {
-        let mut sum = 0f64;
-        for g in s.chunks_exact_mut(16) {
-            let x = _mm512_sub_ps(_mm512_loadu_ps(g.as_ptr()), _mm512_set1_ps(m));
-            let v = expf_ggml_512(x);
-            _mm512_storeu_ps(g.as_mut_ptr(), v);
-            sum += reduce16(g) as f64;
+    pub unsafe fn softmax_lanes_512(
+        t: &ScoreTile,
+        st: &mut [f32],
+        mx: &mut [f32],
+        sum: &mut [f32],
+        rescale: &mut impl FnMut(usize, f32),
+    ) {
+        let ld = t.ld;
+        let c1 = t.c0 + t.w - 1;
+        let p = st.as_mut_ptr();
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let scale = _mm512_set1_ps(t.scale);
+        for r0 in (0..ld).step_by(16) {
+            // Each lane's visible cells as tile rows a..=b; `any`: the lanes that see one.
+            let (mut a, mut b, mut any) = ([1i32; 16], [0i32; 16], 0u16);
+            for l in 0..16 {
+                let (lo, hi) = (t.lo[r0 + l].max(t.c0), t.hi[r0 + l].min(c1));
+                if lo <= hi {
+                    (a[l], b[l]) = ((lo - t.c0) as i32, (hi - t.c0) as i32);
+                    any |= 1 << l;
+                }
+            }
+            let (av, bv) = (
+                _mm512_loadu_si512(a.as_ptr() as *const __m512i),
+                _mm512_loadu_si512(b.as_ptr() as *const __m512i),
+            );
+            let mut tmax = ninf;
+            for j in 0..TILE {
+                let jv = _mm512_set1_epi32(j as i32);
+                let vis = _mm512_cmpge_epi32_mask(jv, av) & _mm512_cmple_epi32_mask(jv, bv);
+                let at = p.add(j * ld + r0);
+                let v = _mm512_mask_mul_ps(ninf, vis, _mm512_loadu_ps(at), scale);
+                _mm512_storeu_ps(at, v);
+                // f32::max's fold: a NaN score is skipped (max_ps returns its second operand).
+                tmax = _mm512_max_ps(v, tmax);
+            }
+            let old = _mm512_loadu_ps(mx.as_ptr().add(r0));
+            let m = _mm512_max_ps(tmax, old);
+            let grow = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, old) & any;
+            if grow != 0 {
+                let (mut ma, mut oa) = ([0f32; 16], [0f32; 16]);
+                _mm512_storeu_ps(ma.as_mut_ptr(), m);
+                _mm512_storeu_ps(oa.as_mut_ptr(), old);
+                for l in 0..16 {
+                    if grow >> l & 1 == 1 {
+                        let ms = (oa[l] - ma[l]).exp();
+                        rescale(r0 + l, ms);
+                        sum[r0 + l] *= ms;
+                    }
+                }
+            }
+            _mm512_storeu_ps(mx.as_mut_ptr().add(r0), _mm512_mask_blend_ps(any, old, m));
+            let (mut s_lo, mut s_hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+            for g in 0..TILE / 16 {
+                let e: [__m512; 16] = std::array::from_fn(|k| {
+                    let at = p.add((16 * g + k) * ld + r0);
+                    let x = _mm512_sub_ps(_mm512_loadu_ps(at), m);
+                    let e = _mm512_maskz_mov_ps(any, expf_ggml_512(x));
+                    _mm512_storeu_ps(at, e);
+                    e
+                });
+                let t8: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(e[8 + i], e[i]));
+                let u4: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(t8[4 + i], t8[i]));
+                let rg = _mm512_add_ps(_mm512_add_ps(u4[0], u4[2]), _mm512_add_ps(u4[1], u4[3]));
+                let (lo, hi) = halves(rg);
+                s_lo = _mm512_add_pd(s_lo, _mm512_cvtps_pd(lo));
+                s_hi = _mm512_add_pd(s_hi, _mm512_cvtps_pd(hi));
+            }
+            let sv = _mm512_loadu_ps(sum.as_ptr().add(r0));
+            let (lo, hi) = halves(sv);
+            let new_lo = _mm512_cvtpd_ps(_mm512_add_pd(_mm512_cvtps_pd(lo), s_lo));
+            let new_hi = _mm512_cvtpd_ps(_mm512_add_pd(_mm512_cvtps_pd(hi), s_hi));
+            let new = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castps_pd(_mm512_castps256_ps512(new_lo)),
+                _mm256_castps_pd(new_hi),
+            ));
+            _mm512_storeu_ps(sum.as_mut_ptr().add(r0), _mm512_mask_blend_ps(any, sv, new));
         }
-        sum
+    }
+
+    /// Lanes 0..8 and 8..16.
+    #[inline(always)]
+    unsafe fn halves(v: __m512) -> (__m256, __m256) {
+        let d = _mm512_castps_pd(v);
+        (
+            _mm256_castpd_ps(_mm512_castpd512_pd256(d)),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(d)),
+        )
     }
 
     #[target_feature(enable = "avx,f16c")]
@@ -1135,23 +1288,57 @@ mod tests {
         }
         assert_eq!(expf_ggml(f32::NEG_INFINITY), 0.0);
         assert_eq!(expf_ggml(-200.0), 0.0);
-        let mut tile = [0f32; TILE];
-        for (j, v) in tile.iter_mut().enumerate() {
-            *v = if j % 7 == 3 {
-                f32::NEG_INFINITY
+        // The softmax step of a key tile, at this CPU's level and one lane at a time: lanes
+        // that see all, part or none of the tile, a first tile (max −∞), maxima that grow and
+        // ones that do not, and a NaN score.
+        let ld = 48;
+        let (c0, w) = (128, 50);
+        let lo: Vec<usize> = (0..ld).map(|r| [0, 130, 140, 200, 129][r % 5]).collect();
+        let hi: Vec<usize> = (0..ld).map(|r| [300, 160, 135, 250, 177][r % 5]).collect();
+        let st0: Vec<f32> = (0..TILE * ld)
+            .map(|i| {
+                if i == 7 * ld + 3 {
+                    f32::NAN
+                } else {
+                    ((i * 37 % 101) as f32 - 50.0) / 7.0
+                }
+            })
+            .collect();
+        let mx0: Vec<f32> = (0..ld)
+            .map(|r| {
+                if r % 3 == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    (r % 7) as f32 - 2.0
+                }
+            })
+            .collect();
+        let sum0: Vec<f32> = (0..ld)
+            .map(|r| if r % 3 == 0 { 0.0 } else { 1.5 + r as f32 })
+            .collect();
+        let tile = ScoreTile {
+            c0,
+            w,
+            ld,
+            lo: &lo,
+            hi: &hi,
+            scale: 0.6,
+        };
+        let run = |portable: bool| {
+            let (mut st, mut mx, mut sum) = (st0.clone(), mx0.clone(), sum0.clone());
+            let mut scaled = Vec::new();
+            let mut rescale = |r: usize, ms: f32| scaled.push((r, ms.to_bits()));
+            if portable {
+                softmax_lanes_portable(&tile, &mut st, &mut mx, &mut sum, &mut rescale);
             } else {
-                (j as f32 * 0.37).sin() * 30.0 - 90.0
-            };
-        }
-        let mut portable = tile;
-        let mut want = 0f64;
-        for g in portable.chunks_exact_mut(16) {
-            g.iter_mut().for_each(|v| *v = expf_ggml(*v + 60.0));
-            want += reduce16(g) as f64;
-        }
-        let got = softmax_tile(&mut tile, -60.0);
-        assert_eq!(got, want);
-        assert_eq!(tile.map(f32::to_bits), portable.map(f32::to_bits));
+                softmax_lanes(&tile, &mut st, &mut mx, &mut sum, &mut rescale);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            (bits(&st[..w * ld]), bits(&mx), bits(&sum), scaled)
+        };
+        let want = run(true);
+        assert!(!want.3.is_empty() && want.3.len() < ld);
+        assert_eq!(run(false), want);
 
         // Every shape's blocks and column tails give each element the same chain.
         let (m, k, n) = (7, 37, 83);
@@ -1163,9 +1350,9 @@ mod tests {
             .collect();
         let c0: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 * 0.25).collect();
         let mut want = c0.clone();
-        gemm_portable(&mut want, n, &a, k, &b, n, m, k, n, 0);
+        gemm_portable(&mut want, n, &a, k, 1, &b, n, m, k, n, 0);
         let mut got = c0;
-        gemm_acc(&mut got, n, &a, k, &b, n, m, k, n);
+        gemm_acc(&mut got, n, &a, k, 1, &b, n, m, k, n);
         assert_eq!(got, want);
     }
 
