@@ -53,9 +53,12 @@ impl Q8KRow {
 #[inline(always)]
 pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd_level() != crate::cpu::SimdLevel::Scalar {
-        // SAFETY: AVX2, FMA and F16C are present whenever the level is not Scalar.
-        return unsafe { super::x86::quantize_q8_avx2(x, out) };
+    match crate::cpu::simd_level() {
+        // SAFETY: the level is only chosen when the CPU has its features.
+        crate::cpu::SimdLevel::Avx512 => return unsafe { super::x86::quantize_q8_512(x, out) },
+        // SAFETY: AVX2, FMA and F16C are present at this level.
+        crate::cpu::SimdLevel::Avx2 => return unsafe { super::x86::quantize_q8_avx2(x, out) },
+        _ => {}
     }
     quantize_q8_portable(x, out)
 }
@@ -189,6 +192,14 @@ mod tests {
                 )
             };
             assert_eq!(bits(&a), bits(&b));
+            // The AVX2 kernel too where the detected level is above it.
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::simd_level() == crate::cpu::SimdLevel::Avx512 {
+                let mut c = Q8Row::with_cols(512);
+                // SAFETY: an AVX-512 CPU has AVX2, FMA and F16C.
+                unsafe { crate::quant::x86::quantize_q8_avx2(&x, &mut c) };
+                assert_eq!(bits(&c), bits(&b));
+            }
             let (mut a, mut b) = (Q8KRow::with_cols(512), Q8KRow::with_cols(512));
             quantize_q8k(&x, &mut a);
             quantize_q8k_portable(&x, &mut b);
