@@ -581,9 +581,7 @@ impl Model {
                 Some(a) if a.pairs_with(w.ty) => a,
                 _ => Activations::new(&self.pool, w.ty, x, n)?.batch_invariant(self.deterministic),
             };
-            let mut y = vec![0f32; n * w.rows];
-            matmul_acts(&self.pool, &w, &a, &mut y)?;
-            out.push(y);
+            out.push(matmul_acts(&self.pool, &w, &a)?);
             acts = Some(a);
         }
         Ok(out)

@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 
 pub use pool::{SendPtr, ThreadPool};
 
+use std::mem::MaybeUninit;
+
 use crate::cpu::{available, simd_dispatch, simd_level, SimdLevel};
 use crate::error::{Error, Result};
 use crate::quant::dot::*;
@@ -411,7 +413,9 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
             let mut buf = vec![0f32; w.cols];
             for r in r0..r1 {
                 if dequantize(w.ty, w.row(r), &mut buf).is_err() {
-                    continue; // type checked by the caller
+                    // Type checked by the caller; the row is still written (see `matmul_acts`).
+                    (0..n).for_each(|t| put(t, r, f32::NAN));
+                    continue;
                 }
                 for t in 0..n {
                     put(t, r, dot_f32(&buf, &x[t * w.cols..(t + 1) * w.cols]));
@@ -912,7 +916,7 @@ pub fn matmul_at(
         return Err(Error::invalid(format!("this CPU lacks {level:?}")));
     }
     let acts = Activations::new(pool, w.ty, x, n_tokens)?;
-    matmul_acts_at(level, pool, w, &acts, y)
+    matmul_acts_at(level, pool, w, &acts, as_uninit(y))
 }
 
 fn check_weights(w: &QMatrix) -> Result<()> {
@@ -928,9 +932,22 @@ fn check_weights(w: &QMatrix) -> Result<()> {
     Ok(())
 }
 
-/// `matmul` with activations quantized beforehand (see `Activations`).
-pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations, y: &mut [f32]) -> Result<()> {
-    matmul_acts_at(simd_level(), pool, w, a, y)
+/// `matmul` with activations quantized beforehand (see `Activations`), into a new vector. The
+/// kernels write every value, so it is not zeroed first (that memset was 2-3% of a prefill).
+pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations) -> Result<Vec<f32>> {
+    let len = a.n * w.rows;
+    let mut y = Vec::with_capacity(len);
+    matmul_acts_at(simd_level(), pool, w, a, &mut y.spare_capacity_mut()[..len])?;
+    // SAFETY: `matmul_acts_at` returned Ok, so it wrote all `len` values (every row of every
+    // token: the chunks cover the rows and each kernel writes every token of its rows).
+    unsafe { y.set_len(len) };
+    Ok(y)
+}
+
+/// `y` as storage the kernels only write.
+fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: the same layout, and only valid f32 values are written through it.
+    unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 fn matmul_acts_at(
@@ -938,7 +955,7 @@ fn matmul_acts_at(
     pool: &ThreadPool,
     w: &QMatrix,
     a: &Activations,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
     let n_tokens = a.n;
     if a.x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows || !a.pairs_with(w.ty) {
@@ -954,7 +971,7 @@ fn matmul_acts_at(
     }
     check_weights(w)?;
     let mut own_gemm = None;
-    let out = SendPtr(y.as_mut_ptr());
+    let out = SendPtr(y.as_mut_ptr() as *mut f32);
     let job = Job {
         level,
         w,
@@ -1223,7 +1240,7 @@ mod tests {
                                 .unwrap()
                                 .batch_invariant(invariant);
                             let mut y = vec![0f32; n * rows];
-                            matmul_acts_at(level, &pool, &w, &a, &mut y).unwrap();
+                            matmul_acts_at(level, &pool, &w, &a, as_uninit(&mut y)).unwrap();
                             let tiled = !invariant && order.tiled(ty, rows, cols, n);
                             for t in 0..n {
                                 let xt = float::act_row(&x, &conv, t, cols);
@@ -1282,7 +1299,7 @@ mod tests {
                         let a = Activations::new(&pool, w.ty, &x, n)
                             .unwrap()
                             .batch_invariant(true);
-                        matmul_acts_at(level, &pool, &w, &a, &mut y).unwrap();
+                        matmul_acts_at(level, &pool, &w, &a, as_uninit(&mut y)).unwrap();
                         for t in 0..n {
                             let mut y1 = vec![0f32; rows];
                             let xt = &x[t * cols..(t + 1) * cols];
