@@ -23,6 +23,19 @@ pub struct Q8KRow {
 }
 
 impl Q8Row {
+    /// Ready for `nb` blocks written in place: no scales yet (room for nb), values and sums of
+    /// four sized (the SIMD quantizers store into them).
+    pub fn start(&mut self, nb: usize) {
+        self.d.clear();
+        self.s.clear();
+        self.d.reserve_exact(nb);
+        self.s.reserve_exact(nb);
+        self.q.clear();
+        self.q.resize(nb * 32, 0);
+        self.sum4.clear();
+        self.sum4.resize(nb * 8, 0);
+    }
+
     /// An empty row with room for `cols` values: quantizing into it allocates nothing (matmuls
     /// size their rows on the calling thread, so compute threads never contend on the allocator).
     pub fn with_cols(cols: usize) -> Self {

@@ -905,15 +905,7 @@ unsafe fn pack_i8_32(q: [__m256i; 4]) -> __m256i {
 /// lanes as `f32::max` does), d and 1/d as scalars, v·(1/d) rounded to nearest even.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_q8_avx2(x: &[f32], out: &mut Q8Row) {
-    let nb = x.len() / 32;
-    out.d.clear();
-    out.s.clear();
-    out.d.reserve_exact(nb);
-    out.s.reserve_exact(nb);
-    out.q.clear();
-    out.q.resize(nb * 32, 0);
-    out.sum4.clear();
-    out.sum4.resize(nb * 8, 0);
+    out.start(x.len() / 32);
     let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
     let ones8 = _mm256_set1_epi8(1);
     let ones16 = _mm256_set1_epi16(1);
@@ -932,10 +924,10 @@ pub unsafe fn quantize_q8_avx2(x: &[f32], out: &mut Q8Row) {
             );
             _mm256_cvtps_epi32(r)
         });
-        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let s = _mm_add_epi32(_mm256_extracti128_si256(s, 1), _mm256_castsi256_si128(s));
-        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+        let sum = hsum_epi32_8(_mm256_add_epi32(
+            _mm256_add_epi32(q[0], q[1]),
+            _mm256_add_epi32(q[2], q[3]),
+        ));
         let p = pack_i8_32(q);
         _mm256_storeu_si256(out.q.as_mut_ptr().add(32 * i) as *mut __m256i, p);
         // Sums of four: byte pairs, then pairs of pairs.
@@ -944,6 +936,14 @@ pub unsafe fn quantize_q8_avx2(x: &[f32], out: &mut Q8Row) {
         out.d.push(round_f16_f16c(d));
         out.s.push(round_f16_f16c(d * sum as f32));
     }
+}
+
+/// The sum of eight i32 lanes (exact).
+#[inline(always)]
+unsafe fn hsum_epi32_8(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)))
 }
 
 /// `round_f16` with F16C's conversion (round to nearest even, as `f32_to_f16`).
@@ -959,15 +959,7 @@ unsafe fn round_f16_f16c(x: f32) -> f32 {
 /// saturation (as the AVX2 packs do), the sums of four from one VNNI instruction.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn quantize_q8_512(x: &[f32], out: &mut Q8Row) {
-    let nb = x.len() / 32;
-    out.d.clear();
-    out.s.clear();
-    out.d.reserve_exact(nb);
-    out.s.reserve_exact(nb);
-    out.q.clear();
-    out.q.resize(nb * 32, 0);
-    out.sum4.clear();
-    out.sum4.resize(nb * 8, 0);
+    out.start(x.len() / 32);
     let ones = _mm256_set1_epi8(1);
     for (i, b) in x.chunks_exact(32).enumerate() {
         let v = [
@@ -991,9 +983,7 @@ pub unsafe fn quantize_q8_512(x: &[f32], out: &mut Q8Row) {
         _mm256_storeu_si256(out.q.as_mut_ptr().add(32 * i) as *mut __m256i, p);
         let s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, p);
         _mm256_storeu_si256(out.sum4.as_mut_ptr().add(8 * i) as *mut __m256i, s4);
-        let s = _mm_add_epi32(_mm256_extracti128_si256(s4, 1), _mm256_castsi256_si128(s4));
-        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+        let sum = hsum_epi32_8(s4);
         out.d.push(round_f16_f16c(d));
         out.s.push(round_f16_f16c(d * sum as f32));
     }
