@@ -7,6 +7,10 @@
 //! f16 side by side. So a kernel reads one contiguous stream per tile with plain loads, and
 //! gets exactly the lane values it got before (same arithmetic, same bits). The last tile of a
 //! matrix repeats its last row in the lanes past the end.
+//!
+//! One word is stored rearranged: the fifth bits (qh) of Q5_0 and Q5_1, by `fifth_bits_lanes`,
+//! so that a kernel gets a group's four fifth bits as the 0x10 bits of its four bytes with one
+//! shift and one mask (the bits are the same, only their places differ).
 
 use super::GgmlType;
 use std::sync::Arc;
@@ -51,6 +55,27 @@ pub fn layout(ty: GgmlType) -> Option<Layout> {
     })
 }
 
+/// The word of `ty`'s block that is stored rearranged (`fifth_bits_lanes`), if any.
+pub fn qh_word(ty: GgmlType) -> Option<usize> {
+    match ty {
+        GgmlType::Q5_0 => Some(0),
+        GgmlType::Q5_1 => Some(1),
+        _ => None,
+    }
+}
+
+/// A Q5 block's qh (bit v: the fifth bit of value v) rearranged for the kernels: byte k holds,
+/// at bit 4 + g, the fifth bit of value 4g + k (the low nibble of byte k of quant word g) and,
+/// at bit g, that of value 16 + 4g + k (its high nibble), for g in 0..4. So group g's bits are
+/// `(w >> g) & 0x10` per byte for the low nibbles and `(w << (4 - g)) & 0x10` for the high.
+pub fn fifth_bits_lanes(qh: u32) -> u32 {
+    // Bit k of a nibble n to bit 8k: n · (1 + 2^7 + 2^14 + 2^21), masked.
+    let spread = |n: u32| (n * 0x0020_4081) & 0x0101_0101;
+    (0..4).fold(0, |w, g| {
+        w | spread((qh >> (4 * g)) & 0xf) << (4 + g) | spread((qh >> (16 + 4 * g)) & 0xf) << g
+    })
+}
+
 /// Bytes of one tile of `nb` blocks: the blocks' bytes, rounded up to whole cache lines.
 pub fn tile_bytes(ty: GgmlType, nb: usize) -> usize {
     (TILE * ty.type_size() * nb).div_ceil(64) * 64
@@ -65,13 +90,20 @@ pub fn pack_tile(ty: GgmlType, rows: &[u8], nb: usize, out: &mut [u8]) {
     let m = rows.len() / rb.max(1);
     assert!((1..=TILE).contains(&m) && rows.len() == m * rb && out.len() >= tile_bytes(ty, nb));
     let (words, halves) = out.split_at_mut(nb * nw * 64);
+    let qh = qh_word(ty);
     for (b, wblk) in words.chunks_exact_mut(nw * 64).enumerate() {
         for lane in 0..TILE {
             let r = lane.min(m - 1);
             let blk = &rows[r * rb + b * ts..r * rb + (b + 1) * ts];
             let src = &blk[l.words_from..l.words_from + 4 * nw];
             for (k, w) in src.chunks_exact(4).enumerate() {
-                wblk[64 * k + 4 * lane..64 * k + 4 * lane + 4].copy_from_slice(w);
+                let dst = &mut wblk[64 * k + 4 * lane..64 * k + 4 * lane + 4];
+                if qh == Some(k) {
+                    let v = u32::from_le_bytes(w.try_into().expect("a 4-byte word"));
+                    dst.copy_from_slice(&fifth_bits_lanes(v).to_le_bytes());
+                } else {
+                    dst.copy_from_slice(w);
+                }
             }
             if let Some(h) = l.half {
                 let at = 32 * b + 2 * lane;
@@ -315,8 +347,8 @@ impl Tiles {
 mod tests {
     use super::*;
 
-    /// Word k of lane r is row r's bytes at words_from + 4k; the f16 plane holds each row's
-    /// half field; lanes past the rows repeat the last row.
+    /// Word k of lane r is row r's bytes at words_from + 4k (Q5's qh rearranged); the f16 plane
+    /// holds each row's half field; lanes past the rows repeat the last row.
     #[test]
     fn tiles_hold_each_rows_fields() {
         use GgmlType::*;
@@ -343,7 +375,13 @@ mod tests {
                             let got = unsafe {
                                 std::slice::from_raw_parts(blk.words.add(64 * k + 4 * lane), 4)
                             };
-                            assert_eq!(got, &src[l.words_from + 4 * k..][..4], "{ty}");
+                            let mut want: [u8; 4] =
+                                src[l.words_from + 4 * k..][..4].try_into().unwrap();
+                            if qh_word(ty) == Some(k) {
+                                let v = fifth_bits_lanes(u32::from_le_bytes(want));
+                                want = v.to_le_bytes();
+                            }
+                            assert_eq!(got, want, "{ty}");
                         }
                         if let Some(h) = l.half {
                             // SAFETY: as above.
@@ -355,6 +393,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Each fifth bit lands where `fifth_bits_lanes` says, one bit for one bit.
+    #[test]
+    fn fifth_bits_go_to_their_groups_bytes() {
+        for v in 0..32 {
+            let w = fifth_bits_lanes(1 << v);
+            let (g, k, hi) = (v % 16 / 4, v % 4, v >= 16);
+            let at = 8 * k + if hi { g } else { 4 + g };
+            assert_eq!(w, 1 << at, "value {v}");
+            // What the kernels take out of it for group g.
+            let lanes = (if hi { w << (4 - g) } else { w >> g }) & 0x1010_1010;
+            assert_eq!(lanes, 0x10 << (8 * k), "value {v}");
+        }
+        assert_eq!(fifth_bits_lanes(u32::MAX), u32::MAX);
     }
 
     /// Matrices packed together lie back to back in one buffer, each tile as `pack` alone makes

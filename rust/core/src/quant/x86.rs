@@ -226,15 +226,6 @@ pub fn avx2_offset(ty: super::GgmlType) -> u8 {
     }
 }
 
-/// Bytes 0x10 where bit k of each lane's low four bits is set (byte k of the lane): the fifth
-/// bits of a Q5 group of four.
-#[inline(always)]
-unsafe fn fifth_bits(bits4: __m256i) -> __m256i {
-    // t · (1 + 2^7 + 2^14 + 2^21) puts bit k of t at bit 8k (the four copies never overlap).
-    let spread = _mm256_mullo_epi32(bits4, _mm256_set1_epi32(0x0020_4081));
-    _mm256_slli_epi32::<4>(_mm256_and_si256(spread, _mm256_set1_epi32(0x0101_0101)))
-}
-
 /// The low and the high f16 of each 32-bit lane, as f32 (Q4_1's d and m).
 #[inline(always)]
 unsafe fn halves_of_words(v: __m256i) -> (__m256, __m256) {
@@ -334,19 +325,20 @@ unsafe fn load8<const T: u8>(tile: &Tile, b: usize, half: usize) -> Block8 {
             }
         }
         L_Q5_0 | L_Q5_1 => {
-            // Q5_0: qh word 0, quants words 1..5; Q5_1: d·m word 0, qh 1, quants 2..6.
+            // Q5_0: qh word 0, quants words 1..5; Q5_1: d·m word 0, qh 1, quants 2..6. The qh
+            // word is stored with group g's fifth bits at bit 4 + g (low nibbles) and bit g
+            // (high nibbles) of each byte (`repack::fifth_bits_lanes`).
             let first = usize::from(T == L_Q5_1);
             let qh = word(first);
-            let fifth = |shift: i32| {
-                let t = _mm256_srlv_epi32(qh, _mm256_set1_epi32(shift));
-                fifth_bits(_mm256_and_si256(t, _mm256_set1_epi32(0xf)))
-            };
+            let five = _mm256_set1_epi8(0x10);
             for g in 0..4 {
                 let q = word(first + 1 + g);
-                w[g] = _mm256_or_si256(_mm256_and_si256(q, nib), fifth(4 * g as i32));
+                let lo = _mm256_srlv_epi32(qh, _mm256_set1_epi32(g as i32));
+                let hi = _mm256_sllv_epi32(qh, _mm256_set1_epi32(4 - g as i32));
+                w[g] = _mm256_or_si256(_mm256_and_si256(q, nib), _mm256_and_si256(lo, five));
                 w[g + 4] = _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi32::<4>(q), nib),
-                    fifth(16 + 4 * g as i32),
+                    _mm256_and_si256(hi, five),
                 );
             }
         }
@@ -622,13 +614,7 @@ unsafe fn load16(ty: super::GgmlType, blk: TileBlock) -> Block16 {
             }
         }
         Q5_0 | Q5_1 => {
-            // (nibble | fifth bit << 4); bits 4g..4g+4 of qh, as a table index, give the fifth
-            // bits of a 4-value group as 0x10 bytes (`FIFTH[i]`: 0x10 in byte k where bit k of i).
-            let fifth = _mm512_set_epi32(
-                0x10101010, 0x10101000, 0x10100010, 0x10100000, 0x10001010, 0x10001000, 0x10000010,
-                0x10000000, 0x00101010, 0x00101000, 0x00100010, 0x00100000, 0x00001010, 0x00001000,
-                0x00000010, 0,
-            );
+            // (nibble | fifth bit << 4), the fifth bits stored as `load8` reads them.
             // Q5_1: d and m are word 0, qh word 1.
             let (qh, qs) = if ty == Q5_1 {
                 (word(1), 2)
@@ -638,15 +624,15 @@ unsafe fn load16(ty: super::GgmlType, blk: TileBlock) -> Block16 {
             if ty == Q5_1 {
                 m = scale(_mm512_srli_epi32::<16>(word(0)));
             }
-            let hb = |shift: i32| {
-                _mm512_permutexvar_epi32(_mm512_srlv_epi32(qh, _mm512_set1_epi32(shift)), fifth)
-            };
+            let five = _mm512_set1_epi8(0x10);
             for g in 0..4 {
                 let q = word(qs + g);
-                w[g] = _mm512_or_si512(_mm512_and_si512(q, nib), hb(4 * g as i32));
+                let lo = _mm512_srlv_epi32(qh, _mm512_set1_epi32(g as i32));
+                let hi = _mm512_sllv_epi32(qh, _mm512_set1_epi32(4 - g as i32));
+                w[g] = _mm512_or_si512(_mm512_and_si512(q, nib), _mm512_and_si512(lo, five));
                 w[g + 4] = _mm512_or_si512(
                     _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
-                    hb(16 + 4 * g as i32),
+                    _mm512_and_si512(hi, five),
                 );
             }
         }
