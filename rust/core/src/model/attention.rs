@@ -376,6 +376,12 @@ fn softmax_lanes(
         unsafe { x86::softmax_lanes_512(t, st, mx, sum, rescale) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 {
+        // SAFETY: as above, for AVX2.
+        unsafe { x86::softmax_lanes_avx2(t, st, mx, sum, rescale) };
+        return;
+    }
     softmax_lanes_portable(t, st, mx, sum, rescale);
 }
 
@@ -661,7 +667,7 @@ fn round_f16_slice(x: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use crate::model::ops::x86::expf_ggml_512;
+    use crate::model::ops::x86::{expf_ggml_512, expf_ggml_avx2};
     use crate::quant::f16::round_f16;
     use crate::quant::x86::hsum_f32_8;
 
@@ -1215,6 +1221,91 @@ mod x86 {
         }
     }
 
+    /// `softmax_lanes_512` eight lanes to a vector, with AVX2: the same operations per lane.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the slices are as long as `super::softmax_lanes` checks.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_lanes_avx2(
+        t: &ScoreTile,
+        st: &mut [f32],
+        mx: &mut [f32],
+        sum: &mut [f32],
+        rescale: &mut impl FnMut(usize, f32),
+    ) {
+        let ld = t.ld;
+        let c1 = t.c0 + t.w - 1;
+        let p = st.as_mut_ptr();
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let scale = _mm256_set1_ps(t.scale);
+        for r0 in (0..ld).step_by(8) {
+            // Each lane's visible cells as tile rows a..=b; `any`: the lanes that see one.
+            let (mut a, mut b, mut seen, mut any) = ([1i32; 8], [0i32; 8], [0i32; 8], 0i32);
+            for l in 0..8 {
+                let (lo, hi) = (t.lo[r0 + l].max(t.c0), t.hi[r0 + l].min(c1));
+                if lo <= hi {
+                    (a[l], b[l], seen[l]) = ((lo - t.c0) as i32, (hi - t.c0) as i32, -1);
+                    any |= 1 << l;
+                }
+            }
+            let load = |x: &[i32; 8]| _mm256_loadu_si256(x.as_ptr() as *const __m256i);
+            let (av, bv) = (load(&a), load(&b));
+            let anyv = _mm256_castsi256_ps(load(&seen));
+            let mut tmax = ninf;
+            for j in 0..TILE {
+                let jv = _mm256_set1_epi32(j as i32);
+                let hidden =
+                    _mm256_or_si256(_mm256_cmpgt_epi32(av, jv), _mm256_cmpgt_epi32(jv, bv));
+                let at = p.add(j * ld + r0);
+                let x = _mm256_mul_ps(_mm256_loadu_ps(at), scale);
+                let v = _mm256_blendv_ps(x, ninf, _mm256_castsi256_ps(hidden));
+                _mm256_storeu_ps(at, v);
+                // f32::max's fold: a NaN score is skipped (max_ps returns its second operand).
+                tmax = _mm256_max_ps(v, tmax);
+            }
+            let old = _mm256_loadu_ps(mx.as_ptr().add(r0));
+            let m = _mm256_max_ps(tmax, old);
+            let grow = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(m, old)) & any;
+            if grow != 0 {
+                let (mut ma, mut oa) = ([0f32; 8], [0f32; 8]);
+                _mm256_storeu_ps(ma.as_mut_ptr(), m);
+                _mm256_storeu_ps(oa.as_mut_ptr(), old);
+                for l in 0..8 {
+                    if grow >> l & 1 == 1 {
+                        let ms = (oa[l] - ma[l]).exp();
+                        rescale(r0 + l, ms);
+                        sum[r0 + l] *= ms;
+                    }
+                }
+            }
+            _mm256_storeu_ps(mx.as_mut_ptr().add(r0), _mm256_blendv_ps(old, m, anyv));
+            let (mut s_lo, mut s_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+            for g in 0..TILE / 16 {
+                let e: [__m256; 16] = std::array::from_fn(|k| {
+                    let at = p.add((16 * g + k) * ld + r0);
+                    // A lane that sees nothing gets e^−∞ = 0 (and no NaN from −∞ − −∞).
+                    let x = _mm256_blendv_ps(ninf, _mm256_sub_ps(_mm256_loadu_ps(at), m), anyv);
+                    let e = expf_ggml_avx2(x);
+                    _mm256_storeu_ps(at, e);
+                    e
+                });
+                let t8: [__m256; 8] = std::array::from_fn(|i| _mm256_add_ps(e[8 + i], e[i]));
+                let u4: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(t8[4 + i], t8[i]));
+                let rg = _mm256_add_ps(_mm256_add_ps(u4[0], u4[2]), _mm256_add_ps(u4[1], u4[3]));
+                s_lo = _mm256_add_pd(s_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(rg)));
+                s_hi = _mm256_add_pd(s_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(rg)));
+            }
+            let sv = _mm256_loadu_ps(sum.as_ptr().add(r0));
+            let wide =
+                |h: __m128, s: __m256d| _mm256_cvtpd_ps(_mm256_add_pd(_mm256_cvtps_pd(h), s));
+            let new = _mm256_set_m128(
+                wide(_mm256_extractf128_ps::<1>(sv), s_hi),
+                wide(_mm256_castps256_ps128(sv), s_lo),
+            );
+            _mm256_storeu_ps(sum.as_mut_ptr().add(r0), _mm256_blendv_ps(sv, new, anyv));
+        }
+    }
+
     /// Lanes 0..8 and 8..16.
     #[inline(always)]
     unsafe fn halves(v: __m512) -> (__m256, __m256) {
@@ -1339,6 +1430,17 @@ mod tests {
         let want = run(true);
         assert!(!want.3.is_empty() && want.3.len() < ld);
         assert_eq!(run(false), want);
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::available(SimdLevel::Avx2) {
+            // The AVX2 form too, whatever this CPU's level.
+            let (mut st, mut mx, mut sum) = (st0.clone(), mx0.clone(), sum0.clone());
+            let mut scaled = Vec::new();
+            let mut rescale = |r: usize, ms: f32| scaled.push((r, ms.to_bits()));
+            // SAFETY: the CPU has AVX2 (FMA comes with the level); the lengths are as checked.
+            unsafe { x86::softmax_lanes_avx2(&tile, &mut st, &mut mx, &mut sum, &mut rescale) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!((bits(&st[..w * ld]), bits(&mx), bits(&sum), scaled), want);
+        }
 
         // Every shape's blocks and column tails give each element the same chain.
         let (m, k, n) = (7, 37, 83);

@@ -173,19 +173,20 @@ pub fn expf_ggml(x: f32) -> f32 {
 }
 
 /// g[i] = silu(g[i]) * u[i] with llama.cpp's rounding: its vector loop covers whole groups of 16
-/// (on AVX-512) with `expf_ggml`, the rest with libm's expf.
+/// (on AVX-512) with `expf_ggml`, the rest with libm's expf. Every level computes those bits.
 #[inline(always)]
 pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    use crate::cpu::SimdLevel;
     let body = g.len() & !15;
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd_level() == crate::cpu::SimdLevel::Avx512 {
-        // SAFETY: the AVX-512 level is only chosen when the CPU has it.
-        unsafe { x86::swiglu_512(&mut g[..body], &u[..body]) };
-    } else {
-        swiglu_portable(&mut g[..body], &u[..body]);
+    let (gb, ub) = (&mut g[..body], &u[..body]);
+    match crate::cpu::simd_level() {
+        // SAFETY: a level is only chosen when the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::swiglu_512(gb, ub) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::swiglu_avx2(gb, ub) },
+        _ => swiglu_portable(gb, ub),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    swiglu_portable(&mut g[..body], &u[..body]);
     for (a, &b) in g[body..].iter_mut().zip(&u[body..]) {
         *a = (*a / (1.0 + (-*a).exp())) * b;
     }
@@ -233,6 +234,82 @@ pub(crate) mod x86 {
         let le0 = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
         let alt = _mm512_mask_blend_ps(le0, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
         _mm512_mask_blend_ps(d, v, alt)
+    }
+
+    /// `expf_ggml` of eight values: the same fused operations; j·2^n through the exponent's bits
+    /// where n is in -125..=126 (exact, as the scalar form's product), 0 or infinity beyond
+    /// |n| > 192, and the scalar form itself for the lanes left (NaN, and results at the ends
+    /// of f32's range).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn expf_ggml_avx2(x: __m256) -> __m256 {
+        let ps = |v: u32| _mm256_set1_ps(f32::from_bits(v));
+        let r = ps(0x4b40_0000);
+        let z = _mm256_fmadd_ps(x, ps(0x3fb8_aa3b), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, ps(0x35bf_be8e), _mm256_fnmadd_ps(n, ps(0x3f31_7200), x));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(ps(0x3c07_2010), b, ps(0x3d2b_9f17)),
+                u,
+                _mm256_fmadd_ps(ps(0x3e2a_af33), b, ps(0x3eff_fedb)),
+            ),
+            u,
+            _mm256_fmadd_ps(ps(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
+        );
+        let normal = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GE_OQ>(n, _mm256_set1_ps(-125.0)),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_set1_ps(126.0)),
+        );
+        let k = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        let v = _mm256_mul_ps(j, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(k)));
+        let in_range = _mm256_movemask_ps(normal);
+        if in_range == 0xff {
+            return v;
+        }
+        let abs = _mm256_castsi256_ps(_mm256_srli_epi32::<1>(_mm256_slli_epi32::<1>(
+            _mm256_castps_si256(n),
+        )));
+        let far = _mm256_cmp_ps::<_CMP_GT_OQ>(abs, _mm256_set1_ps(192.0));
+        let below = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
+        let alt = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), below);
+        let out = _mm256_blendv_ps(alt, v, normal);
+        let rest = !(in_range | _mm256_movemask_ps(far)) & 0xff;
+        if rest == 0 {
+            return out;
+        }
+        let (mut xa, mut oa) = ([0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(xa.as_mut_ptr(), x);
+        _mm256_storeu_ps(oa.as_mut_ptr(), out);
+        for l in 0..8 {
+            if rest >> l & 1 == 1 {
+                oa[l] = super::expf_ggml(xa[l]);
+            }
+        }
+        _mm256_loadu_ps(oa.as_ptr())
+    }
+
+    /// `swiglu_portable` eight at a time (g and u hold whole groups of 8): the same divide and
+    /// multiplies per value.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `u` is at least as long as `g`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu_avx2(g: &mut [f32], u: &[f32]) {
+        debug_assert!(g.len().is_multiple_of(8) && u.len() >= g.len());
+        let one = _mm256_set1_ps(1.0);
+        let sign = _mm256_set1_ps(-0.0);
+        for i in (0..g.len()).step_by(8) {
+            let a = _mm256_loadu_ps(g.as_ptr().add(i));
+            let e = expf_ggml_avx2(_mm256_xor_ps(a, sign));
+            let s = _mm256_div_ps(a, _mm256_add_ps(one, e));
+            let v = _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i)));
+            _mm256_storeu_ps(g.as_mut_ptr().add(i), v);
+        }
     }
 
     /// `super::gelu_mul` over the first multiple of eight values of `g`; returns how many.
@@ -473,5 +550,57 @@ mod tests {
         }
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b));
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::available(crate::cpu::SimdLevel::Avx2) {
+            // The AVX2 form too, whatever this CPU's level (NaN and subnormal results included).
+            let mut c = g0.clone();
+            c[7] = f32::NAN;
+            c[8] = 100.0;
+            c[9] = -88.5;
+            let mut d = c.clone();
+            // SAFETY: the CPU has AVX2 (and FMA, which comes with the level).
+            unsafe { x86::swiglu_avx2(&mut c[..body], &u[..body]) };
+            swiglu_portable(&mut d[..body], &u[..body]);
+            assert_eq!(bits(&c[..body]), bits(&d[..body]));
+        }
+    }
+
+    /// The AVX2 exp gives the scalar form's bits across f32's range, the saturating ends and the
+    /// results just inside them, infinities and NaN.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn ggml_expf_avx2_is_the_scalar_one() {
+        if !crate::cpu::available(crate::cpu::SimdLevel::Avx2) {
+            return;
+        }
+        let mut xs: Vec<f32> = (0..40000).map(|i| -140.0 + i as f32 * 0.0071).collect();
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            88.72,
+            -87.34,
+        ]);
+        xs.extend((0..200).map(|i| -104.0 + i as f32 * 0.1));
+        while !xs.len().is_multiple_of(8) {
+            xs.push(1.0);
+        }
+        for c in xs.chunks_exact(8) {
+            // SAFETY: the CPU has AVX2; the level brings FMA.
+            let got = unsafe {
+                use std::arch::x86_64::*;
+                let mut o = [0f32; 8];
+                _mm256_storeu_ps(
+                    o.as_mut_ptr(),
+                    x86::expf_ggml_avx2(_mm256_loadu_ps(c.as_ptr())),
+                );
+                o
+            };
+            for (g, &x) in got.iter().zip(c) {
+                assert_eq!(g.to_bits(), expf_ggml(x).to_bits(), "{x}");
+            }
+        }
     }
 }
