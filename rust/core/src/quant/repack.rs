@@ -113,6 +113,20 @@ pub fn pack_tile(ty: GgmlType, rows: &[u8], nb: usize, out: &mut [u8]) {
     }
 }
 
+/// `buf` emptied and refilled with `f(0), .., f(n - 1)`, each written in place (through
+/// `extend`, a kernel's unpacked blocks of several hundred bytes were built on the stack and
+/// copied: a memcpy per tile).
+#[inline(always)]
+pub fn refill<B>(buf: &mut Vec<B>, n: usize, mut f: impl FnMut(usize) -> B) {
+    buf.clear();
+    buf.reserve(n);
+    for (i, slot) in buf.spare_capacity_mut()[..n].iter_mut().enumerate() {
+        slot.write(f(i));
+    }
+    // SAFETY: the first n elements were written just above.
+    unsafe { buf.set_len(n) };
+}
+
 /// One packed tile of `nb` blocks.
 #[derive(Clone, Copy)]
 pub struct Tile<'a> {

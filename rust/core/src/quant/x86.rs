@@ -443,10 +443,7 @@ unsafe fn gemm8_avx2<const T: u8>(
     mut out: impl FnMut(usize, &[f32; 16]),
 ) {
     let nb = tile.n_blocks();
-    buf.clear();
-    for half in 0..2 {
-        buf.extend((0..nb).map(|b| load8::<T>(tile, b, half)));
-    }
+    super::repack::refill(buf, 2 * nb, |i| load8::<T>(tile, i % nb, i / nb));
     let mut lanes = [0f32; 16];
     for (t, (x, corr)) in xs.iter().zip(corrs).enumerate() {
         for half in 0..2 {
@@ -740,8 +737,7 @@ pub unsafe fn gemm16_512(
     for (x, c) in xs.iter().zip(corrs) {
         assert!(x.d.len() >= nb && x.s.len() >= nb && c.len() >= 8 * nb && x.q.len() >= nb * 32);
     }
-    buf.clear();
-    buf.extend((0..nb).map(|b| load16(ty, tile.block(b))));
+    super::repack::refill(buf, nb, |b| load16(ty, tile.block(b)));
     // The next tile is asked for during the first pass, a share of its lines per block: the
     // unpacking above otherwise waits on memory for every block of a matrix that is not in
     // cache (a hint: past the matrix's end it is never read).

@@ -1937,8 +1937,7 @@ pub unsafe fn gemm16_k45_512(
     let (q5, xs4) = (ty == Q5_K, ty == IQ4_XS);
     let nib = _mm512_set1_epi8(0x0f);
     let (one, quants) = (_mm512_set1_epi8(1), if q5 { 48 } else { 16 });
-    buf.clear();
-    buf.extend((0..nb).map(|b| {
+    super::repack::refill(buf, nb, |b| {
         let p = tile.block(b);
         if xs4 {
             return iq4xs_block16(p);
@@ -1989,7 +1988,7 @@ pub unsafe fn gemm16_k45_512(
             blk.mn[k as usize] = _mm512_or_si512(mn0, _mm512_slli_epi32::<16>(mn1));
         }
         blk
-    }));
+    });
     // Token t's f32 sums over every super-block, `T` tokens sharing each weight load.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     #[inline]
@@ -2483,8 +2482,7 @@ pub unsafe fn gemm16_k36_512(
             a[0]
         }
     };
-    buf.clear();
-    buf.extend((0..nb).map(unpack));
+    super::repack::refill(buf, nb, unpack);
     let mut t = 0;
     while t < xs.len() {
         if t + 1 < xs.len() {

@@ -269,7 +269,7 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
             if m == TILE {
                 (p as *mut [f32; TILE]).write_unaligned(*v);
             } else {
-                std::ptr::copy_nonoverlapping(v.as_ptr(), p, m);
+                put_part(p, &v[..m]);
             }
         }
     };
@@ -758,6 +758,17 @@ fn rows_k(
             put(t, r, v);
         }
     }
+}
+
+/// The last, partial tile's outputs for one token, kept out of line: inlined, LLVM merged both
+/// of `put16`'s stores into one memcpy call of m values (for every token and tile).
+///
+/// # Safety
+/// `p` has room for `v.len()` values that nothing else accesses.
+#[cold]
+#[inline(never)]
+unsafe fn put_part(p: *mut f32, v: &[f32]) {
+    std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len());
 }
 
 /// The tile of rows r.. (r a multiple of 16): the matrix's own, or its rows packed now into
