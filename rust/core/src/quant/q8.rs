@@ -39,25 +39,42 @@ impl Q8Row {
     /// An empty row with room for `cols` values: quantizing into it allocates nothing (matmuls
     /// size their rows on the calling thread, so compute threads never contend on the allocator).
     pub fn with_cols(cols: usize) -> Self {
+        let mut r = Self::default();
+        r.reserve_cols(cols);
+        r
+    }
+
+    /// Emptied, with room for `cols` values (as `with_cols`; a reused row keeps its buffers).
+    pub fn reserve_cols(&mut self, cols: usize) {
         let nb = cols / 32;
-        Self {
-            d: Vec::with_capacity(nb),
-            s: Vec::with_capacity(nb),
-            sum4: Vec::with_capacity(nb * 8),
-            q: Vec::with_capacity(cols),
-        }
+        self.d.clear();
+        self.s.clear();
+        self.sum4.clear();
+        self.q.clear();
+        self.d.reserve(nb);
+        self.s.reserve(nb);
+        self.sum4.reserve(nb * 8);
+        self.q.reserve(cols);
     }
 }
 
 impl Q8KRow {
     /// An empty row with room for `cols` values (see `Q8Row::with_cols`).
     pub fn with_cols(cols: usize) -> Self {
+        let mut r = Self::default();
+        r.reserve_cols(cols);
+        r
+    }
+
+    /// Emptied, with room for `cols` values (see `Q8Row::reserve_cols`).
+    pub fn reserve_cols(&mut self, cols: usize) {
         let nb = cols / 256;
-        Self {
-            d: Vec::with_capacity(nb),
-            q: Vec::with_capacity(cols),
-            bsums: Vec::with_capacity(nb * 16),
-        }
+        self.d.clear();
+        self.q.clear();
+        self.bsums.clear();
+        self.d.reserve(nb);
+        self.q.reserve(cols);
+        self.bsums.reserve(nb * 16);
     }
 }
 
