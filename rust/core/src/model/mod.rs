@@ -22,7 +22,7 @@ use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::{BlockTable, CacheTypes, KvPool, KvSeq, BLOCK};
 use crate::quant::repack::Tiles;
 use crate::quant::{dequantize, GgmlType};
-use crate::tensor::{matmul_acts, pack_tiles, Activations, QMatrix, ThreadPool};
+use crate::tensor::{matmul_many, pack_tiles, Activations, QMatrix, ThreadPool};
 
 /// The Q, K and V projections: three matrices, or one whose output rows are [Q | K | V] (phi3).
 enum Qkv {
@@ -571,20 +571,26 @@ impl Model {
         Ok(self.linears(&[t], x, n)?.pop().unwrap_or_default())
     }
 
-    /// W·x for several matrices that read the same input, quantizing it once per format.
+    /// W·x for several matrices that read the same input, quantizing it once per format, all
+    /// in one job on the pool (`matmul_many`).
     fn linears(&self, ts: &[&TensorInfo], x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
-        let mut acts: Option<Activations> = None;
-        let mut out = Vec::with_capacity(ts.len());
-        for t in ts {
-            let w = self.mat(t);
-            let a = match acts.take() {
-                Some(a) if a.pairs_with(w.ty) => a,
-                _ => Activations::new(&self.pool, w.ty, x, n)?.batch_invariant(self.deterministic),
+        let ws: Vec<QMatrix> = ts.iter().map(|t| self.mat(t)).collect();
+        let mut acts: Vec<Activations> = Vec::new();
+        let mut pick = Vec::with_capacity(ws.len());
+        for w in &ws {
+            let i = match acts.iter().position(|a| a.pairs_with(w.ty)) {
+                Some(i) => i,
+                None => {
+                    let a = Activations::new(&self.pool, w.ty, x, n)?;
+                    acts.push(a.batch_invariant(self.deterministic));
+                    acts.len() - 1
+                }
             };
-            out.push(matmul_acts(&self.pool, &w, &a)?);
-            acts = Some(a);
+            pick.push(i);
         }
-        Ok(out)
+        let mats: Vec<(&QMatrix, &Activations)> =
+            ws.iter().zip(&pick).map(|(w, &i)| (w, &acts[i])).collect();
+        matmul_many(&self.pool, &mats)
     }
 
     /// `f` on every `len`-long row of `data`, on the pool for big batches, compiled for the

@@ -998,7 +998,7 @@ pub fn matmul_at(
         return Err(Error::invalid(format!("this CPU lacks {level:?}")));
     }
     let acts = Activations::new(pool, w.ty, x, n_tokens)?;
-    matmul_acts_at(level, pool, w, &acts, as_uninit(y))
+    matmul_acts_at(level, pool, vec![(w, &acts, as_uninit(y))])
 }
 
 fn check_weights(w: &QMatrix) -> Result<()> {
@@ -1017,13 +1017,36 @@ fn check_weights(w: &QMatrix) -> Result<()> {
 /// `matmul` with activations quantized beforehand (see `Activations`), into a new vector. The
 /// kernels write every value, so it is not zeroed first (that memset was 2-3% of a prefill).
 pub fn matmul_acts(pool: &ThreadPool, w: &QMatrix, a: &Activations) -> Result<Vec<f32>> {
-    let len = a.n * w.rows;
-    let mut y = Vec::with_capacity(len);
-    matmul_acts_at(simd_level(), pool, w, a, &mut y.spare_capacity_mut()[..len])?;
-    // SAFETY: `matmul_acts_at` returned Ok, so it wrote all `len` values (every row of every
-    // token: the chunks cover the rows and each kernel writes every token of its rows).
-    unsafe { y.set_len(len) };
-    Ok(y)
+    Ok(matmul_many(pool, &[(w, a)])?.pop().unwrap_or_default())
+}
+
+/// `matmul_acts` for several matrices at once, in one job on the pool: their chunks are claimed
+/// from one list, so a token's small matrices (K and V beside Q; gate beside up) cost the
+/// threads one start and one wait instead of one each, and one matrix's tail overlaps the next.
+pub fn matmul_many(pool: &ThreadPool, mats: &[(&QMatrix, &Activations)]) -> Result<Vec<Vec<f32>>> {
+    let mut ys: Vec<Vec<f32>> = mats
+        .iter()
+        .map(|(w, a)| Vec::with_capacity(a.n * w.rows))
+        .collect();
+    {
+        let mut outs: Vec<&mut [MaybeUninit<f32>]> = ys
+            .iter_mut()
+            .zip(mats)
+            .map(|(y, (w, a))| &mut y.spare_capacity_mut()[..a.n * w.rows])
+            .collect();
+        let list: Vec<(&QMatrix, &Activations, &mut [MaybeUninit<f32>])> = mats
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(&(w, a), y)| (w, a, &mut **y))
+            .collect();
+        matmul_acts_at(simd_level(), pool, list)?;
+    }
+    for (y, (w, a)) in ys.iter_mut().zip(mats) {
+        // SAFETY: `matmul_acts_at` returned Ok, so it wrote every value of every output (the
+        // chunks cover each matrix's rows and each kernel writes every token of its rows).
+        unsafe { y.set_len(a.n * w.rows) };
+    }
+    Ok(ys)
 }
 
 /// `y` as storage the kernels only write.
@@ -1032,51 +1055,64 @@ fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
+/// Each (W, activations, y) of `mats`: y = W·x for every token, all of them in one pool job.
 fn matmul_acts_at(
     level: SimdLevel,
     pool: &ThreadPool,
-    w: &QMatrix,
-    a: &Activations,
-    y: &mut [MaybeUninit<f32>],
+    mats: Vec<(&QMatrix, &Activations, &mut [MaybeUninit<f32>])>,
 ) -> Result<()> {
-    let n_tokens = a.n;
-    if a.x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows || !a.pairs_with(w.ty) {
-        return Err(Error::invalid(format!(
-            "matmul shapes: W {} {}x{}, x {} values, y {} values, {n_tokens} tokens, {:?} activations",
-            w.ty,
-            w.rows,
-            w.cols,
-            a.x.len(),
-            y.len(),
-            a.format,
-        )));
+    for (w, a, y) in &mats {
+        let n_tokens = a.n;
+        if a.x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows || !a.pairs_with(w.ty) {
+            return Err(Error::invalid(format!(
+                "matmul shapes: W {} {}x{}, x {} values, y {} values, {n_tokens} tokens, {:?} activations",
+                w.ty,
+                w.rows,
+                w.cols,
+                a.x.len(),
+                y.len(),
+                a.format,
+            )));
+        }
+        check_weights(w)?;
     }
-    check_weights(w)?;
-    let mut own_gemm = None;
-    let out = SendPtr(y.as_mut_ptr() as *mut f32);
-    let job = Job {
-        level,
-        w,
-        acts: &a.acts,
-        gemm: gemm_layout(level, w, a, &mut own_gemm),
-        x: a.x,
-        n: n_tokens,
-        y: &out,
-        invariant: a.invariant,
-    };
+    let mut own_gemm: Vec<Option<Gemm>> = mats.iter().map(|_| None).collect();
+    let outs: Vec<SendPtr<f32>> = mats
+        .iter()
+        .map(|(_, _, y)| SendPtr(y.as_ptr() as *mut f32))
+        .collect();
+    let jobs: Vec<Job> = mats
+        .iter()
+        .zip(own_gemm.iter_mut())
+        .zip(&outs)
+        .map(|(((w, a, _), own), out)| Job {
+            level,
+            w,
+            acts: &a.acts,
+            gemm: gemm_layout(level, w, a, own),
+            x: a.x,
+            n: a.n,
+            y: out,
+            invariant: a.invariant,
+        })
+        .collect();
     let nt = pool.n_threads();
-    let align = if n_tokens > 1 || level == SimdLevel::Avx512 || w.tiles.is_some() {
-        // Batches write sixteen consecutive outputs per token, and token generation over tiles
-        // takes sixteen rows per pass: keep chunks on those boundaries.
-        16
-    } else {
-        1
-    };
-    let chunks = chunk_rows(w.rows, n_tokens, nt, align);
+    let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, (w, a, _)) in mats.iter().enumerate() {
+        let align = if a.n > 1 || level == SimdLevel::Avx512 || w.tiles.is_some() {
+            // Batches write sixteen consecutive outputs per token, and token generation over
+            // tiles takes sixteen rows per pass: keep chunks on those boundaries.
+            16
+        } else {
+            1
+        };
+        let cut = chunk_rows(w.rows, a.n, nt, align);
+        chunks.extend(cut.into_iter().map(|(r0, r1)| (i, r0, r1)));
+    }
     pool.run(chunks.len(), &|c| {
-        let (r0, r1) = chunks[c];
+        let (i, r0, r1) = chunks[c];
         if r0 < r1 {
-            rows_dispatch(&job, r0, r1);
+            rows_dispatch(&jobs[i], r0, r1);
         }
     });
     Ok(())
@@ -1361,7 +1397,8 @@ mod tests {
                                 .unwrap()
                                 .batch_invariant(invariant);
                             let mut y = vec![0f32; n * rows];
-                            matmul_acts_at(level, &pool, &w, &a, as_uninit(&mut y)).unwrap();
+                            matmul_acts_at(level, &pool, vec![(&w, &a, as_uninit(&mut y))])
+                                .unwrap();
                             let tiled = !invariant && order.tiled(ty, rows, cols, n);
                             for t in 0..n {
                                 let xt = float::act_row(&x, &conv, t, cols);
@@ -1420,7 +1457,7 @@ mod tests {
                         let a = Activations::new(&pool, w.ty, &x, n)
                             .unwrap()
                             .batch_invariant(true);
-                        matmul_acts_at(level, &pool, &w, &a, as_uninit(&mut y)).unwrap();
+                        matmul_acts_at(level, &pool, vec![(&w, &a, as_uninit(&mut y))]).unwrap();
                         for t in 0..n {
                             let mut y1 = vec![0f32; rows];
                             let xt = &x[t * cols..(t + 1) * cols];
