@@ -1028,19 +1028,12 @@ pub fn matmul_many(pool: &ThreadPool, mats: &[(&QMatrix, &Activations)]) -> Resu
         .iter()
         .map(|(w, a)| Vec::with_capacity(a.n * w.rows))
         .collect();
-    {
-        let mut outs: Vec<&mut [MaybeUninit<f32>]> = ys
-            .iter_mut()
-            .zip(mats)
-            .map(|(y, (w, a))| &mut y.spare_capacity_mut()[..a.n * w.rows])
-            .collect();
-        let list: Vec<(&QMatrix, &Activations, &mut [MaybeUninit<f32>])> = mats
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(&(w, a), y)| (w, a, &mut **y))
-            .collect();
-        matmul_acts_at(simd_level(), pool, list)?;
-    }
+    let list = ys
+        .iter_mut()
+        .zip(mats)
+        .map(|(y, &(w, a))| (w, a, &mut y.spare_capacity_mut()[..a.n * w.rows]))
+        .collect();
+    matmul_acts_at(simd_level(), pool, list)?;
     for (y, (w, a)) in ys.iter_mut().zip(mats) {
         // SAFETY: `matmul_acts_at` returned Ok, so it wrote every value of every output (the
         // chunks cover each matrix's rows and each kernel writes every token of its rows).
