@@ -146,6 +146,7 @@ def test_bench_kernels_on_a_models_matrices(gemma3_path):
     assert all(x["value"] > 0 for x in rows)
     shapes = {x["tensor"]: x["shape"] for x in rows if x["metric"] == "gemv_gbps"}
     assert shapes["ffn_down.weight"] == [640, 2048]
+    assert shapes["token_embd.weight"] == [262144, 640]  # the output matrix, tied to the embeddings
 
 
 def test_bench_kernels_random_and_bad_type():
@@ -155,6 +156,8 @@ def test_bench_kernels_random_and_bad_type():
     assert {x["metric"] for x in rows} == {"read_bw_gbps", "gemv_gbps", "gemm_gflops"}
     # gemv from DRAM (the figure held against the read bandwidth) and from the caches, per shape.
     assert sorted(x["cache"] for x in rows if x["metric"] == "gemv_gbps") == ["cold"] * 3 + ["warm"] * 3
+    # Each cold gemv beside a cold read of as many bytes, timed alternately with it.
+    assert all(x["read_gbps"] > 0 and x["pct_of_read"] > 0 for x in rows if x.get("cache") == "cold")
     r = run("bench", "kernels", "--types", "Q9_Z", "-t", "1", "-r", "1")
     assert r.returncode != 0 and "Q9_Z" in r.stderr and "Traceback" not in r.stderr
 

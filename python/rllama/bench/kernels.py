@@ -1,7 +1,10 @@
 """`python -m rllama bench kernels`: GB/s of weight bytes streamed by gemv (1 token; from DRAM, "cold",
-and from the caches, "warm") and GFLOP/s of gemm (512 tokens) per type and shape, at 1 and 2 threads, beside the streaming-read bandwidth
-measured in the same run. With `-m MODEL`, the model's own weight matrices (one per layer role and
-type) instead of random ones. Prints JSON lines."""
+and from the caches, "warm") and GFLOP/s of gemm (512 tokens) per type and shape, at 1 and 2 threads,
+beside the streaming-read bandwidth measured in the same run. A cold gemv is also held against a
+plain read of as many bytes from DRAM on the same threads, timed alternately with it (the machines
+are shared: the bandwidth moves during a run, and a few MiB read cold cost more per byte than a
+GiB). With `-m MODEL`, the model's own weight matrices (one per layer role and type, and the output
+matrix, tied to the token embeddings or not) instead of random ones. Prints JSON lines."""
 
 from __future__ import annotations
 
@@ -40,15 +43,18 @@ def random_weights(ty: str, rows: int, cols: int, rng) -> bytes:
 
 def model_matrices(path: str):
     """(label, type, rows, cols, bytes) of each distinct weight matrix role of a model's layers (the
-    first layer that has it, per type), and its output matrix."""
+    first layer that has it, per type), and its output matrix (the token embeddings where the
+    model ties them, as gemma3 does: the largest gemv of a decode step)."""
     from rllama.gguf import GgufReader
     from rllama.models import resolve
 
+    tensors = GgufReader(resolve(path)).tensors
+    output = "output.weight" if any(t.name == "output.weight" for t in tensors) else "token_embd.weight"
     seen = set()
-    for t in GgufReader(resolve(path)).tensors:
-        if len(t.shape) != 2 or not (t.name.startswith("blk.") or t.name == "output.weight"):
+    for t in tensors:
+        if len(t.shape) != 2 or not (t.name.startswith("blk.") or t.name == output):
             continue
-        role = t.name.split(".", 2)[-1]
+        role = t.name.split(".", 2)[-1] if t.name.startswith("blk.") else t.name
         key = (role, t.type_name, t.shape)
         if key not in seen:
             seen.add(key)
@@ -90,11 +96,18 @@ def main(argv: list[str]) -> int:
             m = _core.KernelMatrix(ty, data, rows, cols, nt)
             # Cold: the weights come from DRAM, as in a decode step (the figure to hold against the
             # read bandwidth); warm: from the caches the previous repetition filled.
+            gemv_s = read_s = float("inf")
+            for _ in range(args.repetitions):  # alternately, best of each
+                read_s = min(read_s, m.time_read(1))
+                gemv_s = min(gemv_s, m.time(1, 1, cold=True))
+            read = len(data) / read_s / 1e9
             for cache in ("cold", "warm"):
-                gbps = len(data) / m.time(1, args.repetitions, cold=cache == "cold") / 1e9
+                s = gemv_s if cache == "cold" else m.time(1, args.repetitions)
+                gbps = len(data) / s / 1e9
+                same = {"read_gbps": round(read, 2), "pct_of_read": round(100 * gbps / read, 1)} if cache == "cold" else {}
                 print(json.dumps({"bench": "kernels", "metric": "gemv_gbps", "value": round(gbps, 2), "unit": "GB/s",
                                   **where, "threads": nt, "cache": cache,
-                                  "pct_of_read_bw": round(100 * gbps / bw[nt], 1)}), flush=True)
+                                  "pct_of_read_bw": round(100 * gbps / bw[nt], 1), **same}), flush=True)
             n = args.gemm_tokens
             s = m.time(n, max(1, args.repetitions // 2))
             print(json.dumps({"bench": "kernels", "metric": "gemm_gflops", "value": round(2 * rows * cols * n / s / 1e9, 2),

@@ -27,6 +27,26 @@ pub struct PyKernelMatrix {
     cols: usize,
     tiles: Option<Tiles>,
     pool: ThreadPool,
+    /// As many bytes as the weights, for `time_read` (made on first use).
+    read_buf: std::sync::OnceLock<Vec<u64>>,
+}
+
+/// Read `COLD_FLUSH_BYTES` of other memory on every thread of `pool`, so that what a timing
+/// reads next comes from DRAM.
+fn flush_caches(pool: &ThreadPool) {
+    static FLUSH: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    let flush = FLUSH.get_or_init(|| (0..COLD_FLUSH_BYTES as u64 / 8).collect());
+    sum_on_threads(pool, flush);
+}
+
+/// Every thread of `pool` sums its share of `data` (a streaming read).
+fn sum_on_threads(pool: &ThreadPool, data: &[u64]) {
+    let part = data.len().div_ceil(pool.n_threads());
+    pool.broadcast(&|i| {
+        let lo = (i * part).min(data.len());
+        let hi = ((i + 1) * part).min(data.len());
+        std::hint::black_box(data[lo..hi].iter().fold(0u64, |a, &b| a.wrapping_add(b)));
+    });
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
@@ -58,6 +78,7 @@ impl PyKernelMatrix {
             cols,
             tiles,
             pool,
+            read_buf: std::sync::OnceLock::new(),
         })
     }
 
@@ -94,23 +115,10 @@ impl PyKernelMatrix {
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
                 .collect();
             let mut y = vec![0f32; n_tokens * self.rows];
-            static FLUSH: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
-            let flush: &[u64] = if cold {
-                FLUSH.get_or_init(|| (0..COLD_FLUSH_BYTES as u64 / 8).collect())
-            } else {
-                &[]
-            };
             let mut best = f64::INFINITY;
             for _ in 0..iters.max(1) {
                 if cold {
-                    let part = flush.len().div_ceil(self.pool.n_threads());
-                    self.pool.broadcast(&|i| {
-                        let lo = (i * part).min(flush.len());
-                        let hi = ((i + 1) * part).min(flush.len());
-                        std::hint::black_box(
-                            flush[lo..hi].iter().fold(0u64, |a, &b| a.wrapping_add(b)),
-                        );
-                    });
+                    flush_caches(&self.pool);
                 }
                 let t = Instant::now();
                 matmul(&self.pool, &w, &x, n_tokens, &mut y)?;
@@ -119,6 +127,26 @@ impl PyKernelMatrix {
             Ok(best)
         })
         .map_err(to_py)
+    }
+
+    /// Seconds to stream as many bytes as the weights from DRAM (after the same flush as a cold
+    /// `time`) on the same threads, best of `iters`: the read a cold gemv of this matrix is
+    /// held against, taken at its size and, called between gemv timings, in the same moments
+    /// of a shared machine.
+    fn time_read(&self, py: Python<'_>, iters: usize) -> f64 {
+        py.detach(|| {
+            let buf = self
+                .read_buf
+                .get_or_init(|| (0..self.data.len().div_ceil(8) as u64).collect());
+            let mut best = f64::INFINITY;
+            for _ in 0..iters.max(1) {
+                flush_caches(&self.pool);
+                let t = Instant::now();
+                sum_on_threads(&self.pool, buf);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            best
+        })
     }
 }
 
@@ -166,20 +194,11 @@ fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, iters: usize
         let n = (n_bytes / 8).max(1024);
         let data: Vec<u64> = (0..n as u64).collect();
         let pool = ThreadPool::new(n_threads);
-        let n_threads = pool.n_threads();
-        let per = n.div_ceil(n_threads);
         let mut best = f64::INFINITY;
         for _ in 0..iters.max(1) {
             let t = Instant::now();
-            let sums: Vec<std::sync::atomic::AtomicU64> =
-                (0..n_threads).map(|_| Default::default()).collect();
-            pool.broadcast(&|i| {
-                let part = &data[(i * per).min(n)..((i + 1) * per).min(n)];
-                let s = part.iter().fold(0u64, |a, &b| a.wrapping_add(b));
-                sums[i].store(s, std::sync::atomic::Ordering::Relaxed);
-            });
+            sum_on_threads(&pool, &data);
             best = best.min(t.elapsed().as_secs_f64());
-            std::hint::black_box(&sums);
         }
         (n * 8) as f64 / best / 1e9
     })
