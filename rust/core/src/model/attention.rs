@@ -218,17 +218,26 @@ pub fn attention(
         }
         return;
     }
-    // One task per (token, KV head): the group's query heads share each widened tile.
+    // One task per (token, KV head, part of its query heads): a group's heads share each widened
+    // tile, and a group is cut into parts only when there are fewer (token, KV head) pairs than
+    // threads (a decode step of a model with one KV head, gemma3's, would otherwise run on one
+    // thread while the others wait). Each head's arithmetic is its own whatever its part.
     let n_kv_heads = p.n_head / group;
-    let n_tasks = n * n_kv_heads;
+    let parts = pool.n_threads().div_ceil(n * n_kv_heads).clamp(1, group);
+    let n_tasks = n * n_kv_heads * parts;
     let per = n_tasks
         .div_ceil((pool.n_threads() * 16).min(n_tasks).max(1))
         .max(1);
     pool.run(n_tasks.div_ceil(per), &|c| {
         for task in c * per..((c + 1) * per).min(n_tasks) {
-            let (i, g) = (task / n_kv_heads, task % n_kv_heads);
+            let (i, g, part) = (
+                task / (n_kv_heads * parts),
+                task / parts % n_kv_heads,
+                task % parts,
+            );
             let r0 = row(i, g * group);
-            let mut heads = group_rows(g * group..(g + 1) * group, |h| {
+            let heads_of = g * group + part * group / parts..g * group + (part + 1) * group / parts;
+            let mut heads = group_rows(heads_of, |h| {
                 let r = row(i, h);
                 // SAFETY: each (token, head) slice of `att` is written by exactly one task.
                 (r.q, unsafe { std::slice::from_raw_parts_mut(r.out, hd) })
@@ -1679,6 +1688,49 @@ mod tests {
         assert_ne!(one, two);
         for (a, b) in one.iter().zip(&two) {
             assert!((a - b).abs() <= 1e-2 * a.abs().max(0.1), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn one_row_heads_cut_over_threads_keep_their_bits() {
+        // One KV head shared by four or five query heads (gemma3's decode step): at two or more
+        // threads the heads are cut into parts that run on different threads, each head's
+        // values the bits of the whole group run on one thread; the same for a small batch.
+        // (Views of fewer than `SPLIT_KV_MIN` cells: longer ones split the cells instead.)
+        let (hd, n_ctx) = (64, 512);
+        let (cp, ct) = cache(n_ctx, hd, CacheTypes::default());
+        let c = cp.seq(&ct);
+        for (n_head, positions) in [(4, 100..101), (5, 255..256), (4, 40..43)] {
+            let batch: Vec<BatchToken> = positions
+                .map(|pos| BatchToken {
+                    token: 0,
+                    pos,
+                    rope_pos: pos,
+                    seq: 0,
+                    logits: true,
+                })
+                .collect();
+            let q: Vec<f32> = (0..batch.len() * n_head * hd)
+                .map(|i| ((i * 5 % 11) as f32 / 4.0 - 1.0) * 0.7)
+                .collect();
+            let p = AttnParams {
+                n_head,
+                n_head_kv: 1,
+                head_dim: hd,
+                scale: 0.125,
+                window: 0,
+                flash: FlashAttn::Auto,
+                fixed: false,
+            };
+            let run = |threads: usize| {
+                let mut att = vec![0f32; q.len()];
+                attention(&ThreadPool::new(threads), &p, &batch, &q, &[c], 0, &mut att);
+                att.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+            };
+            let one = run(1);
+            for threads in [2, 3, 5] {
+                assert_eq!(run(threads), one, "{n_head} heads, {threads} threads");
+            }
         }
     }
 }
