@@ -1028,7 +1028,7 @@ unsafe fn run_k6_lanes_avx2<const T: usize>(
 #[inline]
 unsafe fn dot16_q4k_avx2<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [__m256; 2] {
     let yp = x.q.as_ptr() as *const i32;
-    let (nib, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
+    let (nib, sixteen) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x10));
     let (quants, per) = if Q5 { (48, 4) } else { (16, 8) };
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut accm = [_mm256_setzero_ps(); 2];
@@ -1049,9 +1049,20 @@ unsafe fn dot16_q4k_avx2<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [__m256; 2]
             let sm: [[(__m256i, __m256i); 2]; 2] = std::array::from_fn(|h| {
                 [scale_min(h, 2 * c as u32), scale_min(h, 2 * c as u32 + 1)]
             });
+            // Bit `s` of each byte of `qh` as its bit 4 (16), by one immediate shift of the
+            // 16-bit lanes (bit 4 of a byte only receives a bit of its own byte) and a mask.
             let fifth = |qh: __m256i, s: usize| {
-                let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32));
-                _mm256_slli_epi16::<4>(_mm256_and_si256(v, one))
+                let v = match s {
+                    0 => _mm256_slli_epi16::<4>(qh),
+                    1 => _mm256_slli_epi16::<3>(qh),
+                    2 => _mm256_slli_epi16::<2>(qh),
+                    3 => _mm256_slli_epi16::<1>(qh),
+                    4 => qh,
+                    5 => _mm256_srli_epi16::<1>(qh),
+                    6 => _mm256_srli_epi16::<2>(qh),
+                    _ => _mm256_srli_epi16::<3>(qh),
+                };
+                _mm256_and_si256(v, sixteen)
             };
             for g0 in (0..8).step_by(per) {
                 let (mut lo, mut hi) = ([_mm256_setzero_si256(); 2], [_mm256_setzero_si256(); 2]);
@@ -1657,7 +1668,7 @@ unsafe fn half16(blk: TileBlock) -> __m512 {
 pub unsafe fn dot16_q4k_512<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [f32; 16] {
     let nb = tile.n_blocks();
     check_x(x, nb);
-    let (nib, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
+    let (nib, five) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x10));
     let yp = x.q.as_ptr() as *const i32;
     let mut acc = _mm512_setzero_ps();
     let mut accm = _mm512_setzero_ps();
@@ -1685,14 +1696,23 @@ pub unsafe fn dot16_q4k_512<const Q5: bool>(tile: &Tile, x: &Q8KRow) -> [f32; 16
                     _mm512_and_si512(_mm512_srli_epi32::<4>(q), nib),
                 );
                 if Q5 {
-                    // Fifth bits: bit 2c (low nibbles) and 2c + 1 (high) of qh[l], as 16.
+                    // Fifth bits: bit 2c (low nibbles) and 2c + 1 (high) of qh[l], moved to bit
+                    // 4 of each byte by one immediate shift of the 16-bit lanes (bit 4 of a byte
+                    // only ever receives a bit of its own byte), then masked and or-ed in by one
+                    // ternary-logic operation ((h & 0x10) | q).
                     let h = word(16 + 4 * g);
-                    let bit = |s: u32| {
-                        let v = _mm512_srlv_epi16(h, _mm512_set1_epi16(s as i16));
-                        _mm512_slli_epi16::<4>(_mm512_and_si512(v, one))
+                    let at4 = |b: u32| match b {
+                        0 => _mm512_slli_epi16::<4>(h),
+                        1 => _mm512_slli_epi16::<3>(h),
+                        2 => _mm512_slli_epi16::<2>(h),
+                        3 => _mm512_slli_epi16::<1>(h),
+                        4 => h,
+                        5 => _mm512_srli_epi16::<1>(h),
+                        6 => _mm512_srli_epi16::<2>(h),
+                        _ => _mm512_srli_epi16::<3>(h),
                     };
-                    ql = _mm512_or_si512(ql, bit(2 * c));
-                    qh = _mm512_or_si512(qh, bit(2 * c + 1));
+                    ql = _mm512_ternarylogic_epi32::<0xEA>(at4(2 * c), five, ql);
+                    qh = _mm512_ternarylogic_epi32::<0xEA>(at4(2 * c + 1), five, qh);
                 }
                 lo = _mm512_dpbusd_epi32(lo, ql, ylo);
                 hi = _mm512_dpbusd_epi32(hi, qh, yhi);
