@@ -97,3 +97,16 @@ def test_every_level_agrees(levels):
     for level, out in levels.items():
         for key, val in out["results"].items():
             assert val == base[key], (level, key)
+
+
+def test_kernel_matrix_of_no_rows_or_columns_is_an_error_or_empty():
+    # Shapes with nothing in them: a Python exception or an empty result, never a panic.
+    from rllama import _core
+
+    for ty, rows, cols in [("Q4_0", 0, 32), ("Q4_0", 1, 0), ("F32", 0, 0)]:
+        try:
+            m = _core.KernelMatrix(ty, b"", rows, cols, 1)
+        except (ValueError, _core.RllamaError):
+            continue
+        assert m.matmul(bytes(4 * cols), 1) == bytes(4 * rows)  # empty sums are zero
+        assert m.time(1, 1, cold=True) >= 0 and m.time_read(1) >= 0

@@ -74,11 +74,12 @@ impl PyKernelMatrix {
             .ok_or_else(|| to_py(Error::invalid(format!("unknown type {type_name}"))))?;
         let w = QMatrix::new(ty, &data, rows, cols).map_err(to_py)?;
         let pool = ThreadPool::new(n_threads);
-        let tiles = pack_tiles(&pool, &[w], &|_, _| {}).pop().flatten();
+        // The probe: the first tile's rows (all of them in a smaller matrix, none in an empty one).
         let probe_rows = rows.min(16);
-        let probe_data = data[..data.len() / rows * probe_rows].to_vec();
+        let probe_data = data[..data.len() / rows.max(1) * probe_rows].to_vec();
         let p = QMatrix::new(ty, &probe_data, probe_rows, cols).map_err(to_py)?;
-        let probe_tiles = pack_tiles(&pool, &[p], &|_, _| {}).pop().flatten();
+        let mut packed = pack_tiles(&pool, &[w, p], &|_, _| {}).into_iter();
+        let (tiles, probe_tiles) = (packed.next().flatten(), packed.next().flatten());
         Ok(Self {
             ty,
             data,

@@ -271,7 +271,8 @@ impl Tiles {
     /// must call `task(g)` once for every g in 0..n, from any threads. After a task, `done(job,
     /// range)` is told the bytes of that job's `data` it read (no later task reads them but at
     /// the ends: the caller may drop those pages). None for a job whose type has no tile layout
-    /// or whose bytes do not match its shape; all None when the OS has no memory.
+    /// or whose bytes do not match its shape (or who has no rows or columns); all None when the OS
+    /// has no memory.
     pub fn pack_all(
         jobs: &[PackJob],
         run: impl Fn(usize, &(dyn Fn(usize) + Sync)),
@@ -283,6 +284,7 @@ impl Tiles {
             let rb = j.nb * j.ty.type_size();
             let fits = layout(j.ty).is_some()
                 && j.rows > 0
+                && j.nb > 0
                 && Some(j.data.len()) == j.rows.checked_mul(rb);
             let len = fits
                 .then(|| j.rows.div_ceil(TILE).checked_mul(tile_bytes(j.ty, j.nb)))

@@ -104,16 +104,17 @@ fn act_format(ty: GgmlType) -> ActFormat {
     }
 }
 
-/// Quantize every row of `x` (`cols` values each), rows split over the pool when there are
-/// enough of them, compiled for the detected SIMD level.
+/// Quantize each of the `n` rows of `x` (`cols` values each, possibly none), rows split over the
+/// pool when there are enough of them, compiled for the detected SIMD level.
 /// The rows are taken (sized, or allocated) on the calling thread, which later gives them back.
 fn quantize_rows<T: ActRow>(
     pool: &ThreadPool,
     x: &[f32],
+    n: usize,
     cols: usize,
     quantize: impl Fn(&[f32], &mut T) + Sync,
 ) -> Vec<T> {
-    let mut out: Vec<T> = take_rows(x.len() / cols, cols);
+    let mut out: Vec<T> = take_rows(n, cols);
     pool.for_rows(&mut out, 1, 8, &|i, q| {
         simd_dispatch(
             #[inline(always)]
@@ -237,6 +238,7 @@ impl<'x> Activations<'x> {
             ActFormat::Q8 if cols.is_multiple_of(32) => Acts::Q8(quantize_rows(
                 pool,
                 x,
+                n,
                 cols,
                 #[inline(always)]
                 |r, q| quantize_q8(r, q),
@@ -244,6 +246,7 @@ impl<'x> Activations<'x> {
             ActFormat::Q8K if cols.is_multiple_of(256) => Acts::Q8K(quantize_rows(
                 pool,
                 x,
+                n,
                 cols,
                 #[inline(always)]
                 |r, q| quantize_q8k(r, q),
@@ -1052,9 +1055,9 @@ fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 fn matmul_acts_at(
     level: SimdLevel,
     pool: &ThreadPool,
-    mats: Vec<(&QMatrix, &Activations, &mut [MaybeUninit<f32>])>,
+    mut mats: Vec<(&QMatrix, &Activations, &mut [MaybeUninit<f32>])>,
 ) -> Result<()> {
-    for (w, a, y) in &mats {
+    for (w, a, y) in &mut mats {
         let n_tokens = a.n;
         if a.x.len() != n_tokens * w.cols || y.len() != n_tokens * w.rows || !a.pairs_with(w.ty) {
             return Err(Error::invalid(format!(
@@ -1068,6 +1071,10 @@ fn matmul_acts_at(
             )));
         }
         check_weights(w)?;
+        if w.cols == 0 {
+            // Each output is an empty sum (no kernel takes rows without blocks).
+            y.fill(MaybeUninit::new(0.0));
+        }
     }
     let mut own_gemm: Vec<Option<Gemm>> = mats.iter().map(|_| None).collect();
     let outs: Vec<SendPtr<f32>> = mats
@@ -1092,6 +1099,9 @@ fn matmul_acts_at(
     let nt = pool.n_threads();
     let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
     for (i, (w, a, _)) in mats.iter().enumerate() {
+        if w.cols == 0 {
+            continue;
+        }
         let align = if a.n > 1 || level == SimdLevel::Avx512 || w.tiles.is_some() {
             // Batches write sixteen consecutive outputs per token, and token generation over
             // tiles takes sixteen rows per pass: keep chunks on those boundaries.
