@@ -68,7 +68,7 @@ def q8_dequant(x: np.ndarray, block: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def levels():
     found = {}
-    for level in ("scalar", "avx2", "avx512"):
+    for level in ("scalar", "avx2", "avxvnni", "avx512"):
         out = run_level(level)
         found.setdefault(out["simd"], out)  # a level the CPU lacks falls back to one it has
     return found

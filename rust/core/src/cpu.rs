@@ -6,7 +6,12 @@ use std::sync::OnceLock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimdLevel {
     Scalar,
-    Avx2,
+    /// AVX2 with FMA and F16C; `vnni`: with AVX-VNNI too (`vpdpbusd` on 256-bit vectors, as on
+    /// Intel's cores since Alder Lake, which have no AVX-512), which the integer kernels use in
+    /// place of `maddubs` + `madd` for the same exact sums.
+    Avx2 {
+        vnni: bool,
+    },
     Avx512,
     /// aarch64 (NEON is part of every aarch64 target).
     Neon,
@@ -19,7 +24,12 @@ pub fn simd_level() -> SimdLevel {
         let detected = detect();
         match std::env::var("RLLAMA_SIMD").ok().as_deref() {
             Some("scalar") => SimdLevel::Scalar,
-            Some("avx2") if detected != SimdLevel::Scalar => SimdLevel::Avx2,
+            Some("avx2") if available(SimdLevel::Avx2 { vnni: false }) => {
+                SimdLevel::Avx2 { vnni: false }
+            }
+            Some("avxvnni") if available(SimdLevel::Avx2 { vnni: true }) => {
+                SimdLevel::Avx2 { vnni: true }
+            }
             Some("avx512") if detected == SimdLevel::Avx512 => SimdLevel::Avx512,
             Some("neon") if detected == SimdLevel::Neon => SimdLevel::Neon,
             _ => detected,
@@ -44,7 +54,7 @@ pub fn simd_dispatch<R, F: FnOnce() -> R>(f: F) -> R {
         match simd_level() {
             // SAFETY: the level is only chosen when the CPU reports these features.
             SimdLevel::Avx512 => return unsafe { avx512(f) },
-            SimdLevel::Avx2 => return unsafe { avx2(f) },
+            SimdLevel::Avx2 { .. } => return unsafe { avx2(f) },
             _ => {}
         }
     }
@@ -67,7 +77,9 @@ fn detect() -> SimdLevel {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            return SimdLevel::Avx2;
+            return SimdLevel::Avx2 {
+                vnni: is_x86_feature_detected!("avxvnni"),
+            };
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -82,7 +94,39 @@ pub fn available(level: SimdLevel) -> bool {
     let detected = detect();
     match level {
         SimdLevel::Scalar => true,
-        SimdLevel::Avx2 => matches!(detected, SimdLevel::Avx2 | SimdLevel::Avx512),
+        SimdLevel::Avx2 { vnni } => {
+            matches!(detected, SimdLevel::Avx2 { .. } | SimdLevel::Avx512)
+                && (!vnni || has_avx_vnni())
+        }
         SimdLevel::Avx512 | SimdLevel::Neon => detected == level,
     }
+}
+
+fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avxvnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+impl SimdLevel {
+    /// The name `RLLAMA_SIMD` takes for it, as `bench` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 { vnni: false } => "avx2",
+            SimdLevel::Avx2 { vnni: true } => "avxvnni",
+            SimdLevel::Avx512 => "avx512",
+            SimdLevel::Neon => "neon",
+        }
+    }
+
+    /// Every level, for tests that hold each one this CPU has to the same bits.
+    pub const ALL: [SimdLevel; 5] = [
+        SimdLevel::Scalar,
+        SimdLevel::Avx2 { vnni: false },
+        SimdLevel::Avx2 { vnni: true },
+        SimdLevel::Avx512,
+        SimdLevel::Neon,
+    ];
 }

@@ -190,15 +190,10 @@ fn type_sizes(type_name: &str) -> PyResult<(usize, usize)> {
     Ok((ty.block_size(), ty.type_size()))
 }
 
-/// The SIMD level the kernels use ("scalar", "avx2", "avx512").
+/// The SIMD level the kernels use ("scalar", "avx2", "avxvnni", "avx512", "neon").
 #[pyfunction]
 fn simd() -> &'static str {
-    match simd_level() {
-        rllama_core::cpu::SimdLevel::Scalar => "scalar",
-        rllama_core::cpu::SimdLevel::Avx2 => "avx2",
-        rllama_core::cpu::SimdLevel::Avx512 => "avx512",
-        rllama_core::cpu::SimdLevel::Neon => "neon",
-    }
+    simd_level().name()
 }
 
 /// Streaming-read bandwidth in GB/s: `n_threads` threads summing disjoint parts of `n_bytes`.

@@ -386,7 +386,7 @@ fn softmax_lanes(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if simd_level() == SimdLevel::Avx2 {
+    if matches!(simd_level(), SimdLevel::Avx2 { .. }) {
         // SAFETY: as above, for AVX2.
         unsafe { x86::softmax_lanes_avx2(t, st, mx, sum, rescale) };
         return;
@@ -461,7 +461,9 @@ fn gemm_acc(
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => unsafe { x86::gemm_acc_512(c, ldc, a, lda, ak, b, ldb, m, k, n) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::gemm_acc_avx2(c, ldc, a, lda, ak, b, ldb, m, k, n) },
+        SimdLevel::Avx2 { .. } => unsafe {
+            x86::gemm_acc_avx2(c, ldc, a, lda, ak, b, ldb, m, k, n)
+        },
         _ => gemm_portable(c, ldc, a, lda, ak, b, ldb, m, k, n, 0),
     }
 }
@@ -564,7 +566,7 @@ fn one_chunk(kv: &HeadKv, heads: &mut [OneRow], lo: usize, hi: usize, scale: f32
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => unsafe { one_chunk_avx512(kv, heads, lo, hi, scale) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { one_chunk_avx2(kv, heads, lo, hi, scale) },
+        SimdLevel::Avx2 { .. } => unsafe { one_chunk_avx2(kv, heads, lo, hi, scale) },
         _ => one_chunk_kernel(kv, heads, lo, hi, scale),
     }
 }
@@ -1440,7 +1442,7 @@ mod tests {
         assert!(!want.3.is_empty() && want.3.len() < ld);
         assert_eq!(run(false), want);
         #[cfg(target_arch = "x86_64")]
-        if crate::cpu::available(SimdLevel::Avx2) {
+        if crate::cpu::available(SimdLevel::Avx2 { vnni: false }) {
             // The AVX2 form too, whatever this CPU's level.
             let (mut st, mut mx, mut sum) = (st0.clone(), mx0.clone(), sum0.clone());
             let mut scaled = Vec::new();
@@ -1598,7 +1600,7 @@ mod tests {
             levels.push(SimdLevel::Avx512);
         }
         if simd_level() != SimdLevel::Scalar {
-            levels.push(SimdLevel::Avx2);
+            levels.push(SimdLevel::Avx2 { vnni: false });
         }
         for hd in [64, 128, 256] {
             let (cp, ct) = cache(300, hd, CacheTypes::default());

@@ -184,7 +184,7 @@ pub fn swiglu(g: &mut [f32], u: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => unsafe { x86::swiglu_512(gb, ub) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::swiglu_avx2(gb, ub) },
+        SimdLevel::Avx2 { .. } => unsafe { x86::swiglu_avx2(gb, ub) },
         _ => swiglu_portable(gb, ub),
     }
     for (a, &b) in g[body..].iter_mut().zip(&u[body..]) {
@@ -551,7 +551,7 @@ mod tests {
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b));
         #[cfg(target_arch = "x86_64")]
-        if crate::cpu::available(crate::cpu::SimdLevel::Avx2) {
+        if crate::cpu::available(crate::cpu::SimdLevel::Avx2 { vnni: false }) {
             // The AVX2 form too, whatever this CPU's level (NaN and subnormal results included).
             let mut c = g0.clone();
             c[7] = f32::NAN;
@@ -570,7 +570,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn ggml_expf_avx2_is_the_scalar_one() {
-        if !crate::cpu::available(crate::cpu::SimdLevel::Avx2) {
+        if !crate::cpu::available(crate::cpu::SimdLevel::Avx2 { vnni: false }) {
             return;
         }
         let mut xs: Vec<f32> = (0..40000).map(|i| -140.0 + i as f32 * 0.0071).collect();

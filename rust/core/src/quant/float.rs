@@ -36,7 +36,7 @@ impl FloatOrder {
     /// takes the scalar order).
     pub fn of(level: SimdLevel) -> Self {
         match level {
-            SimdLevel::Avx2 => FloatOrder::Avx2,
+            SimdLevel::Avx2 { .. } => FloatOrder::Avx2,
             SimdLevel::Avx512 => FloatOrder::Avx512 {
                 bf16_dot: has_bf16_dot(),
             },
@@ -399,7 +399,7 @@ pub mod tests {
         use crate::cpu::{available, SimdLevel};
         use crate::quant::x86f;
         let mut orders = Vec::new();
-        if available(SimdLevel::Avx2) {
+        if available(SimdLevel::Avx2 { vnni: false }) {
             orders.push(FloatOrder::Avx2);
         }
         if available(SimdLevel::Avx512) {

@@ -87,7 +87,9 @@ pub fn quantize_q8(x: &[f32], out: &mut Q8Row) {
         // SAFETY: the level is only chosen when the CPU has its features.
         crate::cpu::SimdLevel::Avx512 => return unsafe { super::x86::quantize_q8_512(x, out) },
         // SAFETY: AVX2, FMA and F16C are present at this level.
-        crate::cpu::SimdLevel::Avx2 => return unsafe { super::x86::quantize_q8_avx2(x, out) },
+        crate::cpu::SimdLevel::Avx2 { .. } => {
+            return unsafe { super::x86::quantize_q8_avx2(x, out) }
+        }
         _ => {}
     }
     quantize_q8_portable(x, out)

@@ -244,20 +244,51 @@ unsafe fn halves_of_words(v: __m256i) -> (__m256, __m256) {
 /// four; Q4_1 / Q5_1 unsigned as stored; Q8_0 and IQ4_NL's table values signed, by the sign
 /// trick), then accumulator j = fma(d_w·d_y, sum, accumulator j), folded as `hsum_f32_8`, the
 /// mins last: each row's value equals the per-row kernels'. `corr`: the token's
-/// `offset_shares` for `avx2_offset(ty)` (unread when that is 0).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32]) -> [f32; 16] {
-    use super::GgmlType::*;
+/// `offset_shares` for `avx2_offset(ty)` (unread when that is 0). `vnni`: the CPU has AVX-VNNI,
+/// whose `vpdpbusd` gives each group's sum in one instruction (the same integers).
+pub unsafe fn dot16_avx2(
+    vnni: bool,
+    ty: super::GgmlType,
+    tile: &Tile,
+    x: &Q8Row,
+    corr: &[i32],
+) -> [f32; 16] {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn plain(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32]) -> [f32; 16] {
+        dot16_of::<false>(ty, tile, x, corr)
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn with_vnni(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i32]) -> [f32; 16] {
+        dot16_of::<true>(ty, tile, x, corr)
+    }
     check_q8(ty, x, corr, tile.n_blocks());
+    if vnni {
+        with_vnni(ty, tile, x, corr)
+    } else {
+        plain(ty, tile, x, corr)
+    }
+}
+
+#[inline(always)]
+unsafe fn dot16_of<const V: bool>(
+    ty: super::GgmlType,
+    tile: &Tile,
+    x: &Q8Row,
+    corr: &[i32],
+) -> [f32; 16] {
+    use super::GgmlType::*;
     let c = corr.as_ptr();
     let mut out = [0f32; 16];
+    // Q8_0's and Q4_0's one-token sums stay on `maddubs` + `madd` with AVX-VNNI too: with
+    // `vpdpbusd` LLVM kept more values live and spilled accumulators, 3-10% slower on a Zen 5
+    // (`/tmp/q8w.py`-style warm 1024x2048 at -t 1); their batches gain 15-25%.
     match ty {
-        Q8_0 => dot8_avx2::<L_Q8_0>(tile, x, c, &mut out),
-        Q4_1 => dot8_avx2::<L_Q4_1>(tile, x, c, &mut out),
-        Q4_0 => dot8_avx2::<L_Q4_0>(tile, x, c, &mut out),
-        Q5_0 => dot8_avx2::<L_Q5_0>(tile, x, c, &mut out),
-        Q5_1 => dot8_avx2::<L_Q5_1>(tile, x, c, &mut out),
-        IQ4_NL => dot8_avx2::<L_IQ4_NL>(tile, x, c, &mut out),
+        Q8_0 => dot8_avx2::<L_Q8_0, false>(tile, x, c, &mut out),
+        Q4_1 => dot8_avx2::<L_Q4_1, V>(tile, x, c, &mut out),
+        Q4_0 => dot8_avx2::<L_Q4_0, false>(tile, x, c, &mut out),
+        Q5_0 => dot8_avx2::<L_Q5_0, V>(tile, x, c, &mut out),
+        Q5_1 => dot8_avx2::<L_Q5_1, V>(tile, x, c, &mut out),
+        IQ4_NL => dot8_avx2::<L_IQ4_NL, V>(tile, x, c, &mut out),
         _ => unreachable!("has_dot16_avx2 is checked by the caller"),
     }
     out
@@ -266,28 +297,67 @@ pub unsafe fn dot16_avx2(ty: super::GgmlType, tile: &Tile, x: &Q8Row, corr: &[i3
 /// Prefill: one tile against every token of `xs`, in exactly `dot16_avx2`'s order per row and
 /// token. The tile is unpacked once into `buf` (reused between calls; about 10 KiB for 640
 /// columns, so it stays in L1), then each token runs over it. `out(t, lanes)` receives token
-/// t's sixteen values; `corrs[t]` as `dot16_avx2`'s `corr`.
-#[target_feature(enable = "avx2,fma,f16c")]
+/// t's sixteen values; `corrs[t]` and `vnni` as `dot16_avx2`'s.
 pub unsafe fn gemm16_avx2(
+    vnni: bool,
     ty: super::GgmlType,
     tile: &Tile,
     xs: &[Q8Row],
     corrs: &[&[i32]],
     buf: &mut Vec<Block8>,
-    out: impl FnMut(usize, &[f32; 16]),
+    mut out: impl FnMut(usize, &[f32; 16]),
 ) {
-    use super::GgmlType::*;
+    type Out<'a> = &'a mut dyn FnMut(usize, &[f32; 16]);
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn plain(
+        t: super::GgmlType,
+        tile: &Tile,
+        xs: &[Q8Row],
+        c: &[&[i32]],
+        b: &mut Vec<Block8>,
+        o: Out,
+    ) {
+        gemm16_of::<false>(t, tile, xs, c, b, o)
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn with_vnni(
+        t: super::GgmlType,
+        tile: &Tile,
+        xs: &[Q8Row],
+        c: &[&[i32]],
+        b: &mut Vec<Block8>,
+        o: Out,
+    ) {
+        gemm16_of::<true>(t, tile, xs, c, b, o)
+    }
     assert_eq!(xs.len(), corrs.len());
     for (x, c) in xs.iter().zip(corrs) {
         check_q8(ty, x, c, tile.n_blocks());
     }
+    if vnni {
+        with_vnni(ty, tile, xs, corrs, buf, &mut out)
+    } else {
+        plain(ty, tile, xs, corrs, buf, &mut out)
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm16_of<const V: bool>(
+    ty: super::GgmlType,
+    tile: &Tile,
+    xs: &[Q8Row],
+    corrs: &[&[i32]],
+    buf: &mut Vec<Block8>,
+    out: &mut dyn FnMut(usize, &[f32; 16]),
+) {
+    use super::GgmlType::*;
     match ty {
-        Q8_0 => gemm8_avx2::<L_Q8_0>(tile, xs, corrs, buf, out),
-        Q4_1 => gemm8_avx2::<L_Q4_1>(tile, xs, corrs, buf, out),
-        Q4_0 => gemm8_avx2::<L_Q4_0>(tile, xs, corrs, buf, out),
-        Q5_0 => gemm8_avx2::<L_Q5_0>(tile, xs, corrs, buf, out),
-        Q5_1 => gemm8_avx2::<L_Q5_1>(tile, xs, corrs, buf, out),
-        IQ4_NL => gemm8_avx2::<L_IQ4_NL>(tile, xs, corrs, buf, out),
+        Q8_0 => gemm8_avx2::<L_Q8_0, V>(tile, xs, corrs, buf, out),
+        Q4_1 => gemm8_avx2::<L_Q4_1, V>(tile, xs, corrs, buf, out),
+        Q4_0 => gemm8_avx2::<L_Q4_0, V>(tile, xs, corrs, buf, out),
+        Q5_0 => gemm8_avx2::<L_Q5_0, V>(tile, xs, corrs, buf, out),
+        Q5_1 => gemm8_avx2::<L_Q5_1, V>(tile, xs, corrs, buf, out),
+        IQ4_NL => gemm8_avx2::<L_IQ4_NL, V>(tile, xs, corrs, buf, out),
         _ => unreachable!("has_dot16_avx2 is checked by the caller"),
     }
 }
@@ -367,10 +437,23 @@ unsafe fn load8<const T: u8>(tile: &Tile, b: usize, half: usize) -> Block8 {
     Block8 { w, d, m }
 }
 
+/// `acc` plus, per 32-bit lane, the sum of its four products of unsigned bytes of `u` and
+/// signed bytes of `s`: `vpdpbusd` with AVX-VNNI (`V`), else `maddubs` + `madd` + add, the same
+/// integers where the callers' pair sums stay within i16 (as each kernel's bounds say).
+#[inline(always)]
+pub(crate) unsafe fn dpbusd<const V: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    if V {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
+    } else {
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+        _mm256_add_epi32(acc, p)
+    }
+}
+
 /// Add block b of token `x` to eight rows' accumulators (`dot16_avx2`'s order); `corr` the
 /// token's offset shares (read for Q4_0 and Q5_0 only).
 #[inline(always)]
-unsafe fn add8<const T: u8>(
+unsafe fn add8<const T: u8, const V: bool>(
     blk: &Block8,
     x: &Q8Row,
     corr: *const i32,
@@ -379,7 +462,7 @@ unsafe fn add8<const T: u8>(
     accm: &mut __m256,
 ) {
     let yp = x.q.as_ptr() as *const i32;
-    let ones = _mm256_set1_epi16(1);
+    let zero = _mm256_setzero_si256();
     if T == L_Q4_1 || T == L_Q5_1 {
         *accm = _mm256_fmadd_ps(blk.m, _mm256_set1_ps(*x.s.get_unchecked(b)), *accm);
     }
@@ -388,17 +471,11 @@ unsafe fn add8<const T: u8>(
         let w = blk.w[j];
         let y = _mm256_set1_epi32(yp.add(b * 8 + j).read_unaligned());
         let s = if T == L_Q8_0 || T == L_IQ4_NL {
-            _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w)),
-                ones,
-            )
+            dpbusd::<V>(zero, _mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w))
+        } else if T == L_Q4_0 || T == L_Q5_0 {
+            dpbusd::<V>(_mm256_set1_epi32(*corr.add(b * 8 + j)), w, y)
         } else {
-            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones);
-            if T == L_Q4_0 || T == L_Q5_0 {
-                _mm256_add_epi32(s, _mm256_set1_epi32(*corr.add(b * 8 + j)))
-            } else {
-                s
-            }
+            dpbusd::<V>(zero, w, y)
         };
         acc[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[j]);
     }
@@ -418,7 +495,12 @@ unsafe fn fold8<const T: u8>(acc: &[__m256; 8], accm: __m256) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, corr: *const i32, out: &mut [f32; 16]) {
+unsafe fn dot8_avx2<const T: u8, const V: bool>(
+    tile: &Tile,
+    x: &Q8Row,
+    corr: *const i32,
+    out: &mut [f32; 16],
+) {
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut accm = _mm256_setzero_ps();
@@ -428,19 +510,19 @@ unsafe fn dot8_avx2<const T: u8>(tile: &Tile, x: &Q8Row, corr: *const i32, out: 
             } else {
                 prefetch_tile_after(tile, b);
             }
-            add8::<T>(&load8::<T>(tile, b, half), x, corr, b, &mut acc, &mut accm);
+            add8::<T, V>(&load8::<T>(tile, b, half), x, corr, b, &mut acc, &mut accm);
         }
         _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
     }
 }
 
 #[inline(always)]
-unsafe fn gemm8_avx2<const T: u8>(
+unsafe fn gemm8_avx2<const T: u8, const V: bool>(
     tile: &Tile,
     xs: &[Q8Row],
     corrs: &[&[i32]],
     buf: &mut Vec<Block8>,
-    mut out: impl FnMut(usize, &[f32; 16]),
+    out: &mut dyn FnMut(usize, &[f32; 16]),
 ) {
     let nb = tile.n_blocks();
     super::repack::refill(buf, 2 * nb, |i| load8::<T>(tile, i % nb, i / nb));
@@ -450,7 +532,7 @@ unsafe fn gemm8_avx2<const T: u8>(
             let mut acc = [_mm256_setzero_ps(); 8];
             let mut accm = _mm256_setzero_ps();
             for (b, blk) in buf[half * nb..(half + 1) * nb].iter().enumerate() {
-                add8::<T>(blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
+                add8::<T, V>(blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
             }
             _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
         }

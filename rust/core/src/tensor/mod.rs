@@ -4,7 +4,8 @@
 //! per call to the 8-bit format the weight type pairs with (Q8_0 / Q8_1 / Q8_K, as ggml does), then
 //! each thread takes a range of output rows. With several tokens a weight row is unpacked to int8
 //! once and reused for every token. The inner loops are generic Rust compiled three times (baseline,
-//! AVX2+FMA, AVX-512) and chosen once at run time; `RLLAMA_SIMD=scalar|avx2|avx512` forces a level.
+//! AVX2+FMA, AVX-512) and chosen once at run time, the AVX2 integer kernels twice more with AVX-VNNI;
+//! `RLLAMA_SIMD=scalar|avx2|avxvnni|avx512` forces a level (`cpu::SimdLevel`).
 
 mod pool;
 
@@ -381,7 +382,7 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if let (Some(tiles), SimdLevel::Avx2, true) =
+            if let (Some(tiles), SimdLevel::Avx2 { vnni }, true) =
                 (w.tiles, level, crate::quant::x86::has_dot16_avx2(w.ty))
             {
                 // AVX2 with tiles (made at load for `x86::has_dot16_avx2` types): a token alone
@@ -399,11 +400,13 @@ fn rows_kernel(job: &Job, r0: usize, r1: usize) {
                         if n == 1 {
                             emit(
                                 0,
-                                &crate::quant::x86::dot16_avx2(w.ty, &tile, &xs[0], corr(0)),
+                                &crate::quant::x86::dot16_avx2(vnni, w.ty, &tile, &xs[0], corr(0)),
                             );
                         } else {
                             let corrs: Vec<&[i32]> = (0..n).map(corr).collect();
-                            crate::quant::x86::gemm16_avx2(w.ty, &tile, xs, &corrs, &mut buf, emit);
+                            crate::quant::x86::gemm16_avx2(
+                                vnni, w.ty, &tile, xs, &corrs, &mut buf, emit,
+                            );
                         }
                     }
                 }
@@ -709,7 +712,7 @@ fn rows_dispatch(job: &Job, r0: usize, r1: usize) {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => unsafe { rows_avx512(job, r0, r1) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { rows_avx2(job, r0, r1) },
+        SimdLevel::Avx2 { .. } => unsafe { rows_avx2(job, r0, r1) },
         _ => rows_kernel(job, r0, r1),
     }
 }
@@ -776,7 +779,7 @@ fn rows_k(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let (Some(tiles), SimdLevel::Avx2) = (w.tiles, level) {
+    if let (Some(tiles), SimdLevel::Avx2 { vnni }) = (w.tiles, level) {
         use crate::quant::x86k;
         if x86k::has_k16_avx2(w.ty) {
             // Tiles made at load (r0 is on a tile boundary): sixteen rows per pass, every token
@@ -787,7 +790,8 @@ fn rows_k(
                 let emit = |t: usize, v: &[f32; 16]| put16(t, r, m, v);
                 // SAFETY: AVX2, FMA and F16C are present at this level.
                 unsafe {
-                    x86k::gemm16_k_avx2(&tiles.tile(r / TILE), w.ty, xs, &mut bufs, order, emit)
+                    let tile = tiles.tile(r / TILE);
+                    x86k::gemm16_k_avx2(vnni, &tile, w.ty, xs, &mut bufs, order, emit)
                 };
             }
             return;
@@ -798,7 +802,7 @@ fn rows_k(
         prefetch_row(w, r + 2, r1);
         match level {
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 | SimdLevel::Avx2 => {
+            SimdLevel::Avx512 | SimdLevel::Avx2 { .. } => {
                 use crate::quant::x86k;
                 let avx512 = level == SimdLevel::Avx512;
                 // SAFETY: `level` is one the CPU supports (see `matmul_at`).
@@ -873,7 +877,7 @@ pub fn tiles_wanted(ty: GgmlType) -> bool {
             x86::has_dot16_512(ty) || x86k::has_k16_512(ty)
         }
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => {
+        SimdLevel::Avx2 { .. } => {
             crate::quant::x86::has_dot16_avx2(ty) || crate::quant::x86k::has_k16_avx2(ty)
         }
         _ => {
@@ -934,7 +938,7 @@ fn gemm_layout<'a>(
         let off = match level {
             SimdLevel::Avx512 if x86::has_dot16_512(w.ty) => x86::gemm_offset(w.ty),
             // The AVX2 tile kernels, for the types they store with an offset.
-            SimdLevel::Avx2 if w.tiles.is_some() && x86::avx2_offset(w.ty) != 0 => {
+            SimdLevel::Avx2 { .. } if w.tiles.is_some() && x86::avx2_offset(w.ty) != 0 => {
                 x86::avx2_offset(w.ty)
             }
             _ => return None,
@@ -1426,15 +1430,10 @@ mod tests {
     }
 
     fn levels() -> Vec<SimdLevel> {
-        [
-            SimdLevel::Scalar,
-            SimdLevel::Avx2,
-            SimdLevel::Avx512,
-            SimdLevel::Neon,
-        ]
-        .into_iter()
-        .filter(|&l| available(l))
-        .collect()
+        SimdLevel::ALL
+            .into_iter()
+            .filter(|&l| available(l))
+            .collect()
     }
 
     #[test]
