@@ -78,7 +78,7 @@ fn detect() -> SimdLevel {
             && is_x86_feature_detected!("f16c")
         {
             return SimdLevel::Avx2 {
-                vnni: is_x86_feature_detected!("avxvnni"),
+                vnni: has_avx_vnni(),
             };
         }
     }
