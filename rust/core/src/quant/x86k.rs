@@ -484,6 +484,28 @@ unsafe fn madd_add<const V: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __m25
     }
 }
 
+/// `s` plus one 4-value group's products `u`·`y` per lane: in i32 by `vpdpbusd` with AVX-VNNI
+/// (`V`), else in i16 pairs by `maddubs` (the callers bound those sums).
+#[inline(always)]
+unsafe fn group_sum<const V: bool>(s: __m256i, u: __m256i, y: __m256i) -> __m256i {
+    if V {
+        _mm256_dpbusd_avx_epi32(s, u, y)
+    } else {
+        _mm256_add_epi16(s, _mm256_maddubs_epi16(u, y))
+    }
+}
+
+/// `group_sum`'s total times a scale in `both16` form, as i32 lanes: `vpmulld` with AVX-VNNI
+/// (`V`), else `madd`.
+#[inline(always)]
+unsafe fn times_scale<const V: bool>(s: __m256i, sc: __m256i) -> __m256i {
+    if V {
+        _mm256_mullo_epi32(s, of_both16(sc))
+    } else {
+        _mm256_madd_epi16(s, sc)
+    }
+}
+
 /// Two i32 per lane (|v| < 2^15) as one i16 pair (`lo` low).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -903,26 +925,13 @@ unsafe fn run_k4_avx2<const T: usize, const MODE: u8, const KIND: u8, const V: b
                                 } else {
                                     (w, y)
                                 };
-                                s[k][h] = if V {
-                                    _mm256_dpbusd_avx_epi32(s[k][h], u, y)
-                                } else {
-                                    _mm256_add_epi16(s[k][h], _mm256_maddubs_epi16(u, y))
-                                };
+                                s[k][h] = group_sum::<V>(s[k][h], u, y);
                             }
                         }
                     }
                     for h in 0..2 {
-                        let sc = if V {
-                            of_both16(blk[h].sc[j])
-                        } else {
-                            blk[h].sc[j]
-                        };
                         for k in 0..T {
-                            let v = if V {
-                                _mm256_mullo_epi32(s[k][h], sc)
-                            } else {
-                                _mm256_madd_epi16(s[k][h], sc)
-                            };
+                            let v = times_scale::<V>(s[k][h], blk[h].sc[j]);
                             sumi[k][h] = _mm256_add_epi32(sumi[k][h], v);
                         }
                     }
@@ -970,27 +979,13 @@ unsafe fn run_k6_tiled_avx2<const T: usize, const MODE: u8, const V: bool>(
                     for k in 0..T {
                         let y = _mm256_set1_epi32(yp[k].add(b * 64 + 4 * j + g).read_unaligned());
                         for h in 0..2 {
-                            let q = blk[h].q[j][g];
-                            s[k][h] = if V {
-                                _mm256_dpbusd_avx_epi32(s[k][h], q, y)
-                            } else {
-                                _mm256_add_epi16(s[k][h], _mm256_maddubs_epi16(q, y))
-                            };
+                            s[k][h] = group_sum::<V>(s[k][h], blk[h].q[j][g], y);
                         }
                     }
                 }
                 for h in 0..2 {
-                    let sc = if V {
-                        of_both16(blk[h].sc[j])
-                    } else {
-                        blk[h].sc[j]
-                    };
                     for k in 0..T {
-                        let v = if V {
-                            _mm256_mullo_epi32(s[k][h], sc)
-                        } else {
-                            _mm256_madd_epi16(s[k][h], sc)
-                        };
+                        let v = times_scale::<V>(s[k][h], blk[h].sc[j]);
                         sumi[k][h] = _mm256_add_epi32(sumi[k][h], v);
                     }
                 }
@@ -1125,13 +1120,8 @@ unsafe fn dot16_q4k_avx2<const Q5: bool, const V: bool>(tile: &Tile, x: &Q8KRow)
                             q0 = _mm256_or_si256(q0, fifth(qh, 2 * c));
                             q1 = _mm256_or_si256(q1, fifth(qh, 2 * c + 1));
                         }
-                        if V {
-                            lo[h] = _mm256_dpbusd_avx_epi32(lo[h], q0, y0);
-                            hi[h] = _mm256_dpbusd_avx_epi32(hi[h], q1, y1);
-                        } else {
-                            lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(q0, y0));
-                            hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(q1, y1));
-                        }
+                        lo[h] = group_sum::<V>(lo[h], q0, y0);
+                        hi[h] = group_sum::<V>(hi[h], q1, y1);
                     }
                 }
                 for h in 0..2 {
@@ -1318,11 +1308,7 @@ unsafe fn dot16_q3k_avx2<const V: bool>(tile: &Tile, x: &Q8KRow) -> [__m256; 2] 
                         let q = q3_quants8(qs, hm, n, j);
                         let i = 8 * n + 2 * j + g / 4;
                         let y = _mm256_set1_epi32(yp.add(b * 64 + 4 * i + g % 4).read_unaligned());
-                        s[i][h] = if V {
-                            _mm256_dpbusd_avx_epi32(s[i][h], q, y)
-                        } else {
-                            _mm256_add_epi16(s[i][h], _mm256_maddubs_epi16(q, y))
-                        };
+                        s[i][h] = group_sum::<V>(s[i][h], q, y);
                     }
                 }
             }
