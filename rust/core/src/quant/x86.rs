@@ -527,7 +527,47 @@ unsafe fn gemm8_avx2<const T: u8, const V: bool>(
     let nb = tile.n_blocks();
     super::repack::refill(buf, 2 * nb, |i| load8::<T>(tile, i % nb, i / nb));
     let mut lanes = [0f32; 16];
-    for (t, (x, corr)) in xs.iter().zip(corrs).enumerate() {
+    let mut first = 0;
+    if V && (T == L_Q4_0 || T == L_Q5_0) {
+        // Two tokens per pass over half a tile, four groups at a time (eight accumulators live):
+        // each weight word is loaded once for both, besides the two tokens' activation and
+        // offset-share broadcasts. Each accumulator takes the same fmas in the same order.
+        while first + 1 < xs.len() {
+            let (x, c) = (
+                [&xs[first], &xs[first + 1]],
+                [corrs[first], corrs[first + 1]],
+            );
+            let yp = x.map(|x| x.q.as_ptr() as *const i32);
+            let mut two = [[0f32; 16]; 2];
+            for half in 0..2 {
+                let mut acc = [[_mm256_setzero_ps(); 8]; 2];
+                for j0 in [0, 4] {
+                    for (b, blk) in buf[half * nb..(half + 1) * nb].iter().enumerate() {
+                        let dd =
+                            x.map(|x| _mm256_mul_ps(blk.d, _mm256_set1_ps(*x.d.get_unchecked(b))));
+                        for j in j0..j0 + 4 {
+                            let w = blk.w[j];
+                            for k in 0..2 {
+                                let y = _mm256_set1_epi32(yp[k].add(b * 8 + j).read_unaligned());
+                                let sh = _mm256_set1_epi32(*c[k].get_unchecked(b * 8 + j));
+                                let s = dpbusd::<V>(sh, w, y);
+                                acc[k][j] =
+                                    _mm256_fmadd_ps(dd[k], _mm256_cvtepi32_ps(s), acc[k][j]);
+                            }
+                        }
+                    }
+                }
+                for k in 0..2 {
+                    let v = fold8::<T>(&acc[k], _mm256_setzero_ps());
+                    _mm256_storeu_ps(two[k].as_mut_ptr().add(8 * half), v);
+                }
+            }
+            out(first, &two[0]);
+            out(first + 1, &two[1]);
+            first += 2;
+        }
+    }
+    for (t, (x, corr)) in xs.iter().zip(corrs).enumerate().skip(first) {
         for half in 0..2 {
             let mut acc = [_mm256_setzero_ps(); 8];
             let mut accm = _mm256_setzero_ps();
