@@ -281,7 +281,7 @@ unsafe fn dot16_of<const V: bool>(
     let mut out = [0f32; 16];
     // Q8_0's and Q4_0's one-token sums stay on `maddubs` + `madd` with AVX-VNNI too: with
     // `vpdpbusd` LLVM kept more values live and spilled accumulators, 3-10% slower on a Zen 5
-    // (`/tmp/q8w.py`-style warm 1024x2048 at -t 1); their batches gain 15-25%.
+    // (warm 1024x2048 gemv at -t 1); their batches gain 15-25%.
     match ty {
         Q8_0 => dot8_avx2::<L_Q8_0, false>(tile, x, c, &mut out),
         Q4_1 => dot8_avx2::<L_Q4_1, V>(tile, x, c, &mut out),
@@ -450,34 +450,42 @@ pub(crate) unsafe fn dpbusd<const V: bool>(acc: __m256i, u: __m256i, s: __m256i)
     }
 }
 
-/// Add block b of token `x` to eight rows' accumulators (`dot16_avx2`'s order); `corr` the
-/// token's offset shares (read for Q4_0 and Q5_0 only).
+/// Add block b of the tokens `xs` to their eight rows' accumulators (`dot16_avx2`'s order),
+/// those of the 4-value groups `groups` (the mins with the first group), each weight word read
+/// once for all `N`; `corrs` the tokens' offset shares (read for Q4_0 and Q5_0 only).
 #[inline(always)]
-unsafe fn add8<const T: u8, const V: bool>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn add8<const T: u8, const V: bool, const N: usize>(
     blk: &Block8,
-    x: &Q8Row,
-    corr: *const i32,
+    xs: [&Q8Row; N],
+    corrs: [*const i32; N],
     b: usize,
-    acc: &mut [__m256; 8],
-    accm: &mut __m256,
+    acc: &mut [[__m256; 8]; N],
+    accm: &mut [__m256; N],
+    groups: std::ops::Range<usize>,
 ) {
-    let yp = x.q.as_ptr() as *const i32;
+    let yp = xs.map(|x| x.q.as_ptr() as *const i32);
     let zero = _mm256_setzero_si256();
-    if T == L_Q4_1 || T == L_Q5_1 {
-        *accm = _mm256_fmadd_ps(blk.m, _mm256_set1_ps(*x.s.get_unchecked(b)), *accm);
+    if (T == L_Q4_1 || T == L_Q5_1) && groups.start == 0 {
+        for k in 0..N {
+            let s = _mm256_set1_ps(*xs[k].s.get_unchecked(b));
+            accm[k] = _mm256_fmadd_ps(blk.m, s, accm[k]);
+        }
     }
-    let dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(*x.d.get_unchecked(b)));
-    for j in 0..8 {
+    let dd = xs.map(|x| _mm256_mul_ps(blk.d, _mm256_set1_ps(*x.d.get_unchecked(b))));
+    for j in groups {
         let w = blk.w[j];
-        let y = _mm256_set1_epi32(yp.add(b * 8 + j).read_unaligned());
-        let s = if T == L_Q8_0 || T == L_IQ4_NL {
-            dpbusd::<V>(zero, _mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w))
-        } else if T == L_Q4_0 || T == L_Q5_0 {
-            dpbusd::<V>(_mm256_set1_epi32(*corr.add(b * 8 + j)), w, y)
-        } else {
-            dpbusd::<V>(zero, w, y)
-        };
-        acc[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[j]);
+        for k in 0..N {
+            let y = _mm256_set1_epi32(yp[k].add(b * 8 + j).read_unaligned());
+            let s = if T == L_Q8_0 || T == L_IQ4_NL {
+                dpbusd::<V>(zero, _mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w))
+            } else if T == L_Q4_0 || T == L_Q5_0 {
+                dpbusd::<V>(_mm256_set1_epi32(*corrs[k].add(b * 8 + j)), w, y)
+            } else {
+                dpbusd::<V>(zero, w, y)
+            };
+            acc[k][j] = _mm256_fmadd_ps(dd[k], _mm256_cvtepi32_ps(s), acc[k][j]);
+        }
     }
 }
 
@@ -502,17 +510,18 @@ unsafe fn dot8_avx2<const T: u8, const V: bool>(
     out: &mut [f32; 16],
 ) {
     for half in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let mut accm = _mm256_setzero_ps();
+        let mut acc = [[_mm256_setzero_ps(); 8]];
+        let mut accm = [_mm256_setzero_ps()];
         for b in 0..tile.n_blocks() {
             if half == 0 {
                 prefetch_tile(tile, b);
             } else {
                 prefetch_tile_after(tile, b);
             }
-            add8::<T, V>(&load8::<T>(tile, b, half), x, corr, b, &mut acc, &mut accm);
+            let blk = load8::<T>(tile, b, half);
+            add8::<T, V, 1>(&blk, [x], [corr], b, &mut acc, &mut accm, 0..8);
         }
-        _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), fold8::<T>(&acc[0], accm[0]));
     }
 }
 
@@ -533,32 +542,19 @@ unsafe fn gemm8_avx2<const T: u8, const V: bool>(
         // each weight word is loaded once for both, besides the two tokens' activation and
         // offset-share broadcasts. Each accumulator takes the same fmas in the same order.
         while first + 1 < xs.len() {
-            let (x, c) = (
-                [&xs[first], &xs[first + 1]],
-                [corrs[first], corrs[first + 1]],
-            );
-            let yp = x.map(|x| x.q.as_ptr() as *const i32);
             let mut two = [[0f32; 16]; 2];
             for half in 0..2 {
                 let mut acc = [[_mm256_setzero_ps(); 8]; 2];
+                let mut accm = [_mm256_setzero_ps(); 2];
+                let x = [&xs[first], &xs[first + 1]];
+                let c = [corrs[first].as_ptr(), corrs[first + 1].as_ptr()];
                 for j0 in [0, 4] {
                     for (b, blk) in buf[half * nb..(half + 1) * nb].iter().enumerate() {
-                        let dd =
-                            x.map(|x| _mm256_mul_ps(blk.d, _mm256_set1_ps(*x.d.get_unchecked(b))));
-                        for j in j0..j0 + 4 {
-                            let w = blk.w[j];
-                            for k in 0..2 {
-                                let y = _mm256_set1_epi32(yp[k].add(b * 8 + j).read_unaligned());
-                                let sh = _mm256_set1_epi32(*c[k].get_unchecked(b * 8 + j));
-                                let s = dpbusd::<V>(sh, w, y);
-                                acc[k][j] =
-                                    _mm256_fmadd_ps(dd[k], _mm256_cvtepi32_ps(s), acc[k][j]);
-                            }
-                        }
+                        add8::<T, V, 2>(blk, x, c, b, &mut acc, &mut accm, j0..j0 + 4);
                     }
                 }
                 for k in 0..2 {
-                    let v = fold8::<T>(&acc[k], _mm256_setzero_ps());
+                    let v = fold8::<T>(&acc[k], accm[k]);
                     _mm256_storeu_ps(two[k].as_mut_ptr().add(8 * half), v);
                 }
             }
@@ -569,12 +565,13 @@ unsafe fn gemm8_avx2<const T: u8, const V: bool>(
     }
     for (t, (x, corr)) in xs.iter().zip(corrs).enumerate().skip(first) {
         for half in 0..2 {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            let mut accm = _mm256_setzero_ps();
+            let mut acc = [[_mm256_setzero_ps(); 8]];
+            let mut accm = [_mm256_setzero_ps()];
             for (b, blk) in buf[half * nb..(half + 1) * nb].iter().enumerate() {
-                add8::<T, V>(blk, x, corr.as_ptr(), b, &mut acc, &mut accm);
+                add8::<T, V, 1>(blk, [x], [corr.as_ptr()], b, &mut acc, &mut accm, 0..8);
             }
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), fold8::<T>(&acc, accm));
+            let v = fold8::<T>(&acc[0], accm[0]);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), v);
         }
         out(t, &lanes);
     }
