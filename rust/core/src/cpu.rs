@@ -17,24 +17,50 @@ pub enum SimdLevel {
     Neon,
 }
 
-/// The instruction set the kernels use, detected once (or forced by `RLLAMA_SIMD`).
+/// The instruction set the kernels use, detected once (or forced by `RLLAMA_SIMD`). A value it
+/// cannot honour (a misspelt level, or one this CPU lacks) is said once on stderr, and the
+/// detected level is used.
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let detected = detect();
-        match std::env::var("RLLAMA_SIMD").ok().as_deref() {
-            Some("scalar") => SimdLevel::Scalar,
-            Some("avx2") if available(SimdLevel::Avx2 { vnni: false }) => {
-                SimdLevel::Avx2 { vnni: false }
-            }
-            Some("avxvnni") if available(SimdLevel::Avx2 { vnni: true }) => {
-                SimdLevel::Avx2 { vnni: true }
-            }
-            Some("avx512") if detected == SimdLevel::Avx512 => SimdLevel::Avx512,
-            Some("neon") if detected == SimdLevel::Neon => SimdLevel::Neon,
-            _ => detected,
+        let forced = std::env::var("RLLAMA_SIMD").ok();
+        let (level, warning) = choose(forced.as_deref(), detect(), available);
+        if let Some(w) = warning {
+            eprintln!("rllama: {w}");
         }
+        level
     })
+}
+
+/// The level `RLLAMA_SIMD=forced` gives on a CPU whose best level is `detected` and that runs
+/// the levels `has` accepts, and what to warn when the value names no level or one the CPU
+/// lacks (the detected level is used then). Unset or empty: the detected level, no warning.
+fn choose(
+    forced: Option<&str>,
+    detected: SimdLevel,
+    has: impl Fn(SimdLevel) -> bool,
+) -> (SimdLevel, Option<String>) {
+    let Some(name) = forced.filter(|v| !v.is_empty()) else {
+        return (detected, None);
+    };
+    let using = detected.name();
+    match SimdLevel::ALL.into_iter().find(|l| l.name() == name) {
+        Some(level) if has(level) => (level, None),
+        Some(_) => (
+            detected,
+            Some(format!(
+                "RLLAMA_SIMD={name} is not available on this CPU; using {using}"
+            )),
+        ),
+        None => {
+            let names: Vec<&str> = SimdLevel::ALL.iter().map(|l| l.name()).collect();
+            let msg = format!(
+                "RLLAMA_SIMD={name:?} is not a SIMD level ({}); using {using}",
+                names.join(", ")
+            );
+            (detected, Some(msg))
+        }
+    }
 }
 
 /// Run `f` compiled for the detected SIMD level: LLVM vectorizes the `#[inline(always)]` code it
@@ -121,7 +147,8 @@ impl SimdLevel {
         }
     }
 
-    /// Every level, for tests that hold each one this CPU has to the same bits.
+    /// Every level: the names `RLLAMA_SIMD` takes, and for tests that hold each one this CPU has
+    /// to the same bits.
     pub const ALL: [SimdLevel; 5] = [
         SimdLevel::Scalar,
         SimdLevel::Avx2 { vnni: false },
@@ -129,4 +156,53 @@ impl SimdLevel {
         SimdLevel::Avx512,
         SimdLevel::Neon,
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AVX2: SimdLevel = SimdLevel::Avx2 { vnni: false };
+
+    /// A CPU with plain AVX2 (and scalar) only.
+    fn avx2_cpu(l: SimdLevel) -> bool {
+        matches!(l, SimdLevel::Scalar | AVX2)
+    }
+
+    #[test]
+    fn unset_or_empty_is_the_detected_level_quietly() {
+        assert_eq!(choose(None, AVX2, avx2_cpu), (AVX2, None));
+        assert_eq!(choose(Some(""), AVX2, avx2_cpu), (AVX2, None));
+    }
+
+    #[test]
+    fn a_level_the_cpu_has_is_taken_quietly() {
+        assert_eq!(
+            choose(Some("scalar"), AVX2, avx2_cpu),
+            (SimdLevel::Scalar, None)
+        );
+        assert_eq!(choose(Some("avx2"), AVX2, avx2_cpu), (AVX2, None));
+    }
+
+    #[test]
+    fn a_level_the_cpu_lacks_falls_back_with_a_warning() {
+        for name in ["avxvnni", "avx512", "neon"] {
+            let (level, w) = choose(Some(name), AVX2, avx2_cpu);
+            assert_eq!(level, AVX2);
+            let w = w.expect("a warning");
+            assert!(
+                w.contains(name) && w.contains("not available") && w.ends_with("using avx2"),
+                "{w}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_falls_back_with_the_known_ones() {
+        let (level, w) = choose(Some("AVX-512"), AVX2, avx2_cpu);
+        assert_eq!(level, AVX2);
+        let w = w.expect("a warning");
+        assert!(w.contains("\"AVX-512\" is not a SIMD level"), "{w}");
+        assert!(w.contains("scalar, avx2, avxvnni, avx512, neon"), "{w}");
+    }
 }
